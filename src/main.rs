@@ -1,1 +1,5 @@
-fn main() {}
+//! The `poziserver` binary.
+
+fn main() -> std::process::ExitCode {
+    poziserver::cli::main()
+}

@@ -1,4 +1,8 @@
 //! The OTP behaviour of the supervisor, on real ractor actors under tokio's paused clock.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly on unexpected errors"
+)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -4,18 +4,22 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::crontab::{self, ScheduleError};
 
-/// What to do about runs missed while the server was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// What to do about runs missed while the server was down: `skip` ignores them and waits for
+/// the next scheduled time; `run_once` runs once at start-up if one or more runs were missed.
+#[expect(
+    missing_docs,
+    reason = "variants are described on the enum, so the JSON Schema lists them as a plain enum"
+)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
-    /// Ignore them; wait for the next scheduled time.
     #[default]
     Skip,
-    /// Run once at start-up if one or more runs were missed.
     RunOnce,
 }
 

@@ -1,0 +1,195 @@
+//! The `poziserver` command line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use actors::{HealthRegistry, RootOutcome};
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+use crate::root::Root;
+
+/// Pozi Server: serves an organisation's internal GIS data to the Pozi web app over HTTPS.
+#[derive(Debug, Parser)]
+#[command(name = "poziserver", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server until SIGINT/SIGTERM. On first start in an empty root, lays the root out
+    /// with a config.json, a resource check and sample data.
+    Run {
+        /// Config file [default: <root>/config.json]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Installation root: userdata/, state/, logs/, certificates
+        #[arg(long, value_name = "DIR", env = "POZI_ROOT", default_value = ".")]
+        root: PathBuf,
+        /// Address to listen on, overriding the config's `listen` (repeat for several)
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<SocketAddr>,
+    },
+    /// Check a config file: exit 0 with a one-line summary, or non-zero listing every problem.
+    CheckConfig {
+        /// The file to check
+        #[arg(value_name = "FILE", default_value = "config.json")]
+        file: PathBuf,
+    },
+    /// Show the version, git commit, build date and target.
+    Version {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of config.json (committed as docs/config.schema.json).
+    ConfigSchema,
+}
+
+/// Parses the command line and runs the command.
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            root,
+            listen,
+        } => run(config.as_deref(), &root, listen),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Version { json } => version(json),
+        Command::ConfigSchema => {
+            let text = serde_json::to_string_pretty(&config::schema()).unwrap_or_default();
+            out(&format!("{text}\n"))
+        }
+    }
+}
+
+fn out(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn fail(text: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr().lock(), "error: {text}");
+    ExitCode::FAILURE
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => out(&format!("{}: {}\n", file.display(), config.summary())),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// The build's identity, as `version --json` prints it.
+#[derive(Debug, serde::Serialize)]
+pub struct VersionInfo {
+    /// Package version.
+    pub version: &'static str,
+    /// Git commit the binary was built from.
+    pub commit: &'static str,
+    /// When it was built (RFC 3339, UTC).
+    pub build_date: &'static str,
+    /// Target triple.
+    pub target: &'static str,
+}
+
+/// This binary's version information.
+pub const VERSION: VersionInfo = VersionInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("POZI_GIT_COMMIT"),
+    build_date: env!("POZI_BUILD_DATE"),
+    target: env!("POZI_TARGET"),
+};
+
+fn version(json: bool) -> ExitCode {
+    if json {
+        out(&format!(
+            "{}\n",
+            serde_json::to_string(&VERSION).unwrap_or_default()
+        ))
+    } else {
+        let v = &VERSION;
+        out(&format!(
+            "poziserver {} (commit {}, built {}, {})\n",
+            v.version, v.commit, v.build_date, v.target
+        ))
+    }
+}
+
+fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> ExitCode {
+    let root = match Root::new(root) {
+        Ok(root) => root,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let written = match root.lay_out() {
+        Ok(written) => written,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let config_file = config_file.map_or_else(|| root.config_file(), Path::to_owned);
+    let mut config = match Config::load(&config_file) {
+        Ok(config) => config,
+        Err(e @ (ConfigError::Read { .. } | ConfigError::Invalid { .. })) => {
+            return fail(&e.to_string());
+        }
+    };
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    let log_dir = root.resolve(&config.log.directory);
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        return fail(&format!(
+            "cannot create log folder {}: {e}",
+            log_dir.display()
+        ));
+    }
+    let _guard = match crate::logging::init(&config.log, &log_dir) {
+        Ok(guard) => guard,
+        Err(e) => return fail(&e.to_string()),
+    };
+    for file in &written {
+        tracing::info!(file = %file.display(), "laid out sample file in new root");
+    }
+    tracing::info!(version = VERSION.version, commit = VERSION.commit, config = %config_file.display(), "starting");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let registry = HealthRegistry::new();
+    let result = runtime.block_on(crate::runtime::run(
+        &config,
+        &root,
+        registry,
+        crate::runtime::shutdown_signal(),
+    ));
+    match result {
+        Ok(RootOutcome::Stopped) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(RootOutcome::Failed(reason)) => {
+            tracing::error!(%reason, "root supervisor gave up; exiting so the service manager can take over");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

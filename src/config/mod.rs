@@ -1,0 +1,413 @@
+//! `config.json`: the one configuration file, its defaults, its schema and its validation.
+//!
+//! Loading reports every problem it can find at once, each with the JSON path, line and column
+//! and the reason: first syntax, then structure (types, unknown fields) against the generated
+//! JSON Schema, then meaning (schedules, time zones, component names).
+
+mod locate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+use schedules::{CatchUp, Schedule};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use locate::Segment;
+use locate::{dotted, from_pointer, line_column};
+
+/// The components a planned restart may name.
+pub const COMPONENTS: &[&str] = &["scheduler"];
+
+/// Default listen address: HTTPS on every IPv4 interface.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses the HTTPS listener binds (IPv4 or IPv6, with port). `--listen` overrides.
+    pub listen: Vec<SocketAddr>,
+    /// IANA time zone for schedules that name none (e.g. `Australia/Melbourne`); `null` uses the
+    /// machine's zone.
+    pub time_zone: Option<String>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Restart policy of the root supervisor.
+    pub supervisor: SupervisorConfig,
+    /// Planned restarts of components on cron schedules (the in-process replacement for a
+    /// nightly `Restart-Service` scheduled task).
+    pub restarts: Vec<PlannedRestart>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
+            time_zone: None,
+            log: LogConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            restarts: Vec::new(),
+        }
+    }
+}
+
+/// Where and how much the server logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter directives (`info`, `debug`, `poziserver=debug,info`); `RUST_LOG` overrides.
+    pub level: String,
+    /// Write JSON lines instead of text.
+    pub json: bool,
+    /// Also log to the console (standard output).
+    pub console: bool,
+    /// Folder of the daily-rolling `server.log`, relative to the installation root.
+    pub directory: PathBuf,
+    /// Days of log files kept.
+    #[schemars(range(min = 1))]
+    pub keep_days: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            json: false,
+            console: true,
+            directory: PathBuf::from("logs"),
+            keep_days: 14,
+        }
+    }
+}
+
+/// Restart intensity and backoff of the root supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// More than this many restarts within `period_secs` makes the server exit non-zero, so the
+    /// OS service manager takes over.
+    pub max_restarts: u32,
+    /// The window restarts are counted in, in seconds.
+    #[schemars(range(min = 1))]
+    pub period_secs: u64,
+    /// Delay before the second restart of a component within the window, in milliseconds;
+    /// it doubles for each further restart. The first restart is immediate.
+    pub backoff_initial_ms: u64,
+    /// Upper bound of the restart delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Time allowed for an orderly shutdown on SIGINT/SIGTERM, in seconds.
+    #[schemars(range(min = 1))]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            period_secs: 10,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            shutdown_timeout_secs: 15,
+        }
+    }
+}
+
+/// A component restarted on a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedRestart {
+    /// The component to restart (see `COMPONENTS` in the docs).
+    pub component: String,
+    /// Cron expression: 5 fields (`0 3 * * *`), 6 with seconds first, or `@daily` and friends.
+    pub schedule: String,
+    /// IANA time zone of the schedule; default the top-level `time_zone`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// What to do about a run missed while the server was down: `skip` or `run_once`.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted JSON path (`restarts[2].schedule`).
+    pub path: String,
+    /// 1-based line in the file.
+    pub line: usize,
+    /// 1-based column in the file.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.column, self.path, self.message
+        )
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and has problems.
+    #[error("{} has {} problem{}:\n{}", path.display(), issues.len(), if issues.len() == 1 { "" } else { "s" },
+        issues.iter().map(|i| format!("  {}:{i}", path.display())).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// The JSON Schema of `config.json`, as committed in `docs/config.schema.json`.
+#[must_use]
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(Config).to_value()
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or has any problem (all of them are listed).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|issues| ConfigError::Invalid {
+            path: path.to_owned(),
+            issues,
+        })
+    }
+
+    /// Parses and validates config text.
+    ///
+    /// # Errors
+    /// Every problem found, in file order.
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigIssue>> {
+        let issue = |path: &[Segment], key: bool, message: String| {
+            let (line, column) = line_column(text, path, key);
+            ConfigIssue {
+                path: dotted(path),
+                line,
+                column,
+                message,
+            }
+        };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            vec![ConfigIssue {
+                path: "(syntax)".to_owned(),
+                line: e.line(),
+                column: e.column(),
+                message: format!("not valid JSON: {e}"),
+            }]
+        })?;
+
+        let mut issues = structural_issues(&value, &issue);
+        semantic_issues(&value, &mut |path, message| {
+            issues.push(issue(path, false, message))
+        });
+        if !issues.is_empty() {
+            sort(&mut issues);
+            return Err(issues);
+        }
+        serde_path_to_error::deserialize(&value).map_err(|e| {
+            let path = path_segments(e.path());
+            vec![issue(&path, false, e.into_inner().to_string())]
+        })
+    }
+
+    /// The time zone for schedules that name none.
+    #[must_use]
+    pub fn zone(&self) -> Tz {
+        self.time_zone
+            .as_deref()
+            .and_then(|z| parse_zone(z).ok())
+            .unwrap_or_else(schedules::local_zone)
+    }
+
+    /// The one-line summary `check-config` prints.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        format!(
+            "config OK: listen {}, {} planned restart{}, log level {}",
+            listen.join(" "),
+            self.restarts.len(),
+            if self.restarts.len() == 1 { "" } else { "s" },
+            self.log.level
+        )
+    }
+}
+
+/// Parses an IANA zone name.
+///
+/// # Errors
+/// A message naming the zone when it is unknown.
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        format!("unknown time zone {name:?}; use an IANA name such as \"Australia/Melbourne\"")
+    })
+}
+
+/// Checks what the schema cannot (addresses, time zones, schedules, names, relations between
+/// fields), on the raw document so that they are reported alongside structural problems.
+fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment], String)) {
+    let key = |k: &str| Segment::Key(k.to_owned());
+    let text = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_str);
+    if let Some(listen) = value
+        .pointer("/listen")
+        .and_then(serde_json::Value::as_array)
+    {
+        if listen.is_empty() {
+            report(
+                &[key("listen")],
+                "at least one address is needed".to_owned(),
+            );
+        }
+        for (i, address) in listen.iter().enumerate() {
+            if let Some(address) = address.as_str()
+                && address.parse::<SocketAddr>().is_err()
+            {
+                report(
+                    &[key("listen"), Segment::Index(i)],
+                    format!(
+                        "{address:?} is not an address with a port, such as \"0.0.0.0:443\" or \"[::]:443\""
+                    ),
+                );
+            }
+        }
+    }
+    let default_zone = match text("/time_zone") {
+        Some(zone) => match parse_zone(zone) {
+            Ok(zone) => Some(zone),
+            Err(message) => {
+                report(&[key("time_zone")], message);
+                None
+            }
+        },
+        None => Some(schedules::local_zone()),
+    };
+    if let Some(level) = text("/log/level")
+        && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level)
+    {
+        report(
+            &[key("log"), key("level")],
+            format!("not a log level or filter: {e}"),
+        );
+    }
+    let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
+    let defaults = SupervisorConfig::default();
+    let initial = number("/supervisor/backoff_initial_ms").unwrap_or(defaults.backoff_initial_ms);
+    let max = number("/supervisor/backoff_max_ms").unwrap_or(defaults.backoff_max_ms);
+    if initial > max {
+        report(
+            &[key("supervisor"), key("backoff_initial_ms")],
+            format!("{initial} exceeds backoff_max_ms ({max})"),
+        );
+    }
+    let restarts = value
+        .pointer("/restarts")
+        .and_then(serde_json::Value::as_array);
+    for (i, restart) in restarts.into_iter().flatten().enumerate() {
+        let at = |field: &str| [key("restarts"), Segment::Index(i), key(field)];
+        let field = |name: &str| restart.get(name).and_then(serde_json::Value::as_str);
+        if let Some(component) = field("component")
+            && !COMPONENTS.contains(&component)
+        {
+            report(
+                &at("component"),
+                format!(
+                    "unknown component {component:?}; known: {}",
+                    COMPONENTS.join(", ")
+                ),
+            );
+        }
+        let zone = match field("time_zone") {
+            Some(name) => parse_zone(name)
+                .map_err(|message| report(&at("time_zone"), message))
+                .ok(),
+            None => default_zone,
+        };
+        if let Some(expression) = field("schedule") {
+            // A bad zone is reported above; the expression is still checked, in UTC.
+            if let Err(e) = Schedule::parse(expression, zone.unwrap_or(Tz::UTC)) {
+                report(
+                    &at("schedule"),
+                    format!(
+                        "{} (column {}{})",
+                        e.reason,
+                        e.column,
+                        e.field.map(|f| format!(", {f} field")).unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn structural_issues(
+    value: &serde_json::Value,
+    issue: &dyn Fn(&[Segment], bool, String) -> ConfigIssue,
+) -> Vec<ConfigIssue> {
+    let validator = match jsonschema::validator_for(&schema()) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![issue(
+                &[],
+                false,
+                format!("internal: config schema is invalid: {e}"),
+            )];
+        }
+    };
+    let mut issues = Vec::new();
+    for error in validator.iter_errors(value) {
+        let path = from_pointer(error.instance_path().as_str());
+        match error.kind() {
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for name in unexpected {
+                    let mut at = path.clone();
+                    at.push(Segment::Key(name.clone()));
+                    issues.push(issue(&at, true, "unknown field".to_owned()));
+                }
+            }
+            _ => issues.push(issue(&path, false, error.to_string())),
+        }
+    }
+    issues
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    path.iter()
+        .filter_map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn sort(issues: &mut [ConfigIssue]) {
+    issues.sort_by_key(|i| (i.line, i.column));
+}

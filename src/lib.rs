@@ -1,0 +1,13 @@
+//! Pozi Server: the on-premise server that lets staff browsers running the Pozi web app read an
+//! organisation's internal GIS data without that data leaving the network.
+//!
+//! This crate is the server itself: configuration, the installation root, logging, the
+//! components under the root supervisor, and the command line. The supervision runtime lives
+//! in the `actors` crate and cron schedules in `schedules`.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod root;
+pub mod runtime;
+pub mod scheduler;

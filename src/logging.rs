@@ -1,0 +1,103 @@
+//! Logs: console and a daily-rolling `<root>/logs/server.log`, text or JSON lines, level from the
+//! config unless `RUST_LOG` is set; and a panic hook that logs panics through tracing.
+
+use std::path::Path;
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LogConfig;
+
+/// Keeps the log writer flushing; drop it last, when the process ends.
+#[derive(Debug)]
+pub struct LogGuard {
+    _file: WorkerGuard,
+}
+
+/// A log setup that could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log folder or file could not be created.
+    #[error("cannot open log file in {dir}: {reason}")]
+    File {
+        /// The log folder.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A subscriber was already installed (only in tests that start twice).
+    #[error("logging already initialised: {0}")]
+    AlreadySet(String),
+}
+
+/// Installs the global subscriber and the panic hook.
+///
+/// # Errors
+/// When the log folder cannot be written or logging was already set up.
+pub fn init(config: &LogConfig, dir: &Path) -> Result<LogGuard, LogError> {
+    let file = RollingFileAppender::builder()
+        .rotation(Rotation::DAILY)
+        .filename_prefix("server.log")
+        .max_log_files(config.keep_days)
+        .build(dir)
+        .map_err(|e| LogError::File {
+            dir: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let (file_writer, guard) = tracing_appender::non_blocking(file);
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::builder().parse(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+
+    let console = config.console.then_some(std::io::stdout);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if config.json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(file_writer),
+            )
+            .with(console.map(|w| tracing_subscriber::fmt::layer().json().with_writer(w)))
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(file_writer),
+            )
+            .with(console.map(|w| tracing_subscriber::fmt::layer().with_writer(w)))
+            .try_init()
+    };
+    result.map_err(|e| LogError::AlreadySet(e.to_string()))?;
+    install_panic_hook();
+    Ok(LogGuard { _file: guard })
+}
+
+/// Logs every panic through tracing: the event lands inside the panicking task's span, so it
+/// carries the component's name, and the thread name is added for panics outside any span.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-text panic payload)".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            panic = %message,
+            location = %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            "panic"
+        );
+    }));
+}

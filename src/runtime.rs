@@ -1,0 +1,139 @@
+//! The running server: the root supervisor and its components, until a signal or a give-up.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::{
+    Backoff, ChildSpec, HealthRegistry, Intensity, RestartType, RootOutcome, Supervisor,
+    SupervisorSpec,
+};
+use schedules::{MarkStore, Schedule};
+
+use crate::config::{Config, parse_zone};
+use crate::root::Root;
+use crate::scheduler::{PlannedJob, Scheduler, SchedulerArgs};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The scheduler's marks database could not be opened.
+    #[error(transparent)]
+    Marks(#[from] schedules::MarkError),
+    /// A planned restart's schedule was invalid (config validation normally catches this).
+    #[error("restarts[{index}]: {reason}")]
+    Schedule {
+        /// Index in `restarts`.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The supervision tree could not be started.
+    #[error(transparent)]
+    Supervisor(#[from] actors::SupervisorError),
+    /// Components did not stop within the shutdown timeout.
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// The root supervisor's policy from the config.
+fn root_spec(config: &Config, registry: &HealthRegistry) -> SupervisorSpec {
+    let s = &config.supervisor;
+    SupervisorSpec::new("root", registry.clone())
+        .intensity(Intensity {
+            max_restarts: s.max_restarts,
+            period: Duration::from_secs(s.period_secs),
+        })
+        .backoff(Backoff {
+            initial: Duration::from_millis(s.backoff_initial_ms),
+            max: Duration::from_millis(s.backoff_max_ms),
+            ..Backoff::default()
+        })
+}
+
+fn planned_jobs(config: &Config) -> Result<Vec<PlannedJob>, RuntimeError> {
+    let default_zone = config.zone();
+    config
+        .restarts
+        .iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let fail = |reason: String| RuntimeError::Schedule { index, reason };
+            let zone = match &r.time_zone {
+                Some(name) => parse_zone(name).map_err(fail)?,
+                None => default_zone,
+            };
+            let schedule = Schedule::parse(&r.schedule, zone).map_err(|e| fail(e.to_string()))?;
+            Ok(PlannedJob {
+                name: format!("restart:{}@{}", r.component, r.schedule),
+                component: r.component.clone(),
+                schedule,
+                catch_up: r.catch_up,
+            })
+        })
+        .collect()
+}
+
+/// Runs the server until `shutdown` completes (then stops every component in reverse order
+/// within the configured time) or the root supervisor gives up.
+///
+/// # Errors
+/// When the tree cannot be started, or shutdown overruns its time.
+pub async fn run(
+    config: &Config,
+    root: &Root,
+    registry: HealthRegistry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RootOutcome, RuntimeError> {
+    let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
+    let scheduler = SchedulerArgs {
+        jobs: planned_jobs(config)?,
+        marks,
+    };
+    let spec = root_spec(config, &registry).child(ChildSpec::actor(
+        "scheduler",
+        RestartType::Permanent,
+        move || (Scheduler, scheduler.clone()),
+    ));
+    let handle = Supervisor::start_root(spec).await?;
+    tracing::info!(root = %root.path().display(), "server started");
+    let actor = handle.actor.clone();
+    let finished = handle.wait();
+    tokio::pin!(finished);
+    tokio::select! {
+        outcome = &mut finished => Ok(outcome),
+        () = shutdown => {
+            let limit = Duration::from_secs(config.supervisor.shutdown_timeout_secs);
+            tracing::info!(timeout_secs = limit.as_secs(), "shutting down");
+            actor.stop(Some("shutdown".to_owned()));
+            tokio::time::timeout(limit, finished)
+                .await
+                .map_err(|_| RuntimeError::ShutdownTimeout(limit))
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C or service stop on Windows).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received");
+    }
+}
