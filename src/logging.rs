@@ -101,3 +101,66 @@ pub fn install_panic_hook() {
         );
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_panic_is_logged_with_the_component_span() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .finish();
+        super::install_panic_hook();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("component", component = "scheduler");
+            let _entered = span.enter();
+            let result = std::panic::catch_unwind(|| panic!("bad thing {}", 42));
+            assert!(result.is_err());
+        });
+        let _ = std::panic::take_hook();
+        let logged = String::from_utf8(
+            capture
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+        .unwrap_or_default();
+        assert!(logged.contains("ERROR"), "{logged}");
+        assert!(
+            logged.contains("component{component=\"scheduler\"}"),
+            "{logged}"
+        );
+        assert!(logged.contains("panic=bad thing 42"), "{logged}");
+        assert!(logged.contains("src/logging.rs"), "{logged}");
+    }
+}

@@ -53,7 +53,6 @@ pub enum SchedulerMsg {
 pub struct SchedulerState {
     args: SchedulerArgs,
     next: Vec<Option<DateTime<Utc>>>,
-    root: Option<ActorRef<SupervisorMsg>>,
 }
 
 impl SchedulerState {
@@ -77,10 +76,14 @@ impl SchedulerState {
         }
     }
 
-    fn run(&self, n: usize, due: DateTime<Utc>) {
+    fn run(&self, myself: &ActorRef<SchedulerMsg>, n: usize, due: DateTime<Utc>) {
         let job = &self.args.jobs[n];
         self.mark(job, due);
-        let Some(root) = &self.root else {
+        // The link to the supervisor is made after `pre_start`, so it is looked up here.
+        let Some(root) = myself
+            .try_get_supervisor()
+            .map(ActorRef::<SupervisorMsg>::from)
+        else {
             tracing::error!(job = %job.name, "no supervisor to ask for the restart");
             return;
         };
@@ -120,13 +123,12 @@ impl Actor for Scheduler {
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
         let now = Utc::now();
-        let root = myself.try_get_supervisor().map(ActorRef::from);
         let next = args
             .jobs
             .iter()
             .map(|j| j.schedule.next_after(now))
             .collect();
-        let state = SchedulerState { args, next, root };
+        let state = SchedulerState { args, next };
         for (n, job) in state.args.jobs.iter().enumerate() {
             let last = state.args.marks.last_run(&job.name).unwrap_or_else(|e| {
                 tracing::warn!(job = %job.name, error = %e, "cannot read the last run");
@@ -158,12 +160,12 @@ impl Actor for Scheduler {
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::RunNow(n) => state.run(n, Utc::now()),
+            SchedulerMsg::RunNow(n) => state.run(&myself, n, Utc::now()),
             SchedulerMsg::Tick(n) => {
                 let now = Utc::now();
                 if let Some(due) = state.next[n].filter(|due| *due <= now) {
                     state.next[n] = state.args.jobs[n].schedule.next_after(now);
-                    state.run(n, due);
+                    state.run(&myself, n, due);
                 }
                 state.arm(&myself, n);
             }

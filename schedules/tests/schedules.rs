@@ -1,5 +1,8 @@
 //! Schedules as operators write them: syntax, names, DST changes, catch-up and persisted marks.
-#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on unexpected errors")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly on unexpected errors"
+)]
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Australia::Melbourne;

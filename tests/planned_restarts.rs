@@ -1,0 +1,133 @@
+//! Planned restarts through the real runtime: cron schedules firing, catch-up after an outage,
+//! and last-run marks in the root's SQLite state.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::time::{Duration, SystemTime};
+
+use actors::{ComponentState, HealthRegistry, RootOutcome};
+use chrono::Utc;
+use poziserver::config::Config;
+use poziserver::root::Root;
+use schedules::MarkStore;
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn last_start(registry: &HealthRegistry) -> Option<SystemTime> {
+    registry
+        .get("scheduler")
+        .filter(|h| h.state == ComponentState::Running)
+        .and_then(|h| h.last_start)
+}
+
+/// Runs the server on `config` until `body` returns, then shuts it down and checks it stopped.
+async fn with_server<F: Future<Output = ()>>(
+    config: &str,
+    root: &Root,
+    body: impl FnOnce(HealthRegistry) -> F,
+) {
+    let config = Config::parse(config).unwrap();
+    let registry = HealthRegistry::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let (config, root, registry) = (config.clone(), root.clone(), registry.clone());
+        tokio::spawn(async move {
+            poziserver::runtime::run(&config, &root, registry, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    body(registry).await;
+    stop.send(()).unwrap();
+    assert_eq!(server.await.unwrap().unwrap(), RootOutcome::Stopped);
+}
+
+fn temp_root() -> (tempfile::TempDir, Root) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path()).unwrap();
+    root.lay_out().unwrap();
+    (dir, root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_is_restarted_on_its_schedule() {
+    let (_dir, root) = temp_root();
+    let config = r#"{"restarts": [{"component": "scheduler", "schedule": "* * * * * *", "time_zone": "Australia/Melbourne"}]}"#;
+    with_server(config, &root, |registry| async move {
+        eventually("scheduler running", || last_start(&registry).is_some()).await;
+        let first = last_start(&registry).unwrap();
+        eventually("a planned restart", || {
+            last_start(&registry).is_some_and(|t| t > first)
+        })
+        .await;
+        let health = registry.get("scheduler").unwrap();
+        // Planned restarts are not failures.
+        assert_eq!(health.total_restarts, 0);
+        assert!(health.last_error.is_none());
+    })
+    .await;
+    let marks = MarkStore::open(&root.state_dir().join("schedules.sqlite")).unwrap();
+    let mark = marks
+        .last_run("restart:scheduler@* * * * * *")
+        .unwrap()
+        .unwrap();
+    assert!(Utc::now() - mark < chrono::Duration::seconds(10));
+}
+
+async fn after_outage(catch_up: &str) -> (bool, chrono::DateTime<Utc>) {
+    let (_dir, root) = temp_root();
+    let name = "restart:scheduler@0 3 * * *";
+    let before = Utc::now() - chrono::Duration::days(3);
+    MarkStore::open(&root.state_dir().join("schedules.sqlite"))
+        .unwrap()
+        .record(name, "0 3 * * *", before)
+        .unwrap();
+    let config = format!(
+        r#"{{"restarts": [{{"component": "scheduler", "schedule": "0 3 * * *", "time_zone": "UTC", "catch_up": "{catch_up}"}}]}}"#
+    );
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = restarted.clone();
+    with_server(&config, &root, |registry| async move {
+        eventually("scheduler running", || last_start(&registry).is_some()).await;
+        let first = last_start(&registry).unwrap();
+        for _ in 0..100 {
+            if last_start(&registry).is_some_and(|t| t > first) {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let marks = MarkStore::open(&root.state_dir().join("schedules.sqlite")).unwrap();
+    let mark = marks.last_run(name).unwrap().unwrap();
+    (restarted.load(std::sync::atomic::Ordering::SeqCst), mark)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_catches_up_a_run_missed_while_down() {
+    let (restarted, mark) = after_outage("run_once").await;
+    assert!(restarted, "the missed restart was not run at start-up");
+    assert!(
+        Utc::now() - mark < chrono::Duration::seconds(30),
+        "mark not advanced: {mark}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_ignores_a_run_missed_while_down_but_moves_the_mark() {
+    let (restarted, mark) = after_outage("skip").await;
+    assert!(!restarted, "a skipped catch-up ran anyway");
+    assert!(
+        Utc::now() - mark < chrono::Duration::seconds(30),
+        "mark not advanced: {mark}"
+    );
+}
