@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use actors::{HealthRegistry, RootOutcome};
+use actors::RootOutcome;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
@@ -171,11 +171,10 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    let registry = HealthRegistry::new();
     let result = runtime.block_on(crate::runtime::run(
         &config,
         &root,
-        registry,
+        crate::runtime::Handles::default(),
         crate::runtime::shutdown_signal(),
     ));
     match result {

@@ -7,7 +7,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod logging;
+pub mod ops;
 pub mod root;
 pub mod runtime;
 pub mod scheduler;

@@ -11,6 +11,7 @@ use actors::{
 use schedules::{MarkStore, Schedule};
 
 use crate::config::{Config, parse_zone};
+use crate::http::{HttpArgs, HttpComponent, Listening};
 use crate::root::Root;
 use crate::scheduler::{PlannedJob, Scheduler, SchedulerArgs};
 
@@ -34,6 +35,15 @@ pub enum RuntimeError {
     /// Components did not stop within the shutdown timeout.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+}
+
+/// Shared views into the running server, for `/health`, logs and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Handles {
+    /// Every component's health.
+    pub registry: HealthRegistry,
+    /// The addresses the HTTP component is listening on.
+    pub listening: Listening,
 }
 
 /// The root supervisor's policy from the config.
@@ -82,19 +92,39 @@ fn planned_jobs(config: &Config) -> Result<Vec<PlannedJob>, RuntimeError> {
 pub async fn run(
     config: &Config,
     root: &Root,
-    registry: HealthRegistry,
+    handles: Handles,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RootOutcome, RuntimeError> {
+    let Handles {
+        registry,
+        listening,
+    } = handles;
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
     let scheduler = SchedulerArgs {
         jobs: planned_jobs(config)?,
         marks,
     };
-    let spec = root_spec(config, &registry).child(ChildSpec::actor(
-        "scheduler",
-        RestartType::Permanent,
-        move || (Scheduler, scheduler.clone()),
-    ));
+    let http = HttpArgs {
+        config: Arc::new(config.clone()),
+        root: root.clone(),
+        registry: registry.clone(),
+        listening,
+    };
+    let drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
+    let spec = root_spec(config, &registry)
+        .child(
+            // A port that is taken must not take the server down: retry with capped backoff.
+            ChildSpec::actor("http", RestartType::Permanent, move || {
+                (HttpComponent, http.clone())
+            })
+            .retry_forever()
+            .with_shutdown(drain + Duration::from_secs(1)),
+        )
+        .child(ChildSpec::actor(
+            "scheduler",
+            RestartType::Permanent,
+            move || (Scheduler, scheduler.clone()),
+        ));
     let handle = Supervisor::start_root(spec).await?;
     tracing::info!(root = %root.path().display(), "server started");
     let actor = handle.actor.clone();

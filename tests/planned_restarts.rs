@@ -33,13 +33,18 @@ async fn with_server<F: Future<Output = ()>>(
     root: &Root,
     body: impl FnOnce(HealthRegistry) -> F,
 ) {
-    let config = Config::parse(config).unwrap();
+    let mut config = Config::parse(config).unwrap();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let registry = HealthRegistry::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let (config, root, registry) = (config.clone(), root.clone(), registry.clone());
         tokio::spawn(async move {
-            poziserver::runtime::run(&config, &root, registry, async {
+            let handles = poziserver::runtime::Handles {
+                registry,
+                ..Default::default()
+            };
+            poziserver::runtime::run(&config, &root, handles, async {
                 let _ = stopped.await;
             })
             .await

@@ -27,6 +27,8 @@ pub struct ChildSpec {
     pub restart: RestartType,
     /// How long a graceful stop may take before the child is killed.
     pub shutdown: Duration,
+    /// Whether its restarts count toward the supervisor's intensity (default yes).
+    pub counts_toward_intensity: bool,
     pub(crate) start: StartFn,
 }
 
@@ -52,6 +54,7 @@ impl ChildSpec {
             name: name.into(),
             restart,
             shutdown: DEFAULT_SHUTDOWN,
+            counts_toward_intensity: true,
             start: Arc::new(move |supervisor| Box::pin(start(supervisor))),
         }
     }
@@ -87,6 +90,15 @@ impl ChildSpec {
             }
         })
         .with_shutdown(shutdown)
+    }
+
+    /// Makes the child retry for ever: its restarts do not count toward the supervisor's
+    /// intensity, so it never takes its siblings down; the backoff still spaces its attempts up
+    /// to the cap. For a listener whose port may be taken for hours while the rest must run.
+    #[must_use]
+    pub fn retry_forever(mut self) -> Self {
+        self.counts_toward_intensity = false;
+        self
     }
 
     /// Sets how long a graceful stop may take before the child is killed.

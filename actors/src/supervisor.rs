@@ -186,7 +186,9 @@ struct Child {
     spec: ChildSpec,
     key: String,
     cell: Option<ActorCell>,
-    restarts: VecDeque<Instant>,
+    started_at: Option<Instant>,
+    /// Restarts since the child last ran for a whole intensity window: the backoff exponent.
+    consecutive: usize,
     generation: u64,
 }
 
@@ -254,6 +256,7 @@ impl SupervisorState {
             Ok(cell) => {
                 self.by_id.insert(cell.get_id(), idx);
                 self.children[idx].cell = Some(cell);
+                self.children[idx].started_at = Some(Instant::now());
                 let key = &self.children[idx].key;
                 tracing::debug!(supervisor = %self.spec.name, child = %key, "child started");
                 self.spec.registry.update(key, self.window(), |h| {
@@ -355,8 +358,18 @@ impl SupervisorState {
         }
 
         let now = Instant::now();
+        let child = &mut self.children[idx];
+        if child
+            .started_at
+            .is_some_and(|t| now.duration_since(t) > window)
+        {
+            child.consecutive = 0;
+        }
+        let counted = child.spec.counts_toward_intensity;
         prune(&mut self.restarts, now, window);
-        self.restarts.push_back(now);
+        if counted {
+            self.restarts.push_back(now);
+        }
         let max = self.spec.intensity.max_restarts as usize;
         if self.restarts.len() > max {
             let message = format!(
@@ -373,9 +386,8 @@ impl SupervisorState {
         }
 
         let child = &mut self.children[idx];
-        prune(&mut child.restarts, now, window);
-        let delay = self.spec.backoff.delay(child.restarts.len());
-        child.restarts.push_back(now);
+        let delay = self.spec.backoff.delay(child.consecutive);
+        child.consecutive += 1;
         self.spec.registry.update(&key, window, |h| {
             let now = SystemTime::now();
             h.total_restarts += 1;
@@ -445,7 +457,8 @@ impl Actor for Supervisor {
                 key: format!("{}{}", spec.prefix, c.name),
                 spec: c.clone(),
                 cell: None,
-                restarts: VecDeque::new(),
+                started_at: None,
+                consecutive: 0,
                 generation: 0,
             })
             .collect();

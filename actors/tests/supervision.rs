@@ -534,3 +534,48 @@ async fn planned_restart_replaces_a_child_without_counting_against_intensity() {
     assert_eq!(health.state, ComponentState::Running);
     assert_eq!(root.shutdown().await, RootOutcome::Stopped);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_forever_child_never_takes_the_supervisor_down_and_backs_off_to_the_cap() {
+    let log = Arc::new(Log::default());
+    let registry = HealthRegistry::new();
+    let none = Faults::default();
+    let broken = Faults {
+        always_fail_start: true,
+        ..Faults::default()
+    };
+    let root = Supervisor::start_root(
+        spec("root", &registry)
+            .intensity(Intensity {
+                max_restarts: 2,
+                period: Duration::from_secs(10),
+            })
+            .backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+                jitter: 0.0,
+            })
+            .child(worker("other", RestartType::Permanent, &log, none))
+            .child(worker("listener", RestartType::Permanent, &log, broken).retry_forever()),
+    )
+    .await
+    .unwrap();
+    // 0 + 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 + 5 ... seconds: 20 attempts take about 70 s.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let attempts = log.starts("listener");
+    assert!((18..=22).contains(&attempts), "{attempts} attempts");
+    let health = registry.get("listener").unwrap();
+    assert_eq!(health.state, ComponentState::BackingOff);
+    assert!(
+        health
+            .last_error
+            .unwrap()
+            .message
+            .contains("listener cannot start")
+    );
+    assert_eq!(
+        registry.get("other").unwrap().state,
+        ComponentState::Running
+    );
+    assert_eq!(root.shutdown().await, RootOutcome::Stopped);
+}

@@ -6,6 +6,7 @@
 
 mod locate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ pub use locate::Segment;
 use locate::{dotted, from_pointer, line_column};
 
 /// The components a planned restart may name.
-pub const COMPONENTS: &[&str] = &["scheduler"];
+pub const COMPONENTS: &[&str] = &["http", "scheduler"];
 
 /// Default listen address: HTTPS on every IPv4 interface.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
@@ -34,6 +35,8 @@ pub struct Config {
     /// IANA time zone for schedules that name none (e.g. `Australia/Melbourne`); `null` uses the
     /// machine's zone.
     pub time_zone: Option<String>,
+    /// The HTTPS listener and what it serves.
+    pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
     /// Restart policy of the root supervisor.
@@ -48,11 +51,209 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
             time_zone: None,
+            http: HttpConfig::default(),
             log: LogConfig::default(),
             supervisor: SupervisorConfig::default(),
             restarts: Vec::new(),
         }
     }
+}
+
+/// The HTTPS listener: certificates, host folders, CORS, caching, reverse proxy and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve plain HTTP instead of HTTPS (only behind a reverse proxy that terminates TLS).
+    pub plain_http: bool,
+    /// Extra plain-HTTP addresses (e.g. `0.0.0.0:80`) that redirect every request to HTTPS.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// Names the self-signed certificate is made for when `<root>/certificate.cer` and
+    /// `certificate.key` are absent.
+    pub host_names: Vec<String>,
+    /// Explicit `Host` to `userdata` folder map (`{"maps.example.org": "gis01"}`); otherwise the
+    /// host's first DNS label picks the folder, and `local` is the fallback.
+    pub hosts: BTreeMap<String, String>,
+    /// How often the certificate files are checked for a replacement, in seconds.
+    #[schemars(range(min = 1))]
+    pub certificate_check_secs: u64,
+    /// Cross-origin access for the Pozi web app.
+    pub cors: CorsConfig,
+    /// `Cache-Control` by path pattern (glob on the path inside the host folder; first match wins).
+    pub cache_control: Vec<CacheRule>,
+    /// Reverse-proxy routes to QGIS Server, MapServer or IIS.
+    pub proxy: Vec<ProxyRoute>,
+    /// Connection and request limits.
+    pub limits: Limits,
+    /// Access log through the server log.
+    pub access_log: AccessLog,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            plain_http: false,
+            redirect_listen: Vec::new(),
+            host_names: vec![
+                "local.pozi.com".to_owned(),
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ],
+            hosts: BTreeMap::new(),
+            certificate_check_secs: 2,
+            cors: CorsConfig::default(),
+            cache_control: vec![
+                CacheRule {
+                    pattern: "resourcecheck/**".to_owned(),
+                    value: "no-store".to_owned(),
+                },
+                CacheRule {
+                    pattern: "**".to_owned(),
+                    value: "no-cache".to_owned(),
+                },
+            ],
+            proxy: Vec::new(),
+            limits: Limits::default(),
+            access_log: AccessLog::default(),
+        }
+    }
+}
+
+/// Which origins may read this server's responses from a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Allowed origins; `*.` matches any subdomain (`https://*.pozi.com`).
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies, Windows authentication).
+    pub allow_credentials: bool,
+    /// Request headers a preflight may ask for.
+    pub allowed_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec![
+                "https://*.pozi.com".to_owned(),
+                "http://localhost:3000".to_owned(),
+            ],
+            allow_credentials: false,
+            allowed_headers: [
+                "accept",
+                "authorization",
+                "content-type",
+                "if-none-match",
+                "if-modified-since",
+                "range",
+                "x-requested-with",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            max_age_secs: 86_400,
+        }
+    }
+}
+
+/// A `Cache-Control` value for paths matching a glob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Glob on the path inside the host folder (`images/**`, `**/*.geojson`).
+    pub pattern: String,
+    /// The header value (`public, max-age=3600`).
+    pub value: String,
+}
+
+/// A path prefix forwarded to an upstream server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRoute {
+    /// Path prefix, e.g. `/iis`; `/iis/wms?x` goes to `<upstream>/wms?x`.
+    pub prefix: String,
+    /// Upstream base URL, e.g. `http://localhost/pozi`.
+    pub upstream: String,
+    /// Time allowed for the upstream to answer, in seconds; then 504.
+    #[serde(default = "default_proxy_timeout")]
+    #[schemars(range(min = 1))]
+    pub timeout_secs: u64,
+}
+
+fn default_proxy_timeout() -> u64 {
+    30
+}
+
+/// Connection and request limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time for a TLS handshake, in seconds.
+    #[schemars(range(min = 1))]
+    pub handshake_timeout_secs: u64,
+    /// Time for a client to send a request's headers (slowloris defence), in seconds.
+    #[schemars(range(min = 1))]
+    pub header_read_timeout_secs: u64,
+    /// An idle keep-alive connection is closed after this many seconds.
+    #[schemars(range(min = 1))]
+    pub idle_timeout_secs: u64,
+    /// Largest request head accepted, in bytes.
+    #[schemars(range(min = 1024))]
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the OS backlog.
+    #[schemars(range(min = 1))]
+    pub max_connections: usize,
+    /// Largest request body accepted (proxied uploads), in bytes.
+    pub body_limit_bytes: u64,
+    /// On stop, time allowed for in-flight requests to finish, in seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            body_limit_bytes: 10 * 1024 * 1024,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// `on`, `off`, or `sampled` (one request in `sample_one_in`; errors always logged).
+    pub mode: AccessLogMode,
+    /// For `sampled`: log one request in this many.
+    #[schemars(range(min = 1))]
+    pub sample_one_in: u64,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            mode: AccessLogMode::On,
+            sample_one_in: 100,
+        }
+    }
+}
+
+/// Whether requests are logged: `on`, `off` or `sampled`.
+#[expect(
+    missing_docs,
+    reason = "variants are described on the enum, so the JSON Schema lists them as a plain enum"
+)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogMode {
+    On,
+    Off,
+    Sampled,
 }
 
 /// Where and how much the server logs.

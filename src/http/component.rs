@@ -1,0 +1,208 @@
+//! The `http` component: a supervised actor that owns the listeners. Its start binds every
+//! address (a failure is an error the supervisor retries with backoff); its stop stops
+//! accepting and drains in-flight requests up to a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use actors::HealthRegistry;
+use arc_swap::ArcSwap;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::cors::Cors;
+use super::host::HostFolders;
+use super::proxy::Proxy;
+use super::routes::{Site, routes};
+use super::serve::{Acceptor, redirect};
+use super::service::Pipeline;
+use super::static_files::StaticFiles;
+use super::tls::{CertPaths, CertStore, server_config};
+use crate::config::Config;
+use crate::ops::health::Health;
+use crate::root::Root;
+
+/// The addresses the current incarnation listens on (empty while it is not listening); tests
+/// and logs read the ports actually bound (`127.0.0.1:0` picks a free one).
+#[derive(Debug, Clone, Default)]
+pub struct Listening(Arc<ArcSwap<Vec<SocketAddr>>>);
+
+impl Listening {
+    /// The HTTPS (or plain, in `plain_http` mode) addresses being served.
+    #[must_use]
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.0.load().as_ref().clone()
+    }
+}
+
+/// What the component is started with.
+#[derive(Debug, Clone)]
+pub struct HttpArgs {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The installation root.
+    pub root: Root,
+    /// Read by `/health`.
+    pub registry: HealthRegistry,
+    /// Where the bound addresses are published.
+    pub listening: Listening,
+}
+
+/// The listener actor.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpComponent;
+
+/// A running listener's handles.
+#[derive(Debug)]
+pub struct HttpState {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    drain: Duration,
+    listening: Listening,
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(address).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => " (another program is using this port)",
+            std::io::ErrorKind::PermissionDenied if address.port() < 1024 => {
+                " (ports below 1024 need administrator rights or CAP_NET_BIND_SERVICE)"
+            }
+            _ => "",
+        };
+        format!("cannot listen on {address}: {e}{hint}")
+    })
+}
+
+impl Actor for HttpComponent {
+    type Msg = ();
+    type State = HttpState;
+    type Arguments = HttpArgs;
+
+    #[tracing::instrument(name = "component", fields(component = "http"), skip_all)]
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        args: HttpArgs,
+    ) -> Result<HttpState, ActorProcessingErr> {
+        let http = &args.config.http;
+        let limits = http.limits.clone();
+        let cert = if http.plain_http {
+            None
+        } else {
+            let paths = CertPaths::in_root(args.root.path());
+            let names = http.host_names.clone();
+            let store =
+                tokio::task::spawn_blocking(move || CertStore::open(paths, &names)).await??;
+            Some(store)
+        };
+        let site = Arc::new(Site {
+            hosts: HostFolders::new(&args.root.path().join("userdata"), &http.hosts),
+            files: StaticFiles::new(&http.cache_control),
+            cors: Cors::new(&http.cors),
+            proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
+            health: Health::new(args.registry.clone(), cert.clone()),
+        });
+        let tls = match &cert {
+            Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),
+            None => None,
+        };
+
+        let mut listeners = Vec::new();
+        for address in &args.config.listen {
+            listeners.push(bind(*address).await?);
+        }
+        let mut redirects = Vec::new();
+        for address in &http.redirect_listen {
+            redirects.push(bind(*address).await?);
+        }
+
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let router = warp::service(routes(site.clone()));
+        let acceptor = Acceptor {
+            pipeline: Arc::new(Pipeline {
+                site,
+                router,
+                access_log: http.access_log.clone(),
+                counter: AtomicU64::new(0),
+            }),
+            tls,
+            limits: limits.clone(),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            stop: stop.clone(),
+            tracker: tracker.clone(),
+        };
+        let scheme = if http.plain_http { "http" } else { "https" };
+        let mut bound = Vec::new();
+        for listener in listeners {
+            let address = listener.local_addr()?;
+            tracing::info!(address = %address, "listening on {scheme}://{address}");
+            bound.push(address);
+            tracker.spawn(acceptor.clone().run(listener));
+        }
+        let https_port = bound.first().map(SocketAddr::port);
+        for listener in redirects {
+            tracing::info!(address = %listener.local_addr()?, "redirecting plain HTTP to HTTPS");
+            tracker.spawn(redirect(
+                listener,
+                https_port,
+                stop.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some(store) = cert {
+            let every = Duration::from_secs(http.certificate_check_secs.max(1));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = ticks.tick() => {
+                            let store = store.clone();
+                            let _ = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+                        }
+                    }
+                }
+            });
+        }
+        args.listening.0.store(Arc::new(bound));
+        Ok(HttpState {
+            stop,
+            tracker,
+            drain: Duration::from_secs(limits.drain_timeout_secs),
+            listening: args.listening,
+        })
+    }
+
+    #[tracing::instrument(name = "component", fields(component = "http"), skip_all)]
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut HttpState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.listening.0.store(Arc::new(Vec::new()));
+        state.stop.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(state.drain, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = state.tracker.len(),
+                drain_secs = state.drain.as_secs(),
+                "connections still open after the drain deadline; closing them"
+            );
+        } else {
+            tracing::info!("stopped accepting; in-flight requests finished");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! Reverse proxy routes to QGIS Server, MapServer or IIS: method, path, query, headers and
+//! bodies forwarded and streamed both ways, with X-Forwarded-* added; 502 when the upstream is
+//! down, 504 when it is too slow.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use warp::Reply;
+use warp::reply::Response;
+
+use crate::config::ProxyRoute;
+use crate::http::error_body;
+
+/// Hop-by-hop headers, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The configured routes and one shared client.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    routes: Vec<ProxyRoute>,
+    client: reqwest::Client,
+    body_limit: u64,
+}
+
+/// One request to forward.
+#[derive(Debug)]
+pub struct Forward {
+    /// Method.
+    pub method: Method,
+    /// Raw path (percent-encoded as received).
+    pub path: String,
+    /// Raw query, if any.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// Whether the client came over TLS.
+    pub tls: bool,
+}
+
+impl Proxy {
+    /// A proxy for `routes`, refusing request bodies over `body_limit` bytes.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(routes: &[ProxyRoute], body_limit: u64) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            routes: routes.to_vec(),
+            client,
+            body_limit,
+        })
+    }
+
+    /// The route whose prefix the path falls under (`/iis` matches `/iis` and `/iis/...`).
+    #[must_use]
+    pub fn route_for(&self, path: &str) -> Option<&ProxyRoute> {
+        self.routes.iter().find(|r| {
+            path.strip_prefix(r.prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    /// Forwards a request along `route`, streaming the body both ways.
+    pub async fn forward<S>(&self, route: &ProxyRoute, request: Forward, body: S) -> Response
+    where
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
+    {
+        let rest = request
+            .path
+            .strip_prefix(route.prefix.as_str())
+            .unwrap_or_default();
+        let mut url = format!("{}{rest}", route.upstream.trim_end_matches('/'));
+        if let Some(query) = &request.query {
+            url.push('?');
+            url.push_str(query);
+        }
+        if let Some(length) = request
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            && length > self.body_limit
+        {
+            return error_body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                Some(&format!("limit is {} bytes", self.body_limit)),
+            );
+        }
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(peer) = request.peer {
+            let prior = request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let value =
+                prior.map_or_else(|| peer.ip().to_string(), |p| format!("{p}, {}", peer.ip()));
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static(if request.tls { "https" } else { "http" }),
+        );
+        if let Some(host) = request.headers.get(header::HOST) {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+
+        let limit = self.body_limit;
+        let mut seen = 0u64;
+        let limited = body.and_then(move |chunk| {
+            seen += chunk.len() as u64;
+            let result = if seen > limit {
+                Err(std::io::Error::other("request body exceeds the limit"))
+            } else {
+                Ok(chunk)
+            };
+            futures::future::ready(result)
+        });
+        let has_body = !matches!(request.method, Method::GET | Method::HEAD | Method::OPTIONS)
+            || request.headers.contains_key(header::CONTENT_LENGTH)
+            || request.headers.contains_key(header::TRANSFER_ENCODING);
+        let mut builder = self
+            .client
+            .request(request.method.clone(), &url)
+            .headers(headers)
+            .timeout(Duration::from_secs(route.timeout_secs));
+        if has_body {
+            builder = builder.body(reqwest::Body::wrap_stream(limited));
+        }
+        match builder.send().await {
+            Ok(upstream) => {
+                let status = upstream.status();
+                let mut out = HeaderMap::new();
+                for (name, value) in upstream.headers() {
+                    if !HOP_BY_HOP.contains(&name.as_str()) {
+                        out.append(name.clone(), value.clone());
+                    }
+                }
+                let stream = upstream.bytes_stream().map_err(std::io::Error::other);
+                let mut response = warp::reply::stream(stream).into_response();
+                *response.status_mut() = status;
+                *response.headers_mut() = out;
+                response
+            }
+            Err(e) if e.is_timeout() => {
+                tracing::warn!(upstream = %route.upstream, timeout_secs = route.timeout_secs, "upstream timed out");
+                error_body(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out",
+                    Some(&format!(
+                        "{} did not answer within {} s",
+                        route.upstream, route.timeout_secs
+                    )),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %route.upstream, error = %e, "upstream unreachable");
+                error_body(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream unreachable",
+                    Some(&format!("{}: {}", route.upstream, root_cause(&e))),
+                )
+            }
+        }
+    }
+}
+
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,177 @@
+//! Routing with warp filters: `/health`, reverse-proxy prefixes, static files.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+use warp::filters::path::FullPath;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::cors::Cors;
+use super::error_body;
+use super::host::HostFolders;
+use super::proxy::{Forward, Proxy};
+use super::safe_path;
+use super::static_files::{FileRequest, StaticFiles};
+use crate::ops::health::Health;
+
+/// Everything the routes serve from, built once per listener start.
+#[derive(Debug)]
+pub struct Site {
+    /// Host to folder.
+    pub hosts: HostFolders,
+    /// Static files.
+    pub files: StaticFiles,
+    /// CORS policy.
+    pub cors: Cors,
+    /// Reverse proxy.
+    pub proxy: Proxy,
+    /// The health document.
+    pub health: Health,
+}
+
+/// Connection facts the routes need, put in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The whole router.
+pub fn routes(
+    site: Arc<Site>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_site = warp::any().map(move || site.clone());
+    let get_or_head = warp::get().or(warp::head()).unify();
+
+    let health = warp::path!("health")
+        .and(get_or_head)
+        .and(with_site.clone())
+        .map(|site: Arc<Site>| site.health.response());
+
+    let proxy = warp::path::full()
+        .and(with_site.clone())
+        .and_then(|path: FullPath, site: Arc<Site>| async move {
+            if site.proxy.route_for(path.as_str()).is_some() {
+                Ok((path, site))
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(warp::method())
+        .and(
+            warp::query::raw()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<ConnInfo>())
+        .and(warp::body::stream())
+        .then(
+            |path: FullPath,
+             site: Arc<Site>,
+             method: Method,
+             query: Option<String>,
+             headers: HeaderMap,
+             conn: Option<ConnInfo>,
+             body| async move {
+                let Some(route) = site.proxy.route_for(path.as_str()).cloned() else {
+                    return error_body(StatusCode::NOT_FOUND, "not found", None);
+                };
+                let body = sync_stream(body);
+                let request = Forward {
+                    method,
+                    path: path.as_str().to_owned(),
+                    query,
+                    headers,
+                    peer: conn.map(|c| c.peer),
+                    tls: conn.is_some_and(|c| c.tls),
+                };
+                site.proxy.forward(&route, request, body).await
+            },
+        );
+
+    let files = get_or_head
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(with_site)
+        .then(
+            |method: Method, path: FullPath, headers: HeaderMap, site: Arc<Site>| async move {
+                serve_file(&site, &method, path.as_str(), &headers).await
+            },
+        );
+
+    health
+        .or(proxy)
+        .unify()
+        .or(files)
+        .unify()
+        .recover(rejection)
+        .unify()
+}
+
+async fn serve_file(site: &Site, method: &Method, path: &str, headers: &HeaderMap) -> Response {
+    let segments = match safe_path::segments(path) {
+        Ok(segments) => segments,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad path", Some(e.0)),
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let folders = site.hosts.search_path(host);
+    let request = FileRequest { method, headers };
+    match site.files.serve(&folders, &segments, &request).await {
+        Some(response) => response,
+        None => error_body(StatusCode::NOT_FOUND, "not found", Some(path)),
+    }
+}
+
+/// warp's body stream made `Sync` and of plain bytes, for the proxy client.
+fn sync_stream(
+    body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let item = chunk
+                .map(|mut b| b.copy_to_bytes(b.remaining()))
+                .map_err(std::io::Error::other);
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + Sync + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not found")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (StatusCode::LENGTH_REQUIRED, "length required")
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        (StatusCode::BAD_REQUEST, "invalid query")
+    } else {
+        (StatusCode::BAD_REQUEST, "bad request")
+    };
+    Ok(error_body(status, message, None))
+}

@@ -1,0 +1,301 @@
+//! Accepting connections: TLS handshakes in each connection's own task, HTTP/1.1 and HTTP/2 by
+//! ALPN, limits, and a graceful drain on stop.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use warp::reply::Response;
+
+use super::routes::ConnInfo;
+use super::service::Pipeline;
+use crate::config::Limits;
+
+/// What a listener needs to serve connections.
+pub struct Acceptor<S> {
+    /// The request pipeline.
+    pub pipeline: Arc<Pipeline<S>>,
+    /// TLS, or `None` for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// Limits.
+    pub limits: Limits,
+    /// Shared by all listeners of the component.
+    pub permits: Arc<Semaphore>,
+    /// Cancelled on stop.
+    pub stop: CancellationToken,
+    /// Tracks connection tasks for the drain.
+    pub tracker: TaskTracker,
+}
+
+impl<S> Clone for Acceptor<S> {
+    fn clone(&self) -> Self {
+        Self {
+            pipeline: self.pipeline.clone(),
+            tls: self.tls.clone(),
+            limits: self.limits.clone(),
+            permits: self.permits.clone(),
+            stop: self.stop.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+impl<S> Acceptor<S>
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    /// Accepts until stopped; each connection is served in its own task.
+    pub async fn run(self, listener: TcpListener) {
+        let local = listener.local_addr().ok();
+        loop {
+            let permit = tokio::select! {
+                () = self.stop.cancelled() => break,
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = self.stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.connection(stream, peer).await;
+                drop(permit);
+            });
+        }
+        tracing::debug!(address = ?local, "stopped accepting");
+    }
+
+    async fn connection(self, stream: TcpStream, peer: SocketAddr) {
+        let activity = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let stream = Activity {
+            inner: stream,
+            last: activity.clone(),
+            epoch,
+        };
+        match &self.tls {
+            Some(tls) => {
+                let handshake = tokio::time::timeout(
+                    Duration::from_secs(self.limits.handshake_timeout_secs),
+                    tls.accept(stream),
+                );
+                match handshake.await {
+                    Ok(Ok(tls_stream)) => {
+                        self.serve(tls_stream, ConnInfo { peer, tls: true }, activity, epoch)
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                }
+            }
+            None => {
+                self.serve(stream, ConnInfo { peer, tls: false }, activity, epoch)
+                    .await
+            }
+        }
+    }
+
+    async fn serve<IO>(&self, io: IO, conn: ConnInfo, activity: Arc<AtomicU64>, epoch: Instant)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let pipeline = self.pipeline.clone();
+        let service =
+            hyper::service::service_fn(move |request| pipeline.clone().handle(conn, request));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(self.limits.header_read_timeout_secs))
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(self.limits.idle_timeout_secs)));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let idle_limit = Duration::from_secs(self.limits.idle_timeout_secs);
+        let mut draining = false;
+        loop {
+            let since = Duration::from_millis(activity.load(Ordering::Relaxed));
+            let idle_for = epoch.elapsed().saturating_sub(since);
+            let wait = idle_limit
+                .saturating_sub(idle_for)
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.stop.cancelled(), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(wait), if !draining => {
+                    let since = Duration::from_millis(activity.load(Ordering::Relaxed));
+                    if epoch.elapsed().saturating_sub(since) >= idle_limit {
+                        tracing::debug!(client = %conn.peer, "closing idle connection");
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stream that records when bytes last moved, for the idle timeout.
+struct Activity {
+    inner: TcpStream,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Activity {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Activity {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves plain-HTTP redirects to HTTPS on a listener until stopped.
+pub async fn redirect(
+    listener: TcpListener,
+    https_port: Option<u16>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+        };
+        tracker.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(redirect_response(&request, https_port))
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn redirect_response(
+    request: &Request<Incoming>,
+    https_port: Option<u16>,
+) -> http::Response<String> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map_or(h, |(n, _)| n)
+        })
+        .unwrap_or("localhost")
+        .to_owned();
+    let port = https_port
+        .filter(|p| *p != 443)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    http::Response::builder()
+        .status(http::StatusCode::PERMANENT_REDIRECT)
+        .header(http::header::LOCATION, location)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body("{\"status\":308,\"error\":\"use https\"}".to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,124 @@
+//! The outer request step around the router: CORS preflight, panic isolation, CORS headers and
+//! the access log.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::FutureExt;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use tower_service::Service;
+use warp::reply::Response;
+
+use super::error_body;
+use super::routes::{ConnInfo, Site};
+use crate::config::{AccessLog, AccessLogMode};
+
+/// Shared by every connection of a listener.
+#[derive(Debug)]
+pub struct Pipeline<S> {
+    /// The site the router serves.
+    pub site: Arc<Site>,
+    /// The warp router as a tower service.
+    pub router: S,
+    /// Access log settings.
+    pub access_log: AccessLog,
+    /// Requests seen, for sampling.
+    pub counter: AtomicU64,
+}
+
+impl<S> Pipeline<S>
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    /// Handles one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        mut request: Request<hyper::body::Incoming>,
+    ) -> Result<Response, Infallible> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let host = request.headers().get(header::HOST).cloned().or_else(|| {
+            request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        // HTTP/2 carries the host in :authority; handlers read the Host header.
+        if !request.headers().contains_key(header::HOST)
+            && let Some(host) = &host
+        {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
+        let origin = request.headers().get(header::ORIGIN).cloned();
+
+        let response = if let Some(preflight) = self.site.cors.preflight(&method, request.headers())
+        {
+            preflight
+        } else {
+            request.extensions_mut().insert(conn);
+            let mut router = self.router.clone();
+            match AssertUnwindSafe(router.call(request)).catch_unwind().await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    // The panic hook has logged the message and location.
+                    tracing::error!(method = %method, path = %path, "request handler panicked; answering 500");
+                    error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
+                }
+            }
+        };
+        let mut response = response;
+        self.site.cors.decorate(origin.as_ref(), &mut response);
+        self.log(&conn, &method, host.as_ref(), &path, &response, started);
+        Ok(response)
+    }
+
+    fn log(
+        &self,
+        conn: &ConnInfo,
+        method: &http::Method,
+        host: Option<&HeaderValue>,
+        path: &str,
+        response: &Response,
+        started: Instant,
+    ) {
+        let status = response.status();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let wanted = match self.access_log.mode {
+            AccessLogMode::Off => false,
+            AccessLogMode::On => true,
+            AccessLogMode::Sampled => {
+                status.is_server_error() || n.is_multiple_of(self.access_log.sample_one_in.max(1))
+            }
+        };
+        if !wanted {
+            return;
+        }
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            client = %conn.peer.ip(),
+            method = %method,
+            host = host.and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            path = %path,
+            status = status.as_u16(),
+            bytes = bytes,
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! `GET /health`: `application/health+json` from the health registry and the certificate.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actors::{ComponentState, HealthRegistry};
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use http::header::{self, HeaderValue};
+use serde_json::{Value, json};
+use warp::reply::Response;
+
+use crate::cli::VERSION;
+use crate::http::tls::CertStore;
+
+/// Builds the health document.
+#[derive(Debug)]
+pub struct Health {
+    registry: HealthRegistry,
+    cert: Option<Arc<CertStore>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    DateTime::<Utc>::from(t).to_rfc3339()
+}
+
+impl Health {
+    /// Reads `registry`, and the certificate in `cert` when serving HTTPS.
+    #[must_use]
+    pub fn new(registry: HealthRegistry, cert: Option<Arc<CertStore>>) -> Self {
+        Self { registry, cert }
+    }
+
+    /// The document and its overall status.
+    #[must_use]
+    pub fn document(&self) -> (StatusCode, Value) {
+        let now = SystemTime::now();
+        let mut overall = Status::Pass;
+        let mut checks = serde_json::Map::new();
+        for (name, h) in self.registry.snapshot().iter() {
+            let status = match h.state {
+                ComponentState::Running | ComponentState::Stopped => Status::Pass,
+                ComponentState::Starting
+                | ComponentState::BackingOff
+                | ComponentState::Stopping => Status::Warn,
+                ComponentState::Failed => Status::Fail,
+            };
+            overall = overall.max(status);
+            checks.insert(
+                format!("{name}:state"),
+                json!([{
+                    "componentId": name,
+                    "componentType": "component",
+                    "status": status.as_str(),
+                    "observedValue": h.state.as_str(),
+                    "restartsInWindow": h.restarts_in_window(now),
+                    "totalRestarts": h.total_restarts,
+                    "lastStart": h.last_start.map(time),
+                    "lastError": h.last_error.as_ref().map(|e| json!({"message": e.message, "time": time(e.at)})),
+                }]),
+            );
+        }
+        if let Some(cert) = &self.cert {
+            let info = cert.info();
+            let days = info
+                .not_after
+                .duration_since(now)
+                .map_or(0, |d| d.as_secs() / 86_400);
+            let status = if info.expires_soon(now) {
+                Status::Warn
+            } else {
+                Status::Pass
+            };
+            overall = overall.max(status);
+            checks.insert(
+                "certificate:expiry".to_owned(),
+                json!([{
+                    "componentId": info.path.display().to_string(),
+                    "status": status.as_str(),
+                    "observedValue": days,
+                    "observedUnit": "days",
+                    "subject": info.subject,
+                    "selfSigned": info.self_signed,
+                    "time": time(info.not_after),
+                    "output": (status == Status::Warn).then_some("certificate expires within 30 days"),
+                }]),
+            );
+        }
+        let document = json!({
+            "status": overall.as_str(),
+            "version": VERSION.version,
+            "releaseId": VERSION.commit,
+            "serviceId": "poziserver",
+            "description": "Pozi Server",
+            "checks": checks,
+        });
+        let code = if overall == Status::Fail {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        (code, document)
+    }
+
+    /// The document as an HTTP response.
+    #[must_use]
+    pub fn response(&self) -> Response {
+        let (status, document) = self.document();
+        let mut response = Response::new(document.to_string().into());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/health+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

@@ -1,0 +1,3 @@
+//! What operators read: the health document (later: metrics and the status page).
+
+pub mod health;
