@@ -299,3 +299,103 @@ fn redirect_response(
         .body("{\"status\":308,\"error\":\"use https\"}".to_owned())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::task::{Context, Poll};
+
+    use http::Request;
+    use hyper::body::Incoming;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use warp::reply::Response;
+
+    use super::Acceptor;
+    use crate::config::HttpConfig;
+    use crate::http::cors::Cors;
+    use crate::http::host::HostFolders;
+    use crate::http::proxy::Proxy;
+    use crate::http::routes::Site;
+    use crate::http::service::Pipeline;
+    use crate::http::static_files::StaticFiles;
+    use crate::ops::health::Health;
+
+    /// A router whose `/boom` handler panics.
+    #[derive(Clone)]
+    struct Panicky;
+
+    impl tower_service::Service<Request<Incoming>> for Panicky {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+            Box::pin(async move {
+                assert!(request.uri().path() != "/boom", "handler bug");
+                Ok(Response::new("fine".into()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_to_that_request_alone() {
+        let config = HttpConfig::default();
+        let dir = std::env::temp_dir();
+        let site = Arc::new(Site {
+            hosts: HostFolders::new(&dir, &config.hosts),
+            files: StaticFiles::new(&config.cache_control),
+            cors: Cors::new(&config.cors),
+            proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
+            health: Health::new(actors::HealthRegistry::new(), None),
+        });
+        let acceptor = Acceptor {
+            pipeline: Arc::new(Pipeline {
+                site,
+                router: Panicky,
+                access_log: config.access_log.clone(),
+                counter: AtomicU64::new(0),
+            }),
+            tls: None,
+            limits: config.limits.clone(),
+            permits: Arc::new(Semaphore::new(10)),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(acceptor.clone().run(listener));
+        // One keep-alive connection: the panic must not take it down either.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let boom = client
+            .get(format!("http://{addr}/boom"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(boom.status(), 500);
+        let body: serde_json::Value = boom.json().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body["error"], "internal error");
+        let fine = client
+            .get(format!("http://{addr}/ok"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fine.status(), 200);
+        assert_eq!(fine.text().await.unwrap_or_default(), "fine");
+        acceptor.stop.cancel();
+    }
+}

@@ -134,3 +134,58 @@ impl Health {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actors::{
+        ChildSpec, ComponentState, HealthRegistry, RestartType, Supervisor, SupervisorSpec,
+    };
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::Health;
+
+    struct Broken;
+
+    impl Actor for Broken {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, (): ()) -> Result<(), ActorProcessingErr> {
+            Err("cannot open the dataset".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_component_makes_health_503_with_its_error() {
+        let registry = HealthRegistry::new();
+        let spec = SupervisorSpec::new("root", registry.clone()).child(ChildSpec::actor(
+            "sync",
+            RestartType::Temporary,
+            || (Broken, ()),
+        ));
+        let root = Supervisor::start_root(spec)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..500 {
+            if registry
+                .get("sync")
+                .is_some_and(|h| h.state == ComponentState::Failed)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let (status, doc) = Health::new(registry, None).document();
+        assert_eq!(status, 503);
+        assert_eq!(doc["status"], "fail");
+        let check = &doc["checks"]["sync:state"][0];
+        assert_eq!(check["observedValue"], "failed");
+        assert!(
+            check["lastError"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot open the dataset")
+        );
+        root.shutdown().await;
+    }
+}
