@@ -164,10 +164,15 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         tracing::info!(file = %file.display(), "laid out sample file in new root");
     }
     tracing::info!(version = VERSION.version, commit = VERSION.commit, config = %config_file.display(), "starting");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core (a small VM, or pinned with taskset) a single-threaded scheduler avoids the
+    // work-stealing machinery; otherwise one worker per core.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };

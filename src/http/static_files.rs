@@ -34,6 +34,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// A content encoding the server can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Encoding {
     /// As stored.
     Identity,
@@ -85,6 +86,10 @@ struct Entry {
     checked: RwLock<Instant>,
     content_type: HeaderValue,
     etag: String,
+    /// The `ETag` header for identity, gzip and brotli.
+    etags: [HeaderValue; 3],
+    /// The `Cache-Control` rule matching this file's path, found on first use.
+    cache_control: OnceLock<Option<HeaderValue>>,
     last_modified: HeaderValue,
     compressible: bool,
     body: Option<Bytes>,
@@ -232,22 +237,22 @@ impl StaticFiles {
         } else {
             Encoding::Identity
         };
-        let etag = format!("\"{}{}\"", entry.etag, encoding.suffix().replace('.', "-"));
+        let etag = &entry.etags[encoding as usize];
 
-        let mut common = HeaderMap::new();
-        common.insert(
-            header::ETAG,
-            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
-        );
+        let mut common = HeaderMap::with_capacity(12);
+        common.insert(header::ETAG, etag.clone());
         common.insert(header::LAST_MODIFIED, entry.last_modified.clone());
-        if let Some(value) = self.cache_control(relative) {
+        if let Some(value) = entry
+            .cache_control
+            .get_or_init(|| self.cache_control(relative).cloned())
+        {
             common.insert(header::CACHE_CONTROL, value.clone());
         }
         if entry.compressible {
             common.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
 
-        if not_modified(headers, entry, &etag) {
+        if not_modified(headers, entry, etag.to_str().unwrap_or_default()) {
             return with_headers(
                 StatusCode::NOT_MODIFIED,
                 common,
@@ -451,6 +456,11 @@ fn load(path: &Path, previous: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
         checked: RwLock::new(Instant::now()),
         content_type,
         etag: format!("{:x}-{nanos:x}", meta.len()),
+        etags: ["", "-gz", "-br"].map(|suffix| {
+            HeaderValue::from_str(&format!("\"{:x}-{nanos:x}{suffix}\"", meta.len()))
+                .unwrap_or(HeaderValue::from_static("\"\""))
+        }),
+        cache_control: OnceLock::new(),
         last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
             .unwrap_or(HeaderValue::from_static("")),
         compressible,

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Static file over HTTPS: this server against nginx, same certificate, same file.
+# Each server is pinned to core 0, wrk (1 thread, 32 keep-alive connections) to core 1.
+# Usage: bench/static-vs-nginx/run.sh [SECONDS]   (default 15)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds=${1:-15}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q --bin poziserver
+work=$(mktemp -d)
+chmod 755 "$work" # nginx workers run as an unprivileged user
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+pozi_port=$(free_port); nginx_port=$(free_port)
+
+# This server, quiet (no access log, warnings only), on a fresh root: it lays out the resource
+# check and makes the self-signed certificate that nginx then uses too.
+root="$work/root"
+mkdir -p "$root"
+cat > "$root/config.json" <<JSON
+{"listen": ["127.0.0.1:$pozi_port"], "log": {"level": "warn", "console": false},
+ "http": {"access_log": {"mode": "off"}}}
+JSON
+taskset -c 0 target/release/poziserver run --root "$root" > "$work/pozi.out" 2>&1 &
+pozi_pid=$!; pids+=("$pozi_pid")
+for _ in $(seq 100); do [ -f "$root/state/self-signed.key" ] && curl -skf "https://127.0.0.1:$pozi_port/health" >/dev/null && break; sleep 0.1; done
+
+mkdir -p "$work/nginx/logs"
+chmod -R a+rX "$root/userdata"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+error_log $work/nginx/logs/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$nginx_port ssl;
+        ssl_certificate $root/state/self-signed.cer;
+        ssl_certificate_key $root/state/self-signed.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $root/userdata/local;
+        etag on;
+    }
+}
+CONF
+taskset -c 0 "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=("$!")
+sleep 1
+
+path=/resourcecheck/local.json
+curl -skf "https://127.0.0.1:$pozi_port$path" | cmp - "$root/userdata/local$path"
+curl -skf "https://127.0.0.1:$nginx_port$path" | cmp - "$root/userdata/local$path"
+
+run() { # name port -> prints "req/s p99_ms"
+    taskset -c 1 wrk -t1 -c32 -d3s "https://127.0.0.1:$2$path" >/dev/null # warm-up
+    taskset -c 1 wrk -t1 -c32 -d"${seconds}s" --latency "https://127.0.0.1:$2$path" > "$work/$1.wrk"
+    local rps p99
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$work/$1.wrk")
+    p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' "$work/$1.wrk")
+    echo "$rps $p99"
+}
+
+read -r nginx_rps nginx_p99 < <(run nginx "$nginx_port")
+read -r pozi_rps pozi_p99 < <(run pozi "$pozi_port")
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pozi_pid/status")
+
+printf '%-12s %12s %12s\n' server "req/s" "p99 (ms)"
+printf '%-12s %12.0f %12.2f\n' nginx "$nginx_rps" "$nginx_p99"
+printf '%-12s %12.0f %12.2f\n' poziserver "$pozi_rps" "$pozi_p99"
+awk -v a="$pozi_rps" -v b="$nginx_rps" 'BEGIN { printf "ratio (poziserver / nginx req/s): %.2fx\n", a / b }'
+awk -v a="$pozi_p99" -v b="$nginx_p99" 'BEGIN { printf "p99 ratio (poziserver / nginx): %.2f (lower is better)\n", a / b }'
+echo "poziserver peak RSS: $((rss_kb / 1024)) MB"
