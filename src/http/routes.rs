@@ -35,6 +35,17 @@ pub struct Site {
     pub health: Health,
 }
 
+/// The request's headers, moved out of the request once by the pipeline so that routes share
+/// them instead of copying the map.
+#[derive(Debug, Clone)]
+pub struct RequestHeaders(pub Arc<HeaderMap>);
+
+/// The request's headers as shared by the pipeline.
+fn request_headers() -> impl Filter<Extract = (Arc<HeaderMap>,), Error = Infallible> + Clone {
+    warp::ext::optional::<RequestHeaders>()
+        .map(|h: Option<RequestHeaders>| h.map(|h| h.0).unwrap_or_default())
+}
+
 /// Connection facts the routes need, put in each request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -73,7 +84,7 @@ pub fn routes(
                 .or(warp::any().map(|| None))
                 .unify(),
         )
-        .and(warp::header::headers_cloned())
+        .and(request_headers())
         .and(warp::ext::optional::<ConnInfo>())
         .and(warp::body::stream())
         .then(
@@ -81,7 +92,7 @@ pub fn routes(
              site: Arc<Site>,
              method: Method,
              query: Option<String>,
-             headers: HeaderMap,
+             headers: Arc<HeaderMap>,
              conn: Option<ConnInfo>,
              body| async move {
                 let Some(route) = site.proxy.route_for(path.as_str()).cloned() else {
@@ -92,7 +103,7 @@ pub fn routes(
                     method,
                     path: path.as_str().to_owned(),
                     query,
-                    headers,
+                    headers: Arc::unwrap_or_clone(headers),
                     peer: conn.map(|c| c.peer),
                     tls: conn.is_some_and(|c| c.tls),
                 };
@@ -103,10 +114,10 @@ pub fn routes(
     let files = get_or_head
         .and(warp::method())
         .and(warp::path::full())
-        .and(warp::header::headers_cloned())
+        .and(request_headers())
         .and(with_site)
         .then(
-            |method: Method, path: FullPath, headers: HeaderMap, site: Arc<Site>| async move {
+            |method: Method, path: FullPath, headers: Arc<HeaderMap>, site: Arc<Site>| async move {
                 serve_file(&site, &method, path.as_str(), &headers).await
             },
         );

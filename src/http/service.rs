@@ -14,7 +14,7 @@ use tower_service::Service;
 use warp::reply::Response;
 
 use super::error_body;
-use super::routes::{ConnInfo, Site};
+use super::routes::{ConnInfo, RequestHeaders, Site};
 use crate::config::{AccessLog, AccessLogMode};
 
 /// Shared by every connection of a listener.
@@ -66,6 +66,8 @@ where
             preflight
         } else {
             request.extensions_mut().insert(conn);
+            let headers = std::sync::Arc::new(std::mem::take(request.headers_mut()));
+            request.extensions_mut().insert(RequestHeaders(headers));
             let mut router = self.router.clone();
             match AssertUnwindSafe(router.call(request)).catch_unwind().await {
                 Ok(Ok(response)) => response,
