@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Static file over HTTPS: this server against nginx, same certificate, same file.
 # Each server is pinned to core 0, wrk (1 thread, 32 keep-alive connections) to core 1.
-# Usage: bench/static-vs-nginx/run.sh [SECONDS]   (default 15)
+# The shared machine drifts, so the two servers are measured in alternating rounds and the
+# median of each is reported.
+# Usage: bench/static-vs-nginx/run.sh [SECONDS_PER_ROUND] [ROUNDS]   (default 5 s, 5 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-seconds=${1:-15}
+seconds=${1:-5}
+rounds=${2:-5}
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -68,19 +71,27 @@ path=/resourcecheck/local.json
 curl -skf "https://127.0.0.1:$pozi_port$path" | cmp - "$root/userdata/local$path"
 curl -skf "https://127.0.0.1:$nginx_port$path" | cmp - "$root/userdata/local$path"
 
-run() { # name port -> prints "req/s p99_ms"
-    taskset -c 1 wrk -t1 -c32 -d3s "https://127.0.0.1:$2$path" >/dev/null # warm-up
+run() { # name port -> appends "req/s p99_ms" to $work/name.results
     taskset -c 1 wrk -t1 -c32 -d"${seconds}s" --latency "https://127.0.0.1:$2$path" > "$work/$1.wrk"
     local rps p99
     rps=$(awk '/^Requests\/sec/ {print $2}' "$work/$1.wrk")
     p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' "$work/$1.wrk")
-    echo "$rps $p99"
+    echo "$rps $p99" >> "$work/$1.results"
+    printf '  round %s %-10s %10.0f req/s  p99 %.2f ms\n' "$round" "$1" "$rps" "$p99"
 }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-read -r nginx_rps nginx_p99 < <(run nginx "$nginx_port")
-read -r pozi_rps pozi_p99 < <(run pozi "$pozi_port")
+taskset -c 1 wrk -t1 -c32 -d2s "https://127.0.0.1:$nginx_port$path" >/dev/null # warm-up
+taskset -c 1 wrk -t1 -c32 -d2s "https://127.0.0.1:$pozi_port$path" >/dev/null
+for round in $(seq "$rounds"); do
+    run nginx "$nginx_port"
+    run pozi "$pozi_port"
+done
+nginx_rps=$(cut -d' ' -f1 "$work/nginx.results" | median); nginx_p99=$(cut -d' ' -f2 "$work/nginx.results" | median)
+pozi_rps=$(cut -d' ' -f1 "$work/pozi.results" | median); pozi_p99=$(cut -d' ' -f2 "$work/pozi.results" | median)
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pozi_pid/status")
 
+echo "medians over $rounds alternating rounds of ${seconds}s (wrk -t1 -c32, servers on core 0, wrk on core 1):"
 printf '%-12s %12s %12s\n' server "req/s" "p99 (ms)"
 printf '%-12s %12.0f %12.2f\n' nginx "$nginx_rps" "$nginx_p99"
 printf '%-12s %12.0f %12.2f\n' poziserver "$pozi_rps" "$pozi_p99"
