@@ -211,6 +211,46 @@ fn run_lays_out_an_empty_root_and_stops_cleanly_on_sigterm() {
     .unwrap();
     assert_eq!(geojson["features"].as_array().unwrap().len(), 243);
 
+    // It serves HTTPS on the port it reports, and logs each request.
+    let log = wait_for_log(&root, "listening on https://");
+    let url = log
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(root.join("state/self-signed.cer")).unwrap())
+            .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("{url}/resourcecheck/local.json"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = wait_for_log(&root, "path=/resourcecheck/local.json");
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/resourcecheck/local.json"))
+        .unwrap();
+    for field in [
+        "access",
+        "method=GET",
+        "status=200",
+        "bytes=59",
+        "duration_us=",
+        "client=127.0.0.1",
+    ] {
+        assert!(
+            line.contains(field),
+            "{field} missing from access line: {line}"
+        );
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -115,10 +115,10 @@ where
             target: "access",
             client = %conn.peer.ip(),
             method = %method,
-            host = host.and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            host = %host.and_then(|h| h.to_str().ok()).unwrap_or("-"),
             path = %path,
             status = status.as_u16(),
-            bytes = bytes,
+            bytes = %bytes,
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "request"
         );
