@@ -68,11 +68,14 @@ async fn a_component_is_restarted_on_its_schedule() {
     let config = r#"{"restarts": [{"component": "scheduler", "schedule": "* * * * * *", "time_zone": "Australia/Melbourne"}]}"#;
     with_server(config, &root, |registry| async move {
         eventually("scheduler running", || last_start(&registry).is_some()).await;
-        let first = last_start(&registry).unwrap();
-        eventually("a planned restart", || {
-            last_start(&registry).is_some_and(|t| t > first)
+        // Every second: two restarts within a few seconds, each leaving it running.
+        eventually("two planned restarts", || {
+            registry
+                .get("scheduler")
+                .is_some_and(|h| h.planned_restarts >= 2)
         })
         .await;
+        eventually("running again", || last_start(&registry).is_some()).await;
         let health = registry.get("scheduler").unwrap();
         // Planned restarts are not failures.
         assert_eq!(health.total_restarts, 0);
@@ -87,7 +90,7 @@ async fn a_component_is_restarted_on_its_schedule() {
     assert!(Utc::now() - mark < chrono::Duration::seconds(10));
 }
 
-async fn after_outage(catch_up: &str) -> (bool, chrono::DateTime<Utc>) {
+async fn after_outage(catch_up: &str) -> (u64, chrono::DateTime<Utc>) {
     let (_dir, root) = temp_root();
     let name = "restart:scheduler@0 3 * * *";
     let before = Utc::now() - chrono::Duration::days(3);
@@ -98,29 +101,33 @@ async fn after_outage(catch_up: &str) -> (bool, chrono::DateTime<Utc>) {
     let config = format!(
         r#"{{"restarts": [{{"component": "scheduler", "schedule": "0 3 * * *", "time_zone": "UTC", "catch_up": "{catch_up}"}}]}}"#
     );
-    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = restarted.clone();
+    let planned = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = planned.clone();
+    let expect_one = catch_up == "run_once";
     with_server(&config, &root, |registry| async move {
-        eventually("scheduler running", || last_start(&registry).is_some()).await;
-        let first = last_start(&registry).unwrap();
-        for _ in 0..100 {
-            if last_start(&registry).is_some_and(|t| t > first) {
-                seen.store(true, std::sync::atomic::Ordering::SeqCst);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let count = || registry.get("scheduler").map_or(0, |h| h.planned_restarts);
+        if expect_one {
+            eventually("the catch-up restart", || count() == 1).await;
+        } else {
+            eventually("scheduler running", || last_start(&registry).is_some()).await;
         }
+        // Give a wrongly repeated or wrongly run catch-up time to show.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen.store(count(), std::sync::atomic::Ordering::SeqCst);
     })
     .await;
     let marks = MarkStore::open(&root.state_dir().join("schedules.sqlite")).unwrap();
     let mark = marks.last_run(name).unwrap().unwrap();
-    (restarted.load(std::sync::atomic::Ordering::SeqCst), mark)
+    (planned.load(std::sync::atomic::Ordering::SeqCst), mark)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_catches_up_a_run_missed_while_down() {
-    let (restarted, mark) = after_outage("run_once").await;
-    assert!(restarted, "the missed restart was not run at start-up");
+    let (planned, mark) = after_outage("run_once").await;
+    assert_eq!(
+        planned, 1,
+        "the missed restart must run exactly once at start-up"
+    );
     assert!(
         Utc::now() - mark < chrono::Duration::seconds(30),
         "mark not advanced: {mark}"
@@ -129,8 +136,8 @@ async fn run_once_catches_up_a_run_missed_while_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_ignores_a_run_missed_while_down_but_moves_the_mark() {
-    let (restarted, mark) = after_outage("skip").await;
-    assert!(!restarted, "a skipped catch-up ran anyway");
+    let (planned, mark) = after_outage("skip").await;
+    assert_eq!(planned, 0, "a skipped catch-up ran anyway");
     assert!(
         Utc::now() - mark < chrono::Duration::seconds(30),
         "mark not advanced: {mark}"

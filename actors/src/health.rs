@@ -56,8 +56,10 @@ pub struct ComponentHealth {
     pub recent_restarts: Vec<SystemTime>,
     /// The supervisor's intensity window, to age `recent_restarts`.
     pub window: Duration,
-    /// Restarts since the server started.
+    /// Restarts after failures since the server started.
     pub total_restarts: u64,
+    /// Planned restarts (asked for, not failures) since the server started.
+    pub planned_restarts: u64,
     /// The last abnormal exit, if any.
     pub last_error: Option<LastError>,
     /// When the component last started successfully.
@@ -71,6 +73,7 @@ impl ComponentHealth {
             recent_restarts: Vec::new(),
             window,
             total_restarts: 0,
+            planned_restarts: 0,
             last_error: None,
             last_start: None,
         }

@@ -516,6 +516,13 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 tracing::info!(supervisor = %state.spec.name, child = %name, "planned restart");
+                let window = state.window();
+                state
+                    .spec
+                    .registry
+                    .update(&state.children[idx].key, window, |h| {
+                        h.planned_restarts += 1
+                    });
                 state.stop_child(idx, ComponentState::Starting).await;
                 state.children[idx].generation += 1;
                 let result = match state.start_child(&myself, idx).await {

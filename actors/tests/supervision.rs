@@ -531,6 +531,7 @@ async fn planned_restart_replaces_a_child_without_counting_against_intensity() {
     );
     let health = registry.get("http").unwrap();
     assert_eq!(health.total_restarts, 0);
+    assert_eq!(health.planned_restarts, 3);
     assert_eq!(health.state, ComponentState::Running);
     assert_eq!(root.shutdown().await, RootOutcome::Stopped);
 }

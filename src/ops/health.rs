@@ -72,6 +72,7 @@ impl Health {
                     "observedValue": h.state.as_str(),
                     "restartsInWindow": h.restarts_in_window(now),
                     "totalRestarts": h.total_restarts,
+                    "plannedRestarts": h.planned_restarts,
                     "lastStart": h.last_start.map(time),
                     "lastError": h.last_error.as_ref().map(|e| json!({"message": e.message, "time": time(e.at)})),
                 }]),
