@@ -108,6 +108,7 @@ impl Actor for HttpComponent {
             cors: Cors::new(&http.cors),
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()),
+            catalog: Arc::default(),
         });
         let tls = match &cert {
             Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),

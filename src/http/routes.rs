@@ -33,6 +33,8 @@ pub struct Site {
     pub proxy: Proxy,
     /// The health document.
     pub health: Health,
+    /// Open datasets.
+    pub catalog: Arc<crate::data::gpkg::Catalog>,
 }
 
 /// The request's headers, moved out of the request once by the pipeline so that routes share
@@ -66,6 +68,28 @@ pub fn routes(
         .and(get_or_head)
         .and(with_site.clone())
         .map(|site: Arc<Site>| site.health.response());
+
+    let ogr2ogr = warp::path!("ogr2ogr")
+        .and(get_or_head)
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(request_headers())
+        .and(with_site.clone())
+        .then(
+            |query: std::collections::HashMap<String, String>,
+             headers: Arc<HeaderMap>,
+             site: Arc<Site>| async move {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                let folder = site.hosts.search_path(host).swap_remove(0);
+                let options = query.get("options").map_or("", String::as_str);
+                crate::data::ogr2ogr::answer(
+                    site.catalog.clone(),
+                    folder,
+                    query.get("source").map(String::as_str),
+                    options,
+                )
+                .await
+            },
+        );
 
     let proxy = warp::path::full()
         .and(with_site.clone())
@@ -123,6 +147,8 @@ pub fn routes(
         );
 
     health
+        .or(ogr2ogr)
+        .unify()
         .or(proxy)
         .unify()
         .or(files)

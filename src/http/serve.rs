@@ -356,6 +356,7 @@ mod tests {
             cors: Cors::new(&config.cors),
             proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
             health: Health::new(actors::HealthRegistry::new(), None),
+            catalog: Arc::default(),
         });
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {

@@ -1,0 +1,365 @@
+//! GeoPackage and SQLite datasets: read-only connections that cannot reach other files or
+//! write, the layer catalog of a file, and a pool of connections per file version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::{Connection, OpenFlags};
+
+/// Why a dataset could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// No such file.
+    #[error("{0}: no such dataset")]
+    NotFound(String),
+    /// The file is not an SQLite database or cannot be opened.
+    #[error("{path}: cannot open: {reason}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such layer in the file.
+    #[error("no layer named {layer:?}; layers: {available}")]
+    UnknownLayer {
+        /// The name asked for.
+        layer: String,
+        /// The layers there are.
+        available: String,
+    },
+}
+
+/// A table with geometries (or attributes only) in a GeoPackage.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Table name.
+    pub name: String,
+    /// The integer primary key column.
+    pub fid: String,
+    /// The geometry column, if the layer has geometries.
+    pub geometry: Option<String>,
+    /// SRS id of the geometries (4326 for WGS 84).
+    pub srs_id: Option<i64>,
+    /// Attribute columns, in table order.
+    pub fields: Vec<String>,
+    /// The R*Tree index table for the geometry column, when there is one.
+    pub rtree: Option<String>,
+}
+
+/// One version of a dataset file (a replaced file is a new version).
+#[derive(Debug)]
+pub struct Dataset {
+    path: PathBuf,
+    /// Its layers, in `gpkg_contents` order (or every table for plain SQLite).
+    pub layers: Vec<Layer>,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// Functions a query may never call.
+const DENIED_FUNCTIONS: &[&str] = &[
+    "load_extension",
+    "readfile",
+    "writefile",
+    "edit",
+    "fts3_tokenizer",
+    "sqlite_compileoption_get",
+];
+
+/// The authorizer of every dataset connection: reads and selects only. No ATTACH (other files),
+/// no writes, no schema changes, no pragmas beyond reading the schema, no dangerous functions.
+fn authorize(context: AuthContext<'_>) -> Authorization {
+    match context.action {
+        AuthAction::Read { .. } | AuthAction::Select | AuthAction::Recursive => {
+            Authorization::Allow
+        }
+        AuthAction::Function { function_name } => {
+            if DENIED_FUNCTIONS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(function_name))
+            {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
+            }
+        }
+        // The R*Tree module prepares (never runs: the connection is read-only) statements on its
+        // shadow tables when a spatial index is queried.
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+            if is_rtree_shadow(table_name) =>
+        {
+            Authorization::Allow
+        }
+        // Schema reads only; `PRAGMA table_info(t)` passes the table as the value.
+        AuthAction::Pragma { pragma_name, .. }
+            if ["table_info", "table_xinfo", "index_list", "index_info"].contains(&pragma_name) =>
+        {
+            Authorization::Allow
+        }
+        other => {
+            tracing::debug!(action = ?other, "query refused by the dataset authorizer");
+            Authorization::Deny
+        }
+    }
+}
+
+fn is_rtree_shadow(table: &str) -> bool {
+    table.starts_with("rtree_")
+        && ["_node", "_parent", "_rowid"]
+            .iter()
+            .any(|s| table.ends_with(s))
+}
+
+/// Opens `path` read-only with the authorizer installed and ATTACH disabled.
+fn connect(path: &Path) -> Result<Connection, DatasetError> {
+    let fail = |e: rusqlite::Error| DatasetError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags).map_err(fail)?;
+    connection
+        .set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(fail)?;
+    connection
+        .pragma_update(None, "query_only", true)
+        .map_err(fail)?;
+    connection.authorizer(Some(authorize)).map_err(fail)?;
+    Ok(connection)
+}
+
+impl Dataset {
+    fn open(path: &Path) -> Result<Self, DatasetError> {
+        let connection = connect(path)?;
+        let layers = read_layers(&connection).map_err(|e| DatasetError::Open {
+            path: path.display().to_string(),
+            reason: format!("not a GeoPackage or SQLite database: {e}"),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            layers,
+            pool: Mutex::new(vec![connection]),
+        })
+    }
+
+    /// The layer of that name, or the only/first layer when `name` is `None`.
+    ///
+    /// # Errors
+    /// When no layer has that name, or the file has no layers.
+    pub fn layer(&self, name: Option<&str>) -> Result<&Layer, DatasetError> {
+        let found = match name {
+            Some(name) => self
+                .layers
+                .iter()
+                .find(|l| l.name.eq_ignore_ascii_case(name)),
+            None => self.layers.first(),
+        };
+        found.ok_or_else(|| DatasetError::UnknownLayer {
+            layer: name.unwrap_or_default().to_owned(),
+            available: self
+                .layers
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// A connection from the pool (or a new one); give it back with [`Dataset::release`].
+    ///
+    /// # Errors
+    /// When a new connection cannot be opened.
+    pub fn connection(&self) -> Result<Connection, DatasetError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(connection) => Ok(connection),
+            None => connect(&self.path),
+        }
+    }
+
+    /// Returns a connection to the pool.
+    pub fn release(&self, connection: Connection) {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < 8 {
+            pool.push(connection);
+        }
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Reads the layers: GeoPackage contents when present, else every table of a plain SQLite file.
+fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
+    let is_gpkg: bool = connection
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'gpkg_contents'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    let tables: Vec<(String, Option<String>, Option<i64>)> = if is_gpkg {
+        let mut statement = connection.prepare(
+            "SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c
+             LEFT JOIN gpkg_geometry_columns g ON g.table_name = c.table_name
+             WHERE c.data_type IN ('features', 'attributes') ORDER BY c.table_name",
+        )?;
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?
+    } else {
+        let mut statement = connection.prepare(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        statement
+            .query_map([], |r| Ok((r.get(0)?, None, None)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut layers = Vec::with_capacity(tables.len());
+    for (name, geometry, srs_id) in tables {
+        let mut fid = None;
+        let mut fields = Vec::new();
+        let mut statement = connection.prepare(&format!("PRAGMA table_info({})", quote(&name)))?;
+        let columns = statement.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        for column in columns {
+            let (column, kind, pk) = column?;
+            if pk == 1 && kind.eq_ignore_ascii_case("INTEGER") && fid.is_none() {
+                fid = Some(column);
+            } else if geometry.as_deref() != Some(column.as_str()) {
+                fields.push(column);
+            }
+        }
+        let rtree = geometry
+            .as_ref()
+            .map(|g| format!("rtree_{name}_{g}"))
+            .filter(|t| {
+                connection
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                        [t],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .is_ok_and(|n| n > 0)
+            });
+        layers.push(Layer {
+            fid: fid.unwrap_or_else(|| "rowid".to_owned()),
+            name,
+            geometry,
+            srs_id,
+            fields,
+            rtree,
+        });
+    }
+    Ok(layers)
+}
+
+type Stamp = (u64, SystemTime);
+
+/// Datasets by path, each kept while its file is unchanged. A file replaced (by rename) is a new
+/// version at the next request; requests already running keep the version they started with.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    open: Mutex<HashMap<PathBuf, (Stamp, Arc<Dataset>)>>,
+}
+
+impl Catalog {
+    /// The current version of the dataset at `path`.
+    ///
+    /// # Errors
+    /// When there is no such file or it is not a usable database.
+    pub fn get(&self, path: &Path, shown: &str) -> Result<Arc<Dataset>, DatasetError> {
+        let meta = std::fs::metadata(path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .ok_or_else(|| DatasetError::NotFound(shown.to_owned()))?;
+        let stamp = (
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        {
+            let open = self
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((known, dataset)) = open.get(path)
+                && *known == stamp
+            {
+                return Ok(dataset.clone());
+            }
+        }
+        let dataset = Arc::new(Dataset::open(path).map_err(|e| match e {
+            DatasetError::Open { reason, .. } => DatasetError::Open {
+                path: shown.to_owned(),
+                reason,
+            },
+            other => other,
+        })?);
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(path.to_owned(), (stamp, dataset.clone()));
+        Ok(dataset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("x.sqlite");
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    }
+
+    #[test]
+    fn connections_cannot_write_attach_or_load_extensions() {
+        let (dir, path) = sample();
+        let c = connect(&path).unwrap_or_else(|e| panic!("{e}"));
+        let other = dir.path().join("other.sqlite");
+        for sql in [
+            "INSERT INTO t VALUES (2, 'b')".to_owned(),
+            "DELETE FROM t".to_owned(),
+            "DROP TABLE t".to_owned(),
+            "CREATE TABLE u (x)".to_owned(),
+            format!("ATTACH DATABASE '{}' AS o", other.display()),
+            "SELECT load_extension('libspatialite')".to_owned(),
+            "PRAGMA writable_schema = 1".to_owned(),
+        ] {
+            let result = c.prepare(&sql).and_then(|mut s| s.query([]).map(|_| ()));
+            assert!(result.is_err(), "{sql} was allowed");
+        }
+        assert!(!other.exists(), "ATTACH created a file");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t WHERE name LIKE 'a%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,646 @@
+//! `/ogr2ogr?source=<path>&options=<opts>`, compatible with existing web app configurations:
+//! the options are ogr2ogr's, with `|` for spaces. GeoPackage and SQLite sources are answered
+//! natively with streamed GeoJSON; `-where` and `-sql` run on a read-only connection that
+//! cannot reach other files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{self, HeaderValue};
+use rusqlite::types::ValueRef;
+use warp::Reply;
+use warp::reply::Response;
+
+use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
+use super::gpkg::{Catalog, Dataset, DatasetError, Layer};
+use crate::http::error_body;
+use crate::http::safe_path;
+
+/// What the options ask for.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Options {
+    /// A layer named after the source, as ogr2ogr takes it.
+    pub layer: Option<String>,
+    /// `-where`: an SQL expression on the layer's fields.
+    pub filter: Option<String>,
+    /// `-sql`: a whole SELECT statement.
+    pub sql: Option<String>,
+    /// `-select`: the fields to keep.
+    pub select: Option<Vec<String>>,
+    /// `-spat xmin ymin xmax ymax`.
+    pub spat: Option<[f64; 4]>,
+    /// `-limit N`.
+    pub limit: Option<u64>,
+    /// `-nln`: the output collection's name.
+    pub name: Option<String>,
+    /// `-simplify tolerance`, in the data's units (degrees for WGS 84).
+    pub simplify: Option<f64>,
+}
+
+/// Options that take a value and are passed over (output is always RFC 7946 GeoJSON in
+/// WGS 84, which is what these ask for in existing configurations).
+const ACCEPTED: &[&str] = &["-f", "-t_srs", "-lco", "-dialect", "-s_srs", "-a_srs"];
+/// Options without a value that are passed over.
+const ACCEPTED_FLAGS: &[&str] = &[
+    "-skipfailures",
+    "-overwrite",
+    "-progress",
+    "-q",
+    "--quiet",
+    "-preserve_fid",
+];
+/// Every option understood, to end a multi-token `-where` or `-sql`.
+const KNOWN: &[&str] = &[
+    "-where",
+    "-sql",
+    "-select",
+    "-spat",
+    "-limit",
+    "-nln",
+    "-simplify",
+    "-f",
+    "-t_srs",
+    "-lco",
+    "-dialect",
+    "-s_srs",
+    "-a_srs",
+    "-skipfailures",
+    "-overwrite",
+    "-progress",
+    "-q",
+    "--quiet",
+    "-preserve_fid",
+];
+
+/// Splits options on `|` and spaces, keeping double-quoted text together.
+fn tokens(options: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in options.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '|' | ' ' if !quoted => {
+                if !current.is_empty() {
+                    out.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Parses ogr2ogr options.
+///
+/// # Errors
+/// A message naming the option that is unknown, unsupported or malformed.
+pub fn parse(options: &str) -> Result<Options, String> {
+    let tokens = tokens(options);
+    let mut parsed = Options::default();
+    let mut i = 0;
+    let value = |i: usize, option: &str| {
+        tokens
+            .get(i + 1)
+            .cloned()
+            .ok_or_else(|| format!("{option} needs a value"))
+    };
+    while i < tokens.len() {
+        let token = tokens[i].as_str();
+        match token {
+            "-where" | "-sql" => {
+                // Everything up to the next option: `|` stands for spaces inside the expression.
+                let mut j = i + 1;
+                while j < tokens.len() && !KNOWN.contains(&tokens[j].as_str()) {
+                    j += 1;
+                }
+                if j == i + 1 {
+                    return Err(format!("{token} needs a value"));
+                }
+                let text = tokens[i + 1..j].join(" ");
+                if token == "-where" {
+                    parsed.filter = Some(text);
+                } else {
+                    parsed.sql = Some(text);
+                }
+                i = j;
+                continue;
+            }
+            "-select" => {
+                let fields: Vec<String> = value(i, token)?
+                    .split(',')
+                    .map(|f| f.trim().to_owned())
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                parsed.select = Some(fields);
+                i += 2;
+            }
+            "-spat" => {
+                let numbers: Vec<f64> = (1..=4)
+                    .map(|k| {
+                        tokens
+                            .get(i + k)
+                            .and_then(|t| t.parse::<f64>().ok())
+                            .filter(|v| v.is_finite())
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| "-spat needs four numbers: xmin ymin xmax ymax".to_owned())?;
+                if numbers[0] > numbers[2] || numbers[1] > numbers[3] {
+                    return Err("-spat: xmin must not exceed xmax, nor ymin ymax".to_owned());
+                }
+                parsed.spat = Some([numbers[0], numbers[1], numbers[2], numbers[3]]);
+                i += 5;
+            }
+            "-limit" => {
+                let text = value(i, token)?;
+                parsed.limit = Some(
+                    text.parse()
+                        .map_err(|_| format!("-limit: {text:?} is not a whole number"))?,
+                );
+                i += 2;
+            }
+            "-nln" => {
+                parsed.name = Some(value(i, token)?);
+                i += 2;
+            }
+            "-simplify" => {
+                let text = value(i, token)?;
+                let tolerance = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t >= 0.0);
+                parsed.simplify =
+                    Some(tolerance.ok_or_else(|| {
+                        format!("-simplify: {text:?} is not a non-negative number")
+                    })?);
+                i += 2;
+            }
+            "-f" => {
+                let format = value(i, token)?;
+                if !format.eq_ignore_ascii_case("geojson") {
+                    return Err(format!("-f {format}: only GeoJSON output is served"));
+                }
+                i += 2;
+            }
+            "-t_srs" => {
+                let srs = value(i, token)?;
+                if !["EPSG:4326", "WGS84", "CRS84", "OGC:CRS84"]
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&srs))
+                {
+                    return Err(format!("-t_srs {srs}: output is always WGS 84 (EPSG:4326)"));
+                }
+                i += 2;
+            }
+            _ if ACCEPTED.contains(&token) => i += 2,
+            _ if ACCEPTED_FLAGS.contains(&token) => i += 1,
+            _ if token.starts_with('-')
+                && token.len() > 1
+                && !token[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+            {
+                return Err(format!(
+                    "unsupported option {token}; supported: -where, -sql, -select, -spat, -limit, -nln, -f GeoJSON, -t_srs EPSG:4326"
+                ));
+            }
+            _ => {
+                if parsed.layer.is_some() {
+                    return Err(format!(
+                        "unexpected {token:?}: only one layer name may follow the options"
+                    ));
+                }
+                parsed.layer = Some(token.to_owned());
+                i += 1;
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The statement for a layer query, its parameters, and how to read each row.
+struct Plan {
+    sql: String,
+    params: Vec<f64>,
+    /// Whether column 0 is the fid (skipped from properties).
+    has_fid: bool,
+    /// Envelope filter done in Rust when there is no R*Tree.
+    envelope_filter: Option<[f64; 4]>,
+    /// `-spat`: geometries must intersect this box, as GDAL tests it (not only their bounds).
+    exact: Option<geo::Rect<f64>>,
+    simplify: Option<f64>,
+    name: String,
+}
+
+fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
+    let fields = match &options.select {
+        Some(wanted) => wanted
+            .iter()
+            .map(|w| {
+                layer
+                    .fields
+                    .iter()
+                    .find(|f| f.eq_ignore_ascii_case(w))
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "-select: unknown field {w:?}; fields: {}",
+                            layer.fields.join(", ")
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => layer.fields.clone(),
+    };
+    let mut columns = vec![quote(&layer.fid)];
+    if let Some(geometry) = &layer.geometry {
+        columns.push(quote(geometry));
+    }
+    columns.extend(fields.iter().map(|f| quote(f)));
+    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), quote(&layer.name));
+    let mut conditions = Vec::new();
+    if let Some(filter) = &options.filter {
+        conditions.push(format!("({filter})"));
+    }
+    let mut params = Vec::new();
+    let mut envelope_filter = None;
+    if let Some([xmin, ymin, xmax, ymax]) = options.spat {
+        match &layer.rtree {
+            Some(rtree) => {
+                conditions.push(format!(
+                    "{} IN (SELECT id FROM {} WHERE minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4)",
+                    quote(&layer.fid),
+                    quote(rtree)
+                ));
+                params = vec![xmax, xmin, ymax, ymin];
+            }
+            None => envelope_filter = Some([xmin, ymin, xmax, ymax]),
+        }
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    if let (Some(limit), None) = (options.limit, envelope_filter) {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    Ok(Plan {
+        sql,
+        params,
+        has_fid: true,
+        envelope_filter,
+        exact: options.spat.map(rect),
+        simplify: options.simplify,
+        name: options.name.clone().unwrap_or_else(|| layer.name.clone()),
+    })
+}
+
+fn sql_plan(sql: &str, options: &Options, default_name: &str) -> Plan {
+    Plan {
+        sql: sql.to_owned(),
+        params: Vec::new(),
+        has_fid: false,
+        envelope_filter: options.spat,
+        exact: options.spat.map(rect),
+        simplify: options.simplify,
+        name: options
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name.to_owned()),
+    }
+}
+
+fn rect([xmin, ymin, xmax, ymax]: [f64; 4]) -> geo::Rect<f64> {
+    geo::Rect::new(
+        geo::coord! { x: xmin, y: ymin },
+        geo::coord! { x: xmax, y: ymax },
+    )
+}
+
+/// Douglas-Peucker simplification of lines and polygons; points are left as they are.
+fn simplify(geometry: geo::Geometry<f64>, tolerance: f64) -> geo::Geometry<f64> {
+    use geo::{Geometry, Simplify};
+    match geometry {
+        Geometry::LineString(g) => Geometry::LineString(g.simplify(tolerance)),
+        Geometry::MultiLineString(g) => Geometry::MultiLineString(g.simplify(tolerance)),
+        Geometry::Polygon(g) => Geometry::Polygon(g.simplify(tolerance)),
+        Geometry::MultiPolygon(g) => Geometry::MultiPolygon(g.simplify(tolerance)),
+        other => other,
+    }
+}
+
+/// Decodes, filters and simplifies a geometry when the plan asks for it. `Err(())` skips the
+/// feature (outside the `-spat` box).
+fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64>>, ()> {
+    use geo::Intersects;
+    use geozero::ToGeo;
+    if plan.exact.is_none() && plan.simplify.is_none() {
+        return Ok(None);
+    }
+    let Some(geometry) = blob.and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok()) else {
+        return if plan.exact.is_some() {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    if let Some(rect) = plan.exact
+        && !geometry.intersects(&rect)
+    {
+        return Err(());
+    }
+    Ok(plan.simplify.map(|t| simplify(geometry, t)))
+}
+
+fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
+    a[0] <= b[2] && a[2] >= b[0] && a[1] <= b[3] && a[3] >= b[1]
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Prepares the plan, reports whether it is runnable, then streams the features.
+fn run(
+    dataset: &Dataset,
+    plan: &Plan,
+    limit: Option<u64>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let connection = match dataset.connection() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    stream(&connection, plan, limit, ready, tx);
+    dataset.release(connection);
+}
+
+/// Runs the plan on `connection`, streaming features into `tx`.
+fn stream(
+    connection: &rusqlite::Connection,
+    plan: &Plan,
+    limit: Option<u64>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let mut statement = match connection.prepare(&plan.sql) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(sql_error(&e)));
+            return;
+        }
+    };
+    let names: Vec<String> = statement
+        .column_names()
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+    let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = ready.send(Err(sql_error(&e)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut writer = FeatureWriter::new(&plan.name);
+    let skip = usize::from(plan.has_fid);
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "query failed while streaming");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        if limit.is_some_and(|l| writer.count() >= l) {
+            break;
+        }
+        // The geometry is the first GeoPackage geometry blob among the columns.
+        let mut geometry_index = None;
+        for index in skip..names.len() {
+            if let Ok(ValueRef::Blob(b)) = row.get_ref(index)
+                && is_gpkg_geometry(b)
+            {
+                geometry_index = Some(index);
+                break;
+            }
+        }
+        let geometry = geometry_index
+            .and_then(|i| row.get_ref(i).ok())
+            .and_then(|v| v.as_blob().ok());
+        if let Some(bounds) = plan.envelope_filter
+            && !geometry
+                .and_then(gpkg_envelope)
+                .is_some_and(|e| overlaps(e, bounds))
+            && geometry.and_then(gpkg_envelope).is_some()
+        {
+            continue;
+        }
+        let Ok(decoded) = computed(plan, geometry) else {
+            continue;
+        };
+        let geometry = match (&decoded, geometry) {
+            (Some(g), _) => Geometry::Geo(g),
+            (None, Some(blob)) => Geometry::Gpkg(blob),
+            (None, None) => Geometry::None,
+        };
+        let properties = (skip..names.len())
+            .filter(|i| Some(*i) != geometry_index && !(plan.has_fid && *i == 0))
+            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?)));
+        if let Err(e) = writer.feature(properties, geometry) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
+            return;
+        }
+        if let Some(chunk) = writer.take_chunk()
+            && tx.blocking_send(Ok(chunk)).is_err()
+        {
+            return; // the client went away
+        }
+    }
+    let _ = tx.blocking_send(Ok(writer.finish()));
+}
+
+fn sql_error(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Extensions answered natively.
+const NATIVE: &[&str] = &["gpkg", "sqlite", "sqlite3", "db"];
+
+/// Answers one `/ogr2ogr` request against `folder` (the host's userdata folder).
+pub async fn answer(
+    catalog: Arc<Catalog>,
+    folder: PathBuf,
+    source: Option<&str>,
+    options: &str,
+) -> Response {
+    let Some(source) = source.filter(|s| !s.is_empty()) else {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            "missing parameter",
+            Some("source is required"),
+        );
+    };
+    let options = match parse(options) {
+        Ok(o) => o,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
+    };
+    if source.contains(':') && !source.starts_with('/') {
+        return error_body(
+            StatusCode::NOT_IMPLEMENTED,
+            "GDAL needed",
+            Some(&format!(
+                "{} sources need GDAL's ogr2ogr, which this server does not run yet",
+                source.split(':').next().unwrap_or_default()
+            )),
+        );
+    }
+    let segments = match safe_path::segments(&format!("/{}", source.trim_start_matches('/'))) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some("empty path")),
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some(e.0)),
+    };
+    let path = segments.iter().fold(folder, |p, s| p.join(s));
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !NATIVE.contains(&extension.as_str()) {
+        if !path.exists() {
+            return error_body(
+                StatusCode::NOT_FOUND,
+                "not found",
+                Some(&format!("{source}: no such dataset")),
+            );
+        }
+        return error_body(
+            StatusCode::NOT_IMPLEMENTED,
+            "format not supported yet",
+            Some(&format!(
+                ".{extension} sources are not read natively yet; GeoPackage and SQLite are"
+            )),
+        );
+    }
+    let dataset = match lookup(&catalog, &path, source).await {
+        Ok(d) => d,
+        Err(DatasetError::NotFound(s)) => {
+            return error_body(
+                StatusCode::NOT_FOUND,
+                "not found",
+                Some(&format!("{s}: no such dataset")),
+            );
+        }
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad dataset", Some(&e.to_string())),
+    };
+    let plan = match &options.sql {
+        Some(sql) => sql_plan(
+            sql,
+            &options,
+            dataset.layers.first().map_or("sql", |l| l.name.as_str()),
+        ),
+        None => match dataset
+            .layer(options.layer.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|layer| plan(layer, &options))
+        {
+            Ok(plan) => plan,
+            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
+        },
+    };
+    let limit = options.limit;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    let what = if options.sql.is_some() {
+        "bad -sql"
+    } else {
+        "bad -where"
+    };
+    tokio::task::spawn_blocking(move || run(&dataset, &plan, limit, ready_tx, &tx));
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => return error_body(StatusCode::BAD_REQUEST, what, Some(&message)),
+        Err(_) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+    }
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut response = warp::reply::stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/geo+json"),
+    );
+    response
+}
+
+async fn lookup(
+    catalog: &Arc<Catalog>,
+    path: &Path,
+    shown: &str,
+) -> Result<Arc<Dataset>, DatasetError> {
+    let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
+    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
+        .await
+        .unwrap_or_else(|e| {
+            Err(DatasetError::Open {
+                path: String::new(),
+                reason: e.to_string(),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_as_the_web_app_writes_them() {
+        let o = parse("-where|continent='Oceania'").unwrap_or_default();
+        assert_eq!(o.filter.as_deref(), Some("continent='Oceania'"));
+        let o =
+            parse("-where|name|=|'New|Zealand'|-select|name,pop_est|-limit|5").unwrap_or_default();
+        assert_eq!(o.filter.as_deref(), Some("name = 'New Zealand'"));
+        assert_eq!(
+            o.select,
+            Some(vec!["name".to_owned(), "pop_est".to_owned()])
+        );
+        assert_eq!(o.limit, Some(5));
+        let o = parse("-f|GeoJSON|-t_srs|EPSG:4326|-spat|140|-45|155|-10|countries")
+            .unwrap_or_default();
+        assert_eq!(o.spat, Some([140.0, -45.0, 155.0, -10.0]));
+        assert_eq!(o.layer.as_deref(), Some("countries"));
+        let o = parse("-where|\"pop_est > 1000000\"").unwrap_or_default();
+        assert_eq!(o.filter.as_deref(), Some("pop_est > 1000000"));
+        let o = parse("-spat|-10|-10.5|10|10").unwrap_or_default();
+        assert_eq!(o.spat, Some([-10.0, -10.5, 10.0, 10.0]));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        for (options, wanted) in [
+            ("-spat|1|2|3", "-spat needs four numbers"),
+            ("-limit|x", "-limit: \"x\""),
+            ("-where", "-where needs a value"),
+            ("-zfield|z", "unsupported option -zfield"),
+            ("-f|CSV", "only GeoJSON"),
+            ("-t_srs|EPSG:3857", "always WGS 84"),
+            ("a|b", "only one layer name"),
+        ] {
+            let error = parse(options).unwrap_err();
+            assert!(error.contains(wanted), "{options}: {error}");
+        }
+    }
+}
