@@ -1,0 +1,367 @@
+//! `/ogr2ogr` against GDAL's own ogr2ogr on the same GeoPackage: the same features for the
+//! same options, and clear errors for bad requests. GDAL (`gdal-bin`) is installed by
+//! `scripts/test`.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestServer;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn shared_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name)
+}
+
+async fn server() -> TestServer {
+    TestServer::start("{}", |root| {
+        std::fs::copy(
+            shared_data("naturalearth_lowres.gpkg"),
+            root.join("userdata/local/naturalearth_lowres.gpkg"),
+        )
+        .unwrap();
+    })
+    .await
+}
+
+async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
+    let response = server
+        .client()
+        .get(server.url("/ogr2ogr"))
+        .query(&[("source", source), ("options", options)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// GDAL's answer to the same options (`|` becoming argument breaks).
+fn gdal(file: &Path, options: &[&str]) -> Value {
+    assert!(
+        Path::new("/usr/bin/ogr2ogr").exists(),
+        "ogr2ogr is missing: run scripts/test, which installs gdal-bin"
+    );
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GeoJSON", "/vsistdout/"])
+        .arg(file)
+        .args(options)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn numbers_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()
+                <= 1e-9 * x.as_f64().unwrap().abs().max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| numbers_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| numbers_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
+    let (a, b) = (
+        ours["features"].as_array().unwrap(),
+        gdal["features"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len(), "{what}: feature count");
+    assert!(!a.is_empty(), "{what}: no features");
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            numbers_equal(&x["properties"], &y["properties"]),
+            "{what}: properties {} vs {}",
+            x["properties"],
+            y["properties"]
+        );
+        assert!(
+            numbers_equal(&x["geometry"], &y["geometry"]),
+            "{what}: geometry of {}",
+            x["properties"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_same_features_as_gdal_for_the_same_options() {
+    let server = server().await;
+    let file = shared_data("naturalearth_lowres.gpkg");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "-where|continent='Oceania'",
+            &["-where", "continent='Oceania'"],
+        ),
+        (
+            "-where|name|=|'New|Zealand'",
+            &["-where", "name = 'New Zealand'"],
+        ),
+        ("-select|name,pop_est", &["-select", "name,pop_est"]),
+        (
+            "-spat|140|-45|155|-10",
+            &["-spat", "140", "-45", "155", "-10"],
+        ),
+        (
+            "-spat|-10|35|30|60|-select|name|-where|pop_est|>|10000000",
+            &[
+                "-spat",
+                "-10",
+                "35",
+                "30",
+                "60",
+                "-select",
+                "name",
+                "-where",
+                "pop_est > 10000000",
+            ],
+        ),
+        ("-limit|5", &["-limit", "5"]),
+        (
+            "-f|GeoJSON|-t_srs|EPSG:4326|-where|\"iso_a3 IN ('AUS', 'NZL', 'FJI')\"",
+            &["-where", "iso_a3 IN ('AUS', 'NZL', 'FJI')"],
+        ),
+        (
+            "-sql|SELECT|name,|continent,|geom|FROM|naturalearth_lowres|WHERE|continent|=|'Africa'|ORDER|BY|name",
+            &[
+                "-sql",
+                "SELECT name, continent, geom FROM naturalearth_lowres WHERE continent = 'Africa' ORDER BY name",
+            ],
+        ),
+    ];
+    for (options, argv) in cases {
+        let (status, body) = ours(&server, "naturalearth_lowres.gpkg", options).await;
+        assert_eq!(status, StatusCode::OK, "{options}: {body}");
+        assert_same_features(&body, &gdal(&file, argv), options);
+    }
+    // -simplify keeps every feature and reduces the vertices.
+    let (_, full) = ours(
+        &server,
+        "naturalearth_lowres.gpkg",
+        "-where|name='Australia'",
+    )
+    .await;
+    let (_, simple) = ours(
+        &server,
+        "naturalearth_lowres.gpkg",
+        "-where|name='Australia'|-simplify|0.5",
+    )
+    .await;
+    let count = |v: &Value| v.to_string().matches('[').count();
+    assert!(
+        count(&simple) < count(&full) / 2,
+        "{} vs {}",
+        count(&simple),
+        count(&full)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_output_is_rfc_7946_geojson() {
+    let server = server().await;
+    let response = server
+        .client()
+        .get(server.url("/ogr2ogr"))
+        .query(&[
+            ("source", "naturalearth_lowres.gpkg"),
+            ("options", "-where|continent='Oceania'"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/geo+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "FeatureCollection");
+    assert!(body.get("crs").is_none(), "RFC 7946 has no crs member");
+    assert_eq!(body["features"].as_array().unwrap().len(), 7);
+    for feature in body["features"].as_array().unwrap() {
+        assert_eq!(feature["type"], "Feature");
+        assert_eq!(feature["geometry"]["type"], "MultiPolygon");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let server = server().await;
+    let source = "naturalearth_lowres.gpkg";
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        (
+            source,
+            "-where|nosuch=1",
+            StatusCode::BAD_REQUEST,
+            "no such column: nosuch",
+        ),
+        (
+            source,
+            "-where|name='x'|)",
+            StatusCode::BAD_REQUEST,
+            "syntax error",
+        ),
+        (
+            source,
+            "-select|name,nosuch",
+            StatusCode::BAD_REQUEST,
+            "unknown field \"nosuch\"",
+        ),
+        (
+            source,
+            "-sql|SELECT|*|FROM|nosuch",
+            StatusCode::BAD_REQUEST,
+            "no such table: nosuch",
+        ),
+        (
+            source,
+            "-sql|DELETE|FROM|naturalearth_lowres",
+            StatusCode::BAD_REQUEST,
+            "not authorized",
+        ),
+        (
+            source,
+            "-sql|DROP|TABLE|naturalearth_lowres",
+            StatusCode::BAD_REQUEST,
+            "not authorized",
+        ),
+        (
+            source,
+            "-sql|ATTACH|'/etc/passwd'|AS|x",
+            StatusCode::BAD_REQUEST,
+            "not authorized",
+        ),
+        (
+            source,
+            "-sql|SELECT|load_extension('mod_spatialite')",
+            StatusCode::BAD_REQUEST,
+            "not authorized",
+        ),
+        (
+            source,
+            "-where|1=1;|DELETE|FROM|naturalearth_lowres",
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            source,
+            "-spat|1|2|3",
+            StatusCode::BAD_REQUEST,
+            "-spat needs four numbers",
+        ),
+        (
+            source,
+            "-zfield|height",
+            StatusCode::BAD_REQUEST,
+            "unsupported option -zfield",
+        ),
+        (source, "-limit|lots", StatusCode::BAD_REQUEST, "-limit"),
+        (
+            source,
+            "nosuchlayer",
+            StatusCode::BAD_REQUEST,
+            "no layer named \"nosuchlayer\"",
+        ),
+        (
+            "missing.gpkg",
+            "",
+            StatusCode::NOT_FOUND,
+            "missing.gpkg: no such dataset",
+        ),
+        (
+            "../naturalearth_lowres.gpkg",
+            "",
+            StatusCode::BAD_REQUEST,
+            "dot segments",
+        ),
+        (
+            "..%2fstate%2fschedules.sqlite",
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad source",
+        ),
+        (
+            "resourcecheck/local.json",
+            "",
+            StatusCode::NOT_IMPLEMENTED,
+            "not read natively yet",
+        ),
+        (
+            "MSSQL:server=db;database=gis",
+            "",
+            StatusCode::NOT_IMPLEMENTED,
+            "GDAL",
+        ),
+        ("", "", StatusCode::BAD_REQUEST, "source is required"),
+    ];
+    for (source, options, status, wanted) in cases {
+        let (got, body) = ours(&server, source, options).await;
+        assert_eq!(got, *status, "{source} {options}: {body}");
+        assert_eq!(body["status"], status.as_u16(), "{source} {options}");
+        let text = format!(
+            "{} {}",
+            body["error"].as_str().unwrap_or_default(),
+            body["detail"].as_str().unwrap_or_default()
+        );
+        assert!(text.contains(wanted), "{source} {options}: {body}");
+    }
+    // The dataset is untouched.
+    let (_, all) = ours(&server, source, "").await;
+    assert_eq!(all["features"].as_array().unwrap().len(), 177);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_dataset_replaced_by_rename_is_served_at_the_next_request() {
+    let server = server().await;
+    let folder = server.root.join("userdata/local");
+    let (_, before) = ours(
+        &server,
+        "naturalearth_lowres.gpkg",
+        "-where|continent='Oceania'",
+    )
+    .await;
+    assert_eq!(before["features"].as_array().unwrap().len(), 7);
+    // Publish a new version: only the Oceania countries, written aside and renamed into place.
+    let next = folder.join("next.gpkg.tmp");
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GPKG"])
+        .arg(&next)
+        .arg(folder.join("naturalearth_lowres.gpkg"))
+        .args([
+            "-where",
+            "continent = 'Oceania' AND name <> 'Fiji'",
+            "-nln",
+            "naturalearth_lowres",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&next, folder.join("naturalearth_lowres.gpkg")).unwrap();
+    let (_, after) = ours(&server, "naturalearth_lowres.gpkg", "").await;
+    assert_eq!(after["features"].as_array().unwrap().len(), 6);
+    server.stop().await;
+}
