@@ -60,6 +60,7 @@ impl FeatureWriter {
     /// When the geometry blob is malformed.
     pub fn feature<'a>(
         &mut self,
+        id: Option<i64>,
         properties: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
@@ -67,8 +68,12 @@ impl FeatureWriter {
             self.buffer.push(b',');
         }
         self.features += 1;
-        self.buffer
-            .extend_from_slice(b"{\"type\":\"Feature\",\"properties\":{");
+        self.buffer.extend_from_slice(b"{\"type\":\"Feature\",");
+        if let Some(id) = id {
+            self.buffer
+                .extend_from_slice(format!("\"id\":{id},").as_bytes());
+        }
+        self.buffer.extend_from_slice(b"\"properties\":{");
         for (i, (name, value)) in properties.enumerate() {
             if i > 0 {
                 self.buffer.push(b',');
@@ -101,10 +106,13 @@ impl FeatureWriter {
         })
     }
 
-    /// Closes the collection and returns the remaining bytes.
+    /// Closes the collection, with `tail` (`,"member":value…`) after the features, and returns
+    /// the remaining bytes.
     #[must_use]
-    pub fn finish(mut self) -> Bytes {
-        self.buffer.extend_from_slice(b"]}\n");
+    pub fn finish(mut self, tail: &str) -> Bytes {
+        self.buffer.push(b']');
+        self.buffer.extend_from_slice(tail.as_bytes());
+        self.buffer.extend_from_slice(b"}\n");
         Bytes::from(self.buffer)
     }
 }

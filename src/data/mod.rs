@@ -9,3 +9,4 @@
 pub mod geojson;
 pub mod gpkg;
 pub mod ogr2ogr;
+pub mod query;

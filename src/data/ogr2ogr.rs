@@ -3,18 +3,16 @@
 //! natively with streamed GeoJSON; `-where` and `-sql` run on a read-only connection that
 //! cannot reach other files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
-use rusqlite::types::ValueRef;
 use warp::Reply;
 use warp::reply::Response;
 
-use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
-use super::gpkg::{Catalog, Dataset, DatasetError, Layer};
+use super::gpkg::{Catalog, DatasetError, Layer};
+use super::query::{Plan, execute, lookup, rect};
 use crate::http::error_body;
 use crate::http::safe_path;
 
@@ -225,20 +223,6 @@ fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// The statement for a layer query, its parameters, and how to read each row.
-struct Plan {
-    sql: String,
-    params: Vec<f64>,
-    /// Whether column 0 is the fid (skipped from properties).
-    has_fid: bool,
-    /// Envelope filter done in Rust when there is no R*Tree.
-    envelope_filter: Option<[f64; 4]>,
-    /// `-spat`: geometries must intersect this box, as GDAL tests it (not only their bounds).
-    exact: Option<geo::Rect<f64>>,
-    simplify: Option<f64>,
-    name: String,
-}
-
 fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     let fields = match &options.select {
         Some(wanted) => wanted
@@ -279,7 +263,9 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
                     quote(&layer.fid),
                     quote(rtree)
                 ));
-                params = vec![xmax, xmin, ymax, ymin];
+                params = [xmax, xmin, ymax, ymin]
+                    .map(rusqlite::types::Value::Real)
+                    .to_vec();
             }
             None => envelope_filter = Some([xmin, ymin, xmax, ymax]),
         }
@@ -295,6 +281,8 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         sql,
         params,
         has_fid: true,
+        emit_id: false,
+        tail: None,
         envelope_filter,
         exact: options.spat.map(rect),
         simplify: options.simplify,
@@ -307,6 +295,8 @@ fn sql_plan(sql: &str, options: &Options, default_name: &str) -> Plan {
         sql: sql.to_owned(),
         params: Vec::new(),
         has_fid: false,
+        emit_id: false,
+        tail: None,
         envelope_filter: options.spat,
         exact: options.spat.map(rect),
         simplify: options.simplify,
@@ -314,168 +304,6 @@ fn sql_plan(sql: &str, options: &Options, default_name: &str) -> Plan {
             .name
             .clone()
             .unwrap_or_else(|| default_name.to_owned()),
-    }
-}
-
-fn rect([xmin, ymin, xmax, ymax]: [f64; 4]) -> geo::Rect<f64> {
-    geo::Rect::new(
-        geo::coord! { x: xmin, y: ymin },
-        geo::coord! { x: xmax, y: ymax },
-    )
-}
-
-/// Douglas-Peucker simplification of lines and polygons; points are left as they are.
-fn simplify(geometry: geo::Geometry<f64>, tolerance: f64) -> geo::Geometry<f64> {
-    use geo::{Geometry, Simplify};
-    match geometry {
-        Geometry::LineString(g) => Geometry::LineString(g.simplify(tolerance)),
-        Geometry::MultiLineString(g) => Geometry::MultiLineString(g.simplify(tolerance)),
-        Geometry::Polygon(g) => Geometry::Polygon(g.simplify(tolerance)),
-        Geometry::MultiPolygon(g) => Geometry::MultiPolygon(g.simplify(tolerance)),
-        other => other,
-    }
-}
-
-/// Decodes, filters and simplifies a geometry when the plan asks for it. `Err(())` skips the
-/// feature (outside the `-spat` box).
-fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64>>, ()> {
-    use geo::Intersects;
-    use geozero::ToGeo;
-    if plan.exact.is_none() && plan.simplify.is_none() {
-        return Ok(None);
-    }
-    let Some(geometry) = blob.and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok()) else {
-        return if plan.exact.is_some() {
-            Err(())
-        } else {
-            Ok(None)
-        };
-    };
-    if let Some(rect) = plan.exact
-        && !geometry.intersects(&rect)
-    {
-        return Err(());
-    }
-    Ok(plan.simplify.map(|t| simplify(geometry, t)))
-}
-
-fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
-    a[0] <= b[2] && a[2] >= b[0] && a[1] <= b[3] && a[3] >= b[1]
-}
-
-type Chunk = Result<Bytes, std::io::Error>;
-
-/// Prepares the plan, reports whether it is runnable, then streams the features.
-fn run(
-    dataset: &Dataset,
-    plan: &Plan,
-    limit: Option<u64>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) {
-    let connection = match dataset.connection() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
-    stream(&connection, plan, limit, ready, tx);
-    dataset.release(connection);
-}
-
-/// Runs the plan on `connection`, streaming features into `tx`.
-fn stream(
-    connection: &rusqlite::Connection,
-    plan: &Plan,
-    limit: Option<u64>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) {
-    let mut statement = match connection.prepare(&plan.sql) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(sql_error(&e)));
-            return;
-        }
-    };
-    let names: Vec<String> = statement
-        .column_names()
-        .iter()
-        .map(|n| (*n).to_owned())
-        .collect();
-    let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = ready.send(Err(sql_error(&e)));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    let mut writer = FeatureWriter::new(&plan.name);
-    let skip = usize::from(plan.has_fid);
-    loop {
-        let row = match rows.next() {
-            Ok(Some(row)) => row,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "query failed while streaming");
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                return;
-            }
-        };
-        if limit.is_some_and(|l| writer.count() >= l) {
-            break;
-        }
-        // The geometry is the first GeoPackage geometry blob among the columns.
-        let mut geometry_index = None;
-        for index in skip..names.len() {
-            if let Ok(ValueRef::Blob(b)) = row.get_ref(index)
-                && is_gpkg_geometry(b)
-            {
-                geometry_index = Some(index);
-                break;
-            }
-        }
-        let geometry = geometry_index
-            .and_then(|i| row.get_ref(i).ok())
-            .and_then(|v| v.as_blob().ok());
-        if let Some(bounds) = plan.envelope_filter
-            && !geometry
-                .and_then(gpkg_envelope)
-                .is_some_and(|e| overlaps(e, bounds))
-            && geometry.and_then(gpkg_envelope).is_some()
-        {
-            continue;
-        }
-        let Ok(decoded) = computed(plan, geometry) else {
-            continue;
-        };
-        let geometry = match (&decoded, geometry) {
-            (Some(g), _) => Geometry::Geo(g),
-            (None, Some(blob)) => Geometry::Gpkg(blob),
-            (None, None) => Geometry::None,
-        };
-        let properties = (skip..names.len())
-            .filter(|i| Some(*i) != geometry_index && !(plan.has_fid && *i == 0))
-            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?)));
-        if let Err(e) = writer.feature(properties, geometry) {
-            let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
-            return;
-        }
-        if let Some(chunk) = writer.take_chunk()
-            && tx.blocking_send(Ok(chunk)).is_err()
-        {
-            return; // the client went away
-        }
-    }
-    let _ = tx.blocking_send(Ok(writer.finish()));
-}
-
-fn sql_error(error: &rusqlite::Error) -> String {
-    match error {
-        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -563,43 +391,27 @@ pub async fn answer(
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
         },
     };
-    let limit = options.limit;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     let what = if options.sql.is_some() {
         "bad -sql"
     } else {
         "bad -where"
     };
-    tokio::task::spawn_blocking(move || run(&dataset, &plan, limit, ready_tx, &tx));
-    match ready_rx.await {
-        Ok(Ok(())) => {}
-        Ok(Err(message)) => return error_body(StatusCode::BAD_REQUEST, what, Some(&message)),
-        Err(_) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+    match execute(dataset, plan, options.limit).await {
+        Ok(stream) => geojson_response(stream),
+        Err(message) => error_body(StatusCode::BAD_REQUEST, what, Some(&message)),
     }
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+}
+
+/// A streamed `application/geo+json` response.
+pub fn geojson_response(
+    stream: impl futures::Stream<Item = super::query::Chunk> + Send + Sync + 'static,
+) -> Response {
     let mut response = warp::reply::stream(stream).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/geo+json"),
     );
     response
-}
-
-async fn lookup(
-    catalog: &Arc<Catalog>,
-    path: &Path,
-    shown: &str,
-) -> Result<Arc<Dataset>, DatasetError> {
-    let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
-    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
-        .await
-        .unwrap_or_else(|e| {
-            Err(DatasetError::Open {
-                path: String::new(),
-                reason: e.to_string(),
-            })
-        })
 }
 
 #[cfg(test)]

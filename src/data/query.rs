@@ -1,0 +1,253 @@
+//! Running a layer query on a dataset and streaming its features as GeoJSON: shared by
+//! `/ogr2ogr` and OGC API Features.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::types::ValueRef;
+
+use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
+use super::gpkg::{Catalog, Dataset, DatasetError};
+
+/// Writes the end of a collection after the features, given how many were written.
+pub type Tail = Box<dyn FnOnce(u64) -> String + Send>;
+
+/// The statement for a layer query, its parameters, and how to read each row.
+pub struct Plan {
+    /// The SELECT.
+    pub sql: String,
+    /// Its positional parameters.
+    pub params: Vec<rusqlite::types::Value>,
+    /// Whether column 0 is the fid (never a property).
+    pub has_fid: bool,
+    /// Whether each feature gets `"id"` from the fid.
+    pub emit_id: bool,
+    /// Envelope filter done in Rust when there is no R*Tree.
+    pub envelope_filter: Option<[f64; 4]>,
+    /// Geometries must intersect this box, as GDAL tests it (not only their bounds).
+    pub exact: Option<geo::Rect<f64>>,
+    /// Douglas-Peucker tolerance.
+    pub simplify: Option<f64>,
+    /// The collection's name.
+    pub name: String,
+    /// Members written after the features.
+    pub tail: Option<Tail>,
+}
+
+/// The box `[xmin, ymin, xmax, ymax]` as a geometry.
+pub fn rect([xmin, ymin, xmax, ymax]: [f64; 4]) -> geo::Rect<f64> {
+    geo::Rect::new(
+        geo::coord! { x: xmin, y: ymin },
+        geo::coord! { x: xmax, y: ymax },
+    )
+}
+
+/// Douglas-Peucker simplification of lines and polygons; points are left as they are.
+fn simplify(geometry: geo::Geometry<f64>, tolerance: f64) -> geo::Geometry<f64> {
+    use geo::{Geometry, Simplify};
+    match geometry {
+        Geometry::LineString(g) => Geometry::LineString(g.simplify(tolerance)),
+        Geometry::MultiLineString(g) => Geometry::MultiLineString(g.simplify(tolerance)),
+        Geometry::Polygon(g) => Geometry::Polygon(g.simplify(tolerance)),
+        Geometry::MultiPolygon(g) => Geometry::MultiPolygon(g.simplify(tolerance)),
+        other => other,
+    }
+}
+
+/// Decodes, filters and simplifies a geometry when the plan asks for it. `Err(())` skips the
+/// feature (outside the `-spat` box).
+fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64>>, ()> {
+    use geo::Intersects;
+    use geozero::ToGeo;
+    if plan.exact.is_none() && plan.simplify.is_none() {
+        return Ok(None);
+    }
+    let Some(geometry) = blob.and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok()) else {
+        return if plan.exact.is_some() {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    if let Some(rect) = plan.exact
+        && !geometry.intersects(&rect)
+    {
+        return Err(());
+    }
+    Ok(plan.simplify.map(|t| simplify(geometry, t)))
+}
+
+fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
+    a[0] <= b[2] && a[2] >= b[0] && a[1] <= b[3] && a[3] >= b[1]
+}
+
+/// A piece of a response body.
+pub type Chunk = Result<Bytes, std::io::Error>;
+
+/// Prepares the plan, reports whether it is runnable, then streams the features.
+fn run(
+    dataset: &Dataset,
+    mut plan: Plan,
+    limit: Option<u64>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let connection = match dataset.connection() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    stream(&connection, &mut plan, limit, ready, tx);
+    dataset.release(connection);
+}
+
+/// Runs the plan on `connection`, streaming features into `tx`.
+fn stream(
+    connection: &rusqlite::Connection,
+    plan: &mut Plan,
+    limit: Option<u64>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let mut statement = match connection.prepare(&plan.sql) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(sql_error(&e)));
+            return;
+        }
+    };
+    let names: Vec<String> = statement
+        .column_names()
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+    let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = ready.send(Err(sql_error(&e)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut writer = FeatureWriter::new(&plan.name);
+    let id = |row: &rusqlite::Row<'_>| {
+        if plan.emit_id {
+            row.get::<_, i64>(0).ok()
+        } else {
+            None
+        }
+    };
+    let skip = usize::from(plan.has_fid);
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "query failed while streaming");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        if limit.is_some_and(|l| writer.count() >= l) {
+            break;
+        }
+        // The geometry is the first GeoPackage geometry blob among the columns.
+        let mut geometry_index = None;
+        for index in skip..names.len() {
+            if let Ok(ValueRef::Blob(b)) = row.get_ref(index)
+                && is_gpkg_geometry(b)
+            {
+                geometry_index = Some(index);
+                break;
+            }
+        }
+        let geometry = geometry_index
+            .and_then(|i| row.get_ref(i).ok())
+            .and_then(|v| v.as_blob().ok());
+        if let Some(bounds) = plan.envelope_filter
+            && !geometry
+                .and_then(gpkg_envelope)
+                .is_some_and(|e| overlaps(e, bounds))
+            && geometry.and_then(gpkg_envelope).is_some()
+        {
+            continue;
+        }
+        let Ok(decoded) = computed(plan, geometry) else {
+            continue;
+        };
+        let geometry = match (&decoded, geometry) {
+            (Some(g), _) => Geometry::Geo(g),
+            (None, Some(blob)) => Geometry::Gpkg(blob),
+            (None, None) => Geometry::None,
+        };
+        let properties = (skip..names.len())
+            .filter(|i| Some(*i) != geometry_index && !(plan.has_fid && *i == 0))
+            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?)));
+        if let Err(e) = writer.feature(id(row), properties, geometry) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
+            return;
+        }
+        if let Some(chunk) = writer.take_chunk()
+            && tx.blocking_send(Ok(chunk)).is_err()
+        {
+            return; // the client went away
+        }
+    }
+    let tail = plan
+        .tail
+        .take()
+        .map(|t| t(writer.count()))
+        .unwrap_or_default();
+    let _ = tx.blocking_send(Ok(writer.finish(&tail)));
+}
+
+/// SQLite's own message for an error.
+pub fn sql_error(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The current version of a dataset, looked up off the async threads.
+///
+/// # Errors
+/// When there is no such file or it is not a usable database.
+pub async fn lookup(
+    catalog: &Arc<Catalog>,
+    path: &Path,
+    shown: &str,
+) -> Result<Arc<Dataset>, DatasetError> {
+    let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
+    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
+        .await
+        .unwrap_or_else(|e| {
+            Err(DatasetError::Open {
+                path: String::new(),
+                reason: e.to_string(),
+            })
+        })
+}
+
+/// Starts `plan` on `dataset` and returns the GeoJSON stream once the statement is known to be
+/// valid (so that a bad query is still an error status, not a broken body).
+///
+/// # Errors
+/// SQLite's message when the statement cannot be prepared or started.
+pub async fn execute(
+    dataset: Arc<Dataset>,
+    plan: Plan,
+    limit: Option<u64>,
+) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + 'static, String> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    tokio::task::spawn_blocking(move || run(&dataset, plan, limit, ready_tx, &tx));
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+        Ok(Err(message)) => Err(message),
+        Err(_) => Err("the query stopped before starting".to_owned()),
+    }
+}
