@@ -49,12 +49,15 @@ pub struct Layer {
     pub fields: Vec<String>,
     /// The R*Tree index table for the geometry column, when there is one.
     pub rtree: Option<String>,
+    /// Bounds from `gpkg_contents`, as `[xmin, ymin, xmax, ymax]`.
+    pub extent: Option<[f64; 4]>,
 }
 
 /// One version of a dataset file (a replaced file is a new version).
 #[derive(Debug)]
 pub struct Dataset {
     path: PathBuf,
+    version: u64,
     /// Its layers, in `gpkg_contents` order (or every table for plain SQLite).
     pub layers: Vec<Layer>,
     pool: Mutex<Vec<Connection>>,
@@ -148,14 +151,21 @@ fn connect(path: &Path) -> Result<Connection, DatasetError> {
 }
 
 impl Dataset {
-    fn open(path: &Path) -> Result<Self, DatasetError> {
+    fn open(path: &Path, stamp: Stamp) -> Result<Self, DatasetError> {
         let connection = connect(path)?;
         let layers = read_layers(&connection).map_err(|e| DatasetError::Open {
             path: path.display().to_string(),
             reason: format!("not a GeoPackage or SQLite database: {e}"),
         })?;
+        let nanos = stamp
+            .1
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Ok(Self {
             path: path.to_owned(),
+            version: u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)
+                ^ stamp.0.rotate_left(32),
             layers,
             pool: Mutex::new(vec![connection]),
         })
@@ -182,6 +192,32 @@ impl Dataset {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+
+    /// Identifies this version of the file (size and modification time), for ETags.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The layer's bounds, when the file records them.
+    #[must_use]
+    pub fn extent(&self, layer: &Layer) -> Option<[f64; 4]> {
+        layer.extent
+    }
+
+    /// Runs a `SELECT count(*)` statement.
+    #[must_use]
+    pub fn count(&self, sql: &str, params: &[rusqlite::types::Value]) -> Option<u64> {
+        let connection = self.connection().ok()?;
+        let count = connection
+            .query_row(sql, rusqlite::params_from_iter(params.iter()), |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .and_then(|n| u64::try_from(n).ok());
+        self.release(connection);
+        count
     }
 
     /// A connection from the pool (or a new one); give it back with [`Dataset::release`].
@@ -225,25 +261,33 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n > 0)?;
-    let tables: Vec<(String, Option<String>, Option<i64>)> = if is_gpkg {
+    type Row = (String, Option<String>, Option<i64>, Option<[f64; 4]>);
+    let tables: Vec<Row> = if is_gpkg {
         let mut statement = connection.prepare(
-            "SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c
+            "SELECT c.table_name, g.column_name, g.srs_id, c.min_x, c.min_y, c.max_x, c.max_y FROM gpkg_contents c
              LEFT JOIN gpkg_geometry_columns g ON g.table_name = c.table_name
              WHERE c.data_type IN ('features', 'attributes') ORDER BY c.table_name",
         )?;
         statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([], |r| {
+                let bounds: [Option<f64>; 4] = [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?];
+                let extent = match bounds {
+                    [Some(a), Some(b), Some(c), Some(d)] => Some([a, b, c, d]),
+                    _ => None,
+                };
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, extent))
+            })?
             .collect::<Result<_, _>>()?
     } else {
         let mut statement = connection.prepare(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
         )?;
         statement
-            .query_map([], |r| Ok((r.get(0)?, None, None)))?
+            .query_map([], |r| Ok((r.get(0)?, None, None, None)))?
             .collect::<Result<_, _>>()?
     };
     let mut layers = Vec::with_capacity(tables.len());
-    for (name, geometry, srs_id) in tables {
+    for (name, geometry, srs_id, extent) in tables {
         let mut fid = None;
         let mut fields = Vec::new();
         let mut statement = connection.prepare(&format!("PRAGMA table_info({})", quote(&name)))?;
@@ -281,6 +325,7 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
             srs_id,
             fields,
             rtree,
+            extent,
         });
     }
     Ok(layers)
@@ -320,7 +365,7 @@ impl Catalog {
                 return Ok(dataset.clone());
             }
         }
-        let dataset = Arc::new(Dataset::open(path).map_err(|e| match e {
+        let dataset = Arc::new(Dataset::open(path, stamp).map_err(|e| match e {
             DatasetError::Open { reason, .. } => DatasetError::Open {
                 path: shown.to_owned(),
                 reason,

@@ -4,8 +4,11 @@
 //!   their layers, and a small pool of connections per file version.
 //! - `ogr2ogr`: the `/ogr2ogr?source=…&options=…` API the web app already uses, parsed into a
 //!   query and answered natively with streamed RFC 7946 GeoJSON.
+//! - `features`: OGC API Features (Part 1: Core, GeoJSON) under `/features/`.
+//! - `query`: running a layer query and streaming its features, shared by both APIs.
 //! - `geojson`: the streaming FeatureCollection writer.
 
+pub mod features;
 pub mod geojson;
 pub mod gpkg;
 pub mod ogr2ogr;

@@ -91,6 +91,35 @@ pub fn routes(
             },
         );
 
+    let features = warp::path("features")
+        .and(warp::path::tail())
+        .and(get_or_head)
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(request_headers())
+        .and(warp::ext::optional::<ConnInfo>())
+        .and(with_site.clone())
+        .then(
+            |tail: warp::filters::path::Tail,
+             query: std::collections::HashMap<String, String>,
+             headers: Arc<HeaderMap>,
+             conn: Option<ConnInfo>,
+             site: Arc<Site>| async move {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                let scheme = if conn.is_some_and(|c| !c.tls) {
+                    "http"
+                } else {
+                    "https"
+                };
+                let context = crate::data::features::RequestContext {
+                    folder: site.hosts.search_path(host).swap_remove(0),
+                    base: format!("{scheme}://{}", host.unwrap_or("localhost")),
+                    headers: &headers,
+                };
+                crate::data::features::answer(site.catalog.clone(), context, tail.as_str(), &query)
+                    .await
+            },
+        );
+
     let proxy = warp::path::full()
         .and(with_site.clone())
         .and_then(|path: FullPath, site: Arc<Site>| async move {
@@ -148,6 +177,8 @@ pub fn routes(
 
     health
         .or(ogr2ogr)
+        .unify()
+        .or(features)
         .unify()
         .or(proxy)
         .unify()

@@ -1,0 +1,542 @@
+//! OGC API Features (Part 1: Core, GeoJSON) under `/features/`: the landing page, conformance,
+//! the OpenAPI document, collections (the layers of the datasets in the request host's folder),
+//! paged items with `bbox`, `limit`, `offset` and property filters, and single items.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
+use rusqlite::types::Value as SqlValue;
+use serde_json::{Value, json};
+use warp::reply::Response;
+
+use super::gpkg::{Catalog, Dataset, Layer};
+use super::ogr2ogr::geojson_response;
+use super::query::{Plan, execute, lookup};
+use crate::http::error_body;
+
+/// Items per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: u64 = 100;
+/// The largest `limit` honoured.
+pub const MAX_LIMIT: u64 = 10_000;
+
+const CONFORMANCE: &[&str] = &[
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+];
+const CRS84: &str = "http://www.opengis.net/def/crs/OGC/1.3/CRS84";
+/// Query parameters with a meaning of their own; any other must name a property.
+const RESERVED: &[&str] = &[
+    "bbox", "limit", "offset", "f", "bbox-crs", "crs", "datetime",
+];
+
+/// A collection: one layer of one dataset file.
+struct Collection {
+    id: String,
+    dataset: Arc<Dataset>,
+    layer: Layer,
+}
+
+/// What a request needs to know about where it came from.
+#[derive(Debug)]
+pub struct RequestContext<'a> {
+    /// The host's userdata folder.
+    pub folder: PathBuf,
+    /// `https://host[:port]` as the client addressed this server, for links.
+    pub base: String,
+    /// The request headers (for `If-None-Match`).
+    pub headers: &'a HeaderMap,
+}
+
+fn json_response(status: StatusCode, body: &Value, content_type: &'static str) -> Response {
+    let mut response = Response::new(body.to_string().into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Answers a request under `/features`; `rest` is the path after it, `query` its parameters.
+pub async fn answer(
+    catalog: Arc<Catalog>,
+    context: RequestContext<'_>,
+    rest: &str,
+    query: &HashMap<String, String>,
+) -> Response {
+    let base = format!("{}/features", context.base);
+    let parts: Vec<&str> = rest
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    match parts.as_slice() {
+        [] => json_response(StatusCode::OK, &landing(&base), "application/json"),
+        ["conformance"] => json_response(
+            StatusCode::OK,
+            &json!({ "conformsTo": CONFORMANCE }),
+            "application/json",
+        ),
+        ["api"] => json_response(
+            StatusCode::OK,
+            &openapi(&base),
+            "application/vnd.oai.openapi+json;version=3.0",
+        ),
+        ["collections"] => {
+            let collections = collections(&catalog, &context.folder).await;
+            let list: Vec<Value> = collections.iter().map(|c| describe(c, &base)).collect();
+            let body = json!({
+                "links": [
+                    {"href": format!("{base}/collections"), "rel": "self", "type": "application/json", "title": "collections"},
+                ],
+                "collections": list,
+            });
+            json_response(StatusCode::OK, &body, "application/json")
+        }
+        ["collections", id] => match find(&catalog, &context.folder, id).await {
+            Some(c) => json_response(StatusCode::OK, &describe(&c, &base), "application/json"),
+            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+        },
+        ["collections", id, "items"] => match find(&catalog, &context.folder, id).await {
+            Some(c) => items(c, &base, query, context.headers).await,
+            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+        },
+        ["collections", id, "items", feature] => match find(&catalog, &context.folder, id).await {
+            Some(c) => item(c, &base, feature).await,
+            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+        },
+        _ => error_body(StatusCode::NOT_FOUND, "not found", Some(rest)),
+    }
+}
+
+fn landing(base: &str) -> Value {
+    json!({
+        "title": "Pozi Server",
+        "description": "The organisation's GIS data, as OGC API Features",
+        "links": [
+            {"href": format!("{base}/"), "rel": "self", "type": "application/json", "title": "this document"},
+            {"href": format!("{base}/api"), "rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.0", "title": "the API definition"},
+            {"href": format!("{base}/conformance"), "rel": "conformance", "type": "application/json", "title": "conformance classes"},
+            {"href": format!("{base}/collections"), "rel": "data", "type": "application/json", "title": "collections"},
+        ],
+    })
+}
+
+/// Every layer of every GeoPackage directly in `folder` (and one level down).
+async fn collections(catalog: &Arc<Catalog>, folder: &Path) -> Vec<Collection> {
+    let mut files = Vec::new();
+    let folder = folder.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut dirs = vec![(folder.clone(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() && prefix.is_empty() && !name.starts_with('.') {
+                    dirs.push((path, format!("{name}.")));
+                } else if path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gpkg"))
+                {
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    out.push((path, format!("{prefix}{stem}")));
+                }
+            }
+        }
+        out.sort();
+        out
+    })
+    .await
+    .unwrap_or_default();
+    for (path, stem) in found {
+        let Ok(dataset) = lookup(catalog, &path, &stem).await else {
+            continue;
+        };
+        let single = dataset.layers.len() == 1;
+        for layer in &dataset.layers {
+            let id = if single {
+                stem.clone()
+            } else {
+                format!("{stem}.{}", layer.name)
+            };
+            files.push(Collection {
+                id,
+                dataset: dataset.clone(),
+                layer: layer.clone(),
+            });
+        }
+    }
+    files
+}
+
+async fn find(catalog: &Arc<Catalog>, folder: &Path, id: &str) -> Option<Collection> {
+    collections(catalog, folder)
+        .await
+        .into_iter()
+        .find(|c| c.id == id)
+}
+
+fn describe(c: &Collection, base: &str) -> Value {
+    let href = format!("{base}/collections/{}", c.id);
+    let mut body = json!({
+        "id": c.id,
+        "title": c.layer.name,
+        "itemType": "feature",
+        "crs": [CRS84],
+        "links": [
+            {"href": href, "rel": "self", "type": "application/json", "title": "this collection"},
+            {"href": format!("{href}/items"), "rel": "items", "type": "application/geo+json", "title": "items"},
+        ],
+    });
+    if let Some(bbox) = c.dataset.extent(&c.layer) {
+        body["extent"] = json!({"spatial": {"bbox": [bbox], "crs": CRS84}});
+    }
+    body
+}
+
+fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
+    let numbers: Vec<f64> = text
+        .split(',')
+        .map(|n| n.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bbox {text:?} is not numbers"))?;
+    match numbers.as_slice() {
+        [a, b, c, d] if a <= c && b <= d => Ok([*a, *b, *c, *d]),
+        [a, b, _, c, d, _] if a <= c && b <= d => Ok([*a, *b, *c, *d]),
+        _ => Err(format!("bbox {text:?} must be minx,miny,maxx,maxy")),
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+async fn items(
+    c: Collection,
+    base: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    let bad = |detail: String| error_body(StatusCode::BAD_REQUEST, "bad query", Some(&detail));
+    let limit = match query.get("limit").map(|l| l.parse::<u64>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
+        Some(_) => {
+            return bad(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}"
+            ));
+        }
+    };
+    let offset = match query.get("offset").map(|o| o.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return bad("offset must be a whole number".to_owned()),
+    };
+    let bbox = match query.get("bbox").map(|b| parse_bbox(b)) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => return bad(e),
+    };
+    if let Some(crs) = query.get("bbox-crs").or_else(|| query.get("crs"))
+        && crs != CRS84
+    {
+        return bad(format!("only {CRS84} is supported"));
+    }
+    if let Some(f) = query.get("f")
+        && !["json", "geojson"].contains(&f.as_str())
+    {
+        return bad(format!("f={f}: only json is served"));
+    }
+    let layer = &c.layer;
+    let mut conditions = Vec::new();
+    let mut params: Vec<SqlValue> = Vec::new();
+    let mut filters: Vec<(&String, &String)> = query
+        .iter()
+        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+        .collect();
+    filters.sort();
+    for (name, value) in filters {
+        let Some(field) = layer.fields.iter().find(|f| *f == name) else {
+            return bad(format!(
+                "unknown parameter or property {name:?}; properties: {}",
+                layer.fields.join(", ")
+            ));
+        };
+        params.push(SqlValue::Text(value.clone()));
+        // Compared as text, so "5" matches an integer 5 as well as the string.
+        conditions.push(format!(
+            "CAST({} AS TEXT) = ?{}",
+            quote(field),
+            params.len()
+        ));
+    }
+    let mut envelope_filter = None;
+    if let Some([xmin, ymin, xmax, ymax]) = bbox {
+        match &layer.rtree {
+            Some(rtree) => {
+                let n = params.len();
+                conditions.push(format!(
+                    "{} IN (SELECT id FROM {} WHERE minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{})",
+                    quote(&layer.fid), quote(rtree), n + 1, n + 2, n + 3, n + 4
+                ));
+                params.extend([xmax, xmin, ymax, ymin].map(SqlValue::Real));
+            }
+            None => envelope_filter = bbox,
+        }
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let matched = if envelope_filter.is_none() {
+        count(
+            &c.dataset,
+            format!("SELECT count(*) FROM {}{filter}", quote(&layer.name)),
+            params.clone(),
+        )
+        .await
+    } else {
+        None
+    };
+
+    let etag = format!(
+        "\"{}-{:x}\"",
+        c.dataset.version(),
+        fxhash(&format!("{:?}", sorted(query)))
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        let mut response = Response::new(bytes::Bytes::new().into());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, v);
+        }
+        return response;
+    }
+
+    let mut columns = vec![quote(&layer.fid)];
+    columns.extend(layer.geometry.iter().map(|g| quote(g)));
+    columns.extend(layer.fields.iter().map(|f| quote(f)));
+    let mut sql = format!(
+        "SELECT {} FROM {}{filter} ORDER BY {}",
+        columns.join(", "),
+        quote(&layer.name),
+        quote(&layer.fid)
+    );
+    if envelope_filter.is_none() {
+        sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+    }
+    let href = format!("{base}/collections/{}/items", c.id);
+    let page = |o: u64| {
+        let mut q: Vec<(String, String)> = sorted(query)
+            .into_iter()
+            .filter(|(k, _)| k != "offset" && k != "limit")
+            .collect();
+        q.push(("limit".to_owned(), limit.to_string()));
+        q.push(("offset".to_owned(), o.to_string()));
+        let encoded: Vec<String> = q
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        format!("{href}?{}", encoded.join("&"))
+    };
+    let (self_link, next_link, prev_link) = (
+        page(offset),
+        page(offset + limit),
+        (offset > 0).then(|| page(offset.saturating_sub(limit))),
+    );
+    let tail = move |returned: u64| {
+        let mut links = vec![
+            json!({"href": self_link, "rel": "self", "type": "application/geo+json", "title": "this page"}),
+        ];
+        let more = match matched {
+            Some(m) => offset + returned < m,
+            None => returned == limit,
+        };
+        if more {
+            links.push(json!({"href": next_link, "rel": "next", "type": "application/geo+json", "title": "next page"}));
+        }
+        if let Some(prev) = prev_link {
+            links.push(json!({"href": prev, "rel": "prev", "type": "application/geo+json", "title": "previous page"}));
+        }
+        let mut tail = format!(
+            ",\"numberReturned\":{returned},\"links\":{}",
+            Value::Array(links)
+        );
+        if let Some(m) = matched {
+            tail.push_str(&format!(",\"numberMatched\":{m}"));
+        }
+        tail.push_str(&format!(
+            ",\"timeStamp\":{}",
+            Value::from(chrono::Utc::now().to_rfc3339())
+        ));
+        tail
+    };
+    let plan = Plan {
+        sql,
+        params,
+        has_fid: true,
+        emit_id: true,
+        envelope_filter,
+        exact: None,
+        simplify: None,
+        name: c.id.clone(),
+        tail: Some(Box::new(tail)),
+    };
+    // Without an R*Tree the box is checked row by row, so paging is done while streaming.
+    let (plan, limit) = match envelope_filter {
+        Some(_) => (
+            Plan {
+                sql: format!("{} LIMIT -1 OFFSET {offset}", plan.sql),
+                ..plan
+            },
+            Some(limit),
+        ),
+        None => (plan, None),
+    };
+    match execute(c.dataset.clone(), plan, limit).await {
+        Ok(stream) => {
+            let mut response = geojson_response(stream);
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, v);
+            }
+            response
+        }
+        Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, "query failed", Some(&e)),
+    }
+}
+
+async fn item(c: Collection, base: &str, feature: &str) -> Response {
+    let Ok(fid) = feature.parse::<i64>() else {
+        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+    };
+    let layer = &c.layer;
+    let mut columns = vec![quote(&layer.fid)];
+    columns.extend(layer.geometry.iter().map(|g| quote(g)));
+    columns.extend(layer.fields.iter().map(|f| quote(f)));
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = ?1",
+        columns.join(", "),
+        quote(&layer.name),
+        quote(&layer.fid)
+    );
+    let exists = count(
+        &c.dataset,
+        format!(
+            "SELECT count(*) FROM {} WHERE {} = ?1",
+            quote(&layer.name),
+            quote(&layer.fid)
+        ),
+        vec![SqlValue::Integer(fid)],
+    )
+    .await;
+    if exists != Some(1) {
+        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+    }
+    let href = format!("{base}/collections/{}/items/{fid}", c.id);
+    let collection = format!("{base}/collections/{}", c.id);
+    let plan = Plan {
+        sql,
+        params: vec![SqlValue::Integer(fid)],
+        has_fid: true,
+        emit_id: true,
+        envelope_filter: None,
+        exact: None,
+        simplify: None,
+        name: c.id.clone(),
+        tail: None,
+    };
+    // One feature, read through the same writer, then unwrapped from its collection.
+    let body = match execute(c.dataset.clone(), plan, Some(1)).await {
+        Ok(stream) => {
+            use futures::StreamExt;
+            let chunks: Vec<_> = stream.collect().await;
+            let bytes: Vec<u8> = chunks
+                .into_iter()
+                .filter_map(Result::ok)
+                .flat_map(|b| b.to_vec())
+                .collect();
+            serde_json::from_slice::<Value>(&bytes).ok()
+        }
+        Err(_) => None,
+    };
+    let Some(mut feature) = body.and_then(|mut b| b["features"].get_mut(0).map(Value::take)) else {
+        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+    };
+    feature["links"] = json!([
+        {"href": href, "rel": "self", "type": "application/geo+json", "title": "this feature"},
+        {"href": collection, "rel": "collection", "type": "application/json", "title": "the collection"},
+    ]);
+    json_response(StatusCode::OK, &feature, "application/geo+json")
+}
+
+async fn count(dataset: &Arc<Dataset>, sql: String, params: Vec<SqlValue>) -> Option<u64> {
+    let dataset = dataset.clone();
+    tokio::task::spawn_blocking(move || dataset.count(&sql, &params))
+        .await
+        .ok()
+        .flatten()
+}
+
+fn sorted(query: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    q.sort();
+    q
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn fxhash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn openapi(base: &str) -> Value {
+    let collection_id = json!({"name": "collectionId", "in": "path", "required": true, "schema": {"type": "string"}});
+    let json_ok = |description: &str, media: &str| json!({"200": {"description": description, "content": {media: {"schema": {"type": "object"}}}}, "400": {"description": "bad request"}, "404": {"description": "not found"}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Pozi Server", "version": env!("CARGO_PKG_VERSION"), "description": "OGC API Features (Part 1: Core, GeoJSON)"},
+        "servers": [{"url": base}],
+        "paths": {
+            "/": {"get": {"summary": "Landing page", "operationId": "getLandingPage", "responses": json_ok("links to the API", "application/json")}},
+            "/conformance": {"get": {"summary": "Conformance classes", "operationId": "getConformance", "responses": json_ok("conformance classes", "application/json")}},
+            "/collections": {"get": {"summary": "Collections", "operationId": "getCollections", "responses": json_ok("the collections", "application/json")}},
+            "/collections/{collectionId}": {"get": {"summary": "A collection", "operationId": "describeCollection", "parameters": [collection_id], "responses": json_ok("the collection", "application/json")}},
+            "/collections/{collectionId}/items": {"get": {
+                "summary": "Features of a collection",
+                "operationId": "getFeatures",
+                "parameters": [
+                    collection_id,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "bbox", "in": "query", "style": "form", "explode": false, "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}},
+                ],
+                "responses": json_ok("a page of features", "application/geo+json"),
+            }},
+            "/collections/{collectionId}/items/{featureId}": {"get": {
+                "summary": "One feature",
+                "operationId": "getFeature",
+                "parameters": [collection_id, {"name": "featureId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": json_ok("the feature", "application/geo+json"),
+            }},
+        },
+    })
+}

@@ -1,0 +1,327 @@
+//! OGC API Features under `/features/`: the documents, paging and filters, and GDAL's OAPIF
+//! driver as a real client (gdal-bin is installed by `scripts/test`).
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TestServer;
+use reqwest::{StatusCode, header};
+use serde_json::Value;
+
+fn shared_data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name)
+}
+
+async fn server() -> TestServer {
+    TestServer::start("{}", |root| {
+        let local = root.join("userdata/local");
+        std::fs::copy(
+            shared_data("naturalearth_lowres.gpkg"),
+            local.join("countries.gpkg"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(local.join("places")).unwrap();
+        let out = Command::new("ogr2ogr")
+            .args(["-f", "GPKG"])
+            .arg(local.join("places/cities.gpkg"))
+            .arg(shared_data("naturalearth_cities.geojson"))
+            .args(["-nln", "cities"])
+            .output()
+            .expect("ogr2ogr (gdal-bin) is needed: run scripts/test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await
+}
+
+async fn get(server: &TestServer, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let response = server.client().get(server.url(path)).send().await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn landing_conformance_api_and_collections() {
+    let server = server().await;
+    let (status, _, landing) = get(&server, "/features/").await;
+    assert_eq!(status, StatusCode::OK);
+    let rels: Vec<&str> = landing["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["rel"].as_str().unwrap())
+        .collect();
+    for rel in ["self", "service-desc", "conformance", "data"] {
+        assert!(rels.contains(&rel), "{rel} missing: {landing}");
+    }
+    let (_, _, conformance) = get(&server, "/features/conformance").await;
+    let classes = conformance["conformsTo"].to_string();
+    assert!(
+        classes.contains("ogcapi-features-1/1.0/conf/core") && classes.contains("conf/geojson"),
+        "{classes}"
+    );
+    let (status, headers, api) = get(&server, "/features/api").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/vnd.oai.openapi+json")
+    );
+    assert!(api["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(api["paths"]["/collections/{collectionId}/items"]["get"].is_object());
+
+    let (_, _, collections) = get(&server, "/features/collections").await;
+    let ids: Vec<&str> = collections["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["countries", "places.cities"]);
+    let (_, _, countries) = get(&server, "/features/collections/countries").await;
+    assert_eq!(countries["extent"]["spatial"]["bbox"][0][0], -180.0);
+    assert!(
+        countries["links"]
+            .to_string()
+            .contains("/features/collections/countries/items")
+    );
+    let (status, _, missing) = get(&server, "/features/collections/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["status"], 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn items_page_filter_and_answer_single_features() {
+    let server = server().await;
+    let (status, headers, page) = get(&server, "/features/collections/countries/items").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/geo+json");
+    assert_eq!(page["numberMatched"], 177);
+    assert_eq!(page["numberReturned"], 100);
+    assert_eq!(page["features"].as_array().unwrap().len(), 100);
+
+    // Walk the pages through the next links.
+    let mut seen = Vec::new();
+    let mut url = server.url("/features/collections/countries/items?limit=50");
+    loop {
+        let response = server.client().get(&url).send().await.unwrap();
+        let page: Value = response.json().await.unwrap();
+        seen.extend(
+            page["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_i64().unwrap()),
+        );
+        let next = page["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["rel"] == "next")
+            .map(|l| l["href"].as_str().unwrap().to_owned());
+        match next {
+            Some(next) => {
+                url = next.replace(
+                    &format!("https://127.0.0.1:{}", server.addr.port()),
+                    &server.url(""),
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 177);
+    seen.dedup();
+    assert_eq!(seen.len(), 177, "pages overlap");
+
+    let (_, _, second) = get(
+        &server,
+        "/features/collections/countries/items?limit=50&offset=50",
+    )
+    .await;
+    assert!(
+        second["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["rel"] == "prev")
+    );
+
+    let (_, _, oceania) = get(
+        &server,
+        "/features/collections/countries/items?continent=Oceania",
+    )
+    .await;
+    assert_eq!(oceania["numberMatched"], 7);
+    let (_, _, boxed) = get(
+        &server,
+        "/features/collections/places.cities/items?bbox=140,-45,155,-10",
+    )
+    .await;
+    let names: Vec<&str> = boxed["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["properties"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Sydney") && names.contains(&"Melbourne"),
+        "{names:?}"
+    );
+    assert!(boxed["features"].as_array().unwrap().iter().all(|f| {
+        let c = &f["geometry"]["coordinates"];
+        (140.0..=155.0).contains(&c[0].as_f64().unwrap())
+            && (-45.0..=-10.0).contains(&c[1].as_f64().unwrap())
+    }));
+
+    let first_id = page["features"][0]["id"].as_i64().unwrap();
+    let (status, _, feature) = get(
+        &server,
+        &format!("/features/collections/countries/items/{first_id}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(feature["type"], "Feature");
+    assert_eq!(feature["id"], first_id);
+    assert_eq!(feature["properties"], page["features"][0]["properties"]);
+    assert!(feature["links"].to_string().contains("\"collection\""));
+    assert_eq!(
+        get(&server, "/features/collections/countries/items/999999")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&server, "/features/collections/countries/items/abc")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_queries_are_400_and_etags_give_304() {
+    let server = server().await;
+    for query in [
+        "limit=0",
+        "limit=x",
+        "offset=-1",
+        "bbox=1,2,3",
+        "bbox=5,5,1,1",
+        "colour=red",
+        "f=html",
+        "bbox-crs=EPSG:3857",
+    ] {
+        let (status, _, body) = get(
+            &server,
+            &format!("/features/collections/countries/items?{query}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["status"], 400, "{query}");
+    }
+    let (_, _, big) = get(&server, "/features/collections/countries/items?limit=50000").await;
+    assert_eq!(big["numberReturned"], 177);
+
+    let response = server
+        .client()
+        .get(server.url("/features/collections/countries/items?continent=Asia"))
+        .send()
+        .await
+        .unwrap();
+    let etag = response.headers()[header::ETAG].clone();
+    let again = server
+        .client()
+        .get(server.url("/features/collections/countries/items?continent=Asia"))
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let other = server
+        .client()
+        .get(server.url("/features/collections/countries/items?continent=Africa"))
+        .header(header::IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gdal_oapif_lists_every_collection_and_reads_every_feature() {
+    let server = server().await;
+    let cert = server.root.join("state/self-signed.cer");
+    let endpoint = format!("OAPIF:{}", server.url("/features"));
+    let gdal = |args: Vec<String>| {
+        let cert = cert.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(&args[0])
+                .args(&args[1..])
+                .env("CURL_CA_BUNDLE", &cert)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        })
+    };
+    let listing = gdal(vec!["ogrinfo".into(), "-ro".into(), endpoint.clone()])
+        .await
+        .unwrap();
+    assert!(
+        listing.contains("countries") && listing.contains("places.cities"),
+        "{listing}"
+    );
+    for (layer, expected) in [("countries", 177), ("places.cities", 243)] {
+        let summary = gdal(vec![
+            "ogrinfo".into(),
+            "-ro".into(),
+            "-so".into(),
+            endpoint.clone(),
+            layer.into(),
+        ])
+        .await
+        .unwrap();
+        assert!(
+            summary.contains(&format!("Feature Count: {expected}")),
+            "{summary}"
+        );
+        let all = gdal(vec![
+            "ogr2ogr".into(),
+            "-f".into(),
+            "GeoJSON".into(),
+            "/vsistdout/".into(),
+            endpoint.clone(),
+            layer.into(),
+        ])
+        .await
+        .unwrap();
+        let collection: Value = serde_json::from_str(&all).unwrap();
+        assert_eq!(
+            collection["features"].as_array().unwrap().len(),
+            expected,
+            "{layer}"
+        );
+    }
+    server.stop().await;
+}
