@@ -1,6 +1,6 @@
 //! OGC API Features under `/features/`: the documents, paging and filters, and GDAL's OAPIF
 //! driver as a real client (gdal-bin is installed by `scripts/test`).
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
