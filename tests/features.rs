@@ -325,3 +325,58 @@ async fn gdal_oapif_lists_every_collection_and_reads_every_feature() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
+    let server = server().await;
+    let file = server.root.join("userdata/local/mga55.gpkg");
+    let out = Command::new("ogr2ogr")
+        .args(["-f", "GPKG"])
+        .arg(&file)
+        .arg(shared_data("naturalearth_lowres.gpkg"))
+        .args([
+            "-t_srs",
+            "EPSG:28355",
+            "-where",
+            "continent = 'Oceania' AND name <> 'Fiji'",
+            "-nln",
+            "oceania",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, collection) = get(&server, "/features/collections/mga55").await;
+    let bbox = collection["extent"]["spatial"]["bbox"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        bbox[0] > 100.0 && bbox[0] < 180.0 && bbox[1] < -30.0,
+        "extent not in degrees: {bbox:?}"
+    );
+    let (status, _, items) = get(
+        &server,
+        "/features/collections/mga55/items?bbox=144,-39,146,-37",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{items}");
+    let names: Vec<&str> = items["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["properties"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Australia"]);
+    let first = &items["features"][0]["geometry"]["coordinates"][0][0][0];
+    assert!(
+        (110.0..=160.0).contains(&first[0].as_f64().unwrap()),
+        "{first}"
+    );
+    server.stop().await;
+}

@@ -365,3 +365,97 @@ async fn a_dataset_replaced_by_rename_is_served_at_the_next_request() {
     assert_eq!(after["features"].as_array().unwrap().len(), 6);
     server.stop().await;
 }
+
+fn flatten(coordinates: &Value, out: &mut Vec<(f64, f64)>) {
+    match coordinates.as_array() {
+        Some(items) if items.first().is_some_and(Value::is_number) => {
+            out.push((items[0].as_f64().unwrap(), items[1].as_f64().unwrap()));
+        }
+        Some(items) => items.iter().for_each(|c| flatten(c, out)),
+        None => {}
+    }
+}
+
+/// The largest coordinate difference, in degrees, between two collections with the same features.
+fn max_difference(ours: &Value, gdal: &Value) -> f64 {
+    let (a, b) = (
+        ours["features"].as_array().unwrap(),
+        gdal["features"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        let (mut p, mut q) = (Vec::new(), Vec::new());
+        flatten(&x["geometry"]["coordinates"], &mut p);
+        flatten(&y["geometry"]["coordinates"], &mut q);
+        assert_eq!(p.len(), q.len(), "vertex counts of {}", x["properties"]);
+        for ((x1, y1), (x2, y2)) in p.iter().zip(&q) {
+            worst = worst.max((x1 - x2).abs()).max((y1 - y2).abs());
+        }
+    }
+    worst
+}
+
+fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GPKG"])
+        .arg(to)
+        .arg(from)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn layers_in_other_systems_are_reprojected_as_gdal_does() {
+    let server = server().await;
+    let folder = server.root.join("userdata/local");
+    // New York boroughs as shipped: EPSG:2263, US survey feet.
+    gdal_convert(
+        &shared_data("nybb/nybb.shp"),
+        &folder.join("nybb.gpkg"),
+        &["-nln", "nybb", "-nlt", "MULTIPOLYGON"],
+    );
+    let (status, ours_nybb) = ours(&server, "nybb.gpkg", "").await;
+    assert_eq!(status, StatusCode::OK, "{ours_nybb}");
+    let gdal_nybb = gdal(&folder.join("nybb.gpkg"), &["-t_srs", "EPSG:4326"]);
+    let worst = max_difference(&ours_nybb, &gdal_nybb);
+    assert!(worst < 1e-6, "nybb differs from GDAL by {worst} degrees");
+    assert!(
+        ours_nybb["features"][0]["geometry"]["coordinates"][0][0][0][0]
+            .as_f64()
+            .unwrap()
+            < -73.0
+    );
+
+    // Australia in the Australian and web systems.
+    for code in [28354, 28355, 28356, 7854, 7855, 7856, 3111, 7899, 3857] {
+        let file = folder.join(format!("aus_{code}.gpkg"));
+        let target = format!("EPSG:{code}");
+        gdal_convert(
+            &shared_data("naturalearth_lowres.gpkg"),
+            &file,
+            &[
+                "-t_srs",
+                &target,
+                "-where",
+                "name IN ('Australia', 'New Zealand')",
+                "-nln",
+                "countries",
+            ],
+        );
+        let (status, body) = ours(&server, &format!("aus_{code}.gpkg"), "").await;
+        assert_eq!(status, StatusCode::OK, "EPSG:{code}: {body}");
+        let worst = max_difference(&body, &gdal(&file, &["-t_srs", "EPSG:4326"]));
+        assert!(
+            worst < 1e-6,
+            "EPSG:{code} differs from GDAL by {worst} degrees"
+        );
+    }
+    server.stop().await;
+}

@@ -15,6 +15,7 @@ use warp::reply::Response;
 use super::gpkg::{Catalog, Dataset, Layer};
 use super::ogr2ogr::geojson_response;
 use super::query::{Plan, execute, lookup};
+use super::reproject::Reprojector;
 use crate::http::error_body;
 
 /// Items per page unless `limit` says otherwise.
@@ -198,7 +199,15 @@ fn describe(c: &Collection, base: &str) -> Value {
             {"href": format!("{href}/items"), "rel": "items", "type": "application/geo+json", "title": "items"},
         ],
     });
-    if let Some(bbox) = c.dataset.extent(&c.layer) {
+    let extent =
+        c.dataset
+            .extent(&c.layer)
+            .and_then(|e| match Reprojector::for_srs(c.layer.srs_id) {
+                Ok(Some(r)) => r.bbox_to_wgs84(e).ok(),
+                Ok(None) => Some(e),
+                Err(_) => None,
+            });
+    if let Some(bbox) = extent {
         body["extent"] = json!({"spatial": {"bbox": [bbox], "crs": CRS84}});
     }
     body
@@ -258,6 +267,24 @@ async fn items(
         return bad(format!("f={f}: only json is served"));
     }
     let layer = &c.layer;
+    let reproject = match Reprojector::for_srs(layer.srs_id) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_body(
+                StatusCode::NOT_IMPLEMENTED,
+                "cannot reproject",
+                Some(&e.to_string()),
+            );
+        }
+    };
+    // The box is in WGS 84; the index is in the layer's system.
+    let bbox = match (bbox, &reproject) {
+        (Some(b), Some(r)) => match r.bbox_from_wgs84(b) {
+            Ok(b) => Some(b),
+            Err(e) => return bad(e.to_string()),
+        },
+        (b, _) => b,
+    };
     let mut conditions = Vec::new();
     let mut params: Vec<SqlValue> = Vec::new();
     let mut filters: Vec<(&String, &String)> = query
@@ -394,6 +421,7 @@ async fn items(
         envelope_filter,
         exact: None,
         simplify: None,
+        reproject,
         name: c.id.clone(),
         tail: Some(Box::new(tail)),
     };
@@ -457,6 +485,7 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         envelope_filter: None,
         exact: None,
         simplify: None,
+        reproject: Reprojector::for_srs(layer.srs_id).ok().flatten(),
         name: c.id.clone(),
         tail: None,
     };

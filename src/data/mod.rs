@@ -6,6 +6,7 @@
 //!   query and answered natively with streamed RFC 7946 GeoJSON.
 //! - `features`: OGC API Features (Part 1: Core, GeoJSON) under `/features/`.
 //! - `query`: running a layer query and streaming its features, shared by both APIs.
+//! - `reproject`: to WGS 84 from the layer's EPSG system.
 //! - `geojson`: the streaming FeatureCollection writer.
 
 pub mod features;
@@ -13,3 +14,4 @@ pub mod geojson;
 pub mod gpkg;
 pub mod ogr2ogr;
 pub mod query;
+pub mod reproject;

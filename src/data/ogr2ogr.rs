@@ -13,6 +13,7 @@ use warp::reply::Response;
 
 use super::gpkg::{Catalog, DatasetError, Layer};
 use super::query::{Plan, execute, lookup, rect};
+use super::reproject::Reprojector;
 use crate::http::error_body;
 use crate::http::safe_path;
 
@@ -277,9 +278,11 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     if let (Some(limit), None) = (options.limit, envelope_filter) {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
+    let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| e.to_string())?;
     Ok(Plan {
         sql,
         params,
+        reproject,
         has_fid: true,
         emit_id: false,
         tail: None,
@@ -290,10 +293,15 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     })
 }
 
-fn sql_plan(sql: &str, options: &Options, default_name: &str) -> Plan {
-    Plan {
+/// A `-sql` statement; its geometries are taken to be in the first layer's system.
+fn sql_plan(sql: &str, options: &Options, first: Option<&Layer>) -> Result<Plan, String> {
+    let default_name = first.map_or("sql", |l| l.name.as_str());
+    let reproject =
+        Reprojector::for_srs(first.and_then(|l| l.srs_id)).map_err(|e| e.to_string())?;
+    Ok(Plan {
         sql: sql.to_owned(),
         params: Vec::new(),
+        reproject,
         has_fid: false,
         emit_id: false,
         tail: None,
@@ -304,7 +312,7 @@ fn sql_plan(sql: &str, options: &Options, default_name: &str) -> Plan {
             .name
             .clone()
             .unwrap_or_else(|| default_name.to_owned()),
-    }
+    })
 }
 
 /// Extensions answered natively.
@@ -377,11 +385,10 @@ pub async fn answer(
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad dataset", Some(&e.to_string())),
     };
     let plan = match &options.sql {
-        Some(sql) => sql_plan(
-            sql,
-            &options,
-            dataset.layers.first().map_or("sql", |l| l.name.as_str()),
-        ),
+        Some(sql) => match sql_plan(sql, &options, dataset.layers.first()) {
+            Ok(plan) => plan,
+            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
+        },
         None => match dataset
             .layer(options.layer.as_deref())
             .map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ use rusqlite::types::ValueRef;
 
 use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
 use super::gpkg::{Catalog, Dataset, DatasetError};
+use super::reproject::Reprojector;
 
 /// Writes the end of a collection after the features, given how many were written.
 pub type Tail = Box<dyn FnOnce(u64) -> String + Send>;
@@ -27,8 +28,10 @@ pub struct Plan {
     pub envelope_filter: Option<[f64; 4]>,
     /// Geometries must intersect this box, as GDAL tests it (not only their bounds).
     pub exact: Option<geo::Rect<f64>>,
-    /// Douglas-Peucker tolerance.
+    /// Douglas-Peucker tolerance, in the source system's units.
     pub simplify: Option<f64>,
+    /// Transformation to WGS 84 when the layer is stored in another system.
+    pub reproject: Option<Arc<Reprojector>>,
     /// The collection's name.
     pub name: String,
     /// Members written after the features.
@@ -55,27 +58,40 @@ fn simplify(geometry: geo::Geometry<f64>, tolerance: f64) -> geo::Geometry<f64> 
     }
 }
 
-/// Decodes, filters and simplifies a geometry when the plan asks for it. `Err(())` skips the
-/// feature (outside the `-spat` box).
+/// Decodes, filters, simplifies and reprojects a geometry when the plan asks for it, in that
+/// order (the filter box and tolerance are in the source system, as GDAL has them).
+/// `Err(())` skips the feature: outside the box, or not representable in WGS 84.
 fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64>>, ()> {
     use geo::Intersects;
     use geozero::ToGeo;
-    if plan.exact.is_none() && plan.simplify.is_none() {
+    if plan.exact.is_none() && plan.simplify.is_none() && plan.reproject.is_none() {
         return Ok(None);
     }
-    let Some(geometry) = blob.and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok()) else {
+    let Some(blob) = blob else {
         return if plan.exact.is_some() {
             Err(())
         } else {
             Ok(None)
         };
     };
+    let Ok(mut geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+        tracing::warn!("skipping a feature whose geometry cannot be decoded");
+        return Err(());
+    };
     if let Some(rect) = plan.exact
         && !geometry.intersects(&rect)
     {
         return Err(());
     }
-    Ok(plan.simplify.map(|t| simplify(geometry, t)))
+    if let Some(tolerance) = plan.simplify {
+        geometry = simplify(geometry, tolerance);
+    }
+    if let Some(reproject) = &plan.reproject {
+        geometry = reproject
+            .to_wgs84(&geometry)
+            .map_err(|e| tracing::warn!(error = %e, "skipping a feature"))?;
+    }
+    Ok(Some(geometry))
 }
 
 fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
