@@ -25,6 +25,7 @@ async fn server() -> TestServer {
             root.join("userdata/local/naturalearth_lowres.gpkg"),
         )
         .unwrap();
+        std::fs::write(root.join("userdata/local/roads.tab"), "!table\n").unwrap();
     })
     .await
 }
@@ -302,8 +303,20 @@ async fn bad_requests_get_clear_json_errors() {
         (
             "resourcecheck/local.json",
             "",
+            StatusCode::BAD_REQUEST,
+            "feature 1",
+        ),
+        (
+            "roads.tab",
+            "",
             StatusCode::NOT_IMPLEMENTED,
             "not read natively yet",
+        ),
+        (
+            "missing.shp",
+            "",
+            StatusCode::NOT_FOUND,
+            "missing.shp: no such dataset",
         ),
         (
             "MSSQL:server=db;database=gis",
@@ -323,6 +336,10 @@ async fn bad_requests_get_clear_json_errors() {
             body["detail"].as_str().unwrap_or_default()
         );
         assert!(text.contains(wanted), "{source} {options}: {body}");
+        assert!(
+            !text.contains("/tmp") && !text.contains("userdata"),
+            "{source} {options} reveals a server path: {body}"
+        );
     }
     // The dataset is untouched.
     let (_, all) = ours(&server, source, "").await;

@@ -338,9 +338,86 @@ type Stamp = (u64, SystemTime);
 #[derive(Debug, Default)]
 pub struct Catalog {
     open: Mutex<HashMap<PathBuf, (Stamp, Arc<Dataset>)>>,
+    cache: Option<PathBuf>,
+    converting: Mutex<()>,
 }
 
 impl Catalog {
+    /// A catalog that keeps GeoPackage conversions of other formats in `cache`
+    /// (`<root>/state/cache`).
+    #[must_use]
+    pub fn with_cache(cache: PathBuf) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::default()
+        }
+    }
+
+    /// The GeoPackage holding `source` (GeoJSON, CSV…) converted, made on first use and again
+    /// whenever the source changes. Its one layer is named after the file.
+    ///
+    /// # Errors
+    /// When the source is missing or cannot be read, or the conversion cannot be written.
+    pub fn converted(&self, source: &Path, shown: &str) -> Result<PathBuf, DatasetError> {
+        let meta = std::fs::metadata(source)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .ok_or_else(|| DatasetError::NotFound(shown.to_owned()))?;
+        let nanos = meta
+            .modified()
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let cache = self
+            .cache
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("poziserver-cache"));
+        let key = source
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let prefix = format!("{key:016x}-");
+        let target = cache.join(format!("{prefix}{:x}-{nanos:x}.gpkg", meta.len()));
+        if target.exists() {
+            return Ok(target);
+        }
+        // One conversion at a time: a burst of first requests converts once.
+        let _one = self
+            .converting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if target.exists() {
+            return Ok(target);
+        }
+        let open_error = |reason: String| DatasetError::Open {
+            path: shown.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| open_error(format!("cannot create {}: {e}", cache.display())))?;
+        let layer = source
+            .file_stem()
+            .map_or_else(|| "layer".to_owned(), |s| s.to_string_lossy().into_owned());
+        let started = std::time::Instant::now();
+        let features = super::readers::convert(source, &target, &layer).map_err(|e| {
+            tracing::warn!(source = %source.display(), error = %e, "conversion failed");
+            open_error(e.reason())
+        })?;
+        tracing::info!(source = %shown, features, ms = started.elapsed().as_millis(), "converted to a GeoPackage");
+        // Older conversions of the same source are no longer needed.
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && entry.path() != target {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(target)
+    }
     /// The current version of the dataset at `path`.
     ///
     /// # Errors

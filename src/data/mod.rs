@@ -12,6 +12,8 @@
 pub mod features;
 pub mod geojson;
 pub mod gpkg;
+pub mod gpkg_write;
 pub mod ogr2ogr;
 pub mod query;
+pub mod readers;
 pub mod reproject;

@@ -357,7 +357,8 @@ pub async fn answer(
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if !NATIVE.contains(&extension.as_str()) {
+    let converted = super::readers::Format::of(&path).is_some();
+    if !NATIVE.contains(&extension.as_str()) && !converted {
         if !path.exists() {
             return error_body(
                 StatusCode::NOT_FOUND,
@@ -369,10 +370,30 @@ pub async fn answer(
             StatusCode::NOT_IMPLEMENTED,
             "format not supported yet",
             Some(&format!(
-                ".{extension} sources are not read natively yet; GeoPackage and SQLite are"
+                ".{extension} sources are not read natively yet; GeoPackage, SQLite, GeoJSON and CSV are"
             )),
         );
     }
+    // Other formats are converted once into a GeoPackage kept in the state folder.
+    let path = if converted {
+        let (catalog, shown) = (catalog.clone(), source.to_owned());
+        match tokio::task::spawn_blocking(move || catalog.converted(&path, &shown)).await {
+            Ok(Ok(converted)) => converted,
+            Ok(Err(DatasetError::NotFound(s))) => {
+                return error_body(
+                    StatusCode::NOT_FOUND,
+                    "not found",
+                    Some(&format!("{s}: no such dataset")),
+                );
+            }
+            Ok(Err(e)) => {
+                return error_body(StatusCode::BAD_REQUEST, "bad dataset", Some(&e.to_string()));
+            }
+            Err(_) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+        }
+    } else {
+        path
+    };
     let dataset = match lookup(&catalog, &path, source).await {
         Ok(d) => d,
         Err(DatasetError::NotFound(s)) => {

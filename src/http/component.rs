@@ -108,7 +108,9 @@ impl Actor for HttpComponent {
             cors: Cors::new(&http.cors),
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()),
-            catalog: Arc::default(),
+            catalog: Arc::new(crate::data::gpkg::Catalog::with_cache(
+                args.root.state_dir().join("cache"),
+            )),
         });
         let tls = match &cert {
             Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),

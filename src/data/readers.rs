@@ -1,0 +1,293 @@
+//! Streaming readers of GeoJSON (FeatureCollection and newline-delimited) and CSV (longitude and
+//! latitude columns by name, or a WKT column) that write a GeoPackage layer. Files are read
+//! twice, feature by feature (once for the schema, once for the rows): never whole in memory.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use geozero::ToGeo;
+use rusqlite::types::Value;
+
+use super::gpkg_write::{Field, FieldType, LayerWriter, WriteError};
+
+/// A file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be opened or read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The content is not what its extension says.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// The GeoPackage could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// The formats read natively (besides GeoPackage and SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A GeoJSON FeatureCollection.
+    GeoJson,
+    /// Newline-delimited GeoJSON features.
+    GeoJsonSeq,
+    /// Comma, semicolon or tab separated values.
+    Csv,
+}
+
+impl Format {
+    /// The format for a file extension.
+    #[must_use]
+    pub fn of(path: &Path) -> Option<Self> {
+        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+        match extension.as_str() {
+            "geojson" | "json" => Some(Self::GeoJson),
+            "geojsonl" | "geojsons" | "ndjson" | "jsonl" => Some(Self::GeoJsonSeq),
+            "csv" | "tsv" => Some(Self::Csv),
+            _ => None,
+        }
+    }
+}
+
+/// Converts `source` into a GeoPackage at `destination` with one layer named `layer`.
+///
+/// # Errors
+/// When the source cannot be read or is malformed (with the feature or line), or the
+/// GeoPackage cannot be written. Nothing is left at `destination` then.
+pub fn convert(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+    match Format::of(source) {
+        Some(Format::GeoJson | Format::GeoJsonSeq) => geojson_to_gpkg(source, destination, layer),
+        Some(Format::Csv) => csv_to_gpkg(source, destination, layer),
+        None => Err(ReadError::Format {
+            path: source.display().to_string(),
+            reason: "not a format read natively".to_owned(),
+        }),
+    }
+}
+
+impl ReadError {
+    /// What went wrong, without the file's path (for answers to clients, which name the file
+    /// as they asked for it).
+    #[must_use]
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io { reason, .. } | Self::Format { reason, .. } => reason.clone(),
+            Self::Write(e) => e.reason.clone(),
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, ReadError> {
+    File::open(path)
+        .map(|f| BufReader::with_capacity(256 * 1024, f))
+        .map_err(|e| ReadError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Every feature of a GeoJSON file, one at a time.
+fn features(
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<geojson::Feature, String>>>, ReadError> {
+    let reader = open(path)?;
+    Ok(match Format::of(path) {
+        Some(Format::GeoJsonSeq) => Box::new(
+            reader
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                .map(|(n, line)| {
+                    let line = line.map_err(|e| e.to_string())?;
+                    serde_json::from_str::<geojson::Feature>(line.trim_start_matches('\u{1e}'))
+                        .map_err(|e| format!("line {}: {e}", n + 1))
+                }),
+        ),
+        _ => Box::new(
+            geojson::FeatureReader::from_reader(reader)
+                .features()
+                .enumerate()
+                .map(|(n, f)| f.map_err(|e| format!("feature {}: {e}", n + 1))),
+        ),
+    })
+}
+
+fn kind_of(value: &serde_json::Value) -> Option<FieldType> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(_) => Some(FieldType::Integer),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Some(FieldType::Integer),
+        serde_json::Value::Number(_) => Some(FieldType::Real),
+        _ => Some(FieldType::Text),
+    }
+}
+
+fn widen(a: FieldType, b: FieldType) -> FieldType {
+    match (a, b) {
+        (x, y) if x == y => x,
+        (FieldType::Integer | FieldType::Real, FieldType::Integer | FieldType::Real) => {
+            FieldType::Real
+        }
+        _ => FieldType::Text,
+    }
+}
+
+fn to_sql(value: Option<&serde_json::Value>, kind: FieldType) -> Value {
+    match value {
+        None | Some(serde_json::Value::Null) => Value::Null,
+        Some(serde_json::Value::Bool(b)) => Value::Integer(i64::from(*b)),
+        Some(serde_json::Value::Number(n)) if kind == FieldType::Integer => {
+            n.as_i64().map_or(Value::Null, Value::Integer)
+        }
+        Some(serde_json::Value::Number(n)) if kind == FieldType::Real => {
+            n.as_f64().map_or(Value::Null, Value::Real)
+        }
+        Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+        Some(other) => Value::Text(other.to_string()),
+    }
+}
+
+fn geojson_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+    let shown = source.display().to_string();
+    let bad = |reason: String| ReadError::Format {
+        path: shown.clone(),
+        reason,
+    };
+    // Pass 1: the fields and their types, in first-seen order.
+    let mut fields: Vec<Field> = Vec::new();
+    for feature in features(source)? {
+        let feature = feature.map_err(&bad)?;
+        for (name, value) in feature.properties.iter().flatten() {
+            let Some(kind) = kind_of(value) else { continue };
+            match fields.iter_mut().find(|f| f.name == *name) {
+                Some(field) => field.kind = widen(field.kind, kind),
+                None => fields.push(Field {
+                    name: name.clone(),
+                    kind,
+                }),
+            }
+        }
+    }
+    // Pass 2: the rows.
+    let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
+    for feature in features(source)? {
+        let feature = feature.map_err(&bad)?;
+        let values = fields
+            .iter()
+            .map(|f| {
+                to_sql(
+                    feature.properties.as_ref().and_then(|p| p.get(&f.name)),
+                    f.kind,
+                )
+            })
+            .collect();
+        let geometry = match feature.geometry {
+            Some(g) => Some(
+                geo::Geometry::<f64>::try_from(g.value)
+                    .map_err(|e| bad(format!("bad geometry: {e}")))?,
+            ),
+            None => None,
+        };
+        writer.add(values, geometry.as_ref())?;
+    }
+    Ok(writer.finish()?)
+}
+
+/// Column names taken as longitude and latitude, and as WKT geometry.
+const X_NAMES: &[&str] = &["x", "lon", "long", "lng", "longitude"];
+const Y_NAMES: &[&str] = &["y", "lat", "latitude"];
+const WKT_NAMES: &[&str] = &["wkt", "geometry", "the_geom", "geom"];
+
+/// UTF-8, or else Windows-1252's ASCII-compatible superset read as Latin-1.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec())
+        .unwrap_or_else(|_| bytes.iter().map(|b| char::from(*b)).collect())
+}
+
+fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+    let shown = source.display().to_string();
+    let bad = |reason: String| ReadError::Format {
+        path: shown.clone(),
+        reason,
+    };
+    // The separator is whichever of , ; tab is most common in the header line, as GDAL guesses.
+    let mut first = String::new();
+    open(source)?
+        .read_line(&mut first)
+        .map_err(|e| bad(e.to_string()))?;
+    let delimiter = [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| first.bytes().filter(|b| b == d).count())
+        .unwrap_or(b',');
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_reader(open(source)?);
+    let mut headers: Vec<String> = reader
+        .byte_headers()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .map(|h| text(h).trim_start_matches('\u{feff}').trim().to_owned())
+        .collect();
+    // As GDAL: a trailing separator adds no column; other blank names become field_N.
+    while headers.last().is_some_and(String::is_empty) {
+        headers.pop();
+    }
+    for (i, header) in headers.iter_mut().enumerate() {
+        if header.is_empty() {
+            *header = format!("field_{}", i + 1);
+        }
+    }
+    let find = |names: &[&str]| {
+        headers
+            .iter()
+            .position(|h| names.iter().any(|n| h.eq_ignore_ascii_case(n)))
+    };
+    let (x, y, wkt) = (find(X_NAMES), find(Y_NAMES), find(WKT_NAMES));
+    // As GDAL's CSV driver, every column is kept as text (the coordinates too).
+    let fields: Vec<Field> = headers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != wkt)
+        .map(|(_, h)| Field {
+            name: h.clone(),
+            kind: FieldType::Text,
+        })
+        .collect();
+    let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
+    for (n, record) in reader.byte_records().enumerate() {
+        let record = record.map_err(|e| bad(format!("line {}: {e}", n + 2)))?;
+        let cell = |i: usize| record.get(i).map(text).unwrap_or_default();
+        let values = (0..headers.len())
+            .filter(|i| Some(*i) != wkt)
+            .map(|i| Value::Text(cell(i)))
+            .collect();
+        let geometry = match (wkt, x, y) {
+            (Some(w), _, _) if !cell(w).trim().is_empty() => Some(
+                geozero::wkt::Wkt(cell(w).as_str())
+                    .to_geo()
+                    .map_err(|e| bad(format!("line {}: bad WKT: {e}", n + 2)))?,
+            ),
+            (None, Some(x), Some(y)) => {
+                match (cell(x).trim().parse::<f64>(), cell(y).trim().parse::<f64>()) {
+                    (Ok(x), Ok(y)) => Some(geo::Geometry::Point(geo::Point::new(x, y))),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        writer.add(values, geometry.as_ref())?;
+    }
+    Ok(writer.finish()?)
+}

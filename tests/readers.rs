@@ -1,0 +1,239 @@
+//! GeoJSON, newline-delimited GeoJSON and CSV sources through `/ogr2ogr`: converted once into a
+//! GeoPackage that GDAL opens without warnings, and answered with the same features as GDAL.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestServer;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn shared_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name)
+}
+
+async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
+    let response = server
+        .client()
+        .get(server.url("/ogr2ogr"))
+        .query(&[("source", source), ("options", options)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+fn gdal(file: &Path, options: &[&str]) -> Value {
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GeoJSON", "/vsistdout/"])
+        .arg(file)
+        .args(options)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-9
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn features(v: &Value) -> &Vec<Value> {
+    v["features"].as_array().unwrap()
+}
+
+async fn server() -> TestServer {
+    TestServer::start("{}", |root| {
+        let local = root.join("userdata/local");
+        for name in ["naturalearth_cities.geojson", "naturalearth_cities.csv"] {
+            std::fs::copy(shared_data(name), local.join(name)).unwrap();
+        }
+        let out = Command::new("ogr2ogr")
+            .args(["-f", "GeoJSONSeq"])
+            .arg(local.join("cities.geojsonl"))
+            .arg(shared_data("naturalearth_cities.geojson"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(
+            local.join("sites.csv"),
+            "id;name;wkt\n1;Town hall;POINT (144.96 -37.81)\n2;Depot;LINESTRING (145 -37.8, 145.1 -37.9)\n3;Café;\n",
+        )
+        .unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn geojson_sources_give_the_same_features_as_gdal() {
+    let server = server().await;
+    let file = shared_data("naturalearth_cities.geojson");
+    for (options, argv) in [
+        ("", vec![]),
+        (
+            "-where|name|LIKE|'Mel%'",
+            vec!["-where", "name LIKE 'Mel%'"],
+        ),
+        (
+            "-spat|140|-45|155|-10",
+            vec!["-spat", "140", "-45", "155", "-10"],
+        ),
+        ("-limit|10", vec!["-limit", "10"]),
+    ] {
+        let (status, body) = ours(&server, "naturalearth_cities.geojson", options).await;
+        assert_eq!(status, StatusCode::OK, "{options}: {body}");
+        let expected = gdal(&file, &argv);
+        assert_eq!(
+            features(&body).len(),
+            features(&expected).len(),
+            "{options}"
+        );
+        for (a, b) in features(&body).iter().zip(features(&expected)) {
+            assert!(
+                same(&a["properties"], &b["properties"]) && same(&a["geometry"], &b["geometry"]),
+                "{options}: {a} vs {b}"
+            );
+        }
+    }
+    // Newline-delimited GeoJSON reads the same.
+    let (_, seq) = ours(&server, "cities.geojsonl", "-where|name|=|'Melbourne'").await;
+    assert_eq!(features(&seq).len(), 1);
+    assert_eq!(features(&seq)[0]["properties"]["name"], "Melbourne");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn csv_sources_with_coordinates_or_wkt() {
+    let server = server().await;
+    let (status, body) = ours(
+        &server,
+        "naturalearth_cities.csv",
+        "-where|name|=|'Canberra'",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let canberra = &features(&body)[0];
+    // Properties as GDAL reads the file (every column text, no blank trailing column)...
+    let expected = gdal(
+        &shared_data("naturalearth_cities.csv"),
+        &["-where", "name = 'Canberra'"],
+    );
+    assert_eq!(canberra["properties"], features(&expected)[0]["properties"]);
+    // ...and a point from the X and Y columns.
+    assert_eq!(canberra["geometry"]["type"], "Point");
+    assert_eq!(
+        canberra["geometry"]["coordinates"][0].as_f64().unwrap(),
+        canberra["properties"]["X"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    );
+
+    let (_, sites) = ours(&server, "sites.csv", "").await;
+    let sites = features(&sites);
+    assert_eq!(sites.len(), 3);
+    assert_eq!(sites[0]["geometry"]["type"], "Point");
+    assert_eq!(sites[1]["geometry"]["type"], "LineString");
+    assert!(sites[2]["geometry"].is_null());
+    assert_eq!(sites[2]["properties"]["name"], "Café");
+    let (_, boxed) = ours(&server, "sites.csv", "-spat|144.9|-37.85|145.0|-37.8").await;
+    assert_eq!(features(&boxed).len(), 2, "{boxed}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_written_geopackages_open_in_gdal_without_warnings() {
+    let server = server().await;
+    for source in [
+        "naturalearth_cities.geojson",
+        "naturalearth_cities.csv",
+        "sites.csv",
+        "cities.geojsonl",
+    ] {
+        assert_eq!(
+            ours(&server, source, "-limit|1").await.0,
+            StatusCode::OK,
+            "{source}"
+        );
+    }
+    let cache = server.root.join("state/cache");
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for file in files {
+        let output = Command::new("ogrinfo")
+            .args(["-al", "-so"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stderr.trim().is_empty(),
+            "{}: {stderr}",
+            file.display()
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("Feature Count:") && stdout.contains("WGS 84"),
+            "{stdout}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_source_is_converted_again_and_a_broken_one_is_a_clear_error() {
+    let server = server().await;
+    let local = server.root.join("userdata/local");
+    std::fs::write(local.join("one.geojson"), r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"v":1},"geometry":null}]}"#).unwrap();
+    let (_, first) = ours(&server, "one.geojson", "").await;
+    assert_eq!(features(&first)[0]["properties"]["v"], 1);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    std::fs::write(local.join("one.geojson"), r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"v":2},"geometry":null},{"type":"Feature","properties":{"v":3},"geometry":null}]}"#).unwrap();
+    let (_, second) = ours(&server, "one.geojson", "").await;
+    assert_eq!(features(&second).len(), 2);
+    let cached = std::fs::read_dir(server.root.join("state/cache"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1, "the old conversion was not removed");
+
+    std::fs::write(local.join("broken.geojson"), r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":{"type":"Point","coordinates":"x"}}]}"#).unwrap();
+    let (status, body) = ours(&server, "broken.geojson", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("broken.geojson"),
+        "{body}"
+    );
+    let (status, _) = ours(&server, "absent.geojson", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
