@@ -237,3 +237,109 @@ async fn a_changed_source_is_converted_again_and_a_broken_one_is_a_clear_error()
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn flatten(coordinates: &Value, out: &mut Vec<(f64, f64)>) {
+    match coordinates.as_array() {
+        Some(items) if items.first().is_some_and(Value::is_number) => {
+            out.push((items[0].as_f64().unwrap(), items[1].as_f64().unwrap()))
+        }
+        Some(items) => items.iter().for_each(|c| flatten(c, out)),
+        None => {}
+    }
+}
+
+fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
+    assert_eq!(features(ours).len(), features(gdal).len(), "{what}");
+    for (a, b) in features(ours).iter().zip(features(gdal)) {
+        assert!(
+            same(&a["properties"], &b["properties"]),
+            "{what}: {} vs {}",
+            a["properties"],
+            b["properties"]
+        );
+        let (mut p, mut q) = (Vec::new(), Vec::new());
+        flatten(&a["geometry"]["coordinates"], &mut p);
+        flatten(&b["geometry"]["coordinates"], &mut q);
+        assert_eq!(p.len(), q.len(), "{what}: vertices of {}", a["properties"]);
+        let worst = p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| (a.0 - b.0).abs().max((a.1 - b.1).abs()))
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-6,
+            "{what}: {} differs by {worst} degrees",
+            a["properties"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn shapefiles_plain_zipped_and_projected_match_gdal() {
+    let server = server().await;
+    let local = server.root.join("userdata/local");
+    copy_dir(&shared_data("nybb"), &local.join("nybb"));
+    copy_dir(
+        &shared_data("naturalearth_lowres"),
+        &local.join("countries"),
+    );
+    for (archive, folder) in [("countries.zip", "countries"), ("boroughs.shz", "nybb")] {
+        let status = Command::new("zip")
+            .arg("-qj")
+            .arg(local.join(archive))
+            .args(
+                std::fs::read_dir(local.join(folder))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            )
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "zip is needed (Debian package zip)"
+        );
+    }
+    // New York boroughs: EPSG:2263 (US feet) in the .prj, reprojected as GDAL does.
+    let (status, boroughs) = ours(&server, "nybb/nybb.shp", "").await;
+    assert_eq!(status, StatusCode::OK, "{boroughs}");
+    assert_matches_gdal(
+        &boroughs,
+        &gdal(&shared_data("nybb/nybb.shp"), &["-t_srs", "EPSG:4326"]),
+        "nybb",
+    );
+    let (_, zipped) = ours(&server, "boroughs.shz", "-where|BoroName|=|'Brooklyn'").await;
+    assert_eq!(features(&zipped).len(), 1);
+    assert_eq!(features(&zipped)[0]["properties"]["BoroName"], "Brooklyn");
+    // Countries: attributes (UTF-8 by .cpg), and the same query answers.
+    for (source, options, argv) in [
+        (
+            "countries/naturalearth_lowres.shp",
+            "-where|continent='Oceania'",
+            vec!["-where", "continent='Oceania'"],
+        ),
+        (
+            "countries.zip",
+            "-spat|140|-45|155|-10",
+            vec!["-spat", "140", "-45", "155", "-10"],
+        ),
+    ] {
+        let (status, body) = ours(&server, source, options).await;
+        assert_eq!(status, StatusCode::OK, "{source}: {body}");
+        assert_matches_gdal(
+            &body,
+            &gdal(
+                &shared_data("naturalearth_lowres/naturalearth_lowres.shp"),
+                &argv,
+            ),
+            source,
+        );
+    }
+    server.stop().await;
+}

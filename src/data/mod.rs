@@ -9,11 +9,13 @@
 //! - `reproject`: to WGS 84 from the layer's EPSG system.
 //! - `geojson`: the streaming FeatureCollection writer.
 
+pub mod dbf;
 pub mod features;
 pub mod geojson;
 pub mod gpkg;
 pub mod gpkg_write;
 pub mod ogr2ogr;
+pub mod prj;
 pub mod query;
 pub mod readers;
 pub mod reproject;

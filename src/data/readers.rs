@@ -44,6 +44,10 @@ pub enum Format {
     GeoJsonSeq,
     /// Comma, semicolon or tab separated values.
     Csv,
+    /// An ESRI Shapefile (`.shp` with `.dbf`, `.prj`, `.cpg`).
+    Shapefile,
+    /// A zipped Shapefile (`.zip`, or `.shz` as GDAL names it).
+    ZippedShapefile,
 }
 
 impl Format {
@@ -55,6 +59,8 @@ impl Format {
             "geojson" | "json" => Some(Self::GeoJson),
             "geojsonl" | "geojsons" | "ndjson" | "jsonl" => Some(Self::GeoJsonSeq),
             "csv" | "tsv" => Some(Self::Csv),
+            "shp" => Some(Self::Shapefile),
+            "zip" | "shz" => Some(Self::ZippedShapefile),
             _ => None,
         }
     }
@@ -69,6 +75,8 @@ pub fn convert(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
     match Format::of(source) {
         Some(Format::GeoJson | Format::GeoJsonSeq) => geojson_to_gpkg(source, destination, layer),
         Some(Format::Csv) => csv_to_gpkg(source, destination, layer),
+        Some(Format::Shapefile) => shapefile_to_gpkg(source, destination, layer),
+        Some(Format::ZippedShapefile) => zipped_shapefile_to_gpkg(source, destination, layer),
         None => Err(ReadError::Format {
             path: source.display().to_string(),
             reason: "not a format read natively".to_owned(),
@@ -290,4 +298,109 @@ fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
         writer.add(values, geometry.as_ref())?;
     }
     Ok(writer.finish()?)
+}
+
+fn shapefile_error(path: &Path, e: impl std::fmt::Display) -> ReadError {
+    ReadError::Format {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The transformation to WGS 84 given by a shapefile's `.prj`, if it needs one.
+fn shapefile_projection(shp: &Path) -> Result<Option<super::reproject::Reprojector>, ReadError> {
+    let Ok(wkt) = std::fs::read_to_string(shp.with_extension("prj")) else {
+        return Ok(None);
+    };
+    let definition =
+        super::prj::to_proj(&wkt).map_err(|e| shapefile_error(shp, format!(".prj: {e}")))?;
+    let geographic_wgs84 =
+        definition.starts_with("+proj=longlat") && definition.contains("+rf=298.257223563");
+    if geographic_wgs84 {
+        return Ok(None);
+    }
+    super::reproject::Reprojector::from_proj_string(&definition)
+        .map(Some)
+        .map_err(|e| shapefile_error(shp, e))
+}
+
+fn shapefile_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+    let projection = shapefile_projection(source)?;
+    let mut table = super::dbf::Table::open(source).map_err(|e| shapefile_error(source, e))?;
+    let fields = table.fields.clone();
+    let mut shapes =
+        shapefile::ShapeReader::from_path(source).map_err(|e| shapefile_error(source, e))?;
+    let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
+    for (n, shape) in shapes.iter_shapes().enumerate() {
+        let record = n + 1;
+        let shape = shape.map_err(|e| shapefile_error(source, format!("record {record}: {e}")))?;
+        let values = match table
+            .next_record()
+            .map_err(|e| shapefile_error(source, format!("record {record}: {e}")))?
+        {
+            Some(Some(values)) => values,
+            Some(None) => continue, // deleted
+            None => vec![Value::Null; fields.len()],
+        };
+        let geometry = match shape {
+            shapefile::Shape::NullShape => None,
+            shape => Some(
+                geo::Geometry::<f64>::try_from(shape)
+                    .map_err(|e| shapefile_error(source, format!("record {record}: {e}")))?,
+            ),
+        };
+        let geometry = match (geometry, &projection) {
+            (Some(g), Some(p)) => Some(
+                p.to_wgs84(&g)
+                    .map_err(|e| shapefile_error(source, format!("record {record}: {e}")))?,
+            ),
+            (g, _) => g,
+        };
+        writer.add(values, geometry.as_ref())?;
+    }
+    Ok(writer.finish()?)
+}
+
+/// A temporary folder removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn zipped_shapefile_to_gpkg(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+) -> Result<u64, ReadError> {
+    let bad = |e: String| shapefile_error(source, e);
+    let mut archive = zip::ZipArchive::new(File::open(source).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
+    let shp = names
+        .iter()
+        .find(|n| n.to_ascii_lowercase().ends_with(".shp"))
+        .ok_or_else(|| bad("the archive holds no .shp".to_owned()))?
+        .clone();
+    let stem = shp[..shp.len() - 4].to_owned();
+    let scratch = Scratch(destination.with_extension(format!("unzip.{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| bad(e.to_string()))?;
+    for extension in ["shp", "shx", "dbf", "prj", "cpg"] {
+        let Some(name) = names.iter().find(|n| {
+            n.len() == stem.len() + 4
+                && n.starts_with(&stem)
+                && n[stem.len() + 1..].eq_ignore_ascii_case(extension)
+        }) else {
+            continue;
+        };
+        let mut entry = archive.by_name(name).map_err(|e| bad(e.to_string()))?;
+        // Only the entry's contents are used, written under a fixed name: no path from the
+        // archive reaches the file system.
+        let mut out = File::create(scratch.0.join(format!("layer.{extension}")))
+            .map_err(|e| bad(e.to_string()))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
+    }
+    shapefile_to_gpkg(&scratch.0.join("layer.shp"), destination, layer)
 }

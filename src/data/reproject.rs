@@ -68,6 +68,22 @@ impl Reprojector {
         Ok(Some(made))
     }
 
+    /// A transformation from a PROJ string (a shapefile's `.prj`, translated).
+    ///
+    /// # Errors
+    /// When PROJ cannot use the string.
+    pub fn from_proj_string(definition: &str) -> Result<Self, ReprojectError> {
+        let fail = |e: proj4rs::errors::Error| ReprojectError {
+            code: -1,
+            reason: format!("{definition}: {e}"),
+        };
+        Ok(Self {
+            code: -1,
+            source: Proj::from_proj_string(definition).map_err(fail)?,
+            wgs84: Proj::from_epsg_code(4326).map_err(fail)?,
+        })
+    }
+
     fn convert(
         from: &Proj,
         to: &Proj,
