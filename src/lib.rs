@@ -14,3 +14,4 @@ pub mod ops;
 pub mod root;
 pub mod runtime;
 pub mod scheduler;
+pub mod search;

@@ -14,6 +14,7 @@ use crate::config::{Config, parse_zone};
 use crate::http::{HttpArgs, HttpComponent, Listening};
 use crate::root::Root;
 use crate::scheduler::{PlannedJob, Scheduler, SchedulerArgs};
+use crate::search::{SearchArgs, SearchIndexer};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +22,8 @@ pub enum RuntimeError {
     /// The scheduler's marks database could not be opened.
     #[error(transparent)]
     Marks(#[from] schedules::MarkError),
-    /// A planned restart's schedule was invalid (config validation normally catches this).
-    #[error("restarts[{index}]: {reason}")]
+    /// A schedule was invalid (config validation normally catches this).
+    #[error("schedule {index}: {reason}")]
     Schedule {
         /// Index in `restarts`.
         index: usize,
@@ -104,6 +105,26 @@ pub async fn run(
         jobs: planned_jobs(config)?,
         marks,
     };
+    let search_zone = match &config.search.time_zone {
+        Some(name) => {
+            parse_zone(name).map_err(|reason| RuntimeError::Schedule { index: 0, reason })?
+        }
+        None => config.zone(),
+    };
+    let search = SearchArgs {
+        sources: config.search.sources.clone(),
+        userdata: root.path().join("userdata"),
+        index: root.state_dir().join("search.sqlite"),
+        schedule: Schedule::parse(&config.search.rebuild, search_zone).map_err(|e| {
+            RuntimeError::Schedule {
+                index: 0,
+                reason: format!("search.rebuild: {e}"),
+            }
+        })?,
+        catalog: Arc::new(crate::data::gpkg::Catalog::with_cache(
+            root.state_dir().join("cache"),
+        )),
+    };
     let http = HttpArgs {
         config: Arc::new(config.clone()),
         root: root.clone(),
@@ -124,6 +145,11 @@ pub async fn run(
             "scheduler",
             RestartType::Permanent,
             move || (Scheduler, scheduler.clone()),
+        ))
+        .child(ChildSpec::actor(
+            "search",
+            RestartType::Permanent,
+            move || (SearchIndexer, search.clone()),
         ));
     let handle = Supervisor::start_root(spec).await?;
     tracing::info!(root = %root.path().display(), "server started");

@@ -21,7 +21,7 @@ pub use locate::Segment;
 use locate::{dotted, from_pointer, line_column};
 
 /// The components a planned restart may name.
-pub const COMPONENTS: &[&str] = &["http", "scheduler"];
+pub const COMPONENTS: &[&str] = &["http", "scheduler", "search"];
 
 /// Default listen address: HTTPS on every IPv4 interface.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
@@ -41,6 +41,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Restart policy of the root supervisor.
     pub supervisor: SupervisorConfig,
+    /// Unified search over datasets.
+    pub search: SearchConfig,
     /// Planned restarts of components on cron schedules (the in-process replacement for a
     /// nightly `Restart-Service` scheduled task).
     pub restarts: Vec<PlannedRestart>,
@@ -55,8 +57,66 @@ impl Default for Config {
             log: LogConfig::default(),
             supervisor: SupervisorConfig::default(),
             restarts: Vec::new(),
+            search: SearchConfig::default(),
         }
     }
+}
+
+/// The unified search index: which datasets feed it and when it is rebuilt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Cron schedule of rebuilds (it is also built at start).
+    pub rebuild: String,
+    /// IANA time zone of the schedule; default the top-level `time_zone`.
+    pub time_zone: Option<String>,
+    /// The datasets indexed.
+    pub sources: Vec<SearchSource>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            rebuild: "0 4 * * *".to_owned(),
+            time_zone: None,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// One dataset in the search index, with the original server's columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSource {
+    /// Dataset path under `userdata` (`local/parcels.gpkg`); GeoPackage, SQLite, GeoJSON, CSV or
+    /// Shapefile.
+    pub source: String,
+    /// Layer (default: the first).
+    #[serde(default)]
+    pub layer: Option<String>,
+    /// `category` of its results (`Property`, `Road`…).
+    pub category: String,
+    /// The field searched (`search_text`).
+    pub search_field: String,
+    /// The field shown (`display_text`); default `search_field`.
+    #[serde(default)]
+    pub display_field: Option<String>,
+    /// The field identifying a result (`search_key`); default the feature id.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// `map_layer` of its results; default the layer name.
+    #[serde(default)]
+    pub map_layer: Option<String>,
+    /// `map_layer_id_field`: the field that identifies the feature on the map; default `key_field`.
+    #[serde(default)]
+    pub map_layer_id_field: Option<String>,
+    /// Ranking weight: results of heavier sources come first at equal relevance.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 /// The HTTPS listener: certificates, host folders, CORS, caching, reverse proxy and limits.

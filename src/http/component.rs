@@ -111,6 +111,7 @@ impl Actor for HttpComponent {
             catalog: Arc::new(crate::data::gpkg::Catalog::with_cache(
                 args.root.state_dir().join("cache"),
             )),
+            search_index: args.root.state_dir().join("search.sqlite"),
         });
         let tls = match &cert {
             Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),

@@ -35,6 +35,8 @@ pub struct Site {
     pub health: Health,
     /// Open datasets.
     pub catalog: Arc<crate::data::gpkg::Catalog>,
+    /// The unified search index file.
+    pub search_index: std::path::PathBuf,
 }
 
 /// The request's headers, moved out of the request once by the pipeline so that routes share
@@ -120,6 +122,21 @@ pub fn routes(
             },
         );
 
+    let search = warp::path!("search")
+        .and(get_or_head)
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(with_site.clone())
+        .then(
+            |mut query: std::collections::HashMap<String, String>, site: Arc<Site>| async move {
+                crate::search::answer(
+                    site.search_index.clone(),
+                    query.remove("q"),
+                    query.remove("limit"),
+                )
+                .await
+            },
+        );
+
     let proxy = warp::path::full()
         .and(with_site.clone())
         .and_then(|path: FullPath, site: Arc<Site>| async move {
@@ -179,6 +196,8 @@ pub fn routes(
         .or(ogr2ogr)
         .unify()
         .or(features)
+        .unify()
+        .or(search)
         .unify()
         .or(proxy)
         .unify()

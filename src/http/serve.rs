@@ -357,6 +357,7 @@ mod tests {
             proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
             health: Health::new(actors::HealthRegistry::new(), None),
             catalog: Arc::default(),
+            search_index: dir.join("search.sqlite"),
         });
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
