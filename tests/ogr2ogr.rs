@@ -309,8 +309,8 @@ async fn bad_requests_get_clear_json_errors() {
         (
             "roads.tab",
             "",
-            StatusCode::NOT_IMPLEMENTED,
-            "not read natively yet",
+            StatusCode::BAD_REQUEST,
+            "ogr2ogr refused the request",
         ),
         (
             "missing.shp",
@@ -319,10 +319,10 @@ async fn bad_requests_get_clear_json_errors() {
             "missing.shp: no such dataset",
         ),
         (
-            "MSSQL:server=db;database=gis",
+            "MSSQL:server=127.0.0.1,1;database=gis;trusted_connection=yes",
             "",
-            StatusCode::NOT_IMPLEMENTED,
-            "GDAL",
+            StatusCode::BAD_REQUEST,
+            "ogr2ogr refused the request",
         ),
         ("", "", StatusCode::BAD_REQUEST, "source is required"),
     ];
@@ -474,5 +474,57 @@ async fn layers_in_other_systems_are_reprojected_as_gdal_does() {
             "EPSG:{code} differs from GDAL by {worst} degrees"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn formats_not_read_natively_are_answered_by_gdal() {
+    let server = server().await;
+    let folder = server.root.join("userdata/local");
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "MapInfo File"])
+        .arg(folder.join("countries.tab"))
+        .arg(shared_data("naturalearth_lowres.gpkg"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (status, body) = ours(
+        &server,
+        "countries.tab",
+        "-where|continent='Oceania'|-select|name",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expected = gdal(
+        &folder.join("countries.tab"),
+        &[
+            "-where",
+            "continent='Oceania'",
+            "-select",
+            "name",
+            "-t_srs",
+            "EPSG:4326",
+        ],
+    );
+    let names = |v: &Value| {
+        let mut n: Vec<String> = v["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["properties"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&body), names(&expected));
+    assert_eq!(names(&body).len(), 7);
+    // Options are rebuilt, never passed through a shell: metacharacters are part of a value.
+    let (status, body) = ours(&server, "countries.tab", "-where|name='x';touch|/tmp/pwned").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(!Path::new("/tmp/pwned").exists());
     server.stop().await;
 }

@@ -11,6 +11,7 @@
 
 pub mod dbf;
 pub mod features;
+pub mod gdal;
 pub mod geojson;
 pub mod gpkg;
 pub mod gpkg_write;

@@ -336,15 +336,13 @@ pub async fn answer(
         Ok(o) => o,
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
     };
-    if source.contains(':') && !source.starts_with('/') {
-        return error_body(
-            StatusCode::NOT_IMPLEMENTED,
-            "GDAL needed",
-            Some(&format!(
-                "{} sources need GDAL's ogr2ogr, which this server does not run yet",
-                source.split(':').next().unwrap_or_default()
-            )),
-        );
+    if super::gdal::is_connection_string(source) {
+        return super::gdal::answer(
+            source,
+            source.split(':').next().unwrap_or_default(),
+            &options,
+        )
+        .await;
     }
     let segments = match safe_path::segments(&format!("/{}", source.trim_start_matches('/'))) {
         Ok(s) if !s.is_empty() => s,
@@ -366,13 +364,8 @@ pub async fn answer(
                 Some(&format!("{source}: no such dataset")),
             );
         }
-        return error_body(
-            StatusCode::NOT_IMPLEMENTED,
-            "format not supported yet",
-            Some(&format!(
-                ".{extension} sources are not read natively yet; GeoPackage, SQLite, GeoJSON and CSV are"
-            )),
-        );
+        // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
+        return super::gdal::answer(&super::gdal::path_argument(&path), source, &options).await;
     }
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {
