@@ -5,6 +5,8 @@
 #   1. -where continent='Oceania' on naturalearth_lowres.gpkg
 #   2. a -spat box returning about 1,000 of 1,000,000 generated points (generated GeoJSON,
 #      converted once to a GeoPackage by GDAL: both sides read that GeoPackage)
+# This server is measured with its response cache (the default: repeated queries are answered
+# from memory) and without it ("data": {"response_cache_mb": 0}).
 # Both sides may use both cores: wrk (2 threads, 16 connections) for this server, two
 # ogr2ogr processes at a time for GDAL.
 # Usage: bench/ogr2ogr-compat/run.sh [SECONDS]   (default 10)
@@ -24,7 +26,8 @@ cargo build --release -q --bin poziserver
 
 work=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+pid2=""
+cleanup() { for p in $pid $pid2; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 data="$work/root/userdata/local"
@@ -35,13 +38,22 @@ python3 "$shared/tools/gen_points.py" 1000000 --out "$work/points.geojson"
 ogr2ogr -f GPKG "$data/points.gpkg" "$work/points.geojson" -nln points
 rm "$work/points.geojson"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# Two instances on the same data: the default (with the response cache) and one without it.
+port=$(free_port); uncached_port=$(free_port)
+cp -r "$work/root" "$work/root-uncached"
 cat > "$work/root/config.json" <<JSON
 {"listen": ["127.0.0.1:$port"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}}}
 JSON
+cat > "$work/root-uncached/config.json" <<JSON
+{"listen": ["127.0.0.1:$uncached_port"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}},
+ "data": {"response_cache_mb": 0}}
+JSON
 target/release/poziserver run --root "$work/root" >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 100); do curl -skf "https://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+target/release/poziserver run --root "$work/root-uncached" >/dev/null 2>&1 &
+pid2=$!
+for _ in $(seq 100); do curl -skf "https://127.0.0.1:$port/health" >/dev/null && curl -skf "https://127.0.0.1:$uncached_port/health" >/dev/null && break; sleep 0.1; done
 
 # Find a box holding about 1,000 points: the data's extent scaled by sqrt(1000 / 1000000).
 read -r box < <(python3 - "$data/points.gpkg" <<'PY'
@@ -93,13 +105,16 @@ our_rate() { # url -> requests per second
 
 bench() { # name source options argv...
     local name=$1 source=$2 options=$3; shift 3
-    local features ours gdal url
+    local features cached uncached gdal query
     features=$(compare "$source" "$options" "$@")
-    url="https://127.0.0.1:$port/ogr2ogr?source=$source&options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$options")"
-    ours=$(our_rate "$url")
+    query="ogr2ogr?source=$source&options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$options")"
+    uncached=$(our_rate "https://127.0.0.1:$uncached_port/$query")
+    cached=$(our_rate "https://127.0.0.1:$port/$query")
     gdal=$(gdal_rate "$data/$source" "$@")
-    printf '%-34s %9s features  poziserver %10.1f req/s  ogr2ogr %7.2f req/s  ratio %7.0fx\n' \
-        "$name" "$features" "$ours" "$gdal" "$(awk -v a="$ours" -v b="$gdal" 'BEGIN {print a / b}')"
+    printf '%s (%s features)\n' "$name" "$features"
+    printf '  ogr2ogr per request      %10.2f req/s\n' "$gdal"
+    printf '  poziserver, no cache     %10.1f req/s  ratio %6.0fx\n' "$uncached" "$(awk -v a="$uncached" -v b="$gdal" 'BEGIN {print a / b}')"
+    printf '  poziserver (default)     %10.1f req/s  ratio %6.0fx\n' "$cached" "$(awk -v a="$cached" -v b="$gdal" 'BEGIN {print a / b}')"
 }
 
 bench "-where continent='Oceania'" naturalearth_lowres.gpkg "-where|continent='Oceania'" -where "continent='Oceania'"

@@ -41,6 +41,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Restart policy of the root supervisor.
     pub supervisor: SupervisorConfig,
+    /// Datasets and the APIs over them.
+    pub data: DataConfig,
     /// Unified search over datasets.
     pub search: SearchConfig,
     /// Planned restarts of components on cron schedules (the in-process replacement for a
@@ -58,6 +60,24 @@ impl Default for Config {
             supervisor: SupervisorConfig::default(),
             restarts: Vec::new(),
             search: SearchConfig::default(),
+            data: DataConfig::default(),
+        }
+    }
+}
+
+/// Datasets and the APIs over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Memory kept for recent `/ogr2ogr` answers, in MiB (0 turns the cache off). An answer is
+    /// keyed by the dataset's version, so a replaced dataset is never answered from the cache.
+    pub response_cache_mb: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            response_cache_mb: 64,
         }
     }
 }

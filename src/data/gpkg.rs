@@ -340,6 +340,8 @@ pub struct Catalog {
     open: Mutex<HashMap<PathBuf, (Stamp, Arc<Dataset>)>>,
     cache: Option<PathBuf>,
     converting: Mutex<()>,
+    /// Recent answers, by dataset version and query.
+    pub responses: super::cache::ResponseCache,
 }
 
 impl Catalog {
@@ -351,6 +353,13 @@ impl Catalog {
             cache: Some(cache),
             ..Self::default()
         }
+    }
+
+    /// Keeps up to `bytes` of recent answers in memory (0: none).
+    #[must_use]
+    pub fn with_response_cache(mut self, bytes: usize) -> Self {
+        self.responses = super::cache::ResponseCache::new(bytes);
+        self
     }
 
     /// The GeoPackage holding `source` (GeoJSON, CSV…) converted, made on first use and again

@@ -9,6 +9,7 @@
 //! - `reproject`: to WGS 84 from the layer's EPSG system.
 //! - `geojson`: the streaming FeatureCollection writer.
 
+pub mod cache;
 pub mod dbf;
 pub mod features;
 pub mod gdal;

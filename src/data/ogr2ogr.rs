@@ -332,6 +332,7 @@ pub async fn answer(
             Some("source is required"),
         );
     };
+    let raw_options = options;
     let options = match parse(options) {
         Ok(o) => o,
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
@@ -417,7 +418,17 @@ pub async fn answer(
     } else {
         "bad -where"
     };
+    let key = format!("{}|{}|{raw_options}", dataset.version(), source);
+    if let Some(body) = catalog.responses.get(&key) {
+        return geojson_response(futures::stream::once(async move { Ok(body) }));
+    }
     match execute(dataset, plan, options.limit).await {
+        Ok(stream) if catalog.responses.enabled() => {
+            let cache = catalog.clone();
+            geojson_response(super::cache::tee(stream, move |body| {
+                cache.responses.put(key, body)
+            }))
+        }
         Ok(stream) => geojson_response(stream),
         Err(message) => error_body(StatusCode::BAD_REQUEST, what, Some(&message)),
     }

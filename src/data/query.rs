@@ -257,7 +257,7 @@ pub async fn execute(
     dataset: Arc<Dataset>,
     plan: Plan,
     limit: Option<u64>,
-) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + 'static, String> {
+) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, String> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     tokio::task::spawn_blocking(move || run(&dataset, plan, limit, ready_tx, &tx));

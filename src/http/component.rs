@@ -108,9 +108,10 @@ impl Actor for HttpComponent {
             cors: Cors::new(&http.cors),
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()),
-            catalog: Arc::new(crate::data::gpkg::Catalog::with_cache(
-                args.root.state_dir().join("cache"),
-            )),
+            catalog: Arc::new(
+                crate::data::gpkg::Catalog::with_cache(args.root.state_dir().join("cache"))
+                    .with_response_cache(args.config.data.response_cache_mb * 1024 * 1024),
+            ),
             search_index: args.root.state_dir().join("search.sqlite"),
         });
         let tls = match &cert {
