@@ -11,12 +11,15 @@ use bytes::Bytes;
 /// Answers larger than this are not kept.
 pub const MAX_ENTRY: usize = 8 * 1024 * 1024;
 
+/// Bodies by key, with when each was last used.
+type Entries = HashMap<String, (Bytes, u64)>;
+
 /// The cache.
 #[derive(Debug, Default)]
 pub struct ResponseCache {
     budget: usize,
     clock: AtomicU64,
-    entries: Mutex<(HashMap<String, (Bytes, u64)>, usize)>,
+    entries: Mutex<(Entries, usize)>,
 }
 
 impl ResponseCache {
