@@ -308,8 +308,23 @@ async fn items(
         ));
     }
     let mut envelope_filter = None;
+    // With the box as the only filter, the index alone counts the matches and picks the page.
+    let index_only = conditions.is_empty() && bbox.is_some() && layer.rtree.is_some();
+    let mut index_page = None;
     if let Some([xmin, ymin, xmax, ymax]) = bbox {
         match &layer.rtree {
+            Some(rtree) if index_only => {
+                let within = "minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4";
+                params.extend([xmax, xmin, ymax, ymin].map(SqlValue::Real));
+                index_page = Some((
+                    format!("SELECT count(*) FROM {} WHERE {within}", quote(rtree)),
+                    format!(
+                        "{} IN (SELECT id FROM {} WHERE {within} ORDER BY id LIMIT {limit} OFFSET {offset})",
+                        quote(&layer.fid),
+                        quote(rtree)
+                    ),
+                ));
+            }
             Some(rtree) => {
                 let n = params.len();
                 conditions.push(format!(
@@ -321,20 +336,29 @@ async fn items(
             None => envelope_filter = bbox,
         }
     }
+    let count_sql = match &index_page {
+        Some((count_sql, page_condition)) => {
+            conditions.push(page_condition.clone());
+            count_sql.clone()
+        }
+        None => String::new(),
+    };
     let filter = if conditions.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    let matched = if envelope_filter.is_none() {
+    let matched = if envelope_filter.is_some() {
+        None
+    } else if index_page.is_some() {
+        count(&c.dataset, count_sql, params.clone()).await
+    } else {
         count(
             &c.dataset,
             format!("SELECT count(*) FROM {}{filter}", quote(&layer.name)),
             params.clone(),
         )
         .await
-    } else {
-        None
     };
 
     let etag = format!(
@@ -364,7 +388,7 @@ async fn items(
         quote(&layer.name),
         quote(&layer.fid)
     );
-    if envelope_filter.is_none() {
+    if envelope_filter.is_none() && index_page.is_none() {
         sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
     }
     let href = format!("{base}/collections/{}/items", c.id);
