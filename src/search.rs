@@ -112,7 +112,11 @@ fn index_source(
     if crate::data::readers::Format::of(&path).is_some() {
         path = args
             .catalog
-            .converted(&path, &source.source)
+            .converted(
+                &path,
+                &source.source,
+                &crate::data::readers::OpenOptions::default(),
+            )
             .map_err(|e| e.to_string())?;
     }
     let dataset = args

@@ -343,3 +343,41 @@ async fn shapefiles_plain_zipped_and_projected_match_gdal() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn csv_open_options_choose_the_separator_columns_and_encoding() {
+    let server = server().await;
+    // Latin-1 bytes (é = 0xE9), pipes, and coordinate columns with names of their own.
+    let mut bytes = b"site|east_deg|north_deg\nCaf".to_vec();
+    bytes.push(0xe9);
+    bytes.extend_from_slice(b"|144.96|-37.81\nDepot|145.1|-37.9\n");
+    std::fs::write(server.root.join("userdata/local/assets.csv"), bytes).unwrap();
+
+    let options = "-oo|SEPARATOR=PIPE|-oo|X_POSSIBLE_NAMES=east_deg|-oo|Y_POSSIBLE_NAMES=north_deg|-oo|ENCODING=ISO-8859-1";
+    let (status, body) = ours(&server, "assets.csv", options).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list = features(&body);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["properties"]["site"], "Café");
+    assert_eq!(list[0]["geometry"]["coordinates"][0], 144.96);
+    assert_eq!(list[1]["geometry"]["coordinates"][1], -37.9);
+
+    // Without the options the file is still read, differently: one column, no geometry.
+    let (_, plain) = ours(&server, "assets.csv", "").await;
+    assert!(features(&plain)[0]["geometry"].is_null());
+
+    for (bad, wanted) in [
+        ("-oo|SEPARATOR=DASH", "SEPARATOR=DASH"),
+        ("-oo|ENCODING=KLINGON", "unknown encoding"),
+        ("-oo|FOO=1", "supported are SEPARATOR"),
+        ("-oo|NOEQUALS", "expected KEY=VALUE"),
+    ] {
+        let (status, body) = ours(&server, "assets.csv", bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(wanted),
+            "{bad}: {body}"
+        );
+    }
+    server.stop().await;
+}

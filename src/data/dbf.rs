@@ -39,12 +39,15 @@ impl std::fmt::Debug for Table {
 }
 
 impl Table {
-    /// Opens the `.dbf` beside `shp`, with the `.cpg` code page if there is one (else
-    /// ISO-8859-1, as GDAL assumes).
+    /// Opens the `.dbf` beside `shp`, in `encoding` if given, else the `.cpg` code page if there
+    /// is one, else Windows-1252 (ISO-8859-1 as GDAL assumes, plus the characters Windows adds).
     ///
     /// # Errors
     /// When the file is missing or its header is malformed.
-    pub fn open(shp: &Path) -> Result<Self, String> {
+    pub fn open(
+        shp: &Path,
+        encoding: Option<&'static encoding_rs::Encoding>,
+    ) -> Result<Self, String> {
         let dbf = shp.with_extension("dbf");
         let mut reader = BufReader::new(File::open(&dbf).map_err(|e| format!(".dbf: {e}"))?);
         let mut header = [0u8; 32];
@@ -58,7 +61,7 @@ impl Table {
         reader
             .read_exact(&mut descriptors)
             .map_err(|e| format!(".dbf field descriptors: {e}"))?;
-        let encoding = std::fs::read_to_string(shp.with_extension("cpg"))
+        let cpg = std::fs::read_to_string(shp.with_extension("cpg"))
             .ok()
             .and_then(|label| {
                 let label = label.trim().trim_start_matches('\u{feff}');
@@ -70,6 +73,7 @@ impl Table {
                 encoding_rs::Encoding::for_label(label.as_bytes())
             })
             .unwrap_or(encoding_rs::WINDOWS_1252);
+        let encoding = encoding.unwrap_or(cpg);
         let mut columns = Vec::new();
         let mut fields = Vec::new();
         for descriptor in descriptors.chunks_exact(32).take_while(|d| d[0] != 0x0d) {

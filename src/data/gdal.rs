@@ -66,6 +66,9 @@ fn arguments(source: &str, options: &Options) -> Vec<String> {
     if let Some(name) = &options.name {
         push("-nln", name.clone());
     }
+    for (key, value) in &options.open_options {
+        push("-oo", format!("{key}={value}"));
+    }
     if let Some([a, b, c, d]) = options.spat {
         args.push("-spat".to_owned());
         args.extend([a, b, c, d].map(|v| v.to_string()));

@@ -367,7 +367,12 @@ impl Catalog {
     ///
     /// # Errors
     /// When the source is missing or cannot be read, or the conversion cannot be written.
-    pub fn converted(&self, source: &Path, shown: &str) -> Result<PathBuf, DatasetError> {
+    pub fn converted(
+        &self,
+        source: &Path,
+        shown: &str,
+        options: &super::readers::OpenOptions,
+    ) -> Result<PathBuf, DatasetError> {
         let meta = std::fs::metadata(source)
             .ok()
             .filter(std::fs::Metadata::is_file)
@@ -388,7 +393,7 @@ impl Catalog {
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let prefix = format!("{key:016x}-");
+        let prefix = format!("{key:016x}-{}-", options.key());
         let target = cache.join(format!("{prefix}{:x}-{nanos:x}.gpkg", meta.len()));
         if target.exists() {
             return Ok(target);
@@ -411,7 +416,7 @@ impl Catalog {
             .file_stem()
             .map_or_else(|| "layer".to_owned(), |s| s.to_string_lossy().into_owned());
         let started = std::time::Instant::now();
-        let features = super::readers::convert(source, &target, &layer).map_err(|e| {
+        let features = super::readers::convert(source, &target, &layer, options).map_err(|e| {
             tracing::warn!(source = %source.display(), error = %e, "conversion failed");
             open_error(e.reason())
         })?;

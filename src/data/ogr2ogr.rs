@@ -36,6 +36,8 @@ pub struct Options {
     pub name: Option<String>,
     /// `-simplify tolerance`, in the data's units (degrees for WGS 84).
     pub simplify: Option<f64>,
+    /// `-oo KEY=VALUE` open options for CSV and Shapefile sources.
+    pub open_options: Vec<(String, String)>,
 }
 
 /// Options that take a value and are passed over (output is always RFC 7946 GeoJSON in
@@ -52,6 +54,7 @@ const ACCEPTED_FLAGS: &[&str] = &[
 ];
 /// Every option understood, to end a multi-token `-where` or `-sql`.
 const KNOWN: &[&str] = &[
+    "-oo",
     "-where",
     "-sql",
     "-select",
@@ -161,6 +164,15 @@ pub fn parse(options: &str) -> Result<Options, String> {
                     text.parse()
                         .map_err(|_| format!("-limit: {text:?} is not a whole number"))?,
                 );
+                i += 2;
+            }
+            "-oo" => {
+                let pair = value(i, token)?;
+                let (key, val) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("-oo {pair}: expected KEY=VALUE"))?;
+                parsed.open_options.push((key.to_owned(), val.to_owned()));
+                super::readers::OpenOptions::parse(&parsed.open_options)?;
                 i += 2;
             }
             "-nln" => {
@@ -371,7 +383,11 @@ pub async fn answer(
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {
         let (catalog, shown) = (catalog.clone(), source.to_owned());
-        match tokio::task::spawn_blocking(move || catalog.converted(&path, &shown)).await {
+        let open = match super::readers::OpenOptions::parse(&options.open_options) {
+            Ok(o) => o,
+            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
+        };
+        match tokio::task::spawn_blocking(move || catalog.converted(&path, &shown, &open)).await {
             Ok(Ok(converted)) => converted,
             Ok(Err(DatasetError::NotFound(s))) => {
                 return error_body(

@@ -35,6 +35,98 @@ pub enum ReadError {
     Write(#[from] WriteError),
 }
 
+/// GDAL-style open options (`-oo KEY=VALUE`) for CSV and Shapefile sources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// `SEPARATOR`: COMMA, SEMICOLON, TAB, SPACE or PIPE (default: guessed from the header).
+    pub separator: Option<u8>,
+    /// `X_POSSIBLE_NAMES`: longitude column names, comma-separated.
+    pub x_names: Option<Vec<String>>,
+    /// `Y_POSSIBLE_NAMES`: latitude column names.
+    pub y_names: Option<Vec<String>>,
+    /// `GEOM_POSSIBLE_NAMES`: WKT column names.
+    pub geom_names: Option<Vec<String>>,
+    /// `ENCODING`: the text encoding (`UTF-8`, `ISO-8859-1`, `CP1252`…), overriding a `.cpg`.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+}
+
+impl OpenOptions {
+    /// Reads `KEY=VALUE` pairs.
+    ///
+    /// # Errors
+    /// A message naming an unknown key or value.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, String> {
+        let mut options = Self::default();
+        let list = |v: &str| {
+            Some(
+                v.split(',')
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            )
+        };
+        for (key, value) in pairs {
+            match key.to_ascii_uppercase().as_str() {
+                "SEPARATOR" => {
+                    options.separator = Some(match value.to_ascii_uppercase().as_str() {
+                        "COMMA" => b',',
+                        "SEMICOLON" => b';',
+                        "TAB" => b'\t',
+                        "SPACE" => b' ',
+                        "PIPE" => b'|',
+                        _ => {
+                            return Err(format!(
+                                "-oo SEPARATOR={value}: use COMMA, SEMICOLON, TAB, SPACE or PIPE"
+                            ));
+                        }
+                    });
+                }
+                "X_POSSIBLE_NAMES" => options.x_names = list(value),
+                "Y_POSSIBLE_NAMES" => options.y_names = list(value),
+                "GEOM_POSSIBLE_NAMES" => options.geom_names = list(value),
+                "ENCODING" => {
+                    let label = match value.to_ascii_uppercase().as_str() {
+                        "CP1252" => "windows-1252".to_owned(),
+                        other => other.to_owned(),
+                    };
+                    options.encoding = Some(
+                        encoding_rs::Encoding::for_label(label.as_bytes())
+                            .ok_or_else(|| format!("-oo ENCODING={value}: unknown encoding"))?,
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "-oo {key}: supported are SEPARATOR, X_POSSIBLE_NAMES, Y_POSSIBLE_NAMES, GEOM_POSSIBLE_NAMES and ENCODING"
+                    ));
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    /// A short stable name for these options, for cache file names.
+    #[must_use]
+    pub fn key(&self) -> String {
+        if *self == Self::default() {
+            return "0".to_owned();
+        }
+        let text = format!(
+            "{:?}{:?}{:?}{:?}{:?}",
+            self.separator,
+            self.x_names,
+            self.y_names,
+            self.geom_names,
+            self.encoding.map(encoding_rs::Encoding::name)
+        );
+        format!(
+            "{:x}",
+            text.bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b))
+                    .wrapping_mul(0x0100_0000_01b3))
+        )
+    }
+}
+
 /// The formats read natively (besides GeoPackage and SQLite).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -71,12 +163,19 @@ impl Format {
 /// # Errors
 /// When the source cannot be read or is malformed (with the feature or line), or the
 /// GeoPackage cannot be written. Nothing is left at `destination` then.
-pub fn convert(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+pub fn convert(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+    options: &OpenOptions,
+) -> Result<u64, ReadError> {
     match Format::of(source) {
         Some(Format::GeoJson | Format::GeoJsonSeq) => geojson_to_gpkg(source, destination, layer),
-        Some(Format::Csv) => csv_to_gpkg(source, destination, layer),
-        Some(Format::Shapefile) => shapefile_to_gpkg(source, destination, layer),
-        Some(Format::ZippedShapefile) => zipped_shapefile_to_gpkg(source, destination, layer),
+        Some(Format::Csv) => csv_to_gpkg(source, destination, layer, options),
+        Some(Format::Shapefile) => shapefile_to_gpkg(source, destination, layer, options),
+        Some(Format::ZippedShapefile) => {
+            zipped_shapefile_to_gpkg(source, destination, layer, options)
+        }
         None => Err(ReadError::Format {
             path: source.display().to_string(),
             reason: "not a format read natively".to_owned(),
@@ -218,12 +317,20 @@ const Y_NAMES: &[&str] = &["y", "lat", "latitude"];
 const WKT_NAMES: &[&str] = &["wkt", "geometry", "the_geom", "geom"];
 
 /// UTF-8, or else Windows-1252's ASCII-compatible superset read as Latin-1.
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec())
-        .unwrap_or_else(|_| bytes.iter().map(|b| char::from(*b)).collect())
+fn text(bytes: &[u8], encoding: Option<&'static encoding_rs::Encoding>) -> String {
+    match encoding {
+        Some(encoding) => encoding.decode(bytes).0.into_owned(),
+        None => String::from_utf8(bytes.to_vec())
+            .unwrap_or_else(|_| bytes.iter().map(|b| char::from(*b)).collect()),
+    }
 }
 
-fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+fn csv_to_gpkg(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+    options: &OpenOptions,
+) -> Result<u64, ReadError> {
     let shown = source.display().to_string();
     let bad = |reason: String| ReadError::Format {
         path: shown.clone(),
@@ -234,10 +341,13 @@ fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
     open(source)?
         .read_line(&mut first)
         .map_err(|e| bad(e.to_string()))?;
-    let delimiter = [b',', b';', b'\t']
-        .into_iter()
-        .max_by_key(|d| first.bytes().filter(|b| b == d).count())
-        .unwrap_or(b',');
+    let delimiter = options.separator.unwrap_or_else(|| {
+        [b',', b';', b'\t']
+            .into_iter()
+            .max_by_key(|d| first.bytes().filter(|b| b == d).count())
+            .unwrap_or(b',')
+    });
+    let encoding = options.encoding;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
@@ -246,7 +356,12 @@ fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
         .byte_headers()
         .map_err(|e| bad(e.to_string()))?
         .iter()
-        .map(|h| text(h).trim_start_matches('\u{feff}').trim().to_owned())
+        .map(|h| {
+            text(h, encoding)
+                .trim_start_matches('\u{feff}')
+                .trim()
+                .to_owned()
+        })
         .collect();
     // As GDAL: a trailing separator adds no column; other blank names become field_N.
     while headers.last().is_some_and(String::is_empty) {
@@ -257,12 +372,20 @@ fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
             *header = format!("field_{}", i + 1);
         }
     }
-    let find = |names: &[&str]| {
+    let find = |chosen: &Option<Vec<String>>, defaults: &[&str]| {
+        let names: Vec<&str> = chosen.as_ref().map_or_else(
+            || defaults.to_vec(),
+            |c| c.iter().map(String::as_str).collect(),
+        );
         headers
             .iter()
             .position(|h| names.iter().any(|n| h.eq_ignore_ascii_case(n)))
     };
-    let (x, y, wkt) = (find(X_NAMES), find(Y_NAMES), find(WKT_NAMES));
+    let (x, y, wkt) = (
+        find(&options.x_names, X_NAMES),
+        find(&options.y_names, Y_NAMES),
+        find(&options.geom_names, WKT_NAMES),
+    );
     // As GDAL's CSV driver, every column is kept as text (the coordinates too).
     let fields: Vec<Field> = headers
         .iter()
@@ -276,7 +399,7 @@ fn csv_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, Re
     let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
     for (n, record) in reader.byte_records().enumerate() {
         let record = record.map_err(|e| bad(format!("line {}: {e}", n + 2)))?;
-        let cell = |i: usize| record.get(i).map(text).unwrap_or_default();
+        let cell = |i: usize| record.get(i).map(|b| text(b, encoding)).unwrap_or_default();
         let values = (0..headers.len())
             .filter(|i| Some(*i) != wkt)
             .map(|i| Value::Text(cell(i)))
@@ -324,9 +447,15 @@ fn shapefile_projection(shp: &Path) -> Result<Option<super::reproject::Reproject
         .map_err(|e| shapefile_error(shp, e))
 }
 
-fn shapefile_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+fn shapefile_to_gpkg(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+    options: &OpenOptions,
+) -> Result<u64, ReadError> {
     let projection = shapefile_projection(source)?;
-    let mut table = super::dbf::Table::open(source).map_err(|e| shapefile_error(source, e))?;
+    let mut table = super::dbf::Table::open(source, options.encoding)
+        .map_err(|e| shapefile_error(source, e))?;
     let fields = table.fields.clone();
     let mut shapes =
         shapefile::ShapeReader::from_path(source).map_err(|e| shapefile_error(source, e))?;
@@ -374,6 +503,7 @@ fn zipped_shapefile_to_gpkg(
     source: &Path,
     destination: &Path,
     layer: &str,
+    options: &OpenOptions,
 ) -> Result<u64, ReadError> {
     let bad = |e: String| shapefile_error(source, e);
     let mut archive = zip::ZipArchive::new(File::open(source).map_err(|e| bad(e.to_string()))?)
@@ -402,5 +532,5 @@ fn zipped_shapefile_to_gpkg(
             .map_err(|e| bad(e.to_string()))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
     }
-    shapefile_to_gpkg(&scratch.0.join("layer.shp"), destination, layer)
+    shapefile_to_gpkg(&scratch.0.join("layer.shp"), destination, layer, options)
 }
