@@ -528,3 +528,48 @@ async fn formats_not_read_natively_are_answered_by_gdal() {
     assert!(!Path::new("/tmp/pwned").exists());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_replacement_finishes_from_its_version() {
+    let server = server().await;
+    let folder = server.root.join("userdata/local");
+    // 100,000 generated points: a response of several megabytes, held back by the client.
+    let points = server.dir.path().join("points.geojson");
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
+    let status = Command::new("python3")
+        .arg(generator)
+        .args(["100000", "--out"])
+        .arg(&points)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    gdal_convert(&points, &folder.join("points.gpkg"), &["-nln", "points"]);
+    gdal_convert(
+        &shared_data("naturalearth_lowres.gpkg"),
+        &folder.join("small.gpkg.tmp"),
+        &["-limit", "3", "-nln", "points"],
+    );
+
+    let mut response = server
+        .client()
+        .get(server.url("/ogr2ogr"))
+        .query(&[("source", "points.gpkg"), ("options", "")])
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+    // Publish a new version while the first response is still streaming.
+    std::fs::rename(folder.join("small.gpkg.tmp"), folder.join("points.gpkg")).unwrap();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let old: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        old["features"].as_array().unwrap().len(),
+        100_000,
+        "the first answer mixed versions"
+    );
+    let (_, new) = ours(&server, "points.gpkg", "").await;
+    assert_eq!(new["features"].as_array().unwrap().len(), 3);
+    server.stop().await;
+}
