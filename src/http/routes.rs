@@ -39,6 +39,22 @@ pub struct Site {
     pub search_index: std::path::PathBuf,
 }
 
+/// First path segments that belong to the APIs rather than to static files.
+const API_PREFIXES: &[&str] = &["health", "ogr2ogr", "features", "search"];
+
+impl Site {
+    /// Whether `path` is answered by an API or the reverse proxy rather than a static file.
+    #[must_use]
+    pub fn is_api_path(&self, path: &str) -> bool {
+        let first = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        API_PREFIXES.contains(&first) || self.proxy.route_for(path).is_some()
+    }
+}
+
 /// The request's headers, moved out of the request once by the pipeline so that routes share
 /// them instead of copying the map.
 #[derive(Debug, Clone)]
@@ -181,18 +197,30 @@ pub fn routes(
             },
         );
 
-    let files = get_or_head
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(request_headers())
+    // Static files are most of the traffic: they are routed first, past one check that the path
+    // is not one of the API prefixes or a proxy route.
+    let files = warp::path::full()
         .and(with_site)
+        .and_then(|path: FullPath, site: Arc<Site>| async move {
+            if site.is_api_path(path.as_str()) {
+                Err(warp::reject::not_found())
+            } else {
+                Ok((path, site))
+            }
+        })
+        .untuple_one()
+        .and(get_or_head)
+        .and(warp::method())
+        .and(request_headers())
         .then(
-            |method: Method, path: FullPath, headers: Arc<HeaderMap>, site: Arc<Site>| async move {
+            |path: FullPath, site: Arc<Site>, method: Method, headers: Arc<HeaderMap>| async move {
                 serve_file(&site, &method, path.as_str(), &headers).await
             },
         );
 
-    health
+    files
+        .or(health)
+        .unify()
         .or(ogr2ogr)
         .unify()
         .or(features)
@@ -200,8 +228,6 @@ pub fn routes(
         .or(search)
         .unify()
         .or(proxy)
-        .unify()
-        .or(files)
         .unify()
         .recover(rejection)
         .unify()

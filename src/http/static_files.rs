@@ -389,7 +389,12 @@ impl StaticFiles {
 
 fn with_headers(status: StatusCode, headers: HeaderMap, mut response: Response) -> Response {
     *response.status_mut() = status;
-    response.headers_mut().extend(headers);
+    if response.headers().is_empty() {
+        // The usual case: the map moves in whole instead of being copied entry by entry.
+        *response.headers_mut() = headers;
+    } else {
+        response.headers_mut().extend(headers);
+    }
     response
 }
 
