@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::path::Path;
+#[allow(
+    unused_imports,
+    reason = "each test file uses some of the shared helpers"
+)]
+use common::gis::*;
+
 use std::process::Command;
 
 use common::TestServer;
 use reqwest::{StatusCode, header};
 use serde_json::Value;
-
-fn shared_data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name)
-}
 
 async fn server() -> TestServer {
     TestServer::start("{}", |root| {

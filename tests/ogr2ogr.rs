@@ -5,18 +5,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+#[allow(
+    unused_imports,
+    reason = "each test file uses some of the shared helpers"
+)]
+use common::gis::*;
+
+use std::path::Path;
 use std::process::Command;
 
 use common::TestServer;
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn shared_data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name)
-}
 
 async fn server() -> TestServer {
     TestServer::start("{}", |root| {
@@ -28,82 +28,6 @@ async fn server() -> TestServer {
         std::fs::write(root.join("userdata/local/roads.tab"), "!table\n").unwrap();
     })
     .await
-}
-
-async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
-    let response = server
-        .client()
-        .get(server.url("/ogr2ogr"))
-        .query(&[("source", source), ("options", options)])
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
-}
-
-/// GDAL's answer to the same options (`|` becoming argument breaks).
-fn gdal(file: &Path, options: &[&str]) -> Value {
-    assert!(
-        Path::new("/usr/bin/ogr2ogr").exists(),
-        "ogr2ogr is missing: run scripts/test, which installs gdal-bin"
-    );
-    let output = Command::new("ogr2ogr")
-        .args(["-f", "GeoJSON", "/vsistdout/"])
-        .arg(file)
-        .args(options)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn numbers_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()
-                <= 1e-9 * x.as_f64().unwrap().abs().max(1.0)
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| numbers_equal(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| numbers_equal(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
-    let (a, b) = (
-        ours["features"].as_array().unwrap(),
-        gdal["features"].as_array().unwrap(),
-    );
-    assert_eq!(a.len(), b.len(), "{what}: feature count");
-    assert!(!a.is_empty(), "{what}: no features");
-    for (x, y) in a.iter().zip(b) {
-        assert!(
-            numbers_equal(&x["properties"], &y["properties"]),
-            "{what}: properties {} vs {}",
-            x["properties"],
-            y["properties"]
-        );
-        assert!(
-            numbers_equal(&x["geometry"], &y["geometry"]),
-            "{what}: geometry of {}",
-            x["properties"]
-        );
-    }
 }
 
 #[tokio::test]
@@ -381,51 +305,6 @@ async fn a_dataset_replaced_by_rename_is_served_at_the_next_request() {
     let (_, after) = ours(&server, "naturalearth_lowres.gpkg", "").await;
     assert_eq!(after["features"].as_array().unwrap().len(), 6);
     server.stop().await;
-}
-
-fn flatten(coordinates: &Value, out: &mut Vec<(f64, f64)>) {
-    match coordinates.as_array() {
-        Some(items) if items.first().is_some_and(Value::is_number) => {
-            out.push((items[0].as_f64().unwrap(), items[1].as_f64().unwrap()));
-        }
-        Some(items) => items.iter().for_each(|c| flatten(c, out)),
-        None => {}
-    }
-}
-
-/// The largest coordinate difference, in degrees, between two collections with the same features.
-fn max_difference(ours: &Value, gdal: &Value) -> f64 {
-    let (a, b) = (
-        ours["features"].as_array().unwrap(),
-        gdal["features"].as_array().unwrap(),
-    );
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f64;
-    for (x, y) in a.iter().zip(b) {
-        let (mut p, mut q) = (Vec::new(), Vec::new());
-        flatten(&x["geometry"]["coordinates"], &mut p);
-        flatten(&y["geometry"]["coordinates"], &mut q);
-        assert_eq!(p.len(), q.len(), "vertex counts of {}", x["properties"]);
-        for ((x1, y1), (x2, y2)) in p.iter().zip(&q) {
-            worst = worst.max((x1 - x2).abs()).max((y1 - y2).abs());
-        }
-    }
-    worst
-}
-
-fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
-    let output = Command::new("ogr2ogr")
-        .args(["-f", "GPKG"])
-        .arg(to)
-        .arg(from)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test]

@@ -4,68 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+#[allow(
+    unused_imports,
+    reason = "each test file uses some of the shared helpers"
+)]
+use common::gis::*;
+
+use std::path::Path;
 use std::process::Command;
 
 use common::TestServer;
 use reqwest::StatusCode;
-use serde_json::Value;
-
-fn shared_data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name)
-}
-
-async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
-    let response = server
-        .client()
-        .get(server.url("/ogr2ogr"))
-        .query(&[("source", source), ("options", options)])
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
-}
-
-fn gdal(file: &Path, options: &[&str]) -> Value {
-    let output = Command::new("ogr2ogr")
-        .args(["-f", "GeoJSON", "/vsistdout/"])
-        .arg(file)
-        .args(options)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-9
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn features(v: &Value) -> &Vec<Value> {
-    v["features"].as_array().unwrap()
-}
 
 async fn server() -> TestServer {
     TestServer::start("{}", |root| {
@@ -242,42 +191,6 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
-fn flatten(coordinates: &Value, out: &mut Vec<(f64, f64)>) {
-    match coordinates.as_array() {
-        Some(items) if items.first().is_some_and(Value::is_number) => {
-            out.push((items[0].as_f64().unwrap(), items[1].as_f64().unwrap()))
-        }
-        Some(items) => items.iter().for_each(|c| flatten(c, out)),
-        None => {}
-    }
-}
-
-fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
-    assert_eq!(features(ours).len(), features(gdal).len(), "{what}");
-    for (a, b) in features(ours).iter().zip(features(gdal)) {
-        assert!(
-            same(&a["properties"], &b["properties"]),
-            "{what}: {} vs {}",
-            a["properties"],
-            b["properties"]
-        );
-        let (mut p, mut q) = (Vec::new(), Vec::new());
-        flatten(&a["geometry"]["coordinates"], &mut p);
-        flatten(&b["geometry"]["coordinates"], &mut q);
-        assert_eq!(p.len(), q.len(), "{what}: vertices of {}", a["properties"]);
-        let worst = p
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| (a.0 - b.0).abs().max((a.1 - b.1).abs()))
-            .fold(0.0, f64::max);
-        assert!(
-            worst < 1e-6,
-            "{what}: {} differs by {worst} degrees",
-            a["properties"]
-        );
     }
 }
 

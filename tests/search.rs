@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::path::Path;
+#[allow(
+    unused_imports,
+    reason = "each test file uses some of the shared helpers"
+)]
+use common::gis::*;
 
 use common::{TestServer, eventually};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn shared_data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name)
-}
 
 const CONFIG: &str = r#"{"search": {"rebuild": "*/2 * * * * *", "sources": [
     {"source": "local/countries.gpkg", "category": "Country", "search_field": "name", "key_field": "iso_a3", "map_layer": "Countries", "weight": 2.0},

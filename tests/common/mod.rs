@@ -7,6 +7,8 @@
     reason = "shared test helpers"
 )]
 
+pub mod gis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,155 @@
+//! Helpers for the GIS tests: the shared test data, `/ogr2ogr` requests, GDAL's own answers,
+//! and comparisons of feature collections.
+#![allow(dead_code, clippy::unwrap_used, reason = "shared test helpers")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::TestServer;
+
+/// A file of `../shared/data`.
+pub fn shared_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name)
+}
+
+/// `/ogr2ogr?source=…&options=…` on the server: status and parsed body.
+pub async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
+    let response = server
+        .client()
+        .get(server.url("/ogr2ogr"))
+        .query(&[("source", source), ("options", options)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// GDAL's answer to the same request (`|` becoming argument breaks).
+pub fn gdal(file: &Path, options: &[&str]) -> Value {
+    assert!(
+        Path::new("/usr/bin/ogr2ogr").exists(),
+        "ogr2ogr is missing: run scripts/test, which installs gdal-bin"
+    );
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GeoJSON", "/vsistdout/"])
+        .arg(file)
+        .args(options)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Converts a file into a GeoPackage with GDAL.
+pub fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
+    let output = Command::new("ogr2ogr")
+        .args(["-f", "GPKG"])
+        .arg(to)
+        .arg(from)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The features of a collection.
+pub fn features(v: &Value) -> &Vec<Value> {
+    v["features"].as_array().unwrap()
+}
+
+/// Equal JSON, numbers within a relative 1e-9.
+pub fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-9 * x.abs().max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The same features, in the same order, with the same properties and geometries.
+pub fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
+    let (a, b) = (features(ours), features(gdal));
+    assert_eq!(a.len(), b.len(), "{what}: feature count");
+    assert!(!a.is_empty(), "{what}: no features");
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            same(&x["properties"], &y["properties"]),
+            "{what}: properties {} vs {}",
+            x["properties"],
+            y["properties"]
+        );
+        assert!(
+            same(&x["geometry"], &y["geometry"]),
+            "{what}: geometry of {}",
+            x["properties"]
+        );
+    }
+}
+
+/// Every coordinate pair of a GeoJSON `coordinates` member.
+pub fn flatten(coordinates: &Value, out: &mut Vec<(f64, f64)>) {
+    match coordinates.as_array() {
+        Some(items) if items.first().is_some_and(Value::is_number) => {
+            out.push((items[0].as_f64().unwrap(), items[1].as_f64().unwrap()))
+        }
+        Some(items) => items.iter().for_each(|c| flatten(c, out)),
+        None => {}
+    }
+}
+
+/// The largest coordinate difference, in degrees, between two collections of the same features.
+pub fn max_difference(ours: &Value, gdal: &Value) -> f64 {
+    let (a, b) = (features(ours), features(gdal));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        let (mut p, mut q) = (Vec::new(), Vec::new());
+        flatten(&x["geometry"]["coordinates"], &mut p);
+        flatten(&y["geometry"]["coordinates"], &mut q);
+        assert_eq!(p.len(), q.len(), "vertex counts of {}", x["properties"]);
+        for ((x1, y1), (x2, y2)) in p.iter().zip(&q) {
+            worst = worst.max((x1 - x2).abs()).max((y1 - y2).abs());
+        }
+    }
+    worst
+}
+
+/// The same properties, and coordinates within 1e-6 degrees.
+pub fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
+    for (a, b) in features(ours).iter().zip(features(gdal)) {
+        assert!(
+            same(&a["properties"], &b["properties"]),
+            "{what}: {} vs {}",
+            a["properties"],
+            b["properties"]
+        );
+    }
+    let worst = max_difference(ours, gdal);
+    assert!(worst < 1e-6, "{what}: differs by {worst} degrees");
+}
