@@ -379,3 +379,31 @@ async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_dataset_dropped_in_appears_within_seconds_and_a_removed_one_goes() {
+    let server = server().await;
+    let local = server.root.join("userdata/local");
+    std::fs::copy(
+        shared_data("naturalearth_lowres.gpkg"),
+        local.join("added.gpkg"),
+    )
+    .unwrap();
+    common::eventually("the new collection is listed", || async {
+        let (_, _, list) = get(&server, "/features/collections").await;
+        list["collections"].to_string().contains("\"added\"")
+    })
+    .await;
+    assert_eq!(
+        get(&server, "/features/collections/added/items?limit=1")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    std::fs::remove_file(local.join("added.gpkg")).unwrap();
+    common::eventually("the removed collection is gone", || async {
+        get(&server, "/features/collections/added").await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    server.stop().await;
+}

@@ -19,6 +19,24 @@ const CONFIG: &str = r#"{"search": {"rebuild": "*/2 * * * * *", "sources": [
     {"source": "local/naturalearth_cities.geojson", "category": "City", "search_field": "name"}
 ]}}"#;
 
+/// A server whose index over the countries and cities has been built.
+async fn indexed_server() -> TestServer {
+    let server = TestServer::start(CONFIG, |root| {
+        let local = root.join("userdata/local");
+        std::fs::copy(
+            shared_data("naturalearth_lowres.gpkg"),
+            local.join("countries.gpkg"),
+        )
+        .unwrap();
+    })
+    .await;
+    eventually("the index is built", || async {
+        search(&server, "q=melb").await.0 == StatusCode::OK
+    })
+    .await;
+    server
+}
+
 async fn search(server: &TestServer, query: &str) -> (StatusCode, Value) {
     let response = server
         .client()
@@ -41,19 +59,7 @@ fn names(body: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn prefix_search_with_ranking_and_the_original_columns() {
-    let server = TestServer::start(CONFIG, |root| {
-        let local = root.join("userdata/local");
-        std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
-            local.join("countries.gpkg"),
-        )
-        .unwrap();
-    })
-    .await;
-    eventually("the index is built", || async {
-        search(&server, "q=melb").await.0 == StatusCode::OK
-    })
-    .await;
+    let server = indexed_server().await;
 
     let (_, body) = search(&server, "q=melb").await;
     assert_eq!(names(&body), ["Melbourne"]);
@@ -110,19 +116,7 @@ async fn prefix_search_with_ranking_and_the_original_columns() {
 
 #[tokio::test]
 async fn a_rebuild_picks_up_changed_data_and_a_failed_one_keeps_the_index() {
-    let server = TestServer::start(CONFIG, |root| {
-        let local = root.join("userdata/local");
-        std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
-            local.join("countries.gpkg"),
-        )
-        .unwrap();
-    })
-    .await;
-    eventually("the index is built", || async {
-        search(&server, "q=melb").await.0 == StatusCode::OK
-    })
-    .await;
+    let server = indexed_server().await;
     let cities = server
         .root
         .join("userdata/local/naturalearth_cities.geojson");

@@ -128,37 +128,25 @@ fn landing(base: &str) -> Value {
 
 /// Every layer of every GeoPackage directly in `folder` (and one level down).
 async fn collections(catalog: &Arc<Catalog>, folder: &Path) -> Vec<Collection> {
+    collections_where(catalog, folder, |_| true).await
+}
+
+/// The collections of the GeoPackages whose collection-id stem passes `wanted`.
+async fn collections_where(
+    catalog: &Arc<Catalog>,
+    folder: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<Collection> {
     let mut files = Vec::new();
-    let folder = folder.to_owned();
-    let found = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut dirs = vec![(folder.clone(), String::new())];
-        while let Some((dir, prefix)) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if path.is_dir() && prefix.is_empty() && !name.starts_with('.') {
-                    dirs.push((path, format!("{name}.")));
-                } else if path
-                    .extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("gpkg"))
-                {
-                    let stem = path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    out.push((path, format!("{prefix}{stem}")));
-                }
-            }
-        }
-        out.sort();
-        out
-    })
-    .await
-    .unwrap_or_default();
+    let (listing, folder) = (catalog.clone(), folder.to_owned());
+    let found = tokio::task::spawn_blocking(move || listing.geopackages_in(&folder))
+        .await
+        .unwrap_or_default();
+    let found: Vec<(std::path::PathBuf, String)> = found
+        .iter()
+        .filter(|(_, stem)| wanted(stem))
+        .cloned()
+        .collect();
     for (path, stem) in found {
         let Ok(dataset) = lookup(catalog, &path, &stem).await else {
             continue;

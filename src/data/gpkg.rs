@@ -333,6 +333,12 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
 
 type Stamp = (u64, SystemTime);
 
+/// GeoPackages found in a folder, as (path, collection-id stem).
+pub type Listing = Arc<Vec<(PathBuf, String)>>;
+
+/// How long a folder listing is trusted: new datasets appear within this.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Datasets by path, each kept while its file is unchanged. A file replaced (by rename) is a new
 /// version at the next request; requests already running keep the version they started with.
 #[derive(Debug, Default)]
@@ -340,6 +346,7 @@ pub struct Catalog {
     open: Mutex<HashMap<PathBuf, (Stamp, Arc<Dataset>)>>,
     cache: Option<PathBuf>,
     converting: Mutex<()>,
+    listings: Mutex<HashMap<PathBuf, (std::time::Instant, Listing)>>,
     /// Recent answers, by dataset version and query.
     pub responses: super::cache::ResponseCache,
 }
@@ -353,6 +360,53 @@ impl Catalog {
             cache: Some(cache),
             ..Self::default()
         }
+    }
+
+    /// The GeoPackages in `folder` and in its direct subfolders (`sub/x.gpkg` has the stem
+    /// `sub.x`), sorted; the listing is reused for a second so that requests do not rescan.
+    pub fn geopackages_in(&self, folder: &Path) -> Listing {
+        if let Some((at, listing)) = self
+            .listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(folder)
+            && at.elapsed() < LISTING_TTL
+        {
+            return listing.clone();
+        }
+        let mut out = Vec::new();
+        let mut dirs = vec![(folder.to_owned(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() && prefix.is_empty() && !name.starts_with('.') {
+                    dirs.push((path, format!("{name}.")));
+                } else if path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gpkg"))
+                {
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    out.push((path, format!("{prefix}{stem}")));
+                }
+            }
+        }
+        out.sort();
+        let listing: Listing = Arc::new(out);
+        self.listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                folder.to_owned(),
+                (std::time::Instant::now(), listing.clone()),
+            );
+        listing
     }
 
     /// Keeps up to `bytes` of recent answers in memory (0: none).
