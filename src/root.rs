@@ -13,6 +13,10 @@ const SAMPLE: &[(&str, &[u8])] = &[
         include_bytes!("../sample/userdata/local/naturalearth_cities.geojson"),
     ),
     (
+        "userdata/local/naturalearth_lowres.gpkg",
+        include_bytes!("../sample/userdata/local/naturalearth_lowres.gpkg"),
+    ),
+    (
         "updater/updater-config.json",
         b"{\"serverManifestFile\": \"manifest-server.json\"}\n",
     ),

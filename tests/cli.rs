@@ -197,6 +197,7 @@ fn run_lays_out_an_empty_root_and_stops_cleanly_on_sigterm() {
         "config.json",
         "userdata/local/resourcecheck/local.json",
         "userdata/local/naturalearth_cities.geojson",
+        "userdata/local/naturalearth_lowres.gpkg",
         "updater/updater-config.json",
         "state/schedules.sqlite",
     ] {
