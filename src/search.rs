@@ -18,6 +18,7 @@ use warp::reply::Response;
 
 use crate::config::SearchSource;
 use crate::data::gpkg::Catalog;
+use crate::data::quote;
 use crate::data::reproject::Reprojector;
 use crate::http::error_body;
 
@@ -128,7 +129,6 @@ fn index_source(
         .map_err(|e| e.to_string())?
         .clone();
     let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| e.to_string())?;
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let has = |f: &str| layer.fields.iter().any(|x| x == f);
     for field in [
         Some(&source.search_field),

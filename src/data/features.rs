@@ -15,6 +15,7 @@ use warp::reply::Response;
 use super::gpkg::{Catalog, Dataset, Layer};
 use super::ogr2ogr::geojson_response;
 use super::query::{Plan, execute, lookup};
+use super::quote;
 use super::reproject::Reprojector;
 use crate::http::error_body;
 
@@ -214,10 +215,6 @@ fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
     }
 }
 
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
 async fn items(
     c: Collection,
     base: &str,
@@ -352,7 +349,7 @@ async fn items(
     let etag = format!(
         "\"{}-{:x}\"",
         c.dataset.version(),
-        fxhash(&format!("{:?}", sorted(query)))
+        super::stable_hash(&format!("{:?}", sorted(query)))
     );
     if headers
         .get(header::IF_NONE_MATCH)
@@ -367,12 +364,10 @@ async fn items(
         return response;
     }
 
-    let mut columns = vec![quote(&layer.fid)];
-    columns.extend(layer.geometry.iter().map(|g| quote(g)));
-    columns.extend(layer.fields.iter().map(|f| quote(f)));
+    let columns = layer.select_list(None);
     let mut sql = format!(
         "SELECT {} FROM {}{filter} ORDER BY {}",
-        columns.join(", "),
+        columns,
         quote(&layer.name),
         quote(&layer.fid)
     );
@@ -465,12 +460,10 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
     };
     let layer = &c.layer;
-    let mut columns = vec![quote(&layer.fid)];
-    columns.extend(layer.geometry.iter().map(|g| quote(g)));
-    columns.extend(layer.fields.iter().map(|f| quote(f)));
+    let columns = layer.select_list(None);
     let sql = format!(
         "SELECT {} FROM {} WHERE {} = ?1",
-        columns.join(", "),
+        columns,
         quote(&layer.name),
         quote(&layer.fid)
     );
@@ -541,12 +534,6 @@ fn sorted(query: &HashMap<String, String>) -> Vec<(String, String)> {
 
 fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn fxhash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn openapi(base: &str) -> Value {

@@ -2,7 +2,6 @@
 //! without a shell, with only the options this server understands (rebuilt from the parsed
 //! request, never passed through), under a time limit, its output streamed.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -195,10 +194,4 @@ pub fn is_connection_string(source: &str) -> bool {
     ["MSSQL:", "ODBC:", "PG:", "MYSQL:", "OCI:"]
         .iter()
         .any(|p| source.len() > p.len() && source[..p.len()].eq_ignore_ascii_case(p))
-}
-
-/// The path GDAL is given for a file source.
-#[must_use]
-pub fn path_argument(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
 }

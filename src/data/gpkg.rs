@@ -10,6 +10,8 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 
+use super::quote;
+
 /// Why a dataset could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -51,6 +53,20 @@ pub struct Layer {
     pub rtree: Option<String>,
     /// Bounds from `gpkg_contents`, as `[xmin, ymin, xmax, ymax]`.
     pub extent: Option<[f64; 4]>,
+}
+
+impl Layer {
+    /// The quoted column list `fid, geometry, fields…` of a query on this layer, with `fields`
+    /// (the layer's own when `None`).
+    #[must_use]
+    pub fn select_list(&self, fields: Option<&[String]>) -> String {
+        std::iter::once(&self.fid)
+            .chain(self.geometry.iter())
+            .chain(fields.unwrap_or(&self.fields))
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// One version of a dataset file (a replaced file is a new version).
@@ -248,10 +264,6 @@ impl Dataset {
     }
 }
 
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
 /// Reads the layers: GeoPackage contents when present, else every table of a plain SQLite file.
 fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
     let is_gpkg: bool = connection
@@ -441,12 +453,7 @@ impl Catalog {
             .cache
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("poziserver-cache"));
-        let key = source
-            .to_string_lossy()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let key = super::stable_hash(&source.to_string_lossy());
         let prefix = format!("{key:016x}-{}-", options.key());
         let target = cache.join(format!("{prefix}{:x}-{nanos:x}.gpkg", meta.len()));
         if target.exists() {

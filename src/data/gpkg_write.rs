@@ -11,6 +11,8 @@ use geozero::ToWkb;
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
+use super::quote;
+
 /// The type of an attribute column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
@@ -74,10 +76,6 @@ impl std::fmt::Debug for LayerWriter {
             self.destination.display()
         )
     }
-}
-
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 impl LayerWriter {

@@ -21,3 +21,15 @@ pub mod prj;
 pub mod query;
 pub mod readers;
 pub mod reproject;
+
+/// An SQL identifier in double quotes, with any double quote inside it doubled.
+pub(crate) fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// FNV-1a: a hash that is the same in every run and build, for cache file names and ETags.
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

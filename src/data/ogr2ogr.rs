@@ -13,6 +13,7 @@ use warp::reply::Response;
 
 use super::gpkg::{Catalog, DatasetError, Layer};
 use super::query::{Plan, execute, lookup, rect};
+use super::quote;
 use super::reproject::Reprojector;
 use crate::http::error_body;
 use crate::http::safe_path;
@@ -232,10 +233,6 @@ pub fn parse(options: &str) -> Result<Options, String> {
     Ok(parsed)
 }
 
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
 fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     let fields = match &options.select {
         Some(wanted) => wanted
@@ -256,12 +253,11 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
             .collect::<Result<Vec<_>, _>>()?,
         None => layer.fields.clone(),
     };
-    let mut columns = vec![quote(&layer.fid)];
-    if let Some(geometry) = &layer.geometry {
-        columns.push(quote(geometry));
-    }
-    columns.extend(fields.iter().map(|f| quote(f)));
-    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), quote(&layer.name));
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        layer.select_list(Some(&fields)),
+        quote(&layer.name)
+    );
     let mut conditions = Vec::new();
     if let Some(filter) = &options.filter {
         conditions.push(format!("({filter})"));
@@ -378,7 +374,7 @@ pub async fn answer(
             );
         }
         // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
-        return super::gdal::answer(&super::gdal::path_argument(&path), source, &options).await;
+        return super::gdal::answer(&path.to_string_lossy(), source, &options).await;
     }
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {

@@ -118,12 +118,7 @@ impl OpenOptions {
             self.geom_names,
             self.encoding.map(encoding_rs::Encoding::name)
         );
-        format!(
-            "{:x}",
-            text.bytes()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b))
-                    .wrapping_mul(0x0100_0000_01b3))
-        )
+        format!("{:x}", super::stable_hash(&text))
     }
 }
 
