@@ -25,17 +25,10 @@ async fn server() -> TestServer {
         )
         .unwrap();
         std::fs::create_dir_all(local.join("places")).unwrap();
-        let out = Command::new("ogr2ogr")
-            .args(["-f", "GPKG"])
-            .arg(local.join("places/cities.gpkg"))
-            .arg(shared_data("naturalearth_cities.geojson"))
-            .args(["-nln", "cities"])
-            .output()
-            .expect("ogr2ogr (gdal-bin) is needed: run scripts/test");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        gdal_convert(
+            &shared_data("naturalearth_cities.geojson"),
+            &local.join("places/cities.gpkg"),
+            &["-nln", "cities"],
         );
     })
     .await
@@ -330,24 +323,17 @@ async fn gdal_oapif_lists_every_collection_and_reads_every_feature() {
 async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
     let server = server().await;
     let file = server.root.join("userdata/local/mga55.gpkg");
-    let out = Command::new("ogr2ogr")
-        .args(["-f", "GPKG"])
-        .arg(&file)
-        .arg(shared_data("naturalearth_lowres.gpkg"))
-        .args([
+    gdal_convert(
+        &shared_data("naturalearth_lowres.gpkg"),
+        &file,
+        &[
             "-t_srs",
             "EPSG:28355",
             "-where",
             "name IN ('Australia', 'Papua New Guinea')",
             "-nln",
             "oceania",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let (_, _, collection) = get(&server, "/features/collections/mga55").await;
     let bbox = collection["extent"]["spatial"]["bbox"][0]

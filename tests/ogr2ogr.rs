@@ -284,22 +284,15 @@ async fn a_dataset_replaced_by_rename_is_served_at_the_next_request() {
     assert_eq!(before["features"].as_array().unwrap().len(), 7);
     // Publish a new version: only the Oceania countries, written aside and renamed into place.
     let next = folder.join("next.gpkg.tmp");
-    let output = Command::new("ogr2ogr")
-        .args(["-f", "GPKG"])
-        .arg(&next)
-        .arg(folder.join("naturalearth_lowres.gpkg"))
-        .args([
+    gdal_convert(
+        &folder.join("naturalearth_lowres.gpkg"),
+        &next,
+        &[
             "-where",
             "continent = 'Oceania' AND name <> 'Fiji'",
             "-nln",
             "naturalearth_lowres",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     std::fs::rename(&next, folder.join("naturalearth_lowres.gpkg")).unwrap();
     let (_, after) = ours(&server, "naturalearth_lowres.gpkg", "").await;
@@ -360,16 +353,11 @@ async fn layers_in_other_systems_are_reprojected_as_gdal_does() {
 async fn formats_not_read_natively_are_answered_by_gdal() {
     let server = server().await;
     let folder = server.root.join("userdata/local");
-    let output = Command::new("ogr2ogr")
-        .args(["-f", "MapInfo File"])
-        .arg(folder.join("countries.tab"))
-        .arg(shared_data("naturalearth_lowres.gpkg"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    gdal_write(
+        "MapInfo File",
+        &shared_data("naturalearth_lowres.gpkg"),
+        &folder.join("countries.tab"),
+        &[],
     );
     let (status, body) = ours(
         &server,

@@ -22,13 +22,7 @@ async fn server() -> TestServer {
         for name in ["naturalearth_cities.geojson", "naturalearth_cities.csv"] {
             std::fs::copy(shared_data(name), local.join(name)).unwrap();
         }
-        let out = Command::new("ogr2ogr")
-            .args(["-f", "GeoJSONSeq"])
-            .arg(local.join("cities.geojsonl"))
-            .arg(shared_data("naturalearth_cities.geojson"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        gdal_write("GeoJSONSeq", &shared_data("naturalearth_cities.geojson"), &local.join("cities.geojsonl"), &[]);
         std::fs::write(
             local.join("sites.csv"),
             "id;name;wkt\n1;Town hall;POINT (144.96 -37.81)\n2;Depot;LINESTRING (145 -37.8, 145.1 -37.9)\n3;Café;\n",

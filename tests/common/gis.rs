@@ -1,6 +1,11 @@
 //! Helpers for the GIS tests: the shared test data, `/ogr2ogr` requests, GDAL's own answers,
 //! and comparisons of feature collections.
-#![allow(dead_code, clippy::unwrap_used, reason = "shared test helpers")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "shared test helpers"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,20 +59,25 @@ pub fn gdal(file: &Path, options: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Converts a file into a GeoPackage with GDAL.
-pub fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
+/// Converts a file with GDAL into `format` (`GPKG`, `MapInfo File`, `GeoJSONSeq`…).
+pub fn gdal_write(format: &str, from: &Path, to: &Path, extra: &[&str]) {
     let output = Command::new("ogr2ogr")
-        .args(["-f", "GPKG"])
+        .args(["-f", format])
         .arg(to)
         .arg(from)
         .args(extra)
         .output()
-        .unwrap();
+        .expect("ogr2ogr (gdal-bin) is needed: run scripts/test");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Converts a file into a GeoPackage with GDAL.
+pub fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
+    gdal_write("GPKG", from, to, extra);
 }
 
 /// The features of a collection.
