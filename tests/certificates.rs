@@ -172,3 +172,31 @@ async fn a_certificate_expiring_within_30_days_warns_in_health() {
     assert_eq!(check["output"], "certificate expires within 30 days");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_rsa_certificate_with_a_pkcs1_key_is_accepted() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rsa");
+    let cert = params.self_signed(&key).unwrap().pem();
+    // rcgen writes PKCS#8; openssl turns it into the traditional PKCS#1 form.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkey", "-traditional", "-in"])
+        .arg(dir.path().join("k.pem"))
+        .output()
+        .unwrap();
+    let pkcs1 = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        pkcs1.contains("BEGIN RSA PRIVATE KEY"),
+        "not PKCS#1: {pkcs1}"
+    );
+    let server = TestServer::start("{}", |root| install(root, &cert, &pkcs1)).await;
+    assert_eq!(presented(&server, &cert).await.unwrap(), der(&cert));
+    server.stop().await;
+}

@@ -305,3 +305,56 @@ fn run_with_an_invalid_config_lists_the_problems_and_exits_non_zero() {
         "{stderr}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn without_gdal_a_source_that_needs_it_gets_501() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("userdata/local")).unwrap();
+    std::fs::write(root.join("userdata/local/roads.tab"), "!table\n").unwrap();
+    // No ogr2ogr on this PATH.
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("PATH", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = wait_for_log(&root, "listening on https://");
+    let url = log
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(root.join("state/self-signed.cer")).unwrap())
+            .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("{url}/ogr2ogr?source=roads.tab"))
+        .send()
+        .unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["error"], "GDAL needed");
+    assert!(
+        body["detail"].as_str().unwrap().contains("roads.tab"),
+        "{body}"
+    );
+}
