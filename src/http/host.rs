@@ -1,13 +1,20 @@
 //! Host to folder: the `Host` header picks `userdata/<folder>`, with `local` as the fallback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long "does `userdata/<label>` exist" is trusted: a new site folder is used within this.
+const FOLDER_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// Maps request hosts to the folders searched for their files.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HostFolders {
     userdata: PathBuf,
     explicit: BTreeMap<String, String>,
+    /// Whether each label's folder exists, and when that was checked.
+    exists: Mutex<HashMap<String, (Instant, bool)>>,
 }
 
 /// The folder every host falls back to.
@@ -23,6 +30,7 @@ impl HostFolders {
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                 .collect(),
+            exists: Mutex::new(HashMap::new()),
         }
     }
 
@@ -44,11 +52,26 @@ impl HostFolders {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             && name.parse::<std::net::IpAddr>().is_err();
-        if plain && self.userdata.join(label).is_dir() {
+        if plain && self.folder_exists(label) {
             label.to_owned()
         } else {
             FALLBACK.to_owned()
         }
+    }
+
+    fn folder_exists(&self, label: &str) -> bool {
+        let mut known = self
+            .exists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, exists)) = known.get(label)
+            && at.elapsed() < FOLDER_CHECK_TTL
+        {
+            return *exists;
+        }
+        let exists = self.userdata.join(label).is_dir();
+        known.insert(label.to_owned(), (Instant::now(), exists));
+        exists
     }
 
     /// Folders searched for a host's static files, in order: its own, then `local`.

@@ -101,8 +101,8 @@ struct Entry {
 /// The static file service.
 #[derive(Debug)]
 pub struct StaticFiles {
-    cache: RwLock<HashMap<PathBuf, Arc<Entry>>>,
-    cached_bytes: std::sync::atomic::AtomicUsize,
+    /// Entries by path, and the bytes of file contents they hold.
+    cache: RwLock<(HashMap<PathBuf, Arc<Entry>>, usize)>,
     rules: Vec<(GlobMatcher, HeaderValue)>,
 }
 
@@ -158,8 +158,7 @@ impl StaticFiles {
             })
             .collect();
         Self {
-            cache: RwLock::new(HashMap::new()),
-            cached_bytes: std::sync::atomic::AtomicUsize::new(0),
+            cache: RwLock::new((HashMap::new(), 0)),
             rules,
         }
     }
@@ -185,7 +184,7 @@ impl StaticFiles {
     }
 
     async fn entry(&self, path: &Path) -> Option<Arc<Entry>> {
-        let cached = self.cache.read().ok().and_then(|c| c.get(path).cloned());
+        let cached = self.cache.read().ok().and_then(|c| c.0.get(path).cloned());
         if let Some(entry) = &cached {
             let fresh = entry
                 .checked
@@ -195,31 +194,38 @@ impl StaticFiles {
                 return cached;
             }
         }
-        let path = path.to_owned();
+        let key = path.to_owned();
         let previous = cached.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&path, previous))
+        let loaded = tokio::task::spawn_blocking(move || load(&key, previous))
             .await
-            .ok()??;
-        if loaded.body.is_some() && !cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &loaded)) {
-            let size = usize::try_from(loaded.len).unwrap_or(usize::MAX);
-            let total = self
-                .cached_bytes
-                .fetch_add(size, std::sync::atomic::Ordering::Relaxed)
-                + size;
-            if let Ok(mut cache) = self.cache.write() {
-                if total > MAX_CACHE_BYTES {
-                    cache.clear();
-                    self.cached_bytes
-                        .store(size, std::sync::atomic::Ordering::Relaxed);
+            .ok()
+            .flatten();
+        let Ok(mut guard) = self.cache.write() else {
+            return loaded;
+        };
+        let (map, total) = &mut *guard;
+        let held = |e: &Entry| e.body.as_ref().map_or(0, Bytes::len);
+        match &loaded {
+            // Unchanged on disk: the same entry, already counted.
+            Some(entry) if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, entry)) => {}
+            Some(entry) => {
+                if let Some(old) = map.insert(path.to_owned(), entry.clone()) {
+                    *total -= held(&old);
                 }
-                cache.insert(loaded.path.clone(), loaded.clone());
+                *total += held(entry);
+                if *total > MAX_CACHE_BYTES {
+                    map.clear();
+                    map.insert(path.to_owned(), entry.clone());
+                    *total = held(entry);
+                }
             }
-        } else if loaded.body.is_none()
-            && let Ok(mut cache) = self.cache.write()
-        {
-            cache.insert(loaded.path.clone(), loaded.clone());
+            None => {
+                if let Some(old) = map.remove(path) {
+                    *total -= held(&old);
+                }
+            }
         }
-        Some(loaded)
+        loaded
     }
 
     fn cache_control(&self, relative: &str) -> Option<&HeaderValue> {
