@@ -216,12 +216,6 @@ impl Dataset {
         self.version
     }
 
-    /// The layer's bounds, when the file records them.
-    #[must_use]
-    pub fn extent(&self, layer: &Layer) -> Option<[f64; 4]> {
-        layer.extent
-    }
-
     /// Runs a `SELECT count(*)` statement.
     #[must_use]
     pub fn count(&self, sql: &str, params: &[rusqlite::types::Value]) -> Option<u64> {
