@@ -188,14 +188,14 @@ fn describe(c: &Collection, base: &str) -> Value {
             {"href": format!("{href}/items"), "rel": "items", "type": "application/geo+json", "title": "items"},
         ],
     });
-    let extent =
-        c.dataset
-            .extent(&c.layer)
-            .and_then(|e| match Reprojector::for_srs(c.layer.srs_id) {
-                Ok(Some(r)) => r.bbox_to_wgs84(e).ok(),
-                Ok(None) => Some(e),
-                Err(_) => None,
-            });
+    let extent = c
+        .layer
+        .extent
+        .and_then(|e| match Reprojector::for_srs(c.layer.srs_id) {
+            Ok(Some(r)) => r.bbox_to_wgs84(e).ok(),
+            Ok(None) => Some(e),
+            Err(_) => None,
+        });
     if let Some(bbox) = extent {
         body["extent"] = json!({"spatial": {"bbox": [bbox], "crs": CRS84}});
     }
