@@ -440,3 +440,59 @@ async fn a_request_in_flight_during_a_replacement_finishes_from_its_version() {
     assert_eq!(new["features"].as_array().unwrap().len(), 3);
     server.stop().await;
 }
+
+/// Boxes over the same features, with the response cache off: the first reads rows, later ones
+/// are answered from rendered copies (wholly or partly), and every answer must still be GDAL's,
+/// for polygons (copies straddling a box edge are tested against their geometry) and points.
+#[tokio::test]
+async fn repeated_and_overlapping_boxes_answer_as_gdal_does() {
+    let server = TestServer::start(r#"{"data": {"response_cache_mb": 0}}"#, |root| {
+        std::fs::copy(
+            shared_data("naturalearth_lowres.gpkg"),
+            root.join("userdata/local/countries.gpkg"),
+        )
+        .unwrap();
+    })
+    .await;
+    let folder = server.root.join("userdata/local");
+    let points = server.dir.path().join("points.geojson");
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
+    let status = Command::new("python3")
+        .arg(generator)
+        .args(["20000", "--out"])
+        .arg(&points)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    gdal_convert(&points, &folder.join("points.gpkg"), &["-nln", "points"]);
+
+    let boxes: &[&[&str]] = &[
+        &["100", "-50", "180", "0"],
+        &["100", "-50", "180", "0"],
+        &["120", "-45", "160", "-10"],
+        &["60", "-40", "150", "10"],
+        &["60", "-40", "150", "10"],
+        &["100", "-50", "180", "0", "-limit", "3"],
+        &["-20", "-20", "0", "0"],
+        &["144", "-38", "146", "-36"],
+        &["144", "-38", "146", "-36"],
+        &["145", "-37.5", "146.5", "-36", "-limit", "10"],
+        &["144.5", "-37.5", "145.5", "-36.5"],
+    ];
+    for source in ["countries.gpkg", "points.gpkg"] {
+        for args in boxes {
+            let mut argv = vec!["-spat"];
+            argv.extend_from_slice(args);
+            let options = argv.join("|");
+            let (status, body) = ours(&server, source, &options).await;
+            assert_eq!(status, StatusCode::OK, "{source} {options}: {body}");
+            let expected = gdal(&folder.join(source), &argv);
+            if !features(&expected).is_empty() {
+                assert_same_features(&body, &expected, &format!("{source} {options}"));
+            } else {
+                assert!(features(&body).is_empty(), "{source} {options}: {body}");
+            }
+        }
+    }
+    server.stop().await;
+}

@@ -72,12 +72,17 @@ pub struct DataConfig {
     /// Memory kept for recent `/ogr2ogr` answers, in MiB (0 turns the cache off). An answer is
     /// keyed by the dataset's version, so a replaced dataset is never answered from the cache.
     pub response_cache_mb: usize,
+    /// Memory kept for rendered features, in MiB (0 turns it off): a box query (`-spat`) whose
+    /// features were all read before is answered from the spatial index and these copies. Keyed
+    /// by the dataset's version like the response cache.
+    pub feature_cache_mb: usize,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
             response_cache_mb: 64,
+            feature_cache_mb: 128,
         }
     }
 }

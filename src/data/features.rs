@@ -431,6 +431,7 @@ async fn items(
         reproject,
         name: c.id.clone(),
         tail: Some(Box::new(tail)),
+        reuse: None,
     };
     // Without an R*Tree the box is checked row by row, so paging is done while streaming.
     let (plan, limit) = match envelope_filter {
@@ -493,6 +494,7 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         reproject: Reprojector::for_srs(layer.srs_id).ok().flatten(),
         name: c.id.clone(),
         tail: None,
+        reuse: None,
     };
     // One feature, read through the same writer, then unwrapped from its collection.
     let body = match execute(c.dataset.clone(), plan, Some(1)).await {

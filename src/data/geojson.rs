@@ -2,9 +2,9 @@
 //! on in chunks, so a response is never built whole in memory.
 
 use bytes::Bytes;
-use geozero::GeozeroGeometry;
-use geozero::geojson::GeoJsonWriter;
+use geozero::error::Result as GeozeroResult;
 use geozero::wkb::GpkgWkb;
+use geozero::{CoordDimensions, GeomProcessor, GeozeroGeometry};
 use rusqlite::types::ValueRef;
 
 /// Size at which a chunk is handed to the response.
@@ -26,6 +26,8 @@ pub enum Geometry<'a> {
 pub struct FeatureWriter {
     buffer: Vec<u8>,
     features: u64,
+    /// Where the last feature starts in `buffer`.
+    last: usize,
 }
 
 /// Whether a blob is a GeoPackage geometry (`GP` magic).
@@ -45,6 +47,7 @@ impl FeatureWriter {
         Self {
             buffer,
             features: 0,
+            last: 0,
         }
     }
 
@@ -64,14 +67,13 @@ impl FeatureWriter {
         properties: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
-        if self.features > 0 {
-            self.buffer.push(b',');
-        }
-        self.features += 1;
+        self.begin();
         self.buffer.extend_from_slice(b"{\"type\":\"Feature\",");
         if let Some(id) = id {
+            self.buffer.extend_from_slice(b"\"id\":");
             self.buffer
-                .extend_from_slice(format!("\"id\":{id},").as_bytes());
+                .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+            self.buffer.push(b',');
         }
         self.buffer.extend_from_slice(b"\"properties\":{");
         for (i, (name, value)) in properties.enumerate() {
@@ -85,10 +87,10 @@ impl FeatureWriter {
         self.buffer.extend_from_slice(b"},\"geometry\":");
         match geometry {
             Geometry::Gpkg(blob) if is_gpkg_geometry(blob) && !is_empty_gpkg(blob) => {
-                GpkgWkb(blob).process_geom(&mut GeoJsonWriter::new(&mut self.buffer))?;
+                GpkgWkb(blob).process_geom(&mut GeometryWriter(&mut self.buffer))?;
             }
             Geometry::Geo(geometry) => {
-                geometry.process_geom(&mut GeoJsonWriter::new(&mut self.buffer))?
+                geometry.process_geom(&mut GeometryWriter(&mut self.buffer))?;
             }
             _ => self.buffer.extend_from_slice(b"null"),
         }
@@ -96,9 +98,31 @@ impl FeatureWriter {
         Ok(())
     }
 
+    /// Writes one feature already written by [`FeatureWriter::feature`] (see
+    /// [`FeatureWriter::last`]).
+    pub fn raw(&mut self, feature: &[u8]) {
+        self.begin();
+        self.buffer.extend_from_slice(feature);
+    }
+
+    /// The `Feature` object written last, until the next write or [`FeatureWriter::take_chunk`].
+    #[must_use]
+    pub fn last(&self) -> &[u8] {
+        self.buffer.get(self.last..).unwrap_or_default()
+    }
+
+    fn begin(&mut self) {
+        if self.features > 0 {
+            self.buffer.push(b',');
+        }
+        self.features += 1;
+        self.last = self.buffer.len();
+    }
+
     /// Takes the bytes written so far when they make a full chunk.
     pub fn take_chunk(&mut self) -> Option<Bytes> {
         (self.buffer.len() >= CHUNK).then(|| {
+            self.last = 0;
             Bytes::from(std::mem::replace(
                 &mut self.buffer,
                 Vec::with_capacity(CHUNK + 4096),
@@ -123,19 +147,179 @@ fn is_empty_gpkg(blob: &[u8]) -> bool {
 }
 
 fn write_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(serde_json::Value::from(text).to_string().as_bytes());
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// A number as JSON: shortest round-trip digits, `null` when not finite.
+fn write_number(out: &mut Vec<u8>, value: f64) {
+    if value.is_finite() {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
 }
 
 fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
     match value {
         ValueRef::Null => out.extend_from_slice(b"null"),
-        ValueRef::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        ValueRef::Real(f) if f.is_finite() => {
-            out.extend_from_slice(serde_json::Value::from(f).to_string().as_bytes())
-        }
-        ValueRef::Real(_) => out.extend_from_slice(b"null"),
+        ValueRef::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        ValueRef::Real(f) => write_number(out, f),
         ValueRef::Text(t) => write_string(out, &String::from_utf8_lossy(t)),
         ValueRef::Blob(b) => write_string(out, &format!("<{} bytes>", b.len())),
+    }
+}
+
+/// Writes geometries as compact RFC 7946 GeoJSON, with a Z coordinate when there is one.
+struct GeometryWriter<'a>(&'a mut Vec<u8>);
+
+impl GeometryWriter<'_> {
+    fn separator(&mut self, index: usize) {
+        if index > 0 {
+            self.0.push(b',');
+        }
+    }
+
+    fn open(&mut self, index: usize, kind: &str) {
+        self.separator(index);
+        self.0.extend_from_slice(b"{\"type\":\"");
+        self.0.extend_from_slice(kind.as_bytes());
+        self.0.extend_from_slice(b"\",\"coordinates\":[");
+    }
+
+    /// A ring or line: tagged when it is a geometry of its own, else a bare array.
+    fn open_part(&mut self, tagged: bool, index: usize, kind: &str) {
+        if tagged {
+            self.open(index, kind);
+        } else {
+            self.separator(index);
+            self.0.push(b'[');
+        }
+    }
+
+    fn close(&mut self) {
+        self.0.extend_from_slice(b"]}");
+    }
+
+    fn close_part(&mut self, tagged: bool) {
+        if tagged {
+            self.close();
+        } else {
+            self.0.push(b']');
+        }
+    }
+}
+
+impl GeomProcessor for GeometryWriter<'_> {
+    fn dimensions(&self) -> CoordDimensions {
+        CoordDimensions::xyz()
+    }
+
+    fn xy(&mut self, x: f64, y: f64, index: usize) -> GeozeroResult<()> {
+        self.coordinate(x, y, None, None, None, None, index)
+    }
+
+    fn coordinate(
+        &mut self,
+        x: f64,
+        y: f64,
+        z: Option<f64>,
+        _m: Option<f64>,
+        _t: Option<f64>,
+        _tm: Option<u64>,
+        index: usize,
+    ) -> GeozeroResult<()> {
+        self.separator(index);
+        self.0.push(b'[');
+        write_number(self.0, x);
+        self.0.push(b',');
+        write_number(self.0, y);
+        if let Some(z) = z {
+            self.0.push(b',');
+            write_number(self.0, z);
+        }
+        self.0.push(b']');
+        Ok(())
+    }
+
+    fn empty_point(&mut self, index: usize) -> GeozeroResult<()> {
+        self.open(index, "Point");
+        self.close();
+        Ok(())
+    }
+
+    fn point_begin(&mut self, index: usize) -> GeozeroResult<()> {
+        self.separator(index);
+        self.0
+            .extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":");
+        Ok(())
+    }
+
+    fn point_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.0.push(b'}');
+        Ok(())
+    }
+
+    fn multipoint_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.open(index, "MultiPoint");
+        Ok(())
+    }
+
+    fn multipoint_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.close();
+        Ok(())
+    }
+
+    fn linestring_begin(&mut self, tagged: bool, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.open_part(tagged, index, "LineString");
+        Ok(())
+    }
+
+    fn linestring_end(&mut self, tagged: bool, _index: usize) -> GeozeroResult<()> {
+        self.close_part(tagged);
+        Ok(())
+    }
+
+    fn multilinestring_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.open(index, "MultiLineString");
+        Ok(())
+    }
+
+    fn multilinestring_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.close();
+        Ok(())
+    }
+
+    fn polygon_begin(&mut self, tagged: bool, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.open_part(tagged, index, "Polygon");
+        Ok(())
+    }
+
+    fn polygon_end(&mut self, tagged: bool, _index: usize) -> GeozeroResult<()> {
+        self.close_part(tagged);
+        Ok(())
+    }
+
+    fn multipolygon_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.open(index, "MultiPolygon");
+        Ok(())
+    }
+
+    fn multipolygon_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.close();
+        Ok(())
+    }
+
+    fn geometrycollection_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
+        self.separator(index);
+        self.0
+            .extend_from_slice(b"{\"type\":\"GeometryCollection\",\"geometries\":[");
+        Ok(())
+    }
+
+    fn geometrycollection_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.close();
+        Ok(())
     }
 }
 

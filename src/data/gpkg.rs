@@ -210,6 +210,12 @@ impl Dataset {
         })
     }
 
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Identifies this version of the file (size and modification time), for ETags.
     #[must_use]
     pub fn version(&self) -> u64 {
@@ -355,6 +361,8 @@ pub struct Catalog {
     listings: Mutex<HashMap<PathBuf, (std::time::Instant, Listing)>>,
     /// Recent answers, by dataset version and query.
     pub responses: super::cache::ResponseCache,
+    /// Rendered features, for box queries over features already read.
+    pub features: Arc<super::feature_cache::FeatureCache>,
 }
 
 impl Catalog {
@@ -419,6 +427,13 @@ impl Catalog {
     #[must_use]
     pub fn with_response_cache(mut self, bytes: usize) -> Self {
         self.responses = super::cache::ResponseCache::new(bytes);
+        self
+    }
+
+    /// Keeps up to `bytes` of rendered features in memory (0: none).
+    #[must_use]
+    pub fn with_feature_cache(mut self, bytes: usize) -> Self {
+        self.features = Arc::new(super::feature_cache::FeatureCache::new(bytes));
         self
     }
 

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod dbf;
+pub mod feature_cache;
 pub mod features;
 pub mod gdal;
 pub mod geojson;

@@ -12,7 +12,7 @@ use warp::Reply;
 use warp::reply::Response;
 
 use super::gpkg::{Catalog, DatasetError, Layer};
-use super::query::{Plan, execute, lookup, rect};
+use super::query::{Plan, Reuse, contains, execute, lookup, rect};
 use super::quote;
 use super::reproject::Reprojector;
 use crate::http::error_body;
@@ -233,6 +233,15 @@ pub fn parse(options: &str) -> Result<Options, String> {
     Ok(parsed)
 }
 
+/// The fids of an R*Tree's entries whose bounds meet the box `?2 ?4 ?1 ?3`, in the R*Tree's
+/// order (GDAL's order for a spatial filter), as the one column `"pozi candidate"`.
+fn candidates(rtree: &str) -> String {
+    format!(
+        "SELECT id AS \"pozi candidate\" FROM {} WHERE minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4",
+        quote(rtree)
+    )
+}
+
 fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     let fields = match &options.select {
         Some(wanted) => wanted
@@ -253,11 +262,22 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
             .collect::<Result<Vec<_>, _>>()?,
         None => layer.fields.clone(),
     };
-    let mut sql = format!(
-        "SELECT {} FROM {}",
-        layer.select_list(Some(&fields)),
-        quote(&layer.name)
-    );
+    let mut sql = format!("SELECT {} FROM ", layer.select_list(Some(&fields)));
+    let table = quote(&layer.name);
+    // As GDAL does: a box holding the whole layer is no filter; a box alone is a join led by
+    // the R*Tree (features come in its order); a box with -where is an `IN` (in fid order).
+    let rtree = layer
+        .rtree
+        .as_deref()
+        .filter(|_| !matches!((options.spat, layer.extent), (Some(b), Some(e)) if contains(b, e)));
+    match (rtree, options.spat) {
+        (Some(rtree), Some(_)) if options.filter.is_none() => sql.push_str(&format!(
+            "({}) AS \"pozi box\" CROSS JOIN {table} ON {table}.{} = \"pozi box\".\"pozi candidate\"",
+            candidates(rtree),
+            quote(&layer.fid)
+        )),
+        _ => sql.push_str(&table),
+    }
     let mut conditions = Vec::new();
     if let Some(filter) = &options.filter {
         conditions.push(format!("({filter})"));
@@ -265,17 +285,16 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
     let mut params = Vec::new();
     let mut envelope_filter = None;
     if let Some([xmin, ymin, xmax, ymax]) = options.spat {
-        match &layer.rtree {
+        match rtree {
             Some(rtree) => {
-                conditions.push(format!(
-                    "{} IN (SELECT id FROM {} WHERE minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4)",
-                    quote(&layer.fid),
-                    quote(rtree)
-                ));
+                if options.filter.is_some() {
+                    conditions.push(format!("{} IN ({})", quote(&layer.fid), candidates(rtree)));
+                }
                 params = [xmax, xmin, ymax, ymin]
                     .map(rusqlite::types::Value::Real)
                     .to_vec();
             }
+            None if layer.rtree.is_some() => {}
             None => envelope_filter = Some([xmin, ymin, xmax, ymax]),
         }
     }
@@ -283,7 +302,8 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    if let (Some(limit), None) = (options.limit, envelope_filter) {
+    // With a box, the limit counts features inside it, after the exact test.
+    if let (Some(limit), None) = (options.limit, options.spat) {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
     let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| e.to_string())?;
@@ -294,6 +314,7 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         has_fid: true,
         emit_id: false,
         tail: None,
+        reuse: None,
         envelope_filter,
         exact: options.spat.map(rect),
         simplify: options.simplify,
@@ -313,6 +334,7 @@ fn sql_plan(sql: &str, options: &Options, first: Option<&Layer>) -> Result<Plan,
         has_fid: false,
         emit_id: false,
         tail: None,
+        reuse: None,
         envelope_filter: options.spat,
         exact: options.spat.map(rect),
         simplify: options.simplify,
@@ -419,8 +441,15 @@ pub async fn answer(
         None => match dataset
             .layer(options.layer.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|layer| plan(layer, &options))
-        {
+            .and_then(|layer| {
+                let mut plan = plan(layer, &options)?;
+                if options.filter.is_none() && !plan.params.is_empty() {
+                    plan.reuse = layer.rtree.as_deref().and_then(|rtree| {
+                        Reuse::of(&catalog.features, &dataset, &plan, candidates(rtree))
+                    });
+                }
+                Ok(plan)
+            }) {
             Ok(plan) => plan,
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
         },
@@ -482,6 +511,62 @@ mod tests {
         assert_eq!(o.filter.as_deref(), Some("pop_est > 1000000"));
         let o = parse("-spat|-10|-10.5|10|10").unwrap_or_default();
         assert_eq!(o.spat, Some([-10.0, -10.5, 10.0, 10.0]));
+    }
+
+    async fn body(response: Response) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// A box whose features were all read before is answered from copies, byte for byte as
+    /// when the rows were read; a new version of the file is read afresh.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_boxes_are_answered_from_copies() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/naturalearth_lowres.gpkg");
+        std::fs::copy(&shared, dir.path().join("countries.gpkg")).unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Arc::new(Catalog::default().with_feature_cache(1 << 24));
+        let ask = |options: &'static str| {
+            let catalog = catalog.clone();
+            let folder = dir.path().to_owned();
+            async move { body(answer(catalog, folder, Some("countries.gpkg"), options).await).await }
+        };
+        let cold = ask("-spat|100|-50|180|0").await;
+        assert_eq!(catalog.features.stats().hits, 0);
+        assert!(catalog.features.stats().features > 0);
+        let warm = ask("-spat|100|-50|180|0").await;
+        assert_eq!(catalog.features.stats().hits, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&warm),
+            String::from_utf8_lossy(&cold)
+        );
+        // A box inside the first, cutting through countries: from copies, as read afresh.
+        let inner = ask("-spat|120|-40|150|-20").await;
+        assert_eq!(catalog.features.stats().hits, 2);
+        let fresh = body(
+            answer(
+                Arc::new(Catalog::default()),
+                dir.path().to_owned(),
+                Some("countries.gpkg"),
+                "-spat|120|-40|150|-20",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&inner),
+            String::from_utf8_lossy(&fresh)
+        );
+        // A filter or a tolerance is not answered from copies.
+        let _ = ask("-spat|100|-50|180|0|-where|pop_est>0").await;
+        let _ = ask("-spat|100|-50|180|0|-simplify|0.1").await;
+        assert_eq!(catalog.features.stats().hits, 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
+use super::feature_cache::{Cached, FeatureCache};
 use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
 use super::gpkg::{Catalog, Dataset, DatasetError};
 use super::reproject::Reprojector;
@@ -36,6 +37,42 @@ pub struct Plan {
     pub name: String,
     /// Members written after the features.
     pub tail: Option<Tail>,
+    /// Answering from rendered copies when every candidate has one.
+    pub reuse: Option<Reuse>,
+}
+
+/// How a box query is answered from rendered copies of its features (see
+/// [`super::feature_cache`]); only for plans whose features depend on nothing but the box.
+pub struct Reuse {
+    /// The copies.
+    pub cache: Arc<FeatureCache>,
+    /// Which copies: the dataset's path and version and the plan's SELECT.
+    pub variant: u64,
+    /// The candidates' fids from the R*Tree, with the plan's parameters.
+    pub candidates: String,
+}
+
+impl Reuse {
+    /// Reuse for a plan over `dataset` whose candidates come from `candidates`, when the cache is
+    /// on and the plan's features depend on the box alone (no simplification).
+    #[must_use]
+    pub fn of(
+        cache: &Arc<FeatureCache>,
+        dataset: &Dataset,
+        plan: &Plan,
+        candidates: String,
+    ) -> Option<Self> {
+        (cache.enabled() && plan.simplify.is_none() && plan.exact.is_some()).then(|| Self {
+            cache: cache.clone(),
+            variant: super::stable_hash(&format!(
+                "{}|{}|{}",
+                dataset.path().display(),
+                dataset.version(),
+                plan.sql
+            )),
+            candidates,
+        })
+    }
 }
 
 /// The box `[xmin, ymin, xmax, ymax]` as a geometry.
@@ -74,6 +111,13 @@ fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64
             Ok(None)
         };
     };
+    if let Some(rect) = plan.exact
+        && plan.simplify.is_none()
+        && plan.reproject.is_none()
+        && let Some(inside) = gpkg_envelope(blob).and_then(|e| by_bounds(e, rect))
+    {
+        return if inside { Ok(None) } else { Err(()) };
+    }
     let Ok(mut geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
         tracing::warn!("skipping a feature whose geometry cannot be decoded");
         return Err(());
@@ -98,6 +142,25 @@ fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
     a[0] <= b[2] && a[2] >= b[0] && a[1] <= b[3] && a[3] >= b[1]
 }
 
+/// Whether a geometry with bounds `envelope` intersects `rect`, when its bounds alone tell:
+/// they miss the box, lie inside it, or are a point's.
+fn by_bounds(envelope: [f64; 4], rect: geo::Rect<f64>) -> Option<bool> {
+    let area = [rect.min().x, rect.min().y, rect.max().x, rect.max().y];
+    if !overlaps(envelope, area) {
+        Some(false)
+    } else if contains(area, envelope) || (envelope[0] == envelope[2] && envelope[1] == envelope[3])
+    {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Whether box `outer` holds all of box `inner` (`[xmin, ymin, xmax, ymax]`).
+pub fn contains(outer: [f64; 4], inner: [f64; 4]) -> bool {
+    outer[0] <= inner[0] && outer[1] <= inner[1] && outer[2] >= inner[2] && outer[3] >= inner[3]
+}
+
 /// A piece of a response body.
 pub type Chunk = Result<Bytes, std::io::Error>;
 
@@ -116,8 +179,79 @@ fn run(
             return;
         }
     };
+    let ready = match copies(&connection, &plan) {
+        Some(features) => {
+            let _ = ready.send(Ok(()));
+            let mut writer = FeatureWriter::new(&plan.name);
+            for feature in &features {
+                if limit.is_some_and(|l| writer.count() >= l) {
+                    break;
+                }
+                writer.raw(feature);
+                if !send_chunk(&mut writer, tx) {
+                    break;
+                }
+            }
+            finish(writer, &mut plan, tx);
+            dataset.release(connection);
+            return;
+        }
+        None => ready,
+    };
     stream(&connection, &mut plan, limit, ready, tx);
     dataset.release(connection);
+}
+
+/// The features of a reusable plan, in the R*Tree's order, when every candidate from the R*Tree has a
+/// rendered copy (and a geometry, when its bounds alone cannot tell whether it is in the box).
+fn copies(connection: &rusqlite::Connection, plan: &Plan) -> Option<Vec<Bytes>> {
+    use geo::Intersects;
+    use geozero::ToGeo;
+    let (reuse, rect) = (plan.reuse.as_ref()?, plan.exact?);
+    let mut statement = connection.prepare_cached(&reuse.candidates).ok()?;
+    let fids = statement
+        .query_map(rusqlite::params_from_iter(plan.params.iter()), |r| {
+            r.get::<_, i64>(0)
+        })
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let cached = reuse.cache.get_all(reuse.variant, &fids)?;
+    let mut features = Vec::with_capacity(cached.len());
+    for copy in cached {
+        let Some(envelope) = copy.envelope else {
+            continue;
+        };
+        let inside = match by_bounds(envelope, rect) {
+            Some(inside) => inside,
+            None => geozero::wkb::GpkgWkb(copy.geometry.as_deref()?)
+                .to_geo()
+                .ok()?
+                .intersects(&rect),
+        };
+        if inside {
+            features.push(copy.json?);
+        }
+    }
+    Some(features)
+}
+
+/// Hands on a full chunk; false when the client went away.
+fn send_chunk(writer: &mut FeatureWriter, tx: &tokio::sync::mpsc::Sender<Chunk>) -> bool {
+    match writer.take_chunk() {
+        Some(chunk) => tx.blocking_send(Ok(chunk)).is_ok(),
+        None => true,
+    }
+}
+
+/// Closes the collection with the plan's tail and sends the rest.
+fn finish(writer: FeatureWriter, plan: &mut Plan, tx: &tokio::sync::mpsc::Sender<Chunk>) {
+    let tail = plan
+        .tail
+        .take()
+        .map(|t| t(writer.count()))
+        .unwrap_or_default();
+    let _ = tx.blocking_send(Ok(writer.finish(&tail)));
 }
 
 /// Runs the plan on `connection`, streaming features into `tx`.
@@ -157,6 +291,8 @@ fn stream(
         }
     };
     let skip = usize::from(plan.has_fid);
+    // Copies of what this query reads, for the next box over the same features.
+    let mut copies = plan.reuse.as_ref().map(|_| Vec::new());
     loop {
         let row = match rows.next() {
             Ok(Some(row)) => row,
@@ -191,7 +327,21 @@ fn stream(
         {
             continue;
         }
+        let copy = |json: Option<Bytes>| {
+            let envelope = geometry.and_then(gpkg_envelope);
+            Cached {
+                json,
+                geometry: geometry
+                    .filter(|_| envelope.is_some_and(|e| e[0] != e[2] || e[1] != e[3]))
+                    .map(Bytes::copy_from_slice),
+                envelope,
+            }
+        };
+        let fid = row.get::<_, i64>(0).ok();
         let Ok(decoded) = computed(plan, geometry) else {
+            if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
+                copies.push((fid, copy(None)));
+            }
             continue;
         };
         let geometry = match (&decoded, geometry) {
@@ -206,18 +356,17 @@ fn stream(
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
             return;
         }
-        if let Some(chunk) = writer.take_chunk()
-            && tx.blocking_send(Ok(chunk)).is_err()
-        {
+        if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
+            copies.push((fid, copy(Some(Bytes::copy_from_slice(writer.last())))));
+        }
+        if !send_chunk(&mut writer, tx) {
             return; // the client went away
         }
     }
-    let tail = plan
-        .tail
-        .take()
-        .map(|t| t(writer.count()))
-        .unwrap_or_default();
-    let _ = tx.blocking_send(Ok(writer.finish(&tail)));
+    if let (Some(reuse), Some(copies)) = (&plan.reuse, copies) {
+        reuse.cache.put_all(reuse.variant, copies);
+    }
+    finish(writer, plan, tx);
 }
 
 /// SQLite's own message for an error.

@@ -110,7 +110,8 @@ impl Actor for HttpComponent {
             health: Health::new(args.registry.clone(), cert.clone()),
             catalog: Arc::new(
                 crate::data::gpkg::Catalog::with_cache(args.root.state_dir().join("cache"))
-                    .with_response_cache(args.config.data.response_cache_mb * 1024 * 1024),
+                    .with_response_cache(args.config.data.response_cache_mb * 1024 * 1024)
+                    .with_feature_cache(args.config.data.feature_cache_mb * 1024 * 1024),
             ),
             search_index: args.root.state_dir().join("search.sqlite"),
         });

@@ -1,0 +1,215 @@
+//! Rendered features kept in memory, so that a box query over features already read is
+//! answered from the R*Tree and these copies, without reading rows or writing JSON again.
+//!
+//! Unlike the response cache this serves any box: the web app asks for the features in view,
+//! and a panned or zoomed view asks again for most of the same features under a new box. Each
+//! copy is keyed by a *variant* (the dataset's path and version and the query's SELECT), so a
+//! replaced dataset is never answered from old copies; those age out. Bounded in bytes; the least
+//! recently used copies go first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+/// What is kept of one feature.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// Its GeoJSON `Feature` object, or `None` when it was read but not written (it fell outside
+    /// the box that read it).
+    pub json: Option<Bytes>,
+    /// Its bounds in the layer's system; `None` when it has no geometry.
+    pub envelope: Option<[f64; 4]>,
+    /// Its GeoPackage geometry, kept when its bounds are not a point (to test a box that only
+    /// partly covers them).
+    pub geometry: Option<Bytes>,
+}
+
+/// Bookkeeping per copy, beyond its JSON.
+const OVERHEAD: usize = 96;
+
+#[derive(Debug)]
+struct Entry {
+    feature: Cached,
+    used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<(u64, i64), Entry>,
+    bytes: usize,
+}
+
+/// Counters for the log and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Queries answered wholly from copies.
+    pub hits: u64,
+    /// Queries that had to read rows.
+    pub misses: u64,
+    /// Copies held now.
+    pub features: usize,
+}
+
+/// The cache, shared by every dataset.
+#[derive(Debug, Default)]
+pub struct FeatureCache {
+    budget: usize,
+    clock: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    entries: Mutex<Entries>,
+}
+
+fn cost(feature: &Cached) -> usize {
+    OVERHEAD
+        + feature.json.as_ref().map_or(0, Bytes::len)
+        + feature.geometry.as_ref().map_or(0, Bytes::len)
+}
+
+impl FeatureCache {
+    /// A cache holding up to `budget` bytes (0 turns it off).
+    #[must_use]
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
+
+    /// Whether it keeps anything.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// The copies of all of `fids` in `variant`, in the same order, or `None` (counted as a
+    /// miss) when any is missing.
+    pub fn get_all(&self, variant: u64, fids: &[i64]) -> Option<Vec<Cached>> {
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let found = {
+            let mut entries = self.lock();
+            let mut found = Vec::with_capacity(fids.len());
+            for fid in fids {
+                match entries.map.get_mut(&(variant, *fid)) {
+                    Some(entry) => {
+                        entry.used = tick;
+                        found.push(entry.feature.clone());
+                    }
+                    None => break,
+                }
+            }
+            found
+        };
+        let counter = if found.len() == fids.len() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        (found.len() == fids.len()).then_some(found)
+    }
+
+    /// Keeps copies of `features` in `variant`; when over budget, the least recently used copies
+    /// are dropped until a quarter of the budget is free again.
+    pub fn put_all(&self, variant: u64, features: Vec<(i64, Cached)>) {
+        if !self.enabled() || features.is_empty() {
+            return;
+        }
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        for (fid, feature) in features {
+            let added = cost(&feature);
+            if let Some(old) = entries.map.insert(
+                (variant, fid),
+                Entry {
+                    feature,
+                    used: tick,
+                },
+            ) {
+                entries.bytes -= cost(&old.feature);
+            }
+            entries.bytes += added;
+        }
+        if entries.bytes > self.budget {
+            let mut ages: Vec<(u64, (u64, i64))> =
+                entries.map.iter().map(|(k, e)| (e.used, *k)).collect();
+            ages.sort_unstable();
+            let target = self.budget / 4 * 3;
+            for (_, key) in ages {
+                if entries.bytes <= target {
+                    break;
+                }
+                if let Some(old) = entries.map.remove(&key) {
+                    entries.bytes -= cost(&old.feature);
+                }
+            }
+        }
+    }
+
+    /// Hits, misses and size so far.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            features: self.lock().map.len(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(text: &str) -> Cached {
+        Cached {
+            json: Some(Bytes::copy_from_slice(text.as_bytes())),
+            envelope: Some([0.0, 0.0, 1.0, 1.0]),
+            geometry: None,
+        }
+    }
+
+    #[test]
+    fn all_or_nothing_per_variant() {
+        let cache = FeatureCache::new(1 << 20);
+        cache.put_all(7, vec![(1, feature("a")), (2, feature("b"))]);
+        let found = cache.get_all(7, &[2, 1]).map(|f| {
+            f.iter()
+                .map(|c| c.json.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(found, Some(vec![Bytes::from("b"), Bytes::from("a")]));
+        assert!(cache.get_all(7, &[1, 3]).is_none());
+        assert!(cache.get_all(8, &[1]).is_none(), "another variant");
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.features), (1, 2, 2));
+    }
+
+    #[test]
+    fn least_recently_used_copies_go_first() {
+        let cache = FeatureCache::new(10 * (OVERHEAD + 1));
+        cache.put_all(1, (0..8).map(|fid| (fid, feature("x"))).collect());
+        assert!(cache.get_all(1, &[0, 1]).is_some());
+        cache.put_all(1, (8..12).map(|fid| (fid, feature("x"))).collect());
+        let stats = cache.stats();
+        assert!(stats.features <= 7, "{stats:?}");
+        assert!(cache.get_all(1, &[0, 1]).is_some(), "recently used kept");
+        assert!(cache.get_all(1, &[8, 9, 10, 11]).is_some(), "newest kept");
+        assert!(cache.get_all(1, &[2]).is_none(), "oldest dropped");
+    }
+
+    #[test]
+    fn off_keeps_nothing() {
+        let cache = FeatureCache::new(0);
+        cache.put_all(1, vec![(1, feature("a"))]);
+        assert!(cache.get_all(1, &[1]).is_none());
+    }
+}
