@@ -5,8 +5,11 @@
 #   1. -where continent='Oceania' on naturalearth_lowres.gpkg
 #   2. a -spat box returning about 1,000 of 1,000,000 generated points (generated GeoJSON,
 #      converted once to a GeoPackage by GDAL: both sides read that GeoPackage)
-# This server is measured with its response cache (the default: repeated queries are answered
-# from memory) and without it ("data": {"response_cache_mb": 0}).
+# This server runs three times on the same data: as configured by default (a repeated query is
+# answered from the response cache; boxes over features read before, from rendered copies),
+# without the response cache, and with no caches at all (every answer read from rows).
+# The million-point box is also asked as a map being panned: a box of the same size at a random
+# place within an area 4 boxes wide and high (pan.lua), so no two requests are the same.
 # Both sides may use both cores: wrk (2 threads, 16 connections) for this server, two
 # ogr2ogr processes at a time for GDAL.
 # Usage: bench/ogr2ogr-compat/run.sh [SECONDS]   (default 10)
@@ -25,9 +28,8 @@ fi
 cargo build --release -q --bin poziserver
 
 work=$(mktemp -d)
-pid=""
-pid2=""
-cleanup() { for p in $pid $pid2; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"; }
+pids=""
+cleanup() { for p in $pids; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 data="$work/root/userdata/local"
@@ -39,21 +41,25 @@ ogr2ogr -f GPKG "$data/points.gpkg" "$work/points.geojson" -nln points
 rm "$work/points.geojson"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-# Two instances on the same data: the default (with the response cache) and one without it.
-port=$(free_port); uncached_port=$(free_port)
-cp -r "$work/root" "$work/root-uncached"
-cat > "$work/root/config.json" <<JSON
-{"listen": ["127.0.0.1:$port"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}}}
+# Three instances on the same data: the default, no response cache, and no caches at all.
+port=$(free_port); copies_port=$(free_port); rows_port=$(free_port)
+instance() { # name port data-config
+    [ "$1" = root ] || cp -r "$work/root" "$work/$1"
+    cat > "$work/$1/config.json" <<JSON
+{"listen": ["127.0.0.1:$2"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}},
+ "data": $3}
 JSON
-cat > "$work/root-uncached/config.json" <<JSON
-{"listen": ["127.0.0.1:$uncached_port"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}},
- "data": {"response_cache_mb": 0}}
-JSON
-target/release/poziserver run --root "$work/root" >/dev/null 2>&1 &
-pid=$!
-target/release/poziserver run --root "$work/root-uncached" >/dev/null 2>&1 &
-pid2=$!
-for _ in $(seq 100); do curl -skf "https://127.0.0.1:$port/health" >/dev/null && curl -skf "https://127.0.0.1:$uncached_port/health" >/dev/null && break; sleep 0.1; done
+}
+instance root "$port" '{}'
+instance root-copies "$copies_port" '{"response_cache_mb": 0}'
+instance root-rows "$rows_port" '{"response_cache_mb": 0, "feature_cache_mb": 0}'
+for name in root root-copies root-rows; do
+    target/release/poziserver run --root "$work/$name" >/dev/null 2>&1 &
+    pids="$pids $!"
+done
+for p in $port $copies_port $rows_port; do
+    for _ in $(seq 100); do curl -skf "https://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
+done
 
 # Find a box holding about 1,000 points: the data's extent scaled by sqrt(1000 / 1000000).
 read -r box < <(python3 - "$data/points.gpkg" <<'PY'
@@ -68,7 +74,9 @@ PY
 
 compare() { # source options-for-url argv... -> checks equality, prints the feature count
     local source=$1 options=$2; shift 2
-    curl -skfG "https://127.0.0.1:$port/ogr2ogr" --data-urlencode "source=$source" --data-urlencode "options=$options" > "$work/ours.json"
+    # Read twice, so the second answer comes from rendered copies, and compare that one.
+    curl -skfG "https://127.0.0.1:$copies_port/ogr2ogr" --data-urlencode "source=$source" --data-urlencode "options=$options" >/dev/null
+    curl -skfG "https://127.0.0.1:$copies_port/ogr2ogr" --data-urlencode "source=$source" --data-urlencode "options=$options" > "$work/ours.json"
     ogr2ogr -f GeoJSON /vsistdout/ "$data/$source" "$@" > "$work/gdal.json"
     python3 - "$work/ours.json" "$work/gdal.json" <<'PY'
 import json, sys
@@ -99,24 +107,45 @@ print(f"{total / (time.monotonic() - start):.2f}")
 PY
 }
 
-our_rate() { # url -> requests per second
-    wrk -t2 -c16 -d"${seconds}s" "$1" | awk '/^Requests\/sec/ {print $2}'
+our_rate() { # url [pan.lua arguments...] -> requests per second
+    local url=$1 script=(); shift
+    [ $# -eq 0 ] || script=(-s bench/ogr2ogr-compat/pan.lua)
+    wrk -t2 -c16 -d"${seconds}s" "${script[@]}" "$url" "$@" | awk '/^Requests\/sec/ {print $2}'
+}
+
+line() { # label rate gdal-rate
+    printf '  %-34s %10.1f req/s  ratio %6.0fx\n' "$1" "$2" "$(awk -v a="$2" -v b="$3" 'BEGIN {print a / b}')"
 }
 
 bench() { # name source options argv...
     local name=$1 source=$2 options=$3; shift 3
-    local features cached uncached gdal query
+    local features gdal query
     features=$(compare "$source" "$options" "$@")
     query="ogr2ogr?source=$source&options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$options")"
-    uncached=$(our_rate "https://127.0.0.1:$uncached_port/$query")
-    cached=$(our_rate "https://127.0.0.1:$port/$query")
     gdal=$(gdal_rate "$data/$source" "$@")
     printf '%s (%s features)\n' "$name" "$features"
-    printf '  ogr2ogr per request      %10.2f req/s\n' "$gdal"
-    printf '  poziserver, no cache     %10.1f req/s  ratio %6.0fx\n' "$uncached" "$(awk -v a="$uncached" -v b="$gdal" 'BEGIN {print a / b}')"
-    printf '  poziserver (default)     %10.1f req/s  ratio %6.0fx\n' "$cached" "$(awk -v a="$cached" -v b="$gdal" 'BEGIN {print a / b}')"
+    printf '  %-34s %10.2f req/s\n' "ogr2ogr per request" "$gdal"
+    line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/$query")" "$gdal"
+    line "poziserver, no response cache" "$(our_rate "https://127.0.0.1:$copies_port/$query")" "$gdal"
+    line "poziserver (default)" "$(our_rate "https://127.0.0.1:$port/$query")" "$gdal"
+    last_gdal=$gdal
 }
 
 bench "-where continent='Oceania'" naturalearth_lowres.gpkg "-where|continent='Oceania'" -where "continent='Oceania'"
 # shellcheck disable=SC2086
 bench "-spat (about 1,000 of 1,000,000)" points.gpkg "-spat|${box// /|}" -spat $box
+
+# Panning: random boxes of the same size around the one above; GDAL's cost per call does not
+# depend on where the box is, so its rate above is the peer. One random box is checked first.
+read -r pan_x pan_y pan_w pan_h < <(python3 -c '
+import sys
+x0, y0, x1, y1 = map(float, sys.argv[1:5])
+w, h = x1 - x0, y1 - y0
+print(x0 - 1.5 * w, y0 - 1.5 * h, w, h)' $box)
+check_box=$(python3 -c 'import sys; x, y, w, h = map(float, sys.argv[1:5]); print(x + 1.3 * w, y + 2.1 * h, x + 2.3 * w, y + 3.1 * h)' "$pan_x" "$pan_y" "$pan_w" "$pan_h")
+# shellcheck disable=SC2086
+pan_features=$(compare points.gpkg "-spat|${check_box// /|}" -spat $check_box)
+pan=(-- points.gpkg "$pan_x" "$pan_y" "$pan_w" "$pan_h" 4)
+printf 'panning: random boxes of the same size within 4x4 boxes (%s features in the checked one)\n' "$pan_features"
+line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/" "${pan[@]}")" "$last_gdal"
+line "poziserver (default)" "$(our_rate "https://127.0.0.1:$port/" "${pan[@]}")" "$last_gdal"

@@ -32,7 +32,7 @@ const OVERHEAD: usize = 96;
 #[derive(Debug)]
 struct Entry {
     feature: Cached,
-    used: u64,
+    used: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -84,31 +84,33 @@ impl FeatureCache {
         self.budget > 0
     }
 
-    /// The copies of all of `fids` in `variant`, in the same order, or `None` (counted as a
-    /// miss) when any is missing.
-    pub fn get_all(&self, variant: u64, fids: &[i64]) -> Option<Vec<Cached>> {
+    /// Runs `read` on the copies of all of `fids` in `variant`, in the same order, or returns
+    /// `None` (counted as a miss) when any is missing. `read` runs under the cache's lock, so
+    /// it should copy what it needs and return: copying beats sharing the copies, whose
+    /// reference counts would bounce between cores.
+    pub fn read_all<T>(
+        &self,
+        variant: u64,
+        fids: &[i64],
+        read: impl FnOnce(&[&Cached]) -> T,
+    ) -> Option<T> {
         let tick = self.clock.fetch_add(1, Ordering::Relaxed);
-        let found = {
-            let mut entries = self.lock();
-            let mut found = Vec::with_capacity(fids.len());
-            for fid in fids {
-                match entries.map.get_mut(&(variant, *fid)) {
-                    Some(entry) => {
-                        entry.used = tick;
-                        found.push(entry.feature.clone());
-                    }
-                    None => break,
-                }
-            }
-            found
-        };
-        let counter = if found.len() == fids.len() {
+        let entries = self.lock();
+        let found: Option<Vec<&Cached>> = fids
+            .iter()
+            .map(|fid| {
+                let entry = entries.map.get(&(variant, *fid))?;
+                entry.used.store(tick, Ordering::Relaxed);
+                Some(&entry.feature)
+            })
+            .collect();
+        let counter = if found.is_some() {
             &self.hits
         } else {
             &self.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        (found.len() == fids.len()).then_some(found)
+        found.map(|found| read(&found))
     }
 
     /// Keeps copies of `features` in `variant`; when over budget, the least recently used copies
@@ -125,7 +127,7 @@ impl FeatureCache {
                 (variant, fid),
                 Entry {
                     feature,
-                    used: tick,
+                    used: AtomicU64::new(tick),
                 },
             ) {
                 entries.bytes -= cost(&old.feature);
@@ -133,8 +135,11 @@ impl FeatureCache {
             entries.bytes += added;
         }
         if entries.bytes > self.budget {
-            let mut ages: Vec<(u64, (u64, i64))> =
-                entries.map.iter().map(|(k, e)| (e.used, *k)).collect();
+            let mut ages: Vec<(u64, (u64, i64))> = entries
+                .map
+                .iter()
+                .map(|(k, e)| (e.used.load(Ordering::Relaxed), *k))
+                .collect();
             ages.sort_unstable();
             let target = self.budget / 4 * 3;
             for (_, key) in ages {
@@ -181,14 +186,14 @@ mod tests {
     fn all_or_nothing_per_variant() {
         let cache = FeatureCache::new(1 << 20);
         cache.put_all(7, vec![(1, feature("a")), (2, feature("b"))]);
-        let found = cache.get_all(7, &[2, 1]).map(|f| {
+        let found = cache.read_all(7, &[2, 1], |f| {
             f.iter()
                 .map(|c| c.json.clone().unwrap_or_default())
                 .collect::<Vec<_>>()
         });
         assert_eq!(found, Some(vec![Bytes::from("b"), Bytes::from("a")]));
-        assert!(cache.get_all(7, &[1, 3]).is_none());
-        assert!(cache.get_all(8, &[1]).is_none(), "another variant");
+        assert!(cache.read_all(7, &[1, 3], |_| ()).is_none());
+        assert!(cache.read_all(8, &[1], |_| ()).is_none(), "another variant");
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.features), (1, 2, 2));
     }
@@ -197,19 +202,25 @@ mod tests {
     fn least_recently_used_copies_go_first() {
         let cache = FeatureCache::new(10 * (OVERHEAD + 1));
         cache.put_all(1, (0..8).map(|fid| (fid, feature("x"))).collect());
-        assert!(cache.get_all(1, &[0, 1]).is_some());
+        assert!(cache.read_all(1, &[0, 1], |_| ()).is_some());
         cache.put_all(1, (8..12).map(|fid| (fid, feature("x"))).collect());
         let stats = cache.stats();
         assert!(stats.features <= 7, "{stats:?}");
-        assert!(cache.get_all(1, &[0, 1]).is_some(), "recently used kept");
-        assert!(cache.get_all(1, &[8, 9, 10, 11]).is_some(), "newest kept");
-        assert!(cache.get_all(1, &[2]).is_none(), "oldest dropped");
+        assert!(
+            cache.read_all(1, &[0, 1], |_| ()).is_some(),
+            "recently used kept"
+        );
+        assert!(
+            cache.read_all(1, &[8, 9, 10, 11], |_| ()).is_some(),
+            "newest kept"
+        );
+        assert!(cache.read_all(1, &[2], |_| ()).is_none(), "oldest dropped");
     }
 
     #[test]
     fn off_keeps_nothing() {
         let cache = FeatureCache::new(0);
         cache.put_all(1, vec![(1, feature("a"))]);
-        assert!(cache.get_all(1, &[1]).is_none());
+        assert!(cache.read_all(1, &[1], |_| ()).is_none());
     }
 }

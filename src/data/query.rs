@@ -179,32 +179,30 @@ fn run(
             return;
         }
     };
-    let ready = match copies(&connection, &plan) {
-        Some(features) => {
+    match copies(&connection, &plan, limit) {
+        Some(mut writer) => {
             let _ = ready.send(Ok(()));
-            let mut writer = FeatureWriter::new(&plan.name);
-            for feature in &features {
-                if limit.is_some_and(|l| writer.count() >= l) {
-                    break;
-                }
-                writer.raw(feature);
-                if !send_chunk(&mut writer, tx) {
-                    break;
-                }
+            if send_chunk(&mut writer, tx) {
+                finish(writer, &mut plan, tx);
             }
-            finish(writer, &mut plan, tx);
-            dataset.release(connection);
-            return;
         }
-        None => ready,
-    };
-    stream(&connection, &mut plan, limit, ready, tx);
+        None => stream(&connection, &mut plan, limit, ready, tx),
+    }
     dataset.release(connection);
 }
 
-/// The features of a reusable plan, in the R*Tree's order, when every candidate from the R*Tree has a
-/// rendered copy (and a geometry, when its bounds alone cannot tell whether it is in the box).
-fn copies(connection: &rusqlite::Connection, plan: &Plan) -> Option<Vec<Bytes>> {
+/// Answers from copies are built whole in memory: boxes with more candidates are streamed
+/// from rows.
+const MAX_COPIED: usize = 20_000;
+
+/// The collection for a reusable plan, written from copies in the R*Tree's order, when every
+/// candidate from the R*Tree has a rendered copy (and a geometry, when its bounds alone cannot
+/// tell whether it is in the box).
+fn copies(
+    connection: &rusqlite::Connection,
+    plan: &Plan,
+    limit: Option<u64>,
+) -> Option<FeatureWriter> {
     use geo::Intersects;
     use geozero::ToGeo;
     let (reuse, rect) = (plan.reuse.as_ref()?, plan.exact?);
@@ -214,26 +212,35 @@ fn copies(connection: &rusqlite::Connection, plan: &Plan) -> Option<Vec<Bytes>> 
             r.get::<_, i64>(0)
         })
         .ok()?
+        .take(MAX_COPIED + 1)
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
-    let cached = reuse.cache.get_all(reuse.variant, &fids)?;
-    let mut features = Vec::with_capacity(cached.len());
-    for copy in cached {
-        let Some(envelope) = copy.envelope else {
-            continue;
-        };
-        let inside = match by_bounds(envelope, rect) {
-            Some(inside) => inside,
-            None => geozero::wkb::GpkgWkb(copy.geometry.as_deref()?)
-                .to_geo()
-                .ok()?
-                .intersects(&rect),
-        };
-        if inside {
-            features.push(copy.json?);
-        }
+    if fids.len() > MAX_COPIED {
+        return None;
     }
-    Some(features)
+    let write = |cached: &[&Cached]| {
+        let mut writer = FeatureWriter::new(&plan.name);
+        for copy in cached {
+            if limit.is_some_and(|l| writer.count() >= l) {
+                break;
+            }
+            let Some(envelope) = copy.envelope else {
+                continue;
+            };
+            let inside = match by_bounds(envelope, rect) {
+                Some(inside) => inside,
+                None => geozero::wkb::GpkgWkb(copy.geometry.as_deref()?)
+                    .to_geo()
+                    .ok()?
+                    .intersects(&rect),
+            };
+            if inside {
+                writer.raw(copy.json.as_deref()?);
+            }
+        }
+        Some(writer)
+    };
+    reuse.cache.read_all(reuse.variant, &fids, write).flatten()
 }
 
 /// Hands on a full chunk; false when the client went away.
