@@ -148,4 +148,5 @@ pan_features=$(compare points.gpkg "-spat|${check_box// /|}" -spat $check_box)
 pan=(-- points.gpkg "$pan_x" "$pan_y" "$pan_w" "$pan_h" 4)
 printf 'panning: random boxes of the same size within 4x4 boxes (%s features in the checked one)\n' "$pan_features"
 line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/" "${pan[@]}")" "$last_gdal"
+line "poziserver, no response cache" "$(our_rate "https://127.0.0.1:$copies_port/" "${pan[@]}")" "$last_gdal"
 line "poziserver (default)" "$(our_rate "https://127.0.0.1:$port/" "${pan[@]}")" "$last_gdal"

@@ -82,7 +82,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             response_cache_mb: 64,
-            feature_cache_mb: 128,
+            feature_cache_mb: 64,
         }
     }
 }

@@ -537,9 +537,13 @@ mod tests {
             let folder = dir.path().to_owned();
             async move { body(answer(catalog, folder, Some("countries.gpkg"), options).await).await }
         };
+        // Features are copied on their second read.
         let cold = ask("-spat|100|-50|180|0").await;
+        assert_eq!(catalog.features.stats().features, 0);
+        let again = ask("-spat|100|-50|180|0").await;
         assert_eq!(catalog.features.stats().hits, 0);
         assert!(catalog.features.stats().features > 0);
+        assert_eq!(again, cold);
         let warm = ask("-spat|100|-50|180|0").await;
         assert_eq!(catalog.features.stats().hits, 1);
         assert_eq!(

@@ -299,7 +299,8 @@ fn stream(
     };
     let skip = usize::from(plan.has_fid);
     // Copies of what this query reads, for the next box over the same features.
-    let mut copies = plan.reuse.as_ref().map(|_| Vec::new());
+    let copying = plan.reuse.as_ref().filter(|r| r.cache.copying());
+    let mut copies = copying.map(|_| Vec::new());
     loop {
         let row = match rows.next() {
             Ok(Some(row)) => row,
@@ -344,7 +345,10 @@ fn stream(
                 envelope,
             }
         };
-        let fid = row.get::<_, i64>(0).ok();
+        let fid = row
+            .get::<_, i64>(0)
+            .ok()
+            .filter(|fid| copying.is_some_and(|r| r.cache.admit(r.variant, *fid)));
         let Ok(decoded) = computed(plan, geometry) else {
             if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
                 copies.push((fid, copy(None)));
@@ -370,7 +374,7 @@ fn stream(
             return; // the client went away
         }
     }
-    if let (Some(reuse), Some(copies)) = (&plan.reuse, copies) {
+    if let (Some(reuse), Some(copies)) = (copying, copies) {
         reuse.cache.put_all(reuse.variant, copies);
     }
     finish(writer, plan, tx);
