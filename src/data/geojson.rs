@@ -57,14 +57,15 @@ impl FeatureWriter {
         self.features
     }
 
-    /// Writes one feature from `(name, value)` properties and its geometry.
+    /// Writes one feature from `(name, value, boolean)` properties and its geometry; `boolean`
+    /// marks a BOOLEAN column, whose integers are written as `true`/`false` (as GDAL does).
     ///
     /// # Errors
     /// When the geometry blob is malformed.
     pub fn feature<'a>(
         &mut self,
         id: Option<i64>,
-        properties: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
+        properties: impl Iterator<Item = (&'a str, ValueRef<'a>, bool)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
         self.begin();
@@ -76,13 +77,19 @@ impl FeatureWriter {
             self.buffer.push(b',');
         }
         self.buffer.extend_from_slice(b"\"properties\":{");
-        for (i, (name, value)) in properties.enumerate() {
+        for (i, (name, value, boolean)) in properties.enumerate() {
             if i > 0 {
                 self.buffer.push(b',');
             }
             write_string(&mut self.buffer, name);
             self.buffer.push(b':');
-            write_value(&mut self.buffer, value);
+            match value {
+                ValueRef::Integer(i) if boolean => {
+                    self.buffer
+                        .extend_from_slice(if i == 0 { b"false" } else { b"true" });
+                }
+                _ => write_value(&mut self.buffer, value),
+            }
         }
         self.buffer.extend_from_slice(b"},\"geometry\":");
         match geometry {
@@ -141,9 +148,11 @@ impl FeatureWriter {
     }
 }
 
-/// The empty-geometry flag of a GeoPackage geometry header.
-fn is_empty_gpkg(blob: &[u8]) -> bool {
-    blob[3] & 0b1_0000 != 0
+/// The empty-geometry flag of a GeoPackage geometry header (QGIS writes an empty geometry for a
+/// feature without one).
+#[must_use]
+pub fn is_empty_gpkg(blob: &[u8]) -> bool {
+    blob.get(3).is_some_and(|flags| flags & 0b1_0000 != 0)
 }
 
 fn write_string(out: &mut Vec<u8>, text: &str) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
 use super::feature_cache::{Cached, FeatureCache};
-use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_gpkg_geometry};
+use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry};
 use super::gpkg::{Catalog, Dataset, DatasetError};
 use super::reproject::Reprojector;
 
@@ -104,7 +104,8 @@ fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64
     if plan.exact.is_none() && plan.simplify.is_none() && plan.reproject.is_none() {
         return Ok(None);
     }
-    let Some(blob) = blob else {
+    // No geometry, or an empty one, is written as null and meets no box.
+    let Some(blob) = blob.filter(|b| !is_empty_gpkg(b)) else {
         return if plan.exact.is_some() {
             Err(())
         } else {
@@ -281,6 +282,14 @@ fn stream(
         .iter()
         .map(|n| (*n).to_owned())
         .collect();
+    let booleans: Vec<bool> = statement
+        .columns()
+        .iter()
+        .map(|c| {
+            c.decl_type()
+                .is_some_and(|t| t.eq_ignore_ascii_case("BOOLEAN"))
+        })
+        .collect();
     let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
         Ok(rows) => rows,
         Err(e) => {
@@ -362,7 +371,7 @@ fn stream(
         };
         let properties = (skip..names.len())
             .filter(|i| Some(*i) != geometry_index && !(plan.has_fid && *i == 0))
-            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?)));
+            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?, booleans[i])));
         if let Err(e) = writer.feature(id(row), properties, geometry) {
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
             return;

@@ -3,10 +3,11 @@
 //! One request pipeline, in this order (each step a module):
 //! 1. `serve`: accept, TLS handshake in the connection's own task, HTTP/1.1 or HTTP/2 by ALPN,
 //!    limits (connections, handshake, header read, idle, header size).
-//! 2. `service`: CORS preflight answered; panics caught (500 to that request alone); CORS headers
-//!    added; access log.
-//! 3. `routes` (warp): `/health`, then reverse-proxy prefixes, then static files; rejections
-//!    become JSON errors.
+//! 2. `service`: CORS preflight answered; GET/HEAD of a non-API path straight to static files
+//!    (steps 4–6), anything else to the router; panics caught (500 to that request alone); CORS
+//!    headers added; access log.
+//! 3. `routes` (warp): `/health`, the dataset APIs, reverse-proxy prefixes, then files (405 for
+//!    other methods); rejections become JSON errors.
 //! 4. `host`: the `Host` header picks `userdata/<folder>`, falling back to `userdata/local`.
 //! 5. `safe_path`: the request path becomes segments that cannot leave the folder.
 //! 6. `static_files`: content type, validators, ranges, compression, caching headers.

@@ -197,8 +197,8 @@ pub fn routes(
             },
         );
 
-    // Static files are most of the traffic: they are routed first, past one check that the path
-    // is not one of the API prefixes or a proxy route.
+    // Static files: the pipeline answers GET and HEAD for them before the router; this route
+    // gives other methods on file paths their 405, ahead of the other routes' rejections.
     let files = warp::path::full()
         .and(with_site)
         .and_then(|path: FullPath, site: Arc<Site>| async move {
@@ -233,7 +233,8 @@ pub fn routes(
         .unify()
 }
 
-async fn serve_file(site: &Site, method: &Method, path: &str, headers: &HeaderMap) -> Response {
+/// A static file from the request host's folders (or a JSON 400/404).
+pub async fn serve_file(site: &Site, method: &Method, path: &str, headers: &HeaderMap) -> Response {
     let segments = match safe_path::segments(path) {
         Ok(segments) => segments,
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad path", Some(e.0)),

@@ -327,7 +327,8 @@ mod tests {
     use crate::http::static_files::StaticFiles;
     use crate::ops::health::Health;
 
-    /// A router whose `/boom` handler panics.
+    /// A router whose `/features/boom` handler panics (an API path: static files do not go
+    /// through the router).
     #[derive(Clone)]
     struct Panicky;
 
@@ -340,7 +341,7 @@ mod tests {
         }
         fn call(&mut self, request: Request<Incoming>) -> Self::Future {
             Box::pin(async move {
-                assert!(request.uri().path() != "/boom", "handler bug");
+                assert!(request.uri().path() != "/features/boom", "handler bug");
                 Ok(Response::new("fine".into()))
             })
         }
@@ -384,7 +385,7 @@ mod tests {
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let boom = client
-            .get(format!("http://{addr}/boom"))
+            .get(format!("http://{addr}/features/boom"))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -392,7 +393,7 @@ mod tests {
         let body: serde_json::Value = boom.json().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body["error"], "internal error");
         let fine = client
-            .get(format!("http://{addr}/ok"))
+            .get(format!("http://{addr}/features/ok"))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"));

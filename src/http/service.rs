@@ -14,7 +14,7 @@ use tower_service::Service;
 use warp::reply::Response;
 
 use super::error_body;
-use super::routes::{ConnInfo, RequestHeaders, Site};
+use super::routes::{ConnInfo, RequestHeaders, Site, serve_file};
 use crate::config::{AccessLog, AccessLogMode};
 
 /// Shared by every connection of a listener.
@@ -64,6 +64,18 @@ where
         let response = if let Some(preflight) = self.site.cors.preflight(&method, request.headers())
         {
             preflight
+        } else if (method == http::Method::GET || method == http::Method::HEAD)
+            && !self.site.is_api_path(&path)
+        {
+            // Static files, most of the traffic, go straight to the file server: the router
+            // would send them there too, after cloning its filter tree for the request.
+            match AssertUnwindSafe(serve_file(&self.site, &method, &path, request.headers()))
+                .catch_unwind()
+                .await
+            {
+                Ok(response) => response,
+                Err(_) => panicked(&method, &path),
+            }
         } else {
             request.extensions_mut().insert(conn);
             let headers = std::sync::Arc::new(std::mem::take(request.headers_mut()));
@@ -72,11 +84,7 @@ where
             match AssertUnwindSafe(router.call(request)).catch_unwind().await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
-                Err(_) => {
-                    // The panic hook has logged the message and location.
-                    tracing::error!(method = %method, path = %path, "request handler panicked; answering 500");
-                    error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
-                }
+                Err(_) => panicked(&method, &path),
             }
         };
         let mut response = response;
@@ -123,4 +131,11 @@ where
             "request"
         );
     }
+}
+
+/// The answer to a request whose handler panicked (the panic hook has logged the message and
+/// location).
+fn panicked(method: &http::Method, path: &str) -> Response {
+    tracing::error!(method = %method, path = %path, "request handler panicked; answering 500");
+    error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
 }

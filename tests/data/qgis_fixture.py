@@ -3,7 +3,7 @@ tests read a GeoPackage as QGIS writes one: its writer's table and column choice
 layer added to the same file, and a style saved into the file (QGIS's `layer_styles` table).
 
     apt-get install -y python3-qgis
-    QT_QPA_PLATFORM=offscreen python3 tests/data/qgis_fixture.py ../shared/data tests/data
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/data/qgis_fixture.py ../shared/data tests/data
 
 Layers:
   countries  the Oceania countries of Natural Earth (MultiPolygon, EPSG:4326), as QGIS's
