@@ -97,4 +97,15 @@ printf '%-12s %12.0f %12.2f\n' nginx "$nginx_rps" "$nginx_p99"
 printf '%-12s %12.0f %12.2f\n' poziserver "$pozi_rps" "$pozi_p99"
 awk -v a="$pozi_rps" -v b="$nginx_rps" 'BEGIN { printf "ratio (poziserver / nginx req/s): %.2fx\n", a / b }'
 awk -v a="$pozi_p99" -v b="$nginx_p99" 'BEGIN { printf "p99 ratio (poziserver / nginx): %.2f (lower is better)\n", a / b }'
+# Rounds are paired (nginx then this server, seconds apart), so each pair's ratio cancels most
+# of the machine's drift; the median of those ratios is the steadier figure.
+paired() { # column -> median of per-round pozi/nginx ratios
+    paste -d' ' <(cut -d' ' -f"$1" "$work/pozi.results") <(cut -d' ' -f"$1" "$work/nginx.results") |
+        awk '{print $1 / $2}' | median
+}
+printf 'paired per-round ratios (median): req/s %.2fx, p99 %.2f\n' "$(paired 1)" "$(paired 2)"
 echo "poziserver peak RSS: $((rss_kb / 1024)) MB"
+echo "latency distribution of the last round (wrk):"
+for name in nginx pozi; do
+    printf '  %-6s %s\n' "$name" "$(awk '$1 ~ /^(50|75|90|99)%$/ {printf "%s %s  ", $1, $2}' "$work/$name.wrk")"
+done

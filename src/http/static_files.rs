@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -84,6 +85,8 @@ struct Entry {
     len: u64,
     modified: SystemTime,
     checked: RwLock<Instant>,
+    /// Set while one request checks the file again; the others serve this entry meanwhile.
+    revalidating: AtomicBool,
     content_type: HeaderValue,
     etag: String,
     /// The `ETag` header for identity, gzip and brotli.
@@ -190,7 +193,9 @@ impl StaticFiles {
                 .checked
                 .read()
                 .is_ok_and(|t| t.elapsed() < REVALIDATE_AFTER);
-            if fresh {
+            // One request at a time checks a stale entry; the rest are served it meanwhile
+            // rather than all queueing a check on the blocking pool.
+            if fresh || entry.revalidating.swap(true, Ordering::AcqRel) {
                 return cached;
             }
         }
@@ -200,6 +205,9 @@ impl StaticFiles {
             .await
             .ok()
             .flatten();
+        if let Some(entry) = &cached {
+            entry.revalidating.store(false, Ordering::Release);
+        }
         let Ok(mut guard) = self.cache.write() else {
             return loaded;
         };
@@ -465,6 +473,7 @@ fn load(path: &Path, previous: Option<Arc<Entry>>) -> Option<Arc<Entry>> {
         len: meta.len(),
         modified,
         checked: RwLock::new(Instant::now()),
+        revalidating: AtomicBool::new(false),
         content_type,
         etag: format!("{:x}-{nanos:x}", meta.len()),
         etags: ["", "-gz", "-br"].map(|suffix| {
