@@ -4,6 +4,8 @@
 # The shared machine drifts, so the two servers are measured in alternating rounds and the
 # median of each is reported.
 # Usage: bench/static-vs-nginx/run.sh [SECONDS_PER_ROUND] [ROUNDS]   (default 5 s, 5 rounds)
+# With AA=1 a second nginx takes this server's place (an A/A run): the spread of its ratios is
+# what the machine's noise alone does to the figures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-5}
@@ -40,13 +42,14 @@ taskset -c 0 target/release/poziserver run --root "$root" > "$work/pozi.out" 2>&
 pozi_pid=$!; pids+=("$pozi_pid")
 for _ in $(seq 100); do [ -f "$root/state/self-signed.key" ] && curl -skf "https://127.0.0.1:$pozi_port/health" >/dev/null && break; sleep 0.1; done
 
-mkdir -p "$work/nginx/logs"
 chmod -R a+rX "$root/userdata"
-cat > "$work/nginx/nginx.conf" <<CONF
+start_nginx() { # prefix-dir port
+    mkdir -p "$1/logs"
+    cat > "$1/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
-error_log $work/nginx/logs/error.log warn;
-pid $work/nginx/nginx.pid;
+error_log $1/logs/error.log warn;
+pid $1/nginx.pid;
 events { worker_connections 1024; }
 http {
     include /etc/nginx/mime.types;
@@ -54,7 +57,7 @@ http {
     sendfile on;
     keepalive_requests 1000000;
     server {
-        listen 127.0.0.1:$nginx_port ssl;
+        listen 127.0.0.1:$2 ssl;
         ssl_certificate $root/state/self-signed.cer;
         ssl_certificate_key $root/state/self-signed.key;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -63,8 +66,16 @@ http {
     }
 }
 CONF
-taskset -c 0 "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=("$!")
+    taskset -c 0 "$nginx_bin" -p "$1" -c "$1/nginx.conf" &
+    pids+=("$!")
+}
+start_nginx "$work/nginx" "$nginx_port"
+if [ "${AA:-0}" = 1 ]; then
+    echo "A/A run: a second nginx in this server's place"
+    kill "$pozi_pid"; wait "$pozi_pid" 2>/dev/null || true
+    start_nginx "$work/nginx2" "$pozi_port"
+    pozi_pid=$!
+fi
 sleep 1
 
 path=/resourcecheck/local.json
