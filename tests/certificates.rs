@@ -137,15 +137,7 @@ async fn a_chain_and_sec1_or_pkcs8_keys_are_accepted() {
     let chain = format!("{cert}{extra}");
     let server = TestServer::start("{}", |root| install(root, &chain, &sec1)).await;
     assert_eq!(presented(&server, &cert).await.unwrap(), der(&cert));
-    let health: serde_json::Value = server
-        .client()
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = server.get_json("/health").await;
     assert_eq!(
         health["checks"]["certificate:expiry"][0]["selfSigned"],
         false
@@ -157,14 +149,8 @@ async fn a_chain_and_sec1_or_pkcs8_keys_are_accepted() {
 async fn a_certificate_expiring_within_30_days_warns_in_health() {
     let (cert, key) = make_cert("expiring", 10);
     let server = TestServer::start("{}", |root| install(root, &cert, &key)).await;
-    let response = server
-        .client()
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::OK);
-    let doc: serde_json::Value = response.json().await.unwrap();
+    let (status, doc) = server.get_json("/health").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(doc["status"], "warn");
     let check = &doc["checks"]["certificate:expiry"][0];
     assert_eq!(check["status"], "warn");

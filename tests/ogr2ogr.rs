@@ -12,7 +12,6 @@ mod common;
 use common::gis::*;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::TestServer;
 use reqwest::StatusCode;
@@ -401,16 +400,7 @@ async fn a_request_in_flight_during_a_replacement_finishes_from_its_version() {
     let server = server().await;
     let folder = server.root.join("userdata/local");
     // 100,000 generated points: a response of several megabytes, held back by the client.
-    let points = server.dir.path().join("points.geojson");
-    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
-    let status = Command::new("python3")
-        .arg(generator)
-        .args(["100000", "--out"])
-        .arg(&points)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    gdal_convert(&points, &folder.join("points.gpkg"), &["-nln", "points"]);
+    generated_points(100_000, &folder.join("points.gpkg"));
     gdal_convert(
         &shared_data("naturalearth_lowres.gpkg"),
         &folder.join("small.gpkg.tmp"),
@@ -455,16 +445,7 @@ async fn repeated_and_overlapping_boxes_answer_as_gdal_does() {
     })
     .await;
     let folder = server.root.join("userdata/local");
-    let points = server.dir.path().join("points.geojson");
-    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
-    let status = Command::new("python3")
-        .arg(generator)
-        .args(["20000", "--out"])
-        .arg(&points)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    gdal_convert(&points, &folder.join("points.gpkg"), &["-nln", "points"]);
+    generated_points(20_000, &folder.join("points.gpkg"));
 
     let boxes: &[&[&str]] = &[
         &["100", "-50", "180", "0"],
@@ -540,15 +521,9 @@ async fn a_geopackage_written_by_qgis_reads_as_gdal_reads_it() {
             .collect();
         let gdal_coordinates = gdal(&fixture, &[argv.as_slice(), &["-skipfailures"]].concat());
         let gdal = gdal(&fixture, &stored);
-        assert_eq!(features(&ours).len(), features(&gdal).len(), "{options}");
+        assert_same_properties(&ours, &gdal, options);
         assert!(!features(&ours).is_empty(), "{options}");
         for (a, b) in features(&ours).iter().zip(features(&gdal)) {
-            assert!(
-                same(&a["properties"], &b["properties"]),
-                "{options}: {} vs {}",
-                a["properties"],
-                b["properties"]
-            );
             assert_eq!(
                 a["geometry"].is_null(),
                 b["geometry"].is_null(),
@@ -563,15 +538,7 @@ async fn a_geopackage_written_by_qgis_reads_as_gdal_reads_it() {
         let worst = max_difference(&with_geometry(&ours), &with_geometry(&gdal_coordinates));
         assert!(worst < 1e-6, "{options}: differs by {worst} degrees");
     }
-    let collections: serde_json::Value = server
-        .client()
-        .get(server.url("/features/collections"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, collections) = server.get_json("/features/collections").await;
     let ids: Vec<&str> = collections["collections"]
         .as_array()
         .unwrap()

@@ -38,14 +38,7 @@ async fn indexed_server() -> TestServer {
 }
 
 async fn search(server: &TestServer, query: &str) -> (StatusCode, Value) {
-    let response = server
-        .client()
-        .get(server.url(&format!("/search?{query}")))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    server.get_json(&format!("/search?{query}")).await
 }
 
 fn names(body: &Value) -> Vec<String> {

@@ -53,8 +53,8 @@ const ACCEPTED_FLAGS: &[&str] = &[
     "--quiet",
     "-preserve_fid",
 ];
-/// Every option understood, to end a multi-token `-where` or `-sql`.
-const KNOWN: &[&str] = &[
+/// Options answered natively (each takes a value).
+const NATIVE_OPTIONS: &[&str] = &[
     "-oo",
     "-where",
     "-sql",
@@ -63,19 +63,14 @@ const KNOWN: &[&str] = &[
     "-limit",
     "-nln",
     "-simplify",
-    "-f",
-    "-t_srs",
-    "-lco",
-    "-dialect",
-    "-s_srs",
-    "-a_srs",
-    "-skipfailures",
-    "-overwrite",
-    "-progress",
-    "-q",
-    "--quiet",
-    "-preserve_fid",
 ];
+
+/// Whether `token` is an option this parser knows, which ends a multi-token `-where` or `-sql`.
+fn is_option(token: &str) -> bool {
+    [NATIVE_OPTIONS, ACCEPTED, ACCEPTED_FLAGS]
+        .iter()
+        .any(|list| list.contains(&token))
+}
 
 /// Splits options on `|` and spaces, keeping double-quoted text together.
 fn tokens(options: &str) -> Vec<String> {
@@ -119,7 +114,7 @@ pub fn parse(options: &str) -> Result<Options, String> {
             "-where" | "-sql" => {
                 // Everything up to the next option: `|` stands for spaces inside the expression.
                 let mut j = i + 1;
-                while j < tokens.len() && !KNOWN.contains(&tokens[j].as_str()) {
+                while j < tokens.len() && !is_option(&tokens[j]) {
                     j += 1;
                 }
                 if j == i + 1 {

@@ -75,6 +75,23 @@ pub fn gdal_write(format: &str, from: &Path, to: &Path, extra: &[&str]) {
     );
 }
 
+/// `count` points from `../shared/tools/gen_points.py`, converted by GDAL into the GeoPackage
+/// `gpkg` as the layer `points` (the GeoJSON is written beside it first).
+pub fn generated_points(count: usize, gpkg: &Path) {
+    let geojson = gpkg.with_extension("geojson");
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
+    let status = Command::new("python3")
+        .arg(generator)
+        .arg(count.to_string())
+        .arg("--out")
+        .arg(&geojson)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    gdal_convert(&geojson, gpkg, &["-nln", "points"]);
+    std::fs::remove_file(geojson).unwrap();
+}
+
 /// Converts a file into a GeoPackage with GDAL.
 pub fn gdal_convert(from: &Path, to: &Path, extra: &[&str]) {
     gdal_write("GPKG", from, to, extra);
@@ -102,11 +119,10 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The same features, in the same order, with the same properties and geometries.
-pub fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
+/// The same number of features, in the same order, with the same properties.
+pub fn assert_same_properties(ours: &Value, gdal: &Value, what: &str) {
     let (a, b) = (features(ours), features(gdal));
     assert_eq!(a.len(), b.len(), "{what}: feature count");
-    assert!(!a.is_empty(), "{what}: no features");
     for (x, y) in a.iter().zip(b) {
         assert!(
             same(&x["properties"], &y["properties"]),
@@ -114,6 +130,14 @@ pub fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
             x["properties"],
             y["properties"]
         );
+    }
+}
+
+/// The same features, in the same order, with the same properties and geometries.
+pub fn assert_same_features(ours: &Value, gdal: &Value, what: &str) {
+    assert_same_properties(ours, gdal, what);
+    assert!(!features(ours).is_empty(), "{what}: no features");
+    for (x, y) in features(ours).iter().zip(features(gdal)) {
         assert!(
             same(&x["geometry"], &y["geometry"]),
             "{what}: geometry of {}",
@@ -152,14 +176,7 @@ pub fn max_difference(ours: &Value, gdal: &Value) -> f64 {
 
 /// The same properties, and coordinates within 1e-6 degrees.
 pub fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
-    for (a, b) in features(ours).iter().zip(features(gdal)) {
-        assert!(
-            same(&a["properties"], &b["properties"]),
-            "{what}: {} vs {}",
-            a["properties"],
-            b["properties"]
-        );
-    }
+    assert_same_properties(ours, gdal, what);
     let worst = max_difference(ours, gdal);
     assert!(worst < 1e-6, "{what}: differs by {worst} degrees");
 }

@@ -92,6 +92,13 @@ impl TestServer {
         format!("https://127.0.0.1:{}{path}", self.addr.port())
     }
 
+    /// GET `path`: the status and the body as JSON (`Null` when it is not JSON).
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self.client().get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// The PEM certificate currently trusted for this server.
     pub fn cert_pem(&self) -> Vec<u8> {
         let org = self.root.join("certificate.cer");
