@@ -112,18 +112,21 @@ fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64
             Ok(None)
         };
     };
-    if let Some(rect) = plan.exact
-        && plan.simplify.is_none()
-        && plan.reproject.is_none()
-        && let Some(inside) = gpkg_envelope(blob).and_then(|e| by_bounds(e, rect))
-    {
-        return if inside { Ok(None) } else { Err(()) };
+    // The bounds decide most features against the box without decoding them.
+    let inside = match plan.exact {
+        Some(rect) => gpkg_envelope(blob).and_then(|e| by_bounds(e, rect)),
+        None => Some(true),
+    };
+    match inside {
+        Some(false) => return Err(()),
+        Some(true) if plan.simplify.is_none() && plan.reproject.is_none() => return Ok(None),
+        _ => {}
     }
     let Ok(mut geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
         tracing::warn!("skipping a feature whose geometry cannot be decoded");
         return Err(());
     };
-    if let Some(rect) = plan.exact
+    if let (None, Some(rect)) = (inside, plan.exact)
         && !geometry.intersects(&rect)
     {
         return Err(());
@@ -277,17 +280,15 @@ fn stream(
             return;
         }
     };
-    let names: Vec<String> = statement
-        .column_names()
-        .iter()
-        .map(|n| (*n).to_owned())
-        .collect();
-    let booleans: Vec<bool> = statement
+    // Each column's name, and whether it is declared BOOLEAN.
+    let columns: Vec<(String, bool)> = statement
         .columns()
         .iter()
         .map(|c| {
-            c.decl_type()
-                .is_some_and(|t| t.eq_ignore_ascii_case("BOOLEAN"))
+            let boolean = c
+                .decl_type()
+                .is_some_and(|t| t.eq_ignore_ascii_case("BOOLEAN"));
+            (c.name().to_owned(), boolean)
         })
         .collect();
     let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
@@ -325,7 +326,7 @@ fn stream(
         }
         // The geometry is the first GeoPackage geometry blob among the columns.
         let mut geometry_index = None;
-        for index in skip..names.len() {
+        for index in skip..columns.len() {
             if let Ok(ValueRef::Blob(b)) = row.get_ref(index)
                 && is_gpkg_geometry(b)
             {
@@ -337,10 +338,9 @@ fn stream(
             .and_then(|i| row.get_ref(i).ok())
             .and_then(|v| v.as_blob().ok());
         if let Some(bounds) = plan.envelope_filter
-            && !geometry
+            && geometry
                 .and_then(gpkg_envelope)
-                .is_some_and(|e| overlaps(e, bounds))
-            && geometry.and_then(gpkg_envelope).is_some()
+                .is_some_and(|e| !overlaps(e, bounds))
         {
             continue;
         }
@@ -354,10 +354,10 @@ fn stream(
                 envelope,
             }
         };
-        let fid = row
-            .get::<_, i64>(0)
-            .ok()
-            .filter(|fid| copying.is_some_and(|r| r.cache.admit(r.variant, *fid)));
+        let fid = copying.and_then(|r| {
+            let fid = row.get::<_, i64>(0).ok()?;
+            r.cache.admit(r.variant, fid).then_some(fid)
+        });
         let Ok(decoded) = computed(plan, geometry) else {
             if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
                 copies.push((fid, copy(None)));
@@ -369,9 +369,12 @@ fn stream(
             (None, Some(blob)) => Geometry::Gpkg(blob),
             (None, None) => Geometry::None,
         };
-        let properties = (skip..names.len())
-            .filter(|i| Some(*i) != geometry_index && !(plan.has_fid && *i == 0))
-            .filter_map(|i| Some((names[i].as_str(), row.get_ref(i).ok()?, booleans[i])));
+        let properties = (skip..columns.len())
+            .filter(|i| Some(*i) != geometry_index)
+            .filter_map(|i| {
+                let (name, boolean) = &columns[i];
+                Some((name.as_str(), row.get_ref(i).ok()?, *boolean))
+            });
         if let Err(e) = writer.feature(id(row), properties, geometry) {
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
             return;
