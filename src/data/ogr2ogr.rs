@@ -237,7 +237,9 @@ fn candidates(rtree: &str) -> String {
     )
 }
 
-fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
+/// The plan for a layer query, and the R*Tree candidates' SELECT when the plan is led by the
+/// R*Tree (a box alone), which is what rendered feature copies can answer.
+fn plan(layer: &Layer, options: &Options) -> Result<(Plan, Option<String>), String> {
     let fields = match &options.select {
         Some(wanted) => wanted
             .iter()
@@ -265,13 +267,15 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         .rtree
         .as_deref()
         .filter(|_| !matches!((options.spat, layer.extent), (Some(b), Some(e)) if contains(b, e)));
-    match (rtree, options.spat) {
-        (Some(rtree), Some(_)) if options.filter.is_none() => sql.push_str(&format!(
-            "({}) AS \"pozi box\" CROSS JOIN {table} ON {table}.{} = \"pozi box\".\"pozi candidate\"",
-            candidates(rtree),
+    let led_by = rtree
+        .filter(|_| options.spat.is_some() && options.filter.is_none())
+        .map(candidates);
+    match &led_by {
+        Some(candidates) => sql.push_str(&format!(
+            "({candidates}) AS \"pozi box\" CROSS JOIN {table} ON {table}.{} = \"pozi box\".\"pozi candidate\"",
             quote(&layer.fid)
         )),
-        _ => sql.push_str(&table),
+        None => sql.push_str(&table),
     }
     let mut conditions = Vec::new();
     if let Some(filter) = &options.filter {
@@ -302,7 +306,7 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
     let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| e.to_string())?;
-    Ok(Plan {
+    let plan = Plan {
         sql,
         params,
         reproject,
@@ -314,7 +318,8 @@ fn plan(layer: &Layer, options: &Options) -> Result<Plan, String> {
         exact: options.spat.map(rect),
         simplify: options.simplify,
         name: options.name.clone().unwrap_or_else(|| layer.name.clone()),
-    })
+    };
+    Ok((plan, led_by))
 }
 
 /// A `-sql` statement; its geometries are taken to be in the first layer's system.
@@ -437,12 +442,9 @@ pub async fn answer(
             .layer(options.layer.as_deref())
             .map_err(|e| e.to_string())
             .and_then(|layer| {
-                let mut plan = plan(layer, &options)?;
-                if options.filter.is_none() && !plan.params.is_empty() {
-                    plan.reuse = layer.rtree.as_deref().and_then(|rtree| {
-                        Reuse::of(&catalog.features, &dataset, &plan, candidates(rtree))
-                    });
-                }
+                let (mut plan, candidates) = plan(layer, &options)?;
+                plan.reuse =
+                    candidates.and_then(|c| Reuse::of(&catalog.features, &dataset, &plan, c));
                 Ok(plan)
             }) {
             Ok(plan) => plan,
