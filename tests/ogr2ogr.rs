@@ -491,6 +491,11 @@ async fn a_geopackage_written_by_qgis_reads_as_gdal_reads_it() {
     .await;
     for (options, argv) in [
         ("countries", vec!["countries"]),
+        // A BOOLEAN column taken straight into -sql stays a boolean.
+        (
+            "-sql|SELECT|kind,|active|FROM|assets",
+            vec!["-sql", "SELECT kind, active FROM assets"],
+        ),
         ("assets", vec!["assets", "-t_srs", "EPSG:4326"]),
         (
             "assets|-where|active",

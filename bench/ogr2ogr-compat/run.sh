@@ -9,7 +9,9 @@
 # answered from the response cache; boxes over features read before, from rendered copies),
 # without the response cache, and with no caches at all (every answer read from rows).
 # The million-point box is also asked as a map being panned: a box of the same size at a random
-# place within an area 4 boxes wide and high (pan.lua), so no two requests are the same.
+# place within an area 4 boxes wide and high (pan.lua), so no two requests are the same; and
+# wandering: such boxes anywhere over the whole layer, far more features than the feature cache
+# holds. Last, each instance's memory is printed.
 # Both sides may use both cores: wrk (2 threads, 16 connections) for this server, two
 # ogr2ogr processes at a time for GDAL.
 # Usage: bench/ogr2ogr-compat/run.sh [SECONDS]   (default 10)
@@ -53,9 +55,11 @@ JSON
 instance root "$port" '{}'
 instance root-copies "$copies_port" '{"response_cache_mb": 0}'
 instance root-rows "$rows_port" '{"response_cache_mb": 0, "feature_cache_mb": 0}'
+declare -A pid_of
 for name in root root-copies root-rows; do
     target/release/poziserver run --root "$work/$name" >/dev/null 2>&1 &
     pids="$pids $!"
+    pid_of[$name]=$!
 done
 for p in $port $copies_port $rows_port; do
     for _ in $(seq 100); do curl -skf "https://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
@@ -150,3 +154,17 @@ printf 'panning: random boxes of the same size within 4x4 boxes (%s features in 
 line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/" "${pan[@]}")" "$last_gdal"
 line "poziserver, no response cache" "$(our_rate "https://127.0.0.1:$copies_port/" "${pan[@]}")" "$last_gdal"
 line "poziserver (default)" "$(our_rate "https://127.0.0.1:$port/" "${pan[@]}")" "$last_gdal"
+
+# Wandering: the same boxes anywhere over the whole layer (about 32 x 32 boxes).
+read -r wander_x wander_y < <(python3 -c 'import sys; x, y, w, h = map(float, sys.argv[1:5]); print(x - 14.5 * w, y - 14.5 * h)' "$pan_x" "$pan_y" "$pan_w" "$pan_h")
+wander=(-- points.gpkg "$wander_x" "$wander_y" "$pan_w" "$pan_h" 32)
+echo "wandering: random boxes of the same size anywhere over the layer"
+line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/" "${wander[@]}")" "$last_gdal"
+line "poziserver, no response cache" "$(our_rate "https://127.0.0.1:$copies_port/" "${wander[@]}")" "$last_gdal"
+
+echo "memory of each instance after all of the above (anonymous now, peak resident incl. mapped files):"
+for name in root root-copies root-rows; do
+    printf '  %-12s RssAnon %6d MB   VmHWM %6d MB\n' "$name" \
+        "$(awk '/^RssAnon/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")" \
+        "$(awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")"
+done
