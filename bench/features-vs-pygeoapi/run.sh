@@ -13,10 +13,9 @@ need=()
 command -v ogr2ogr >/dev/null || need+=(gdal-bin)
 command -v wrk >/dev/null || need+=(wrk)
 dpkg-query -W -f='${Status}' python3-gdal 2>/dev/null | grep -q "ok installed" || need+=(python3-gdal python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+install_missing "${need[@]}"
 venv=${PYGEOAPI_VENV:-target/pygeoapi-venv}
 if [ ! -x "$venv/bin/pygeoapi" ]; then
     /usr/bin/python3 -m venv --system-site-packages "$venv"

@@ -23,10 +23,9 @@ shared=$(cd ../shared && pwd)
 need=()
 command -v ogr2ogr >/dev/null || need+=(gdal-bin)
 command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+install_missing "${need[@]}"
 cargo build --release -q --bin poziserver
 
 work=$(mktemp -d)

@@ -14,10 +14,9 @@ rounds=${2:-5}
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+install_missing "${need[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q --bin poziserver
