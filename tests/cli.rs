@@ -154,6 +154,27 @@ fn the_example_config_spells_out_every_option() {
     assert_eq!(defaults, poziserver::config::Config::default());
 }
 
+/// The URL a server started on `root` reports in its log once it listens, and a client trusting
+/// its self-signed certificate.
+fn started_server(root: &Path) -> (String, reqwest::blocking::Client) {
+    let log = wait_for_log(root, "listening on https://");
+    let url = log
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(root.join("state/self-signed.cer")).unwrap())
+            .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .build()
+        .unwrap();
+    (url, client)
+}
+
 fn wait_for_log(root: &Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -213,21 +234,7 @@ fn run_lays_out_an_empty_root_and_stops_cleanly_on_sigterm() {
     assert_eq!(geojson["features"].as_array().unwrap().len(), 243);
 
     // It serves HTTPS on the port it reports, and logs each request.
-    let log = wait_for_log(&root, "listening on https://");
-    let url = log
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let cert =
-        reqwest::Certificate::from_pem(&std::fs::read(root.join("state/self-signed.cer")).unwrap())
-            .unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .tls_certs_only([cert])
-        .no_proxy()
-        .build()
-        .unwrap();
+    let (url, client) = started_server(&root);
     let response = client
         .get(format!("{url}/resourcecheck/local.json"))
         .send()
@@ -328,21 +335,7 @@ fn without_gdal_a_source_that_needs_it_gets_501() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let log = wait_for_log(&root, "listening on https://");
-    let url = log
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let cert =
-        reqwest::Certificate::from_pem(&std::fs::read(root.join("state/self-signed.cer")).unwrap())
-            .unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .tls_certs_only([cert])
-        .no_proxy()
-        .build()
-        .unwrap();
+    let (url, client) = started_server(&root);
     let response = client
         .get(format!("{url}/ogr2ogr?source=roads.tab"))
         .send()
