@@ -20,13 +20,13 @@ async fn server() -> TestServer {
     TestServer::start("{}", |root| {
         let local = root.join("userdata/local");
         std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
+            test_data("naturalearth_lowres.gpkg"),
             local.join("countries.gpkg"),
         )
         .unwrap();
         std::fs::create_dir_all(local.join("places")).unwrap();
         gdal_convert(
-            &shared_data("naturalearth_cities.geojson"),
+            &test_data("naturalearth_cities.geojson"),
             &local.join("places/cities.gpkg"),
             &["-nln", "cities"],
         );
@@ -324,7 +324,7 @@ async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
     let server = server().await;
     let file = server.root.join("userdata/local/mga55.gpkg");
     gdal_convert(
-        &shared_data("naturalearth_lowres.gpkg"),
+        &test_data("naturalearth_lowres.gpkg"),
         &file,
         &[
             "-t_srs",
@@ -372,7 +372,7 @@ async fn a_dataset_dropped_in_appears_within_seconds_and_a_removed_one_goes() {
     let server = server().await;
     let local = server.root.join("userdata/local");
     std::fs::copy(
-        shared_data("naturalearth_lowres.gpkg"),
+        test_data("naturalearth_lowres.gpkg"),
         local.join("added.gpkg"),
     )
     .unwrap();

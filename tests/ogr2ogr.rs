@@ -20,7 +20,7 @@ use serde_json::Value;
 async fn server() -> TestServer {
     TestServer::start("{}", |root| {
         std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
+            test_data("naturalearth_lowres.gpkg"),
             root.join("userdata/local/naturalearth_lowres.gpkg"),
         )
         .unwrap();
@@ -32,7 +32,7 @@ async fn server() -> TestServer {
 #[tokio::test]
 async fn the_same_features_as_gdal_for_the_same_options() {
     let server = server().await;
-    let file = shared_data("naturalearth_lowres.gpkg");
+    let file = test_data("naturalearth_lowres.gpkg");
     let cases: &[(&str, &[&str])] = &[
         (
             "-where|continent='Oceania'",
@@ -305,7 +305,7 @@ async fn layers_in_other_systems_are_reprojected_as_gdal_does() {
     let folder = server.root.join("userdata/local");
     // New York boroughs as shipped: EPSG:2263, US survey feet.
     gdal_convert(
-        &shared_data("nybb/nybb.shp"),
+        &test_data("nybb/nybb.shp"),
         &folder.join("nybb.gpkg"),
         &["-nln", "nybb", "-nlt", "MULTIPOLYGON"],
     );
@@ -326,7 +326,7 @@ async fn layers_in_other_systems_are_reprojected_as_gdal_does() {
         let file = folder.join(format!("aus_{code}.gpkg"));
         let target = format!("EPSG:{code}");
         gdal_convert(
-            &shared_data("naturalearth_lowres.gpkg"),
+            &test_data("naturalearth_lowres.gpkg"),
             &file,
             &[
                 "-t_srs",
@@ -354,7 +354,7 @@ async fn formats_not_read_natively_are_answered_by_gdal() {
     let folder = server.root.join("userdata/local");
     gdal_write(
         "MapInfo File",
-        &shared_data("naturalearth_lowres.gpkg"),
+        &test_data("naturalearth_lowres.gpkg"),
         &folder.join("countries.tab"),
         &[],
     );
@@ -402,7 +402,7 @@ async fn a_request_in_flight_during_a_replacement_finishes_from_its_version() {
     // 100,000 generated points: a response of several megabytes, held back by the client.
     generated_points(100_000, &folder.join("points.gpkg"));
     gdal_convert(
-        &shared_data("naturalearth_lowres.gpkg"),
+        &test_data("naturalearth_lowres.gpkg"),
         &folder.join("small.gpkg.tmp"),
         &["-limit", "3", "-nln", "points"],
     );
@@ -438,7 +438,7 @@ async fn a_request_in_flight_during_a_replacement_finishes_from_its_version() {
 async fn repeated_and_overlapping_boxes_answer_as_gdal_does() {
     let server = TestServer::start(r#"{"data": {"response_cache_mb": 0}}"#, |root| {
         std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
+            test_data("naturalearth_lowres.gpkg"),
             root.join("userdata/local/countries.gpkg"),
         )
         .unwrap();

@@ -20,9 +20,9 @@ async fn server() -> TestServer {
     TestServer::start("{}", |root| {
         let local = root.join("userdata/local");
         for name in ["naturalearth_cities.geojson", "naturalearth_cities.csv"] {
-            std::fs::copy(shared_data(name), local.join(name)).unwrap();
+            std::fs::copy(test_data(name), local.join(name)).unwrap();
         }
-        gdal_write("GeoJSONSeq", &shared_data("naturalearth_cities.geojson"), &local.join("cities.geojsonl"), &[]);
+        gdal_write("GeoJSONSeq", &test_data("naturalearth_cities.geojson"), &local.join("cities.geojsonl"), &[]);
         std::fs::write(
             local.join("sites.csv"),
             "id;name;wkt\n1;Town hall;POINT (144.96 -37.81)\n2;Depot;LINESTRING (145 -37.8, 145.1 -37.9)\n3;Café;\n",
@@ -35,7 +35,7 @@ async fn server() -> TestServer {
 #[tokio::test]
 async fn geojson_sources_give_the_same_features_as_gdal() {
     let server = server().await;
-    let file = shared_data("naturalearth_cities.geojson");
+    let file = test_data("naturalearth_cities.geojson");
     for (options, argv) in [
         ("", vec![]),
         (
@@ -83,7 +83,7 @@ async fn csv_sources_with_coordinates_or_wkt() {
     let canberra = &features(&body)[0];
     // Properties as GDAL reads the file (every column text, no blank trailing column)...
     let expected = gdal(
-        &shared_data("naturalearth_cities.csv"),
+        &test_data("naturalearth_cities.csv"),
         &["-where", "name = 'Canberra'"],
     );
     assert_eq!(canberra["properties"], features(&expected)[0]["properties"]);
@@ -192,9 +192,9 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn shapefiles_plain_zipped_and_projected_match_gdal() {
     let server = server().await;
     let local = server.root.join("userdata/local");
-    copy_dir(&shared_data("nybb"), &local.join("nybb"));
+    copy_dir(&test_data("nybb"), &local.join("nybb"));
     copy_dir(
-        &shared_data("naturalearth_lowres"),
+        &test_data("naturalearth_lowres"),
         &local.join("countries"),
     );
     for (archive, folder) in [("countries.zip", "countries"), ("boroughs.shz", "nybb")] {
@@ -218,7 +218,7 @@ async fn shapefiles_plain_zipped_and_projected_match_gdal() {
     assert_eq!(status, StatusCode::OK, "{boroughs}");
     assert_matches_gdal(
         &boroughs,
-        &gdal(&shared_data("nybb/nybb.shp"), &["-t_srs", "EPSG:4326"]),
+        &gdal(&test_data("nybb/nybb.shp"), &["-t_srs", "EPSG:4326"]),
         "nybb",
     );
     let (_, zipped) = ours(&server, "boroughs.shz", "-where|BoroName|=|'Brooklyn'").await;
@@ -242,7 +242,7 @@ async fn shapefiles_plain_zipped_and_projected_match_gdal() {
         assert_matches_gdal(
             &body,
             &gdal(
-                &shared_data("naturalearth_lowres/naturalearth_lowres.shp"),
+                &test_data("naturalearth_lowres/naturalearth_lowres.shp"),
                 &argv,
             ),
             source,

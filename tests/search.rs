@@ -24,7 +24,7 @@ async fn indexed_server() -> TestServer {
     let server = TestServer::start(CONFIG, |root| {
         let local = root.join("userdata/local");
         std::fs::copy(
-            shared_data("naturalearth_lowres.gpkg"),
+            test_data("naturalearth_lowres.gpkg"),
             local.join("countries.gpkg"),
         )
         .unwrap();

@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
-shared=$(cd ../shared && pwd)
 
 need=()
 command -v ogr2ogr >/dev/null || need+=(gdal-bin)
@@ -35,7 +34,7 @@ if [ -n "${POINTS_GPKG:-}" ]; then
     cp "$POINTS_GPKG" "$data/points.gpkg"
 else
     echo "generating 1,000,000 points..."
-    python3 "$shared/tools/gen_points.py" 1000000 --out "$work/points.geojson"
+    python3 scripts/gen_points.py 1000000 --out "$work/points.geojson"
     ogr2ogr -f GPKG "$data/points.gpkg" "$work/points.geojson" -nln points
     rm "$work/points.geojson"
 fi

@@ -18,7 +18,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
-shared=$(cd ../shared && pwd)
 
 need=()
 command -v ogr2ogr >/dev/null || need+=(gdal-bin)
@@ -35,9 +34,9 @@ trap cleanup EXIT
 
 data="$work/root/userdata/local"
 mkdir -p "$data"
-cp "$shared/data/naturalearth_lowres.gpkg" "$data/"
+cp tests/data/naturalearth_lowres.gpkg "$data/"
 echo "generating 1,000,000 points..."
-python3 "$shared/tools/gen_points.py" 1000000 --out "$work/points.geojson"
+python3 scripts/gen_points.py 1000000 --out "$work/points.geojson"
 ogr2ogr -f GPKG "$data/points.gpkg" "$work/points.geojson" -nln points
 rm "$work/points.geojson"
 

@@ -525,9 +525,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn repeated_boxes_are_answered_from_copies() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/naturalearth_lowres.gpkg");
-        std::fs::copy(&shared, dir.path().join("countries.gpkg")).unwrap_or_else(|e| panic!("{e}"));
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/naturalearth_lowres.gpkg");
+        std::fs::copy(&data, dir.path().join("countries.gpkg")).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Arc::new(Catalog::default().with_feature_cache(1 << 24));
         let ask = |options: &'static str| {
             let catalog = catalog.clone();

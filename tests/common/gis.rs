@@ -1,4 +1,4 @@
-//! Helpers for the GIS tests: the shared test data, `/ogr2ogr` requests, GDAL's own answers,
+//! Helpers for the GIS tests: the test data in `tests/data`, `/ogr2ogr` requests, GDAL's own answers,
 //! and comparisons of feature collections.
 #![allow(
     dead_code,
@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use super::TestServer;
 
-/// A file of `../shared/data`.
-pub fn shared_data(name: &str) -> PathBuf {
+/// A file of `tests/data` (see its README for origins and licences).
+pub fn test_data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
+        .join("tests/data")
         .join(name)
 }
 
@@ -75,11 +75,11 @@ pub fn gdal_write(format: &str, from: &Path, to: &Path, extra: &[&str]) {
     );
 }
 
-/// `count` points from `../shared/tools/gen_points.py`, converted by GDAL into the GeoPackage
+/// `count` points from `scripts/gen_points.py`, converted by GDAL into the GeoPackage
 /// `gpkg` as the layer `points` (the GeoJSON is written beside it first).
 pub fn generated_points(count: usize, gpkg: &Path) {
     let geojson = gpkg.with_extension("geojson");
-    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/gen_points.py");
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen_points.py");
     let status = Command::new("python3")
         .arg(generator)
         .arg(count.to_string())

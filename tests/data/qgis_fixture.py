@@ -3,11 +3,11 @@ tests read a GeoPackage as QGIS writes one: its writer's table and column choice
 layer added to the same file, and a style saved into the file (QGIS's `layer_styles` table).
 
     apt-get install -y python3-qgis
-    QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/data/qgis_fixture.py ../shared/data tests/data
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/data/qgis_fixture.py tests/data tests/data
 
 Layers:
   countries  the Oceania countries of Natural Earth (MultiPolygon, EPSG:4326), as QGIS's
-             vector file writer copies them from the shared GeoPackage
+             vector file writer copies them from the Natural Earth GeoPackage in tests/data
   assets     five points made in QGIS in GDA2020 / MGA zone 55 (EPSG:7855) with integer, real,
              text, date and boolean fields, one with a null geometry
 """
@@ -28,7 +28,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QDate, QVariant
 
-shared, out = sys.argv[1], sys.argv[2]
+data, out = sys.argv[1], sys.argv[2]
 target = os.path.join(out, "qgis_written.gpkg")
 if os.path.exists(target):
     os.remove(target)
@@ -39,7 +39,7 @@ app.initQgis()
 context = QgsCoordinateTransformContext()
 
 source = QgsVectorLayer(
-    os.path.join(shared, "naturalearth_lowres.gpkg") + "|layername=naturalearth_lowres",
+    os.path.join(data, "naturalearth_lowres.gpkg") + "|layername=naturalearth_lowres",
     "source",
     "ogr",
 )
