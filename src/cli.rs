@@ -130,6 +130,9 @@ fn version(json: bool) -> ExitCode {
     }
 }
 
+/// How long blocking work may run on after the supervision tree has stopped.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> ExitCode {
     let root = match Root::new(root) {
         Ok(root) => root,
@@ -182,6 +185,9 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         crate::runtime::Handles::default(),
         crate::runtime::shutdown_signal(),
     ));
+    // Work still on blocking threads (a query being interrupted, a file being read) gets a
+    // moment to end; the process does not wait on it longer.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(RootOutcome::Stopped) => {
             tracing::info!("stopped");

@@ -121,9 +121,10 @@ pub async fn run(
                 reason: format!("search.rebuild: {e}"),
             }
         })?,
-        catalog: Arc::new(crate::data::gpkg::Catalog::with_cache(
-            root.state_dir().join("cache"),
-        )),
+        catalog: Arc::new(
+            crate::data::gpkg::Catalog::with_limits(&config.data)
+                .with_cache(root.state_dir().join("cache")),
+        ),
     };
     let http = HttpArgs {
         config: Arc::new(config.clone()),

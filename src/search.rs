@@ -18,6 +18,7 @@ use warp::reply::Response;
 
 use crate::config::SearchSource;
 use crate::data::gpkg::Catalog;
+use crate::data::limits::{QueryError, Watch};
 use crate::data::quote;
 use crate::data::reproject::Reprojector;
 use crate::http::error_body;
@@ -246,8 +247,14 @@ fn match_expression(q: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
-/// Answers `/search?q=…&limit=N` from the current index.
-pub async fn answer(index: PathBuf, q: Option<String>, limit: Option<String>) -> Response {
+/// Answers `/search?q=…&limit=N` from the current index, on a query thread of `catalog` and
+/// under its query limits.
+pub async fn answer(
+    catalog: Arc<Catalog>,
+    index: PathBuf,
+    q: Option<String>,
+    limit: Option<String>,
+) -> Response {
     let Some(expression) = q.as_deref().and_then(match_expression) else {
         return error_body(
             StatusCode::BAD_REQUEST,
@@ -266,7 +273,10 @@ pub async fn answer(index: PathBuf, q: Option<String>, limit: Option<String>) ->
             );
         }
     };
-    let result = tokio::task::spawn_blocking(move || query(&index, &expression, limit)).await;
+    let watch = Watch::new(catalog.limits, None, catalog.stop.clone());
+    let result = catalog
+        .run(move || query(&index, &expression, limit, &watch))
+        .await;
     match result {
         Ok(Ok(body)) => {
             let mut response = Response::new(body.into());
@@ -276,35 +286,53 @@ pub async fn answer(index: PathBuf, q: Option<String>, limit: Option<String>) ->
             );
             response
         }
-        Ok(Err(e)) => error_body(
+        Ok(Err(SearchError::Unavailable(e))) => error_body(
             StatusCode::SERVICE_UNAVAILABLE,
             "search index unavailable",
             Some(&e),
         ),
-        Err(_) => error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+        Ok(Err(SearchError::Query(e))) => e.response(false),
+        Err(e) => QueryError::from(e).response(false),
     }
 }
 
-fn query(index: &Path, expression: &str, limit: u32) -> Result<String, String> {
+/// Why a search could not be answered.
+enum SearchError {
+    /// The index is missing or unreadable.
+    Unavailable(String),
+    /// The query failed or hit a limit.
+    Query(QueryError),
+}
+
+fn query(
+    index: &Path,
+    expression: &str,
+    limit: u32,
+    watch: &Arc<Watch>,
+) -> Result<String, SearchError> {
     if !index.exists() {
-        return Err("the index has not been built yet".to_owned());
+        return Err(SearchError::Unavailable(
+            "the index has not been built yet".to_owned(),
+        ));
     }
     let connection = Connection::open_with_flags(
         index,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| SearchError::Unavailable(e.to_string()))?;
+    let _watching = watch.install(&connection).map_err(SearchError::Query)?;
+    let failed = |e: rusqlite::Error| SearchError::Query(watch.error(&e));
     let mut statement = connection
         .prepare(
             "SELECT category, display_text, search_key, map_layer, map_layer_id_field, map_layer_id, weight, bbox, x, y
              FROM search WHERE search MATCH ?1 ORDER BY bm25(search) * weight LIMIT ?2",
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     let mut rows = statement
         .query(params![expression, limit])
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     let mut features = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+    while let Some(row) = rows.next().map_err(failed)? {
         let get = |i: usize| row.get::<_, Option<String>>(i).ok().flatten();
         let (x, y) = (
             row.get::<_, Option<f64>>(8).ok().flatten(),

@@ -193,10 +193,7 @@ async fn shapefiles_plain_zipped_and_projected_match_gdal() {
     let server = server().await;
     let local = server.root.join("userdata/local");
     copy_dir(&test_data("nybb"), &local.join("nybb"));
-    copy_dir(
-        &test_data("naturalearth_lowres"),
-        &local.join("countries"),
-    );
+    copy_dir(&test_data("naturalearth_lowres"), &local.join("countries"));
     for (archive, folder) in [("countries.zip", "countries"), ("boroughs.shz", "nybb")] {
         let status = Command::new("zip")
             .arg("-qj")

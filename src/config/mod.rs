@@ -71,11 +71,42 @@ impl Default for Config {
 pub struct DataConfig {
     /// Memory kept for recent `/ogr2ogr` answers, in MiB (0 turns the cache off). An answer is
     /// keyed by the dataset's version, so a replaced dataset is never answered from the cache.
+    #[schemars(range(max = 65536))]
     pub response_cache_mb: usize,
     /// Memory kept for rendered features, in MiB (0 turns it off): a box query (`-spat`) whose
     /// features were all read before is answered from the spatial index and these copies. Keyed
     /// by the dataset's version like the response cache.
+    #[schemars(range(max = 65536))]
     pub feature_cache_mb: usize,
+    /// Longest a query may run inside SQLite, in seconds (time spent waiting for a slow client
+    /// to read the answer is not counted). A query past it is interrupted with an error; so is
+    /// a query whose client has gone, or every query when the server stops.
+    #[schemars(range(min = 1, max = 3600))]
+    pub query_timeout_secs: u64,
+    /// Queries run at once, each on its own thread; 0 means one per CPU core (at least 2).
+    /// Static files and `/health` never wait behind them.
+    #[schemars(range(max = 1024))]
+    pub query_workers: usize,
+    /// Queries that may wait for a worker; more are answered 503 with `Retry-After`, as is a
+    /// query that waited `query_timeout_secs` without getting one.
+    #[schemars(range(max = 100000))]
+    pub query_queue: usize,
+    /// Memory one query may use, in MiB: the largest single value (text or blob) SQLite will
+    /// make, the largest feature, and the answer held while the client reads it.
+    #[schemars(range(min = 1, max = 4096))]
+    pub query_memory_mb: usize,
+    /// Memory all SQLite connections of the process may use together, in MiB (SQLite's hard
+    /// heap limit): past it a query fails with an out-of-memory error instead of the process
+    /// growing.
+    #[schemars(range(min = 64, max = 1048576))]
+    pub sqlite_memory_mb: usize,
+    /// Disk kept in `<root>/state/cache` for GeoPackage conversions of GeoJSON, CSV and
+    /// Shapefile sources, in MiB; the least recently used go first, and conversions of sources
+    /// that were deleted or changed are removed.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub conversion_cache_mb: u64,
+    /// GDAL's `ogr2ogr`, for sources not read natively.
+    pub gdal: GdalConfig,
 }
 
 impl Default for DataConfig {
@@ -83,6 +114,43 @@ impl Default for DataConfig {
         Self {
             response_cache_mb: 64,
             feature_cache_mb: 64,
+            query_timeout_secs: 5,
+            query_workers: 0,
+            query_queue: 64,
+            query_memory_mb: 32,
+            sqlite_memory_mb: 1024,
+            conversion_cache_mb: 2048,
+            gdal: GdalConfig::default(),
+        }
+    }
+}
+
+/// Limits on the `ogr2ogr` processes started for sources not read natively.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GdalConfig {
+    /// Processes running at once; 0 means two per CPU core.
+    #[schemars(range(max = 1024))]
+    pub max_processes: usize,
+    /// Requests that may wait for a process slot (up to `timeout_secs`); more get 503 with
+    /// `Retry-After`.
+    #[schemars(range(max = 100000))]
+    pub queue: usize,
+    /// Longest one process may run, in seconds, wall clock and CPU; then it is killed.
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_secs: u64,
+    /// Address space one process may use, in MiB (on Unix; ogr2ogr itself maps about 170 MiB).
+    #[schemars(range(min = 256, max = 1048576))]
+    pub memory_mb: u64,
+}
+
+impl Default for GdalConfig {
+    fn default() -> Self {
+        Self {
+            max_processes: 0,
+            queue: 16,
+            timeout_secs: 60,
+            memory_mb: 1024,
         }
     }
 }

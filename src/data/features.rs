@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use warp::reply::Response;
 
 use super::gpkg::{Catalog, Dataset, Layer};
+use super::limits::QueryError;
 use super::ogr2ogr::geojson_response;
-use super::query::{Plan, execute, lookup};
+use super::query::{Plan, count, execute, lookup};
 use super::quote;
 use super::reproject::Reprojector;
 use crate::http::error_body;
@@ -88,7 +89,10 @@ pub async fn answer(
             "application/vnd.oai.openapi+json;version=3.0",
         ),
         ["collections"] => {
-            let collections = collections(&catalog, &context.folder).await;
+            let collections = match collections(&catalog, &context.folder).await {
+                Ok(c) => c,
+                Err(e) => return e.response(false),
+            };
             let list: Vec<Value> = collections.iter().map(|c| describe(c, &base)).collect();
             let body = json!({
                 "links": [
@@ -99,16 +103,19 @@ pub async fn answer(
             json_response(StatusCode::OK, &body, "application/json")
         }
         ["collections", id] => match find(&catalog, &context.folder, id).await {
-            Some(c) => json_response(StatusCode::OK, &describe(&c, &base), "application/json"),
-            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Ok(Some(c)) => json_response(StatusCode::OK, &describe(&c, &base), "application/json"),
+            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Err(e) => e.response(false),
         },
         ["collections", id, "items"] => match find(&catalog, &context.folder, id).await {
-            Some(c) => items(c, &base, query, context.headers).await,
-            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Ok(Some(c)) => items(&catalog, c, &base, query, context.headers).await,
+            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Err(e) => e.response(false),
         },
         ["collections", id, "items", feature] => match find(&catalog, &context.folder, id).await {
-            Some(c) => item(c, &base, feature).await,
-            None => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Ok(Some(c)) => item(&catalog, c, &base, feature).await,
+            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Err(e) => e.response(false),
         },
         _ => error_body(StatusCode::NOT_FOUND, "not found", Some(rest)),
     }
@@ -128,7 +135,7 @@ fn landing(base: &str) -> Value {
 }
 
 /// Every layer of every GeoPackage directly in `folder` (and one level down).
-async fn collections(catalog: &Arc<Catalog>, folder: &Path) -> Vec<Collection> {
+async fn collections(catalog: &Arc<Catalog>, folder: &Path) -> Result<Vec<Collection>, QueryError> {
     collections_where(catalog, folder, |_| true).await
 }
 
@@ -137,20 +144,21 @@ async fn collections_where(
     catalog: &Arc<Catalog>,
     folder: &Path,
     wanted: impl Fn(&str) -> bool,
-) -> Vec<Collection> {
+) -> Result<Vec<Collection>, QueryError> {
     let mut files = Vec::new();
     let (listing, folder) = (catalog.clone(), folder.to_owned());
-    let found = tokio::task::spawn_blocking(move || listing.geopackages_in(&folder))
-        .await
-        .unwrap_or_default();
+    let found = catalog.run(move || listing.geopackages_in(&folder)).await?;
     let found: Vec<(std::path::PathBuf, String)> = found
         .iter()
         .filter(|(_, stem)| wanted(stem))
         .cloned()
         .collect();
     for (path, stem) in found {
-        let Ok(dataset) = lookup(catalog, &path, &stem).await else {
-            continue;
+        let dataset = match lookup(catalog, &path, &stem).await {
+            Ok(dataset) => dataset,
+            // A file that is not a usable GeoPackage is not a collection.
+            Err(QueryError::Dataset(_)) => continue,
+            Err(e) => return Err(e),
         };
         let single = dataset.layers.len() == 1;
         for layer in &dataset.layers {
@@ -166,14 +174,18 @@ async fn collections_where(
             });
         }
     }
-    files
+    Ok(files)
 }
 
-async fn find(catalog: &Arc<Catalog>, folder: &Path, id: &str) -> Option<Collection> {
-    collections(catalog, folder)
-        .await
+async fn find(
+    catalog: &Arc<Catalog>,
+    folder: &Path,
+    id: &str,
+) -> Result<Option<Collection>, QueryError> {
+    Ok(collections(catalog, folder)
+        .await?
         .into_iter()
-        .find(|c| c.id == id)
+        .find(|c| c.id == id))
 }
 
 fn describe(c: &Collection, base: &str) -> Value {
@@ -216,6 +228,7 @@ fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
 }
 
 async fn items(
+    catalog: &Arc<Catalog>,
     c: Collection,
     base: &str,
     query: &HashMap<String, String>,
@@ -231,10 +244,16 @@ async fn items(
             ));
         }
     };
+    // SQLite's OFFSET is a signed 64-bit integer.
     let offset = match query.get("offset").map(|o| o.parse::<u64>()) {
         None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad("offset must be a whole number".to_owned()),
+        Some(Ok(n)) if i64::try_from(n).is_ok() => n,
+        Some(_) => {
+            return bad(format!(
+                "offset must be a whole number from 0 to {}",
+                i64::MAX
+            ));
+        }
     };
     let bbox = match query.get("bbox").map(|b| parse_bbox(b)) {
         None => None,
@@ -333,17 +352,22 @@ async fn items(
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    let matched = if envelope_filter.is_some() {
+    let count_sql = if envelope_filter.is_some() {
         None
     } else if index_page.is_some() {
-        count(&c.dataset, count_sql, params.clone()).await
+        Some(count_sql)
     } else {
-        count(
-            &c.dataset,
-            format!("SELECT count(*) FROM {}{filter}", quote(&layer.name)),
-            params.clone(),
-        )
-        .await
+        Some(format!(
+            "SELECT count(*) FROM {}{filter}",
+            quote(&layer.name)
+        ))
+    };
+    let matched = match count_sql {
+        Some(sql) => match count(catalog, c.dataset.clone(), sql, params.clone()).await {
+            Ok(n) => Some(n),
+            Err(e) => return e.response(false),
+        },
+        None => None,
     };
 
     let etag = format!(
@@ -390,7 +414,7 @@ async fn items(
     };
     let (self_link, next_link, prev_link) = (
         page(offset),
-        page(offset + limit),
+        page(offset.saturating_add(limit)),
         (offset > 0).then(|| page(offset.saturating_sub(limit))),
     );
     let tail = move |returned: u64| {
@@ -398,7 +422,7 @@ async fn items(
             json!({"href": self_link, "rel": "self", "type": "application/geo+json", "title": "this page"}),
         ];
         let more = match matched {
-            Some(m) => offset + returned < m,
+            Some(m) => offset.saturating_add(returned) < m,
             None => returned == limit,
         };
         if more {
@@ -444,7 +468,7 @@ async fn items(
         ),
         None => (plan, None),
     };
-    match execute(c.dataset.clone(), plan, limit).await {
+    match execute(catalog, c.dataset.clone(), plan, limit).await {
         Ok(stream) => {
             let mut response = geojson_response(stream);
             if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -452,11 +476,11 @@ async fn items(
             }
             response
         }
-        Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, "query failed", Some(&e)),
+        Err(e) => e.response(false),
     }
 }
 
-async fn item(c: Collection, base: &str, feature: &str) -> Response {
+async fn item(catalog: &Arc<Catalog>, c: Collection, base: &str, feature: &str) -> Response {
     let Ok(fid) = feature.parse::<i64>() else {
         return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
     };
@@ -469,7 +493,8 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         quote(&layer.fid)
     );
     let exists = count(
-        &c.dataset,
+        catalog,
+        c.dataset.clone(),
         format!(
             "SELECT count(*) FROM {} WHERE {} = ?1",
             quote(&layer.name),
@@ -478,7 +503,11 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         vec![SqlValue::Integer(fid)],
     )
     .await;
-    if exists != Some(1) {
+    let exists = match exists {
+        Ok(n) => n,
+        Err(e) => return e.response(false),
+    };
+    if exists != 1 {
         return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
     }
     let href = format!("{base}/collections/{}/items/{fid}", c.id);
@@ -497,7 +526,7 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         reuse: None,
     };
     // One feature, read through the same writer, then unwrapped from its collection.
-    let body = match execute(c.dataset.clone(), plan, Some(1)).await {
+    let body = match execute(catalog, c.dataset.clone(), plan, Some(1)).await {
         Ok(stream) => {
             use futures::StreamExt;
             let chunks: Vec<_> = stream.collect().await;
@@ -508,7 +537,7 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
                 .collect();
             serde_json::from_slice::<Value>(&bytes).ok()
         }
-        Err(_) => None,
+        Err(e) => return e.response(false),
     };
     let Some(mut feature) = body.and_then(|mut b| b["features"].get_mut(0).map(Value::take)) else {
         return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
@@ -518,14 +547,6 @@ async fn item(c: Collection, base: &str, feature: &str) -> Response {
         {"href": collection, "rel": "collection", "type": "application/json", "title": "the collection"},
     ]);
     json_response(StatusCode::OK, &feature, "application/geo+json")
-}
-
-async fn count(dataset: &Arc<Dataset>, sql: String, params: Vec<SqlValue>) -> Option<u64> {
-    let dataset = dataset.clone();
-    tokio::task::spawn_blocking(move || dataset.count(&sql, &params))
-        .await
-        .ok()
-        .flatten()
 }
 
 fn sorted(query: &HashMap<String, String>) -> Vec<(String, String)> {

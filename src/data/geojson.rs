@@ -126,6 +126,12 @@ impl FeatureWriter {
         self.last = self.buffer.len();
     }
 
+    /// Bytes written and not yet taken.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Takes the bytes written so far when they make a full chunk.
     pub fn take_chunk(&mut self) -> Option<Bytes> {
         (self.buffer.len() >= CHUNK).then(|| {

@@ -3,14 +3,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 
+use tokio_util::sync::CancellationToken;
+
+use super::admission::{Admission, Busy};
+use super::gdal::Gdal;
 use super::quote;
+use crate::config::DataConfig;
 
 /// Why a dataset could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +80,7 @@ impl Layer {
 pub struct Dataset {
     path: PathBuf,
     version: u64,
+    max_value: i32,
     /// Its layers, in `gpkg_contents` order (or every table for plain SQLite).
     pub layers: Vec<Layer>,
     pool: Mutex<Vec<Connection>>,
@@ -140,17 +147,25 @@ fn is_rtree_shadow(table: &str) -> bool {
             .any(|s| table.ends_with(s))
 }
 
-/// Opens `path` read-only with the authorizer installed and ATTACH disabled.
-fn connect(path: &Path) -> Result<Connection, DatasetError> {
+/// Longest SQL text a query may have, in bytes (a request's whole head is smaller).
+const MAX_SQL_LENGTH: i32 = 100_000;
+
+/// Opens `path` read-only with the authorizer installed, ATTACH disabled, and no string or blob
+/// longer than `max_value` bytes.
+fn connect(path: &Path, max_value: i32) -> Result<Connection, DatasetError> {
     let fail = |e: rusqlite::Error| DatasetError::Open {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags).map_err(fail)?;
-    connection
-        .set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
-        .map_err(fail)?;
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        (Limit::SQLITE_LIMIT_LENGTH, max_value),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH),
+    ] {
+        connection.set_limit(limit, value).map_err(fail)?;
+    }
     connection
         .pragma_update(None, "query_only", true)
         .map_err(fail)?;
@@ -167,8 +182,8 @@ fn connect(path: &Path) -> Result<Connection, DatasetError> {
 }
 
 impl Dataset {
-    fn open(path: &Path, stamp: Stamp) -> Result<Self, DatasetError> {
-        let connection = connect(path)?;
+    fn open(path: &Path, stamp: Stamp, max_value: i32) -> Result<Self, DatasetError> {
+        let connection = connect(path, max_value)?;
         let layers = read_layers(&connection).map_err(|e| DatasetError::Open {
             path: path.display().to_string(),
             reason: format!("not a GeoPackage or SQLite database: {e}"),
@@ -182,6 +197,7 @@ impl Dataset {
             path: path.to_owned(),
             version: u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)
                 ^ stamp.0.rotate_left(32),
+            max_value,
             layers,
             pool: Mutex::new(vec![connection]),
         })
@@ -222,20 +238,6 @@ impl Dataset {
         self.version
     }
 
-    /// Runs a `SELECT count(*)` statement.
-    #[must_use]
-    pub fn count(&self, sql: &str, params: &[rusqlite::types::Value]) -> Option<u64> {
-        let connection = self.connection().ok()?;
-        let count = connection
-            .query_row(sql, rusqlite::params_from_iter(params.iter()), |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-            .and_then(|n| u64::try_from(n).ok());
-        self.release(connection);
-        count
-    }
-
     /// A connection from the pool (or a new one); give it back with [`Dataset::release`].
     ///
     /// # Errors
@@ -248,7 +250,7 @@ impl Dataset {
             .pop();
         match pooled {
             Some(connection) => Ok(connection),
-            None => connect(&self.path),
+            None => connect(&self.path, self.max_value),
         }
     }
 
@@ -349,41 +351,156 @@ type Stamp = (u64, SystemTime);
 pub type Listing = Arc<Vec<(PathBuf, String)>>;
 
 /// How long a folder listing is trusted: new datasets appear within this.
-const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+const LISTING_TTL: Duration = Duration::from_secs(1);
+/// Dataset versions kept open; the least recently used is closed past this (requests using it
+/// keep it until they finish).
+const MAX_OPEN: usize = 256;
+
+/// What each query may use: its time inside SQLite and its memory.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Longest time inside SQLite.
+    pub timeout: Duration,
+    /// Largest single value, feature and buffered answer, in bytes.
+    pub memory: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self::from(&DataConfig::default())
+    }
+}
+
+impl From<&DataConfig> for QueryLimits {
+    fn from(config: &DataConfig) -> Self {
+        Self {
+            timeout: Duration::from_secs(config.query_timeout_secs.max(1)),
+            memory: config.query_memory_mb.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+impl QueryLimits {
+    /// The longest string or blob SQLite may make (its `SQLITE_LIMIT_LENGTH`).
+    fn max_value(self) -> i32 {
+        i32::try_from(self.memory).unwrap_or(i32::MAX)
+    }
+}
+
+/// One open dataset version, and when it was last used.
+type OpenEntry = (Stamp, Arc<Dataset>, u64);
 
 /// Datasets by path, each kept while its file is unchanged. A file replaced (by rename) is a new
 /// version at the next request; requests already running keep the version they started with.
-#[derive(Debug, Default)]
+/// Also the limits every query runs under: a bounded pool of query threads, per-query time and
+/// memory, and the GDAL processes.
+#[derive(Debug)]
 pub struct Catalog {
-    open: Mutex<HashMap<PathBuf, (Stamp, Arc<Dataset>)>>,
+    open: Mutex<HashMap<PathBuf, OpenEntry>>,
+    clock: AtomicU64,
     cache: Option<PathBuf>,
     converting: Mutex<()>,
+    /// Conversions and when this process last used each.
+    conversions: Mutex<HashMap<PathBuf, SystemTime>>,
+    conversion_budget: u64,
     listings: Mutex<HashMap<PathBuf, (std::time::Instant, Listing)>>,
     /// Recent answers, by dataset version and query.
     pub responses: super::cache::ResponseCache,
     /// Rendered features, for box queries over features already read.
     pub features: Arc<super::feature_cache::FeatureCache>,
+    /// Time and memory each query may use.
+    pub limits: QueryLimits,
+    /// The threads queries run on.
+    pub queries: Admission,
+    /// GDAL for sources not read natively.
+    pub gdal: Gdal,
+    /// Cancelled when the server stops: running queries are interrupted.
+    pub stop: CancellationToken,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self::with_limits(&DataConfig::default())
+    }
 }
 
 impl Catalog {
-    /// A catalog that keeps GeoPackage conversions of other formats in `cache`
-    /// (`<root>/state/cache`).
+    /// A catalog whose queries run under `config`'s limits (and that sets SQLite's process-wide
+    /// heap limit from it).
     #[must_use]
-    pub fn with_cache(cache: PathBuf) -> Self {
+    pub fn with_limits(config: &DataConfig) -> Self {
+        let limits = QueryLimits::from(config);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let workers = if config.query_workers == 0 {
+            cores.max(2)
+        } else {
+            config.query_workers
+        };
+        set_heap_limit(config.sqlite_memory_mb);
         Self {
-            cache: Some(cache),
-            ..Self::default()
+            open: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            cache: None,
+            converting: Mutex::new(()),
+            conversions: Mutex::new(HashMap::new()),
+            conversion_budget: config.conversion_cache_mb.saturating_mul(1024 * 1024),
+            listings: Mutex::new(HashMap::new()),
+            responses: super::cache::ResponseCache::new(
+                config.response_cache_mb.saturating_mul(1024 * 1024),
+            ),
+            features: Arc::new(super::feature_cache::FeatureCache::new(
+                config.feature_cache_mb.saturating_mul(1024 * 1024),
+            )),
+            limits,
+            queries: Admission::new("queries", workers, config.query_queue, limits.timeout),
+            gdal: Gdal::new(&config.gdal),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Keeps GeoPackage conversions of other formats in `cache` (`<root>/state/cache`).
+    #[must_use]
+    pub fn with_cache(mut self, cache: PathBuf) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Keeps up to `bytes` of recent answers in memory (0: none).
+    #[must_use]
+    pub fn with_response_cache(mut self, bytes: usize) -> Self {
+        self.responses = super::cache::ResponseCache::new(bytes);
+        self
+    }
+
+    /// Keeps up to `bytes` of rendered features in memory (0: none).
+    #[must_use]
+    pub fn with_feature_cache(mut self, bytes: usize) -> Self {
+        self.features = Arc::new(super::feature_cache::FeatureCache::new(bytes));
+        self
+    }
+
+    /// Runs blocking work (SQLite, file conversions) on a query thread, waiting in the bounded
+    /// queue for one.
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue is full or the wait ran out; the work is not run then.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RunError> {
+        let slot = self.queries.enter().await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|_| RunError::Panicked)
     }
 
     /// The GeoPackages in `folder` and in its direct subfolders (`sub/x.gpkg` has the stem
     /// `sub.x`), sorted; the listing is reused for a second so that requests do not rescan.
     pub fn geopackages_in(&self, folder: &Path) -> Listing {
-        if let Some((at, listing)) = self
-            .listings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(folder)
+        if let Some((at, listing)) = lock(&self.listings).get(folder)
             && at.elapsed() < LISTING_TTL
         {
             return listing.clone();
@@ -413,28 +530,17 @@ impl Catalog {
         }
         out.sort();
         let listing: Listing = Arc::new(out);
-        self.listings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                folder.to_owned(),
-                (std::time::Instant::now(), listing.clone()),
-            );
+        lock(&self.listings).insert(
+            folder.to_owned(),
+            (std::time::Instant::now(), listing.clone()),
+        );
         listing
     }
 
-    /// Keeps up to `bytes` of recent answers in memory (0: none).
-    #[must_use]
-    pub fn with_response_cache(mut self, bytes: usize) -> Self {
-        self.responses = super::cache::ResponseCache::new(bytes);
-        self
-    }
-
-    /// Keeps up to `bytes` of rendered features in memory (0: none).
-    #[must_use]
-    pub fn with_feature_cache(mut self, bytes: usize) -> Self {
-        self.features = Arc::new(super::feature_cache::FeatureCache::new(bytes));
-        self
+    fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("poziserver-cache"))
     }
 
     /// The GeoPackage holding `source` (GeoJSON, CSV…) converted, made on first use and again
@@ -452,27 +558,16 @@ impl Catalog {
             .ok()
             .filter(std::fs::Metadata::is_file)
             .ok_or_else(|| DatasetError::NotFound(shown.to_owned()))?;
-        let nanos = meta
-            .modified()
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let cache = self
-            .cache
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("poziserver-cache"));
+        let cache = self.cache_dir();
         let key = super::stable_hash(&source.to_string_lossy());
         let prefix = format!("{key:016x}-{}-", options.key());
-        let target = cache.join(format!("{prefix}{:x}-{nanos:x}.gpkg", meta.len()));
+        let target = cache.join(format!("{prefix}{}.gpkg", stamp_text(&meta)));
         if target.exists() {
+            lock(&self.conversions).insert(target.clone(), SystemTime::now());
             return Ok(target);
         }
         // One conversion at a time: a burst of first requests converts once.
-        let _one = self
-            .converting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = lock(&self.converting);
         if target.exists() {
             return Ok(target);
         }
@@ -481,7 +576,7 @@ impl Catalog {
             reason,
         };
         std::fs::create_dir_all(&cache)
-            .map_err(|e| open_error(format!("cannot create {}: {e}", cache.display())))?;
+            .map_err(|e| open_error(format!("cannot create the conversion cache: {e}")))?;
         let layer = source
             .file_stem()
             .map_or_else(|| "layer".to_owned(), |s| s.to_string_lossy().into_owned());
@@ -490,18 +585,89 @@ impl Catalog {
             tracing::warn!(source = %source.display(), error = %e, "conversion failed");
             open_error(e.reason())
         })?;
-        tracing::info!(source = %shown, features, ms = started.elapsed().as_millis(), "converted to a GeoPackage");
-        // Older conversions of the same source are no longer needed.
-        if let Ok(entries) = std::fs::read_dir(&cache) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && entry.path() != target {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
+        // The source beside the conversion, so that a sweep can tell when it is gone.
+        if let Err(e) = std::fs::write(
+            target.with_extension(SOURCE_NOTE),
+            source.to_string_lossy().as_bytes(),
+        ) {
+            tracing::warn!(cache = %cache.display(), error = %e, "cannot note a conversion's source");
         }
+        lock(&self.conversions).insert(target.clone(), SystemTime::now());
+        tracing::info!(source = %shown, features, ms = started.elapsed().as_millis(), "converted to a GeoPackage");
+        self.sweep_conversions_keeping(Some(&target));
         Ok(target)
     }
+
+    /// Removes conversions whose source is gone or has changed, then the least recently used
+    /// until the cache is within its budget. Returns the files removed.
+    pub fn sweep_conversions(&self) -> usize {
+        self.sweep_conversions_keeping(None)
+    }
+
+    fn sweep_conversions_keeping(&self, keep: Option<&Path>) -> usize {
+        let cache = self.cache_dir();
+        let Ok(entries) = std::fs::read_dir(&cache) else {
+            return 0;
+        };
+        let used = lock(&self.conversions).clone();
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("gpkg") {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let source = std::fs::read_to_string(path.with_extension(SOURCE_NOTE)).ok();
+            let current = source
+                .as_deref()
+                .and_then(|s| std::fs::metadata(s).ok())
+                .filter(std::fs::Metadata::is_file)
+                .is_some_and(|m| {
+                    path.file_stem()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(&stamp_text(&m)))
+                });
+            if current || keep == Some(path.as_path()) {
+                let last = used
+                    .get(&path)
+                    .copied()
+                    .or_else(|| meta.modified().ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                live.push((last, meta.len(), path));
+            } else {
+                stale.push(path);
+            }
+        }
+        // Least recently used first; the one just made is never removed.
+        live.sort();
+        let mut total: u64 = live.iter().map(|(_, len, _)| len).sum();
+        for (_, len, path) in &live {
+            if total <= self.conversion_budget {
+                break;
+            }
+            if keep != Some(path.as_path()) {
+                total -= len;
+                stale.push(path.clone());
+            }
+        }
+        let mut removed = 0;
+        for path in stale {
+            // On Windows a conversion still being read cannot be removed; the next sweep tries
+            // again.
+            if std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+                let _ = std::fs::remove_file(path.with_extension(SOURCE_NOTE));
+                lock(&self.conversions).remove(&path);
+                lock(&self.open).remove(&path);
+                tracing::info!(conversion = %path.display(), "removed a conversion (source gone or changed, or the cache is full)");
+            }
+        }
+        removed
+    }
+
     /// The current version of the dataset at `path`.
     ///
     /// # Errors
@@ -515,30 +681,83 @@ impl Catalog {
             meta.len(),
             meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         );
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some((known, dataset, used)) = lock(&self.open).get_mut(path)
+            && *known == stamp
         {
-            let open = self
-                .open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((known, dataset)) = open.get(path)
-                && *known == stamp
-            {
-                return Ok(dataset.clone());
-            }
+            *used = tick;
+            return Ok(dataset.clone());
         }
-        let dataset = Arc::new(Dataset::open(path, stamp).map_err(|e| match e {
-            DatasetError::Open { reason, .. } => DatasetError::Open {
-                path: shown.to_owned(),
-                reason,
+        let dataset = Arc::new(Dataset::open(path, stamp, self.limits.max_value()).map_err(
+            |e| match e {
+                DatasetError::Open { reason, .. } => DatasetError::Open {
+                    path: shown.to_owned(),
+                    reason,
+                },
+                other => other,
             },
-            other => other,
-        })?);
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(path.to_owned(), (stamp, dataset.clone()));
+        )?);
+        let mut open = lock(&self.open);
+        open.insert(path.to_owned(), (stamp, dataset.clone(), tick));
+        while open.len() > MAX_OPEN {
+            let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(p, _)| p.clone())
+            else {
+                break;
+            };
+            open.remove(&oldest);
+        }
         Ok(dataset)
     }
+
+    /// Dataset versions open now.
+    #[must_use]
+    pub fn open_count(&self) -> usize {
+        lock(&self.open).len()
+    }
+}
+
+/// Extension of the note beside a conversion naming its source.
+const SOURCE_NOTE: &str = "source";
+
+/// A file's size and modification time as a name part (`<len>-<nanos>`, hexadecimal).
+fn stamp_text(meta: &std::fs::Metadata) -> String {
+    let nanos = meta
+        .modified()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:x}-{nanos:x}", meta.len())
+}
+
+/// Why work could not be run on a query thread.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Too many queries running and waiting.
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// The work panicked (the panic hook has logged where).
+    #[error("internal error")]
+    Panicked,
+}
+
+/// Sets SQLite's hard heap limit for the whole process.
+fn set_heap_limit(megabytes: usize) {
+    let bytes = i64::try_from(megabytes.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let set =
+        Connection::open_in_memory().and_then(|c| c.pragma_update(None, "hard_heap_limit", bytes));
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "cannot set SQLite's heap limit");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -559,7 +778,7 @@ mod tests {
     #[test]
     fn connections_cannot_write_attach_or_load_extensions() {
         let (dir, path) = sample();
-        let c = connect(&path).unwrap_or_else(|e| panic!("{e}"));
+        let c = connect(&path, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
         let other = dir.path().join("other.sqlite");
         for sql in [
             "INSERT INTO t VALUES (2, 'b')".to_owned(),

@@ -9,6 +9,7 @@
 //! - `reproject`: to WGS 84 from the layer's EPSG system.
 //! - `geojson`: the streaming FeatureCollection writer.
 
+pub mod admission;
 pub mod cache;
 pub mod dbf;
 pub mod feature_cache;
@@ -17,6 +18,7 @@ pub mod gdal;
 pub mod geojson;
 pub mod gpkg;
 pub mod gpkg_write;
+pub mod limits;
 pub mod ogr2ogr;
 pub mod prj;
 pub mod query;

@@ -11,7 +11,8 @@ use http::header::{self, HeaderValue};
 use warp::Reply;
 use warp::reply::Response;
 
-use super::gpkg::{Catalog, DatasetError, Layer};
+use super::gpkg::{Catalog, Layer};
+use super::limits::QueryError;
 use super::query::{Plan, Reuse, contains, execute, lookup, rect};
 use super::quote;
 use super::reproject::Reprojector;
@@ -156,9 +157,17 @@ pub fn parse(options: &str) -> Result<Options, String> {
             }
             "-limit" => {
                 let text = value(i, token)?;
+                // SQLite's LIMIT is a signed 64-bit integer.
                 parsed.limit = Some(
-                    text.parse()
-                        .map_err(|_| format!("-limit: {text:?} is not a whole number"))?,
+                    text.parse::<u64>()
+                        .ok()
+                        .filter(|n| i64::try_from(*n).is_ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "-limit: {text:?} is not a whole number from 0 to {}",
+                                i64::MAX
+                            )
+                        })?,
                 );
                 i += 2;
             }
@@ -348,6 +357,26 @@ fn sql_plan(sql: &str, options: &Options, first: Option<&Layer>) -> Result<Plan,
 /// Extensions answered natively.
 const NATIVE: &[&str] = &["gpkg", "sqlite", "sqlite3", "db"];
 
+/// Why a source is refused before it is looked for, if it is: GDAL would read these as a
+/// connection to a database or another host, or a virtual file, never as a file in the folder.
+fn refused_source(source: &str) -> Option<&'static str> {
+    let bare = source.trim_start_matches(['/', '\\']);
+    if source.contains(':') {
+        Some(
+            "connection strings, URLs and drive letters are not accepted; name a file in the site's folder (database layers are named in the server's config)",
+        )
+    } else if bare
+        .get(..3)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("vsi"))
+    {
+        Some("GDAL virtual file paths (/vsi…) are not accepted")
+    } else if source.starts_with(['<', '{', '[']) {
+        Some("inline definitions are not accepted; name a file in the site's folder")
+    } else {
+        None
+    }
+}
+
 /// Answers one `/ogr2ogr` request against `folder` (the host's userdata folder).
 pub async fn answer(
     catalog: Arc<Catalog>,
@@ -367,20 +396,15 @@ pub async fn answer(
         Ok(o) => o,
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
     };
-    if super::gdal::is_connection_string(source) {
-        return super::gdal::answer(
-            source,
-            source.split(':').next().unwrap_or_default(),
-            &options,
-        )
-        .await;
+    if let Some(reason) = refused_source(source) {
+        return error_body(StatusCode::BAD_REQUEST, "bad source", Some(reason));
     }
     let segments = match safe_path::segments(&format!("/{}", source.trim_start_matches('/'))) {
         Ok(s) if !s.is_empty() => s,
         Ok(_) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some("empty path")),
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some(e.0)),
     };
-    let path = segments.iter().fold(folder, |p, s| p.join(s));
+    let path = segments.iter().fold(folder.clone(), |p, s| p.join(s));
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
@@ -388,7 +412,7 @@ pub async fn answer(
         .to_ascii_lowercase();
     let converted = super::readers::Format::of(&path).is_some();
     if !NATIVE.contains(&extension.as_str()) && !converted {
-        if !path.exists() {
+        if !path.is_file() {
             return error_body(
                 StatusCode::NOT_FOUND,
                 "not found",
@@ -396,42 +420,27 @@ pub async fn answer(
             );
         }
         // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
-        return super::gdal::answer(&path.to_string_lossy(), source, &options).await;
+        return catalog.gdal.answer(&path, source, &folder, &options).await;
     }
+    let client_sql = options.sql.is_some() || options.filter.is_some();
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {
-        let (catalog, shown) = (catalog.clone(), source.to_owned());
+        let (c, shown) = (catalog.clone(), source.to_owned());
         let open = match super::readers::OpenOptions::parse(&options.open_options) {
             Ok(o) => o,
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
         };
-        match tokio::task::spawn_blocking(move || catalog.converted(&path, &shown, &open)).await {
+        match catalog.run(move || c.converted(&path, &shown, &open)).await {
             Ok(Ok(converted)) => converted,
-            Ok(Err(DatasetError::NotFound(s))) => {
-                return error_body(
-                    StatusCode::NOT_FOUND,
-                    "not found",
-                    Some(&format!("{s}: no such dataset")),
-                );
-            }
-            Ok(Err(e)) => {
-                return error_body(StatusCode::BAD_REQUEST, "bad dataset", Some(&e.to_string()));
-            }
-            Err(_) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+            Ok(Err(e)) => return QueryError::Dataset(e).response(client_sql),
+            Err(e) => return QueryError::from(e).response(client_sql),
         }
     } else {
         path
     };
     let dataset = match lookup(&catalog, &path, source).await {
         Ok(d) => d,
-        Err(DatasetError::NotFound(s)) => {
-            return error_body(
-                StatusCode::NOT_FOUND,
-                "not found",
-                Some(&format!("{s}: no such dataset")),
-            );
-        }
-        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad dataset", Some(&e.to_string())),
+        Err(e) => return e.response(client_sql),
     };
     let plan = match &options.sql {
         Some(sql) => match sql_plan(sql, &options, dataset.layers.first()) {
@@ -451,16 +460,11 @@ pub async fn answer(
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
         },
     };
-    let what = if options.sql.is_some() {
-        "bad -sql"
-    } else {
-        "bad -where"
-    };
     let key = format!("{}|{}|{raw_options}", dataset.version(), source);
     if let Some(body) = catalog.responses.get(&key) {
         return geojson_response(futures::stream::once(async move { Ok(body) }));
     }
-    match execute(dataset, plan, options.limit).await {
+    match execute(&catalog, dataset, plan, options.limit).await {
         Ok(stream) if catalog.responses.enabled() => {
             let cache = catalog.clone();
             geojson_response(super::cache::tee(stream, move |body| {
@@ -468,7 +472,7 @@ pub async fn answer(
             }))
         }
         Ok(stream) => geojson_response(stream),
-        Err(message) => error_body(StatusCode::BAD_REQUEST, what, Some(&message)),
+        Err(e) => e.response(client_sql),
     }
 }
 
@@ -528,7 +532,11 @@ mod tests {
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/naturalearth_lowres.gpkg");
         std::fs::copy(&data, dir.path().join("countries.gpkg")).unwrap_or_else(|e| panic!("{e}"));
-        let catalog = Arc::new(Catalog::default().with_feature_cache(1 << 24));
+        let catalog = Arc::new(
+            Catalog::default()
+                .with_response_cache(0)
+                .with_feature_cache(1 << 24),
+        );
         let ask = |options: &'static str| {
             let catalog = catalog.clone();
             let folder = dir.path().to_owned();

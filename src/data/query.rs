@@ -9,7 +9,9 @@ use rusqlite::types::ValueRef;
 
 use super::feature_cache::{Cached, FeatureCache};
 use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry};
-use super::gpkg::{Catalog, Dataset, DatasetError};
+use super::gpkg::{Catalog, Dataset};
+pub use super::limits::Chunk;
+use super::limits::{QueryError, Sink, Watch, channel};
 use super::reproject::Reprojector;
 
 /// Writes the end of a collection after the features, given how many were written.
@@ -165,32 +167,22 @@ pub fn contains(outer: [f64; 4], inner: [f64; 4]) -> bool {
     outer[0] <= inner[0] && outer[1] <= inner[1] && outer[2] >= inner[2] && outer[3] >= inner[3]
 }
 
-/// A piece of a response body.
-pub type Chunk = Result<Bytes, std::io::Error>;
-
-/// Prepares the plan, reports whether it is runnable, then streams the features.
-fn run(
-    dataset: &Dataset,
-    mut plan: Plan,
-    limit: Option<u64>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) {
+/// Prepares the plan, then streams the features into `sink`.
+fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
     let connection = match dataset.connection() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
+        Err(e) => return sink.fail(QueryError::Dataset(e)),
     };
-    match copies(&connection, &plan, limit) {
-        Some(mut writer) => {
-            let _ = ready.send(Ok(()));
-            if send_chunk(&mut writer, tx) {
-                finish(writer, &mut plan, tx);
+    match sink.watch().clone().install(&connection) {
+        Ok(_watching) => match copies(&connection, &plan, limit) {
+            Some(mut writer) => {
+                if send_chunk(&mut writer, sink) {
+                    finish(writer, &mut plan, sink);
+                }
             }
-        }
-        None => stream(&connection, &mut plan, limit, ready, tx),
+            None => stream(&connection, &mut plan, limit, sink),
+        },
+        Err(e) => sink.fail(e),
     }
     dataset.release(connection);
 }
@@ -248,37 +240,39 @@ fn copies(
 }
 
 /// Hands on a full chunk; false when the client went away.
-fn send_chunk(writer: &mut FeatureWriter, tx: &tokio::sync::mpsc::Sender<Chunk>) -> bool {
+fn send_chunk(writer: &mut FeatureWriter, sink: &mut Sink) -> bool {
     match writer.take_chunk() {
-        Some(chunk) => tx.blocking_send(Ok(chunk)).is_ok(),
+        Some(chunk) => sink.send(chunk),
         None => true,
     }
 }
 
 /// Closes the collection with the plan's tail and sends the rest.
-fn finish(writer: FeatureWriter, plan: &mut Plan, tx: &tokio::sync::mpsc::Sender<Chunk>) {
+fn finish(writer: FeatureWriter, plan: &mut Plan, sink: &mut Sink) {
     let tail = plan
         .tail
         .take()
         .map(|t| t(writer.count()))
         .unwrap_or_default();
-    let _ = tx.blocking_send(Ok(writer.finish(&tail)));
+    sink.send(writer.finish(&tail));
 }
 
-/// Runs the plan on `connection`, streaming features into `tx`.
-fn stream(
-    connection: &rusqlite::Connection,
-    plan: &mut Plan,
-    limit: Option<u64>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) {
+/// Bytes a row's values hold (what SQLite made for it, as far as this server can tell).
+fn row_bytes(row: &rusqlite::Row<'_>, columns: usize) -> usize {
+    (0..columns)
+        .map(|i| match row.get_ref(i) {
+            Ok(ValueRef::Text(b) | ValueRef::Blob(b)) => b.len(),
+            _ => 8,
+        })
+        .sum()
+}
+
+/// Runs the plan on `connection`, streaming features into `sink`.
+fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>, sink: &mut Sink) {
+    let watch = sink.watch().clone();
     let mut statement = match connection.prepare(&plan.sql) {
         Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(sql_error(&e)));
-            return;
-        }
+        Err(e) => return sink.fail(watch.error(&e)),
     };
     // Each column's name, and whether it is declared BOOLEAN.
     let columns: Vec<(String, bool)> = statement
@@ -293,12 +287,8 @@ fn stream(
         .collect();
     let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
         Ok(rows) => rows,
-        Err(e) => {
-            let _ = ready.send(Err(sql_error(&e)));
-            return;
-        }
+        Err(e) => return sink.fail(watch.error(&e)),
     };
-    let _ = ready.send(Ok(()));
     let mut writer = FeatureWriter::new(&plan.name);
     let id = |row: &rusqlite::Row<'_>| {
         if plan.emit_id {
@@ -308,6 +298,7 @@ fn stream(
         }
     };
     let skip = usize::from(plan.has_fid);
+    let budget = watch.memory();
     // Copies of what this query reads, for the next box over the same features.
     let copying = plan.reuse.as_ref().filter(|r| r.cache.copying());
     let mut copies = copying.map(|_| Vec::new());
@@ -315,14 +306,13 @@ fn stream(
         let row = match rows.next() {
             Ok(Some(row)) => row,
             Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "query failed while streaming");
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                return;
-            }
+            Err(e) => return sink.fail(watch.error(&e)),
         };
         if limit.is_some_and(|l| writer.count() >= l) {
             break;
+        }
+        if row_bytes(row, columns.len()) > budget {
+            return sink.fail(QueryError::TooLarge(budget));
         }
         // The geometry is the first GeoPackage geometry blob among the columns.
         let mut geometry_index = None;
@@ -376,66 +366,126 @@ fn stream(
                 Some((name.as_str(), row.get_ref(i).ok()?, *boolean))
             });
         if let Err(e) = writer.feature(id(row), properties, geometry) {
-            let _ = tx.blocking_send(Err(std::io::Error::other(format!("bad geometry: {e}"))));
-            return;
+            return sink.fail(QueryError::Sql(format!("bad geometry: {e}")));
+        }
+        if writer.pending() > budget {
+            return sink.fail(QueryError::TooLarge(budget));
         }
         if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
             copies.push((fid, copy(Some(Bytes::copy_from_slice(writer.last())))));
         }
-        if !send_chunk(&mut writer, tx) {
+        if !send_chunk(&mut writer, sink) {
             return; // the client went away
         }
     }
     if let (Some(reuse), Some(copies)) = (copying, copies) {
         reuse.cache.put_all(reuse.variant, copies);
     }
-    finish(writer, plan, tx);
+    finish(writer, plan, sink);
 }
 
-/// SQLite's own message for an error.
-pub fn sql_error(error: &rusqlite::Error) -> String {
-    match error {
-        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The current version of a dataset, looked up off the async threads.
+/// The current version of a dataset, looked up on a query thread.
 ///
 /// # Errors
-/// When there is no such file or it is not a usable database.
+/// When there is no such file or it is not a usable database, or the queue is full.
 pub async fn lookup(
     catalog: &Arc<Catalog>,
     path: &Path,
     shown: &str,
-) -> Result<Arc<Dataset>, DatasetError> {
-    let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
-    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
-        .await
-        .unwrap_or_else(|e| {
-            Err(DatasetError::Open {
-                path: String::new(),
-                reason: e.to_string(),
-            })
-        })
+) -> Result<Arc<Dataset>, QueryError> {
+    let (c, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
+    Ok(catalog.run(move || c.get(&path, &shown)).await??)
 }
 
-/// Starts `plan` on `dataset` and returns the GeoJSON stream once the statement is known to be
-/// valid (so that a bad query is still an error status, not a broken body).
+/// Starts `plan` on `dataset` on a query thread and returns the GeoJSON stream once its first
+/// chunk is ready (so that a bad query, or one that fails on its first rows, is still an error
+/// status and not a broken body).
 ///
 /// # Errors
-/// SQLite's message when the statement cannot be prepared or started.
+/// Why the query could not start, or failed before its first chunk.
 pub async fn execute(
+    catalog: &Arc<Catalog>,
     dataset: Arc<Dataset>,
     plan: Plan,
     limit: Option<u64>,
-) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, String> {
+) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, QueryError> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
-    tokio::task::spawn_blocking(move || run(&dataset, plan, limit, ready_tx, &tx));
+    let (tx, mut rx) = channel(catalog.limits);
+    let watch = Watch::new(catalog.limits, Some(tx.clone()), catalog.stop.clone());
+    let mut sink = Sink::new(tx, ready_tx, watch, tokio::runtime::Handle::current());
+    let c = catalog.clone();
+    let task =
+        tokio::spawn(async move { c.run(move || run(&dataset, plan, limit, &mut sink)).await });
+    // Dropped before the answer starts (the client went away): the query leaves the queue, or
+    // its watch sees the client gone and interrupts it.
+    let mut guard = AbortOnDrop(Some(task));
     match ready_rx.await {
-        Ok(Ok(())) => Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
-        Ok(Err(message)) => Err(message),
-        Err(_) => Err("the query stopped before starting".to_owned()),
+        Ok(Ok(())) => {
+            guard.0 = None;
+            Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        }
+        Ok(Err(error)) => Err(error),
+        // The work ended without a word: it never ran (busy) or panicked.
+        Err(_) => match guard.0.take() {
+            Some(task) => match task.await {
+                Ok(Err(error)) => Err(error.into()),
+                _ => Err(QueryError::Internal),
+            },
+            None => Err(QueryError::Internal),
+        },
     }
+}
+
+/// Aborts a task when dropped, unless taken out first.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs `work` with a connection of `dataset` on a query thread, under the query limits.
+///
+/// # Errors
+/// Why it could not run, or what it returned.
+pub async fn with_connection<T: Send + 'static>(
+    catalog: &Arc<Catalog>,
+    dataset: Arc<Dataset>,
+    work: impl FnOnce(&rusqlite::Connection, &Watch) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, QueryError> {
+    let watch = Watch::new(catalog.limits, None, catalog.stop.clone());
+    catalog
+        .run(move || {
+            let connection = dataset.connection()?;
+            let result = watch
+                .install(&connection)
+                .and_then(|_watching| work(&connection, &watch));
+            dataset.release(connection);
+            result
+        })
+        .await?
+}
+
+/// Runs a `SELECT count(*)` statement under the query limits.
+///
+/// # Errors
+/// Why it could not run or failed.
+pub async fn count(
+    catalog: &Arc<Catalog>,
+    dataset: Arc<Dataset>,
+    sql: String,
+    params: Vec<rusqlite::types::Value>,
+) -> Result<u64, QueryError> {
+    with_connection(catalog, dataset, move |connection, watch| {
+        connection
+            .query_row(&sql, rusqlite::params_from_iter(params.iter()), |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| watch.error(&e))
+    })
+    .await
 }

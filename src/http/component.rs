@@ -28,6 +28,9 @@ use crate::config::Config;
 use crate::ops::health::Health;
 use crate::root::Root;
 
+/// How often the conversion cache is swept.
+const CONVERSION_SWEEP: Duration = Duration::from_secs(60);
+
 /// The addresses the current incarnation listens on (empty while it is not listening); tests
 /// and logs read the ports actually bound (`127.0.0.1:0` picks a free one).
 #[derive(Debug, Clone, Default)]
@@ -65,6 +68,10 @@ pub struct HttpState {
     tracker: TaskTracker,
     drain: Duration,
     listening: Listening,
+    /// Interrupts the queries still running after the drain.
+    queries: CancellationToken,
+    /// The same when the state is dropped by a kill.
+    _queries_on_drop: tokio_util::sync::DropGuard,
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
@@ -109,9 +116,8 @@ impl Actor for HttpComponent {
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()),
             catalog: Arc::new(
-                crate::data::gpkg::Catalog::with_cache(args.root.state_dir().join("cache"))
-                    .with_response_cache(args.config.data.response_cache_mb * 1024 * 1024)
-                    .with_feature_cache(args.config.data.feature_cache_mb * 1024 * 1024),
+                crate::data::gpkg::Catalog::with_limits(&args.config.data)
+                    .with_cache(args.root.state_dir().join("cache")),
             ),
             search_index: args.root.state_dir().join("search.sqlite"),
         });
@@ -131,6 +137,8 @@ impl Actor for HttpComponent {
 
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let queries = site.catalog.stop.clone();
+        let site_catalog = site.catalog.clone();
         let router = warp::service(routes(site.clone()));
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
@@ -163,6 +171,23 @@ impl Actor for HttpComponent {
                 tracker.clone(),
             ));
         }
+        // Conversions whose sources were deleted or changed are removed, and the cache kept
+        // within its budget.
+        {
+            let (catalog, stop) = (site_catalog, stop.clone());
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(CONVERSION_SWEEP);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = ticks.tick() => {
+                            let catalog = catalog.clone();
+                            let _ = tokio::task::spawn_blocking(move || catalog.sweep_conversions()).await;
+                        }
+                    }
+                }
+            });
+        }
         if let Some(store) = cert {
             let every = Duration::from_secs(http.certificate_check_secs.max(1));
             let stop = stop.clone();
@@ -185,6 +210,8 @@ impl Actor for HttpComponent {
             tracker,
             drain: Duration::from_secs(limits.drain_timeout_secs),
             listening: args.listening,
+            _queries_on_drop: queries.clone().drop_guard(),
+            queries,
         })
     }
 
@@ -209,6 +236,7 @@ impl Actor for HttpComponent {
         } else {
             tracing::info!("stopped accepting; in-flight requests finished");
         }
+        state.queries.cancel();
         Ok(())
     }
 }

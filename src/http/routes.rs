@@ -145,6 +145,7 @@ pub fn routes(
         .then(
             |mut query: std::collections::HashMap<String, String>, site: Arc<Site>| async move {
                 crate::search::answer(
+                    site.catalog.clone(),
                     site.search_index.clone(),
                     query.remove("q"),
                     query.remove("limit"),
