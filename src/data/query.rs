@@ -257,14 +257,20 @@ fn finish(writer: FeatureWriter, plan: &mut Plan, sink: &mut Sink) {
     sink.send(writer.finish(&tail));
 }
 
-/// Bytes a row's values hold (what SQLite made for it, as far as this server can tell).
-fn row_bytes(row: &rusqlite::Row<'_>, columns: usize) -> usize {
-    (0..columns)
-        .map(|i| match row.get_ref(i) {
+/// Whether a row's values hold more than `budget` bytes. Reading a value can make SQLite
+/// allocate it (a `zeroblob`), so the count stops at the first value past the budget.
+fn row_over(row: &rusqlite::Row<'_>, columns: usize, budget: usize) -> bool {
+    let mut total = 0usize;
+    for i in 0..columns {
+        total = total.saturating_add(match row.get_ref(i) {
             Ok(ValueRef::Text(b) | ValueRef::Blob(b)) => b.len(),
             _ => 8,
-        })
-        .sum()
+        });
+        if total > budget {
+            return true;
+        }
+    }
+    false
 }
 
 /// Runs the plan on `connection`, streaming features into `sink`.
@@ -311,7 +317,7 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         if limit.is_some_and(|l| writer.count() >= l) {
             break;
         }
-        if row_bytes(row, columns.len()) > budget {
+        if row_over(row, columns.len(), budget) {
             return sink.fail(QueryError::TooLarge(budget));
         }
         // The geometry is the first GeoPackage geometry blob among the columns.

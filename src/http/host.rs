@@ -2,19 +2,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// How long "does `userdata/<label>` exist" is trusted: a new site folder is used within this.
-const FOLDER_CHECK_TTL: Duration = Duration::from_secs(1);
+/// How long the list of site folders is trusted: a new site folder is used within this.
+const FOLDER_LIST_TTL: Duration = Duration::from_secs(1);
+/// A DNS label is at most this long; a longer first label names no folder.
+const MAX_LABEL: usize = 63;
 
-/// Maps request hosts to the folders searched for their files.
+/// The folders in `userdata`, by lower-case name, and when they were listed.
+type FolderList = (Instant, Arc<HashMap<String, String>>);
+
+/// Maps request hosts to the folders searched for their files. Nothing here grows with the
+/// hosts clients send: a host is looked up in the list of folders that exist (re-read at most
+/// once a second), never remembered.
 #[derive(Debug)]
 pub struct HostFolders {
     userdata: PathBuf,
     explicit: BTreeMap<String, String>,
-    /// Whether each label's folder exists, and when that was checked.
-    exists: Mutex<HashMap<String, (Instant, bool)>>,
+    folders: RwLock<Option<FolderList>>,
 }
 
 /// The folder every host falls back to.
@@ -30,12 +36,12 @@ impl HostFolders {
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                 .collect(),
-            exists: Mutex::new(HashMap::new()),
+            folders: RwLock::new(None),
         }
     }
 
     /// The folder name for a `Host` value (port ignored): the explicit map, else the first DNS
-    /// label when it is a plain name with a folder, else `local`.
+    /// label when it is a plain name with a folder (compared case-insensitively), else `local`.
     #[must_use]
     pub fn folder_name(&self, host: Option<&str>) -> String {
         let Some(host) = host else {
@@ -48,30 +54,45 @@ impl HostFolders {
         }
         let label = name.split('.').next().unwrap_or_default();
         let plain = !label.is_empty()
+            && label.len() <= MAX_LABEL
             && label
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             && name.parse::<std::net::IpAddr>().is_err();
-        if plain && self.folder_exists(label) {
-            label.to_owned()
-        } else {
-            FALLBACK.to_owned()
+        if !plain {
+            return FALLBACK.to_owned();
         }
+        self.folders()
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| FALLBACK.to_owned())
     }
 
-    fn folder_exists(&self, label: &str) -> bool {
-        let mut known = self
-            .exists
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, exists)) = known.get(label)
-            && at.elapsed() < FOLDER_CHECK_TTL
+    /// The site folders that exist, listed again when the list is older than a second.
+    fn folders(&self) -> Arc<HashMap<String, String>> {
+        if let Ok(guard) = self.folders.read()
+            && let Some((at, list)) = guard.as_ref()
+            && at.elapsed() < FOLDER_LIST_TTL
         {
-            return *exists;
+            return list.clone();
         }
-        let exists = self.userdata.join(label).is_dir();
-        known.insert(label.to_owned(), (Instant::now(), exists));
-        exists
+        let mut list = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.userdata) {
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                // Symlinked folders count: operators link network shares in.
+                if entry.path().is_dir() {
+                    list.insert(name.to_ascii_lowercase(), name);
+                }
+            }
+        }
+        let list = Arc::new(list);
+        if let Ok(mut guard) = self.folders.write() {
+            *guard = Some((Instant::now(), list.clone()));
+        }
+        list
     }
 
     /// Folders searched for a host's static files, in order: its own, then `local`.

@@ -88,6 +88,12 @@ impl Proxy {
             .path
             .strip_prefix(route.prefix.as_str())
             .unwrap_or_default();
+        let rest = match upstream_path(rest) {
+            Ok(rest) => rest,
+            Err(reason) => {
+                return error_body(StatusCode::BAD_REQUEST, "bad path", Some(reason));
+            }
+        };
         let mut url = format!("{}{rest}", route.upstream.trim_end_matches('/'));
         if let Some(query) = &request.query {
             url.push('?');
@@ -107,8 +113,9 @@ impl Proxy {
         }
 
         let mut headers = HeaderMap::new();
+        let named = connection_named(&request.headers);
         for (name, value) in &request.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST {
+            if !is_hop_by_hop(name, &named) && name != header::HOST {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -157,8 +164,9 @@ impl Proxy {
             Ok(upstream) => {
                 let status = upstream.status();
                 let mut out = HeaderMap::new();
+                let named = connection_named(upstream.headers());
                 for (name, value) in upstream.headers() {
-                    if !HOP_BY_HOP.contains(&name.as_str()) {
+                    if !is_hop_by_hop(name, &named) {
                         out.append(name.clone(), value.clone());
                     }
                 }
@@ -168,27 +176,109 @@ impl Proxy {
                 *response.headers_mut() = out;
                 response
             }
+            // The upstream's address stays in the log: clients learn only the route.
             Err(e) if e.is_timeout() => {
                 tracing::warn!(upstream = %route.upstream, timeout_secs = route.timeout_secs, "upstream timed out");
                 error_body(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream timed out",
                     Some(&format!(
-                        "{} did not answer within {} s",
-                        route.upstream, route.timeout_secs
+                        "the server behind {} did not answer within {} s",
+                        route.prefix, route.timeout_secs
                     )),
                 )
             }
             Err(e) => {
-                tracing::warn!(upstream = %route.upstream, error = %e, "upstream unreachable");
+                tracing::warn!(upstream = %route.upstream, error = %root_cause(&e), "upstream unreachable");
                 error_body(
                     StatusCode::BAD_GATEWAY,
                     "upstream unreachable",
-                    Some(&format!("{}: {}", route.upstream, root_cause(&e))),
+                    Some(&format!(
+                        "the server behind {} cannot be reached",
+                        route.prefix
+                    )),
                 )
             }
         }
     }
+}
+
+/// The headers a `Connection` header names: hop-by-hop for this connection only (RFC 9110
+/// section 7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, named: &[String]) -> bool {
+    HOP_BY_HOP.contains(&name.as_str()) || named.iter().any(|n| n == name.as_str())
+}
+
+/// Replaces every `from` (ASCII, any case) in `text` with `to`.
+fn replace_ignoring_case(text: &str, from: &str, to: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in lower.match_indices(from) {
+        out.push_str(&text[last..at]);
+        out.push_str(to);
+        last = at + from.len();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// The path sent upstream for `rest` (what follows the route's prefix): dot segments resolved
+/// as an upstream would resolve them (plain or percent-encoded, after `/` or `\`, with `;`
+/// parameters), so that nothing can climb above the upstream's base.
+///
+/// # Errors
+/// When the path would leave the base, or hides dots or slashes under double encoding.
+fn upstream_path(rest: &str) -> Result<String, &'static str> {
+    let lower = rest.to_ascii_lowercase();
+    if ["%252e", "%252f", "%255c"]
+        .iter()
+        .any(|d| lower.contains(d))
+    {
+        return Err("double-encoded dots and slashes are not forwarded");
+    }
+    let mut unified = rest.replace('\\', "/");
+    for (encoded, plain) in [("%2e", "."), ("%2f", "/"), ("%5c", "/")] {
+        unified = replace_ignoring_case(&unified, encoded, plain);
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = unified.split('/').skip(1).collect();
+    for segment in &segments {
+        match segment.split(';').next().unwrap_or_default() {
+            "." => {}
+            ".." => {
+                if kept.pop().is_none() {
+                    return Err("the path leaves the proxied server's base");
+                }
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let mut path = String::with_capacity(unified.len());
+    for segment in &kept {
+        path.push('/');
+        path.push_str(segment);
+    }
+    // A trailing slash (or a last dot segment) names a folder.
+    if segments
+        .last()
+        .is_some_and(|s| s.is_empty() || matches!(*s, "." | ".."))
+        && !path.ends_with('/')
+    {
+        path.push('/');
+    }
+    Ok(path)
 }
 
 fn root_cause(error: &dyn std::error::Error) -> String {
@@ -197,4 +287,38 @@ fn root_cause(error: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_path;
+
+    #[test]
+    fn dot_segments_stay_under_the_base() {
+        for (rest, forwarded) in [
+            ("", ""),
+            ("/", "/"),
+            ("/wms", "/wms"),
+            ("/a/../b", "/b"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a%2fb", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/x%20y", "/x%20y"),
+        ] {
+            assert_eq!(upstream_path(rest), Ok(forwarded.to_owned()), "{rest}");
+        }
+        for rest in [
+            "/../secret",
+            "/%2e%2e/secret",
+            "/..\\secret",
+            "/.%2e/.%2e/root",
+            "/a/../../root",
+            "/..;/secret",
+            "/%2E%2E%5csecret",
+            "/%252e%252e/secret",
+        ] {
+            assert!(upstream_path(rest).is_err(), "{rest} accepted");
+        }
+    }
 }

@@ -2,11 +2,10 @@
 //! ALPN, limits, and a graceful drain on stop.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -99,13 +98,6 @@ where
     }
 
     async fn connection(self, stream: TcpStream, peer: SocketAddr) {
-        let activity = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let stream = Activity {
-            inner: stream,
-            last: activity.clone(),
-            epoch,
-        };
         match &self.tls {
             Some(tls) => {
                 let handshake = tokio::time::timeout(
@@ -114,8 +106,7 @@ where
                 );
                 match handshake.await {
                     Ok(Ok(tls_stream)) => {
-                        self.serve(tls_stream, ConnInfo { peer, tls: true }, activity, epoch)
-                            .await
+                        self.serve(tls_stream, ConnInfo { peer, tls: true }).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
@@ -123,20 +114,28 @@ where
                     Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
             }
-            None => {
-                self.serve(stream, ConnInfo { peer, tls: false }, activity, epoch)
-                    .await
-            }
+            None => self.serve(stream, ConnInfo { peer, tls: false }).await,
         }
     }
 
-    async fn serve<IO>(&self, io: IO, conn: ConnInfo, activity: Arc<AtomicU64>, epoch: Instant)
+    async fn serve<IO>(&self, io: IO, conn: ConnInfo)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let pipeline = self.pipeline.clone();
-        let service =
-            hyper::service::service_fn(move |request| pipeline.clone().handle(conn, request));
+        let streams = Streams::new();
+        let counted = streams.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let stream = counted.begin();
+            let answer = pipeline.clone().handle(conn, request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _stream: stream,
+                }))
+            }
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -151,13 +150,15 @@ where
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
         let idle_limit = Duration::from_secs(self.limits.idle_timeout_secs);
-        let mut draining = false;
+        // Once asked to close, a connection that has not closed within another idle period
+        // (a client that ignores GOAWAY or never reads) is dropped.
+        let mut closing_by: Option<tokio::time::Instant> = None;
         loop {
-            let since = Duration::from_millis(activity.load(Ordering::Relaxed));
-            let idle_for = epoch.elapsed().saturating_sub(since);
+            let idle_for = streams.idle_for();
             let wait = idle_limit
                 .saturating_sub(idle_for)
                 .max(Duration::from_millis(100));
+            let forced = closing_by.unwrap_or_else(|| tokio::time::Instant::now() + wait);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -165,83 +166,100 @@ where
                     }
                     return;
                 }
-                () = self.stop.cancelled(), if !draining => {
-                    draining = true;
+                () = self.stop.cancelled(), if closing_by.is_none() => {
+                    closing_by = Some(tokio::time::Instant::now() + idle_limit.max(Duration::from_secs(self.limits.drain_timeout_secs)));
                     connection.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep(wait), if !draining => {
-                    let since = Duration::from_millis(activity.load(Ordering::Relaxed));
-                    if epoch.elapsed().saturating_sub(since) >= idle_limit {
+                () = tokio::time::sleep(wait), if closing_by.is_none() => {
+                    // Idle means no request in flight: keep-alive pings and acknowledgements
+                    // that move bytes do not count.
+                    if streams.idle_for() >= idle_limit {
                         tracing::debug!(client = %conn.peer, "closing idle connection");
-                        draining = true;
+                        closing_by = Some(tokio::time::Instant::now() + idle_limit);
                         connection.as_mut().graceful_shutdown();
                     }
+                }
+                () = tokio::time::sleep_until(forced), if closing_by.is_some() => {
+                    tracing::debug!(client = %conn.peer, "connection did not close when asked; dropped");
+                    return;
                 }
             }
         }
     }
 }
 
-/// A stream that records when bytes last moved, for the idle timeout.
-struct Activity {
-    inner: TcpStream,
-    last: Arc<AtomicU64>,
+/// The requests in flight on one connection, and since when it has had none.
+struct Streams {
+    in_flight: AtomicUsize,
     epoch: Instant,
+    /// Milliseconds after `epoch` when the last request ended (or the connection opened).
+    idle_since: AtomicU64,
 }
 
-impl Activity {
-    fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
+impl Streams {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            idle_since: AtomicU64::new(0),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a request until the returned guard (moved into its response body) is dropped.
+    fn begin(self: &Arc<Self>) -> StreamGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.idle_since.load(Ordering::Acquire);
+        Duration::from_millis(self.now().saturating_sub(since))
     }
 }
 
-impl AsyncRead for Activity {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
+/// One request in flight: from its arrival until its response body is sent or dropped.
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        if streams.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            streams.idle_since.store(streams.now(), Ordering::Release);
         }
-        result
     }
 }
 
-impl AsyncWrite for Activity {
-    fn poll_write(
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked<B> {
+    body: B,
+    _stream: StreamGuard,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        result
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        result
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
