@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use actors::RootOutcome;
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config};
 use crate::root::Root;
 
 /// Pozi Server: serves an organisation's internal GIS data to the Pozi web app over HTTPS.
@@ -145,9 +145,8 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
     let config_file = config_file.map_or_else(|| root.config_file(), Path::to_owned);
     let mut config = match Config::load(&config_file) {
         Ok(config) => config,
-        Err(e @ (ConfigError::Read { .. } | ConfigError::Invalid { .. })) => {
-            return fail(&e.to_string());
-        }
+        // Exactly what `check-config` reports.
+        Err(e) => return fail(&e.to_string()),
     };
     if !listen.is_empty() {
         config.listen = listen;

@@ -251,6 +251,9 @@ impl SupervisorState {
         idx: usize,
     ) -> Result<(), String> {
         self.set_state(idx, ComponentState::Starting);
+        // Until this start succeeds the child has not run: a failure now must not count as the
+        // end of the long run of an earlier incarnation (which would reset its backoff).
+        self.children[idx].started_at = None;
         let start = self.children[idx].spec.start.clone();
         match start(myself.get_cell()).await {
             Ok(cell) => {
@@ -523,6 +526,12 @@ impl Actor for Supervisor {
                     .update(&state.children[idx].key, window, |h| {
                         h.planned_restarts += 1
                     });
+                // A child that ran for a whole window starts its backoff afresh, as it would
+                // after a failure; one restarted often keeps the backoff it has earned.
+                let child = &mut state.children[idx];
+                if child.started_at.is_some_and(|t| t.elapsed() > window) {
+                    child.consecutive = 0;
+                }
                 state.stop_child(idx, ComponentState::Starting).await;
                 state.children[idx].generation += 1;
                 let result = match state.start_child(&myself, idx).await {

@@ -40,6 +40,8 @@ struct Faults {
     panic_on_start: u32,
     /// Fail (return Err) in `pre_start` on every start.
     always_fail_start: bool,
+    /// Fail in `pre_start` on every start after the first N.
+    fail_start_after: Option<u32>,
     /// Panic in `post_stop`.
     panic_on_stop: bool,
 }
@@ -73,7 +75,7 @@ impl Actor for Worker {
         if n <= self.faults.panic_on_start {
             panic!("{} panicked while starting", self.name);
         }
-        if self.faults.always_fail_start {
+        if self.faults.always_fail_start || self.faults.fail_start_after.is_some_and(|k| n > k) {
             return Err(format!("{} cannot start", self.name).into());
         }
         self.log.push(format!("start:{}", self.name));
@@ -577,6 +579,51 @@ async fn a_retry_forever_child_never_takes_the_supervisor_down_and_backs_off_to_
     assert_eq!(
         registry.get("other").unwrap().state,
         ComponentState::Running
+    );
+    assert_eq!(root.shutdown().await, RootOutcome::Stopped);
+}
+
+/// A child that ran for longer than the window and then cannot start again (after a planned
+/// restart, say, with a broken certificate in place) backs off as any failing child does, rather
+/// than being retried at once forever.
+#[tokio::test]
+async fn a_start_failing_after_a_long_run_backs_off() {
+    let log = Arc::new(Log::default());
+    let registry = HealthRegistry::new();
+    let broken_later = Faults {
+        fail_start_after: Some(1),
+        ..Faults::default()
+    };
+    let root = Supervisor::start_root(
+        spec("root", &registry)
+            .intensity(Intensity {
+                max_restarts: 2,
+                period: Duration::from_millis(200),
+            })
+            .backoff(Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_secs(1),
+                jitter: 0.0,
+            })
+            .child(worker("http", RestartType::Permanent, &log, broken_later).retry_forever()),
+    )
+    .await
+    .unwrap();
+    eventually("started", || log.starts("http") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = call!(root.actor, |reply| SupervisorMsg::RestartChild {
+        name: "http".into(),
+        reply
+    })
+    .unwrap();
+    assert!(restarted.is_err(), "the second start should fail");
+    // 0 + 20 + 40 + 80 + 160 + 320 ms: about 6 attempts in a second (fewer on a slow machine),
+    // never thousands.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = log.starts("http");
+    assert!(
+        (3..=10).contains(&attempts),
+        "{attempts} attempts in a second"
     );
     assert_eq!(root.shutdown().await, RootOutcome::Stopped);
 }

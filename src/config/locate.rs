@@ -82,7 +82,7 @@ fn offset_of(value: &Value<'_>, path: &[Segment], key: bool) -> usize {
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)

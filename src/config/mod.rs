@@ -205,6 +205,7 @@ pub struct SearchSource {
     pub map_layer_id_field: Option<String>,
     /// Ranking weight: results of heavier sources come first at equal relevance.
     #[serde(default = "default_weight")]
+    #[schemars(range(min = 0.001, max = 1000))]
     pub weight: f64,
 }
 
@@ -227,7 +228,7 @@ pub struct HttpConfig {
     /// host's first DNS label picks the folder, and `local` is the fallback.
     pub hosts: BTreeMap<String, String>,
     /// How often the certificate files are checked for a replacement, in seconds.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 86400))]
     pub certificate_check_secs: u64,
     /// Cross-origin access for the Pozi web app.
     pub cors: CorsConfig,
@@ -282,6 +283,7 @@ pub struct CorsConfig {
     /// Request headers a preflight may ask for.
     pub allowed_headers: Vec<String>,
     /// How long browsers may cache a preflight answer, in seconds.
+    #[schemars(range(max = 604800))]
     pub max_age_secs: u64,
 }
 
@@ -329,7 +331,7 @@ pub struct ProxyRoute {
     pub upstream: String,
     /// Time allowed for the upstream to answer, in seconds; then 504.
     #[serde(default = "default_proxy_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3600))]
     pub timeout_secs: u64,
 }
 
@@ -342,23 +344,26 @@ fn default_proxy_timeout() -> u64 {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Time for a TLS handshake, in seconds.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 300))]
     pub handshake_timeout_secs: u64,
     /// Time for a client to send a request's headers (slowloris defence), in seconds.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 300))]
     pub header_read_timeout_secs: u64,
-    /// An idle keep-alive connection is closed after this many seconds.
-    #[schemars(range(min = 1))]
+    /// A connection with no request in flight for this many seconds is closed (HTTP/1.1
+    /// keep-alive and HTTP/2 alike; keep-alive pings do not count as requests).
+    #[schemars(range(min = 1, max = 86400))]
     pub idle_timeout_secs: u64,
     /// Largest request head accepted, in bytes.
-    #[schemars(range(min = 1024))]
+    #[schemars(range(min = 1024, max = 1048576))]
     pub max_header_bytes: usize,
     /// Connections served at once; more wait in the OS backlog.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: usize,
     /// Largest request body accepted (proxied uploads), in bytes.
+    #[schemars(range(max = 1099511627776_u64))]
     pub body_limit_bytes: u64,
     /// On stop, time allowed for in-flight requests to finish, in seconds.
+    #[schemars(range(max = 3600))]
     pub drain_timeout_secs: u64,
 }
 
@@ -383,7 +388,7 @@ pub struct AccessLog {
     /// `on`, `off`, or `sampled` (one request in `sample_one_in`; errors always logged).
     pub mode: AccessLogMode,
     /// For `sampled`: log one request in this many.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub sample_one_in: u64,
 }
 
@@ -422,7 +427,7 @@ pub struct LogConfig {
     /// Folder of the daily-rolling `server.log`, relative to the installation root.
     pub directory: PathBuf,
     /// Days of log files kept.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3650))]
     pub keep_days: usize,
 }
 
@@ -444,17 +449,20 @@ impl Default for LogConfig {
 pub struct SupervisorConfig {
     /// More than this many restarts within `period_secs` makes the server exit non-zero, so the
     /// OS service manager takes over.
+    #[schemars(range(max = 10000))]
     pub max_restarts: u32,
     /// The window restarts are counted in, in seconds.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 86400))]
     pub period_secs: u64,
     /// Delay before the second restart of a component within the window, in milliseconds;
     /// it doubles for each further restart. The first restart is immediate.
+    #[schemars(range(max = 3600000))]
     pub backoff_initial_ms: u64,
     /// Upper bound of the restart delay, in milliseconds.
+    #[schemars(range(max = 86400000))]
     pub backoff_max_ms: u64,
     /// Time allowed for an orderly shutdown on SIGINT/SIGTERM, in seconds.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3600))]
     pub shutdown_timeout_secs: u64,
 }
 
@@ -521,6 +529,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The path is not a regular file (a folder, a device, a pipe), or is too large to be one.
+    #[error("config file {path}: {reason}")]
+    NotAConfigFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
     /// The file was read and has problems.
     #[error("{} has {} problem{}:\n{}", path.display(), issues.len(), if issues.len() == 1 { "" } else { "s" },
         issues.iter().map(|i| format!("  {}:{i}", path.display())).collect::<Vec<_>>().join("\n"))]
@@ -544,10 +560,7 @@ impl Config {
     /// # Errors
     /// When the file cannot be read, or has any problem (all of them are listed).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_config_text(path)?;
         Self::parse(&text).map_err(|issues| ConfigError::Invalid {
             path: path.to_owned(),
             issues,
@@ -614,6 +627,50 @@ impl Config {
     }
 }
 
+/// Largest config file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file that is a regular file of at most [`MAX_CONFIG_BYTES`] (never a device
+/// such as `/dev/zero`, which never ends, nor a pipe, which may never answer).
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let not = |reason: String| ConfigError::NotAConfigFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "a device, pipe or socket"
+        };
+        return Err(not(format!("is {kind}, not a regular file")));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(not(format!(
+            "is {} bytes; a config file may be at most {MAX_CONFIG_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(not(format!(
+            "grew past {MAX_CONFIG_BYTES} bytes while being read"
+        )));
+    }
+    Ok(text)
+}
+
 /// Parses an IANA zone name.
 ///
 /// # Errors
@@ -663,13 +720,12 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
         None => Some(schedules::local_zone()),
     };
     if let Some(level) = text("/log/level")
-        && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level)
+        && let Err(e) = check_log_level(level)
     {
-        report(
-            &[key("log"), key("level")],
-            format!("not a log level or filter: {e}"),
-        );
+        report(&[key("log"), key("level")], e);
     }
+    search_issues(value, default_zone, report);
+    http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();
     let initial = number("/supervisor/backoff_initial_ms").unwrap_or(defaults.backoff_initial_ms);
@@ -705,19 +761,261 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
         };
         if let Some(expression) = field("schedule") {
             // A bad zone is reported above; the expression is still checked, in UTC.
-            if let Err(e) = Schedule::parse(expression, zone.unwrap_or(Tz::UTC)) {
-                report(
-                    &at("schedule"),
-                    format!(
-                        "{} (column {}{})",
-                        e.reason,
-                        e.column,
-                        e.field.map(|f| format!(", {f} field")).unwrap_or_default()
-                    ),
-                );
+            check_schedule(expression, zone, &at("schedule"), report);
+        }
+    }
+}
+
+/// Log levels a filter directive may name.
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter as `run` will use it: every directive a level (`info`) or a target with
+/// a level (`poziserver=debug`). A bare word that is not a level would be read as a target
+/// name and silence everything else.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    let hint = "use trace, debug, info, warn, error or off, or target=level directives such as \"poziserver=debug,info\"";
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} has no target before =; {hint}")),
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())) {
+            return Err(format!("{directive:?} is not a log level; {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(|_| ())
+        .map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+/// The search index's schedule, zone and sources.
+fn search_issues(
+    value: &serde_json::Value,
+    default_zone: Option<Tz>,
+    report: &mut dyn FnMut(&[Segment], String),
+) {
+    let at = |field: &str| {
+        [
+            Segment::Key("search".to_owned()),
+            Segment::Key(field.to_owned()),
+        ]
+    };
+    let field = |name: &str| value.pointer(&format!("/search/{name}"));
+    let zone = match field("time_zone").and_then(serde_json::Value::as_str) {
+        Some(name) => parse_zone(name)
+            .map_err(|message| report(&at("time_zone"), message))
+            .ok(),
+        None => default_zone,
+    };
+    if let Some(expression) = field("rebuild").and_then(serde_json::Value::as_str) {
+        check_schedule(expression, zone, &at("rebuild"), report);
+    }
+    let sources = field("sources").and_then(serde_json::Value::as_array);
+    for (i, source) in sources.into_iter().flatten().enumerate() {
+        if let Some(path) = source.get("source").and_then(serde_json::Value::as_str)
+            && let Err(e) =
+                crate::http::safe_path::segments(&format!("/{}", path.trim_start_matches('/')))
+        {
+            report(
+                &[
+                    Segment::Key("search".to_owned()),
+                    Segment::Key("sources".to_owned()),
+                    Segment::Index(i),
+                    Segment::Key("source".to_owned()),
+                ],
+                format!("{path:?} is not a path under userdata: {e}"),
+            );
+        }
+    }
+}
+
+/// Checks a cron expression in `zone` (UTC when the zone itself was bad and is reported apart).
+fn check_schedule(
+    expression: &str,
+    zone: Option<Tz>,
+    at: &[Segment],
+    report: &mut dyn FnMut(&[Segment], String),
+) {
+    if let Err(e) = Schedule::parse(expression, zone.unwrap_or(Tz::UTC)) {
+        report(
+            at,
+            format!(
+                "{} (column {}{})",
+                e.reason,
+                e.column,
+                e.field.map(|f| format!(", {f} field")).unwrap_or_default()
+            ),
+        );
+    }
+}
+
+/// Host folders, certificate names, caching rules, proxy routes and CORS origins, checked as
+/// the listener will use them.
+fn http_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment], String)) {
+    let path = |parts: &[&str]| -> Vec<Segment> {
+        std::iter::once(Segment::Key("http".to_owned()))
+            .chain(parts.iter().map(|p| Segment::Key((*p).to_owned())))
+            .collect()
+    };
+    let with_index = |mut at: Vec<Segment>, i: usize, field: Option<&str>| {
+        at.push(Segment::Index(i));
+        if let Some(field) = field {
+            at.push(Segment::Key(field.to_owned()));
+        }
+        at
+    };
+    let array = |pointer: &str| {
+        value
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if let Some(hosts) = value
+        .pointer("/http/hosts")
+        .and_then(serde_json::Value::as_object)
+    {
+        for (host, folder) in hosts {
+            if let Some(folder) = folder.as_str()
+                && let Err(e) = check_host_folder(folder)
+            {
+                report(&path(&["hosts", host]), e);
             }
         }
     }
+    for (i, name) in array("/http/host_names").iter().enumerate() {
+        if let Some(name) = name.as_str()
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            report(
+                &with_index(path(&["host_names"]), i, None),
+                format!("{name:?} is not a host name or IP address (ASCII, no spaces)"),
+            );
+        }
+    }
+    for (i, rule) in array("/http/cache_control").iter().enumerate() {
+        if let Some(pattern) = rule.get("pattern").and_then(serde_json::Value::as_str)
+            && let Err(e) = globset::Glob::new(pattern)
+        {
+            report(
+                &with_index(path(&["cache_control"]), i, Some("pattern")),
+                format!("not a glob: {e}"),
+            );
+        }
+        if let Some(header) = rule.get("value").and_then(serde_json::Value::as_str)
+            && (header.chars().any(char::is_control)
+                || http::HeaderValue::from_str(header).is_err())
+        {
+            report(
+                &with_index(path(&["cache_control"]), i, Some("value")),
+                "not a valid header value (control characters such as CR or LF are not allowed)"
+                    .to_owned(),
+            );
+        }
+    }
+    for (i, route) in array("/http/proxy").iter().enumerate() {
+        if let Some(prefix) = route.get("prefix").and_then(serde_json::Value::as_str)
+            && (!prefix.starts_with('/')
+                || prefix.len() < 2
+                || prefix.ends_with('/')
+                || prefix.contains(['?', '#', '%', '\\'])
+                || prefix.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            report(
+                &with_index(path(&["proxy"]), i, Some("prefix")),
+                format!(
+                    "{prefix:?} must be a path such as \"/iis\": a leading /, no trailing /, no ?, #, % or spaces"
+                ),
+            );
+        }
+        if let Some(upstream) = route.get("upstream").and_then(serde_json::Value::as_str)
+            && let Err(e) = check_upstream(upstream)
+        {
+            report(&with_index(path(&["proxy"]), i, Some("upstream")), e);
+        }
+    }
+    for (i, origin) in array("/http/cors/allowed_origins").iter().enumerate() {
+        if let Some(origin) = origin.as_str()
+            && let Err(e) = check_origin(origin)
+        {
+            report(&with_index(path(&["cors", "allowed_origins"]), i, None), e);
+        }
+    }
+    for (i, name) in array("/http/cors/allowed_headers").iter().enumerate() {
+        if let Some(name) = name.as_str()
+            && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            report(
+                &with_index(path(&["cors", "allowed_headers"]), i, None),
+                format!("{name:?} is not a header name"),
+            );
+        }
+    }
+}
+
+/// A host's folder: a relative path must stay under `userdata` (plain folder names only); an
+/// absolute path is the operator's explicit choice.
+fn check_host_folder(folder: &str) -> Result<(), String> {
+    use std::path::Component;
+    let path = Path::new(folder);
+    if folder.trim().is_empty() {
+        return Err("an empty folder name".to_owned());
+    }
+    if path.is_absolute() {
+        return Ok(());
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        || folder.contains('\\')
+    {
+        return Err(format!(
+            "{folder:?} leaves userdata: a relative folder may hold only plain folder names (no .., no drive or root)"
+        ));
+    }
+    Ok(())
+}
+
+/// An upstream base URL: `http` or `https` with a host.
+fn check_upstream(upstream: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(upstream).map_err(|e| {
+        format!(
+            "{upstream:?} is not a URL ({e}); write it in full, such as \"http://localhost/pozi\""
+        )
+    })?;
+    if !["http", "https"].contains(&url.scheme()) || url.host_str().is_none() {
+        return Err(format!(
+            "{upstream:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{upstream:?} may not hold a query or fragment"));
+    }
+    Ok(())
+}
+
+/// A CORS origin: `scheme://host[:port]`, or `scheme://*.domain` for every subdomain.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let hint = "an origin is a scheme and host such as \"https://maps.example.org\" or \"https://*.pozi.com\"";
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("{origin:?} has no scheme; {hint}"));
+    };
+    if !["http", "https"].contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "{origin:?}: the scheme must be http or https; {hint}"
+        ));
+    }
+    let host = rest.trim_end_matches('/');
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    if host.is_empty()
+        || host.contains(['/', '?', '#', '@', '*'])
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{origin:?} is not an origin; {hint}"));
+    }
+    Ok(())
 }
 
 fn structural_issues(

@@ -156,7 +156,7 @@ impl Table {
                 Some('F' | 'f' | 'N' | 'n') => Value::Integer(0),
                 _ => Value::Null,
             },
-            b'D' if text.len() == 8 => {
+            b'D' if text.len() == 8 && text.bytes().all(|b| b.is_ascii_digit()) => {
                 Value::Text(format!("{}-{}-{}", &text[..4], &text[4..6], &text[6..]))
             }
             _ if text.is_empty() => Value::Null,

@@ -516,7 +516,8 @@ fn zipped_shapefile_to_gpkg(
         let Some(name) = names.iter().find(|n| {
             n.len() == stem.len() + 4
                 && n.starts_with(&stem)
-                && n[stem.len() + 1..].eq_ignore_ascii_case(extension)
+                && n.get(stem.len() + 1..)
+                    .is_some_and(|e| e.eq_ignore_ascii_case(extension))
         }) else {
             continue;
         };
