@@ -236,6 +236,11 @@ pub struct HttpConfig {
     pub cache_control: Vec<CacheRule>,
     /// Reverse-proxy routes to QGIS Server, MapServer or IIS.
     pub proxy: Vec<ProxyRoute>,
+    /// File extensions never served as static files (compared without case): data-source
+    /// definitions that name internal paths or hold database passwords. `/ogr2ogr` still reads
+    /// them. Files and folders whose names start with a dot are never served either (except
+    /// `.well-known`).
+    pub refused_extensions: Vec<String>,
     /// Connection and request limits.
     pub limits: Limits,
     /// Access log through the server log.
@@ -266,11 +271,23 @@ impl Default for HttpConfig {
                 },
             ],
             proxy: Vec::new(),
+            refused_extensions: DEFAULT_REFUSED_EXTENSIONS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
             limits: Limits::default(),
             access_log: AccessLog::default(),
         }
     }
 }
+
+/// Extensions refused as static files by default: GDAL virtual datasets, MapInfo tables (which
+/// can hold database connections), QGIS projects and layer files, MapServer map files, and
+/// connection and key files.
+pub const DEFAULT_REFUSED_EXTENSIONS: &[&str] = &[
+    "vrt", "tab", "map", "qgs", "qgz", "qlr", "udl", "dsn", "odc", "ini", "env", "key", "pem",
+    "pfx", "p12",
+];
 
 /// Which origins may read this server's responses from a browser.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -934,6 +951,20 @@ fn http_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment], Str
             && let Err(e) = check_upstream(upstream)
         {
             report(&with_index(path(&["proxy"]), i, Some("upstream")), e);
+        }
+    }
+    for (i, extension) in array("/http/refused_extensions").iter().enumerate() {
+        if let Some(extension) = extension.as_str()
+            && (extension.trim_start_matches('.').is_empty()
+                || !extension
+                    .trim_start_matches('.')
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-'))
+        {
+            report(
+                &with_index(path(&["refused_extensions"]), i, None),
+                format!("{extension:?} is not a file extension such as \"vrt\""),
+            );
         }
     }
     for (i, origin) in array("/http/cors/allowed_origins").iter().enumerate() {

@@ -114,12 +114,17 @@ impl Actor for HttpComponent {
             files: StaticFiles::new(&http.cache_control),
             cors: Cors::new(&http.cors),
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
-            health: Health::new(args.registry.clone(), cert.clone()),
+            health: Health::new(args.registry.clone(), cert.clone()).with_root(args.root.path()),
             catalog: Arc::new(
                 crate::data::gpkg::Catalog::with_limits(&args.config.data)
                     .with_cache(args.root.state_dir().join("cache")),
             ),
             search_index: args.root.state_dir().join("search.sqlite"),
+            refused: http
+                .refused_extensions
+                .iter()
+                .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
         });
         let tls = match &cert {
             Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),
@@ -146,6 +151,7 @@ impl Actor for HttpComponent {
                 router,
                 access_log: http.access_log.clone(),
                 counter: AtomicU64::new(0),
+                max_header_bytes: limits.max_header_bytes,
             }),
             tls,
             limits: limits.clone(),

@@ -37,6 +37,26 @@ pub struct Site {
     pub catalog: Arc<crate::data::gpkg::Catalog>,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
+    /// Extensions never served as static files, lower case without the dot.
+    pub refused: Vec<String>,
+}
+
+impl Site {
+    /// Whether the file at `segments` may be served as a static file: no name starting with a
+    /// dot (but `.well-known`), and no refused extension.
+    #[must_use]
+    pub fn servable(&self, segments: &[String]) -> bool {
+        let hidden = segments
+            .iter()
+            .any(|s| s.starts_with('.') && s != ".well-known");
+        let refused = segments.last().is_some_and(|name| {
+            std::path::Path::new(name)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| self.refused.iter().any(|r| r.eq_ignore_ascii_case(e)))
+        });
+        !hidden && !refused
+    }
 }
 
 /// First path segments that belong to the APIs rather than to static files.
@@ -240,6 +260,10 @@ pub async fn serve_file(site: &Site, method: &Method, path: &str, headers: &Head
         Ok(segments) => segments,
         Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad path", Some(e.0)),
     };
+    // Refused files answer as if absent: a client learns nothing of them.
+    if !site.servable(&segments) {
+        return error_body(StatusCode::NOT_FOUND, "not found", Some(path));
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let folders = site.hosts.search_path(host);
     let request = FileRequest { method, headers };

@@ -136,16 +136,22 @@ where
                 }))
             }
         });
+        // Heads up to the ceiling reach the pipeline, which answers one over the limit with a
+        // JSON 431; only larger ones get the HTTP layer's bare 431.
+        let ceiling = self
+            .limits
+            .max_header_bytes
+            .saturating_mul(super::service::HEAD_CEILING);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(self.limits.header_read_timeout_secs))
-            .max_buf_size(self.limits.max_header_bytes.max(8192));
+            .max_buf_size(ceiling.max(8192));
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(ceiling).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(self.limits.idle_timeout_secs)));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
@@ -377,6 +383,7 @@ mod tests {
             health: Health::new(actors::HealthRegistry::new(), None),
             catalog: Arc::default(),
             search_index: dir.join("search.sqlite"),
+            refused: Vec::new(),
         });
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
@@ -384,6 +391,7 @@ mod tests {
                 router: Panicky,
                 access_log: config.access_log.clone(),
                 counter: AtomicU64::new(0),
+                max_header_bytes: config.limits.max_header_bytes,
             }),
             tls: None,
             limits: config.limits.clone(),

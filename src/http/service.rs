@@ -28,6 +28,28 @@ pub struct Pipeline<S> {
     pub access_log: AccessLog,
     /// Requests seen, for sampling.
     pub counter: AtomicU64,
+    /// Largest request head answered (`http.limits.max_header_bytes`); the HTTP layer itself
+    /// cuts off only heads several times larger, so that a too-large head gets this server's
+    /// JSON 431.
+    pub max_header_bytes: usize,
+}
+
+/// How many times `max_header_bytes` the HTTP layer reads before cutting a head off itself.
+pub const HEAD_CEILING: usize = 4;
+
+/// The size of a request head as sent: the target and every header line.
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + target
+        + 16
 }
 
 impl<S> Pipeline<S>
@@ -61,8 +83,16 @@ where
         }
         let origin = request.headers().get(header::ORIGIN).cloned();
 
-        let response = if let Some(preflight) = self.site.cors.preflight(&method, request.headers())
-        {
+        let response = if head_bytes(&request) > self.max_header_bytes {
+            error_body(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+                Some(&format!(
+                    "the request line and headers may hold at most {} bytes",
+                    self.max_header_bytes
+                )),
+            )
+        } else if let Some(preflight) = self.site.cors.preflight(&method, request.headers()) {
             preflight
         } else if (method == http::Method::GET || method == http::Method::HEAD)
             && !self.site.is_api_path(&path)

@@ -65,6 +65,8 @@ impl CertInfo {
 /// Where certificates live in a root.
 #[derive(Debug, Clone)]
 pub struct CertPaths {
+    /// The installation root, which paths are shown relative to.
+    pub root: PathBuf,
     /// `<root>/certificate.cer` (PEM, may hold the chain).
     pub cert: PathBuf,
     /// `<root>/certificate.key` (PEM: PKCS#8, PKCS#1 or SEC1).
@@ -73,6 +75,10 @@ pub struct CertPaths {
     pub self_signed_cert: PathBuf,
     /// `<root>/state/self-signed.key`.
     pub self_signed_key: PathBuf,
+    /// `<root>/state/last-good.cer`: a copy of the organisation's certificate as last loaded.
+    pub last_good_cert: PathBuf,
+    /// `<root>/state/last-good.key`.
+    pub last_good_key: PathBuf,
 }
 
 impl CertPaths {
@@ -80,21 +86,31 @@ impl CertPaths {
     #[must_use]
     pub fn in_root(root: &Path) -> Self {
         Self {
+            root: root.to_owned(),
             cert: root.join("certificate.cer"),
             key: root.join("certificate.key"),
             self_signed_cert: root.join("state/self-signed.cer"),
             self_signed_key: root.join("state/self-signed.key"),
+            last_good_cert: root.join("state/last-good.cer"),
+            last_good_key: root.join("state/last-good.key"),
         }
     }
 
-    /// The organisation's files when both exist, else the self-signed pair.
+    /// `path` as shown to clients and in `/health`: relative to the root.
     #[must_use]
-    pub fn active(&self) -> (&Path, &Path, bool) {
-        if self.cert.exists() && self.key.exists() {
-            (&self.cert, &self.key, false)
-        } else {
-            (&self.self_signed_cert, &self.self_signed_key, true)
-        }
+    pub fn shown(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    /// An error's message with the root's paths shown relative to it.
+    fn describe(&self, error: &CertError) -> String {
+        let root = self.root.display().to_string();
+        let text = error.to_string();
+        text.replace(&format!("{root}{}", std::path::MAIN_SEPARATOR), "")
+            .replace(&root, ".")
     }
 }
 
@@ -205,6 +221,8 @@ pub fn load(
 pub struct CertStore {
     key: ArcSwap<CertifiedKey>,
     info: ArcSwap<CertInfo>,
+    /// Why the organisation's certificate is not the one served, when it should be.
+    problem: ArcSwap<Option<String>>,
     paths: CertPaths,
     stamp: std::sync::Mutex<Option<FileStamp>>,
 }
@@ -224,22 +242,33 @@ impl FileStamp {
     }
 }
 
+/// A loaded certificate and what is known about it.
+type Loaded = (Arc<CertifiedKey>, CertInfo);
+
 impl CertStore {
-    /// Loads the active certificate (making the self-signed one first if needed).
+    /// Loads the organisation's certificate when its files are there; when they are not usable,
+    /// the copy of the last one that was (or else the self-signed one) is served instead and the
+    /// problem is reported in `/health`, so that a bad replacement never leaves the server
+    /// without HTTPS.
     ///
     /// # Errors
-    /// When no usable certificate can be had.
+    /// When no usable certificate can be had at all (the self-signed one cannot be made).
     pub fn open(paths: CertPaths, names: &[String]) -> Result<Arc<Self>, CertError> {
-        let (cert, key, self_signed) = paths.active();
-        if self_signed && ensure_self_signed(&paths, names)? {
-            tracing::info!(path = %paths.self_signed_cert.display(), names = ?names, "generated a self-signed certificate; put the organisation's certificate.cer and certificate.key in the root to replace it");
-        }
-        let (certified, info) = load(cert, key, self_signed)?;
-        log_loaded(&info);
         let stamp = FileStamp::of(&paths);
+        let (loaded, problem) = match organisation(&paths) {
+            Some(Ok(loaded)) => (loaded, None),
+            Some(Err(e)) => {
+                let problem = paths.describe(&e);
+                tracing::error!(error = %problem, "the organisation's certificate is not usable; serving a fallback");
+                (fallback(&paths, names)?, Some(problem))
+            }
+            None => (self_signed(&paths, names)?, None),
+        };
+        log_loaded(&loaded.1);
         Ok(Arc::new(Self {
-            key: ArcSwap::new(certified),
-            info: ArcSwap::new(Arc::new(info)),
+            key: ArcSwap::new(loaded.0),
+            info: ArcSwap::new(Arc::new(loaded.1)),
+            problem: ArcSwap::new(Arc::new(problem)),
             paths,
             stamp: std::sync::Mutex::new(Some(stamp)),
         }))
@@ -249,6 +278,18 @@ impl CertStore {
     #[must_use]
     pub fn info(&self) -> Arc<CertInfo> {
         self.info.load_full()
+    }
+
+    /// Why the organisation's certificate is not being served, when its files are there.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        self.problem.load().as_ref().clone()
+    }
+
+    /// `path` relative to the root.
+    #[must_use]
+    pub fn shown(&self, path: &Path) -> String {
+        self.paths.shown(path)
     }
 
     /// Reloads when the files changed since the last look; keeps the old certificate when the
@@ -265,20 +306,82 @@ impl CertStore {
             }
             *last = Some(now);
         }
-        let (cert, key, self_signed) = self.paths.active();
-        match load(cert, key, self_signed) {
+        let loaded = match organisation(&self.paths) {
+            Some(loaded) => loaded,
+            None => {
+                let (cert, key) = (&self.paths.self_signed_cert, &self.paths.self_signed_key);
+                load(cert, key, true)
+            }
+        };
+        match loaded {
             Ok((certified, info)) => {
                 self.key.store(certified);
                 log_loaded(&info);
                 self.info.store(Arc::new(info));
+                self.problem.store(Arc::new(None));
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "certificate files changed but are not usable; still serving the previous certificate");
+                let problem = self.paths.describe(&e);
+                tracing::error!(error = %problem, "certificate files changed but are not usable; still serving the previous certificate");
+                self.problem.store(Arc::new(Some(problem)));
                 false
             }
         }
     }
+}
+
+/// The organisation's certificate when both its files are there (saving a copy as the last
+/// good one when it loads).
+fn organisation(paths: &CertPaths) -> Option<Result<Loaded, CertError>> {
+    if !(paths.cert.exists() && paths.key.exists()) {
+        return None;
+    }
+    let loaded = load(&paths.cert, &paths.key, false);
+    if loaded.is_ok() {
+        save_last_good(paths);
+    }
+    Some(loaded)
+}
+
+/// Keeps a copy of the organisation's files as last loaded, for when a later replacement is bad.
+fn save_last_good(paths: &CertPaths) {
+    let same = |a: &Path, b: &Path| std::fs::read(a).ok() == std::fs::read(b).ok();
+    if same(&paths.cert, &paths.last_good_cert) && same(&paths.key, &paths.last_good_key) {
+        return;
+    }
+    for (from, to) in [
+        (&paths.cert, &paths.last_good_cert),
+        (&paths.key, &paths.last_good_key),
+    ] {
+        if let Err(e) = std::fs::copy(from, to) {
+            tracing::warn!(file = %paths.shown(to), error = %e, "cannot keep a copy of the certificate");
+        }
+    }
+}
+
+/// The last good copy of the organisation's certificate, else the self-signed one.
+fn fallback(paths: &CertPaths, names: &[String]) -> Result<Loaded, CertError> {
+    match load(&paths.last_good_cert, &paths.last_good_key, false) {
+        Ok(loaded) => {
+            tracing::warn!(subject = %loaded.1.subject, "serving the last good copy of the organisation's certificate");
+            Ok(loaded)
+        }
+        Err(_) => {
+            tracing::warn!(
+                "no good copy of the organisation's certificate; serving the self-signed one"
+            );
+            self_signed(paths, names)
+        }
+    }
+}
+
+/// The self-signed certificate, made first if needed.
+fn self_signed(paths: &CertPaths, names: &[String]) -> Result<Loaded, CertError> {
+    if ensure_self_signed(paths, names)? {
+        tracing::info!(path = %paths.shown(&paths.self_signed_cert), names = ?names, "generated a self-signed certificate; put the organisation's certificate.cer and certificate.key in the root to replace it");
+    }
+    load(&paths.self_signed_cert, &paths.self_signed_key, true)
 }
 
 fn log_loaded(info: &CertInfo) {

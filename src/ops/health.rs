@@ -18,6 +18,8 @@ use crate::http::tls::CertStore;
 pub struct Health {
     registry: HealthRegistry,
     cert: Option<Arc<CertStore>>,
+    /// The installation root, never shown: paths under it are shown relative to it.
+    root: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,7 +47,30 @@ impl Health {
     /// Reads `registry`, and the certificate in `cert` when serving HTTPS.
     #[must_use]
     pub fn new(registry: HealthRegistry, cert: Option<Arc<CertStore>>) -> Self {
-        Self { registry, cert }
+        Self {
+            registry,
+            cert,
+            root: None,
+        }
+    }
+
+    /// Shows paths under `root` relative to it (a health document is readable by anyone who
+    /// can reach the server).
+    #[must_use]
+    pub fn with_root(mut self, root: &std::path::Path) -> Self {
+        self.root = Some(root.to_owned());
+        self
+    }
+
+    fn hide_root(&self, text: &str) -> String {
+        match &self.root {
+            Some(root) => {
+                let root = root.display().to_string();
+                text.replace(&format!("{root}{}", std::path::MAIN_SEPARATOR), "")
+                    .replace(&root, ".")
+            }
+            None => text.to_owned(),
+        }
     }
 
     /// The document and its overall status.
@@ -74,7 +99,7 @@ impl Health {
                     "totalRestarts": h.total_restarts,
                     "plannedRestarts": h.planned_restarts,
                     "lastStart": h.last_start.map(time),
-                    "lastError": h.last_error.as_ref().map(|e| json!({"message": e.message, "time": time(e.at)})),
+                    "lastError": h.last_error.as_ref().map(|e| json!({"message": self.hide_root(&e.message), "time": time(e.at)})),
                 }]),
             );
         }
@@ -84,23 +109,33 @@ impl Health {
                 .not_after
                 .duration_since(now)
                 .map_or(0, |d| d.as_secs() / 86_400);
-            let status = if info.expires_soon(now) {
+            let problem = cert.problem();
+            let status = if info.expires_soon(now) || problem.is_some() {
                 Status::Warn
             } else {
                 Status::Pass
             };
             overall = overall.max(status);
+            let output = match problem {
+                Some(problem) => Some(format!(
+                    "the organisation's certificate is not usable, so {} is served instead: {problem}",
+                    cert.shown(&info.path)
+                )),
+                None => info
+                    .expires_soon(now)
+                    .then(|| "certificate expires within 30 days".to_owned()),
+            };
             checks.insert(
                 "certificate:expiry".to_owned(),
                 json!([{
-                    "componentId": info.path.display().to_string(),
+                    "componentId": cert.shown(&info.path),
                     "status": status.as_str(),
                     "observedValue": days,
                     "observedUnit": "days",
                     "subject": info.subject,
                     "selfSigned": info.self_signed,
                     "time": time(info.not_after),
-                    "output": (status == Status::Warn).then_some("certificate expires within 30 days"),
+                    "output": output,
                 }]),
             );
         }
