@@ -8,6 +8,10 @@
 //! - `query`: running a layer query and streaming its features, shared by both APIs.
 //! - `reproject`: to WGS 84 from the layer's EPSG system.
 //! - `geojson`: the streaming FeatureCollection writer.
+//! - `admission`: bounded concurrency with a bounded queue (query threads, GDAL processes).
+//! - `limits`: a query's deadline, interruption and memory budget, and the sink its answer
+//!   goes through.
+//! - `gdal`: `ogr2ogr` for sources not read natively, with checked arguments and process limits.
 
 pub mod admission;
 pub mod cache;

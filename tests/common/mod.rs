@@ -8,6 +8,7 @@
 )]
 
 pub mod gis;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -201,6 +202,15 @@ pub async fn keepalive_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unp
     path: &str,
 ) -> (u16, Vec<u8>) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    keepalive_get_raw(stream, &request).await
+}
+
+/// Sends `request` (a whole HTTP/1.1 request head) on an open connection and reads one response
+/// with a Content-Length body; returns (status, body).
+pub async fn keepalive_get_raw<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> (u16, Vec<u8>) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
