@@ -245,7 +245,7 @@ async fn bad_requests_get_clear_json_errors() {
             "MSSQL:server=127.0.0.1,1;database=gis;trusted_connection=yes",
             "",
             StatusCode::BAD_REQUEST,
-            "ogr2ogr refused the request",
+            "connection strings, URLs and drive letters are not accepted",
         ),
         ("", "", StatusCode::BAD_REQUEST, "source is required"),
     ];

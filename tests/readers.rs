@@ -130,6 +130,7 @@ async fn the_written_geopackages_open_in_gdal_without_warnings() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gpkg"))
         .collect();
     assert_eq!(files.len(), 4, "{files:?}");
     for file in files {
@@ -166,6 +167,8 @@ async fn a_changed_source_is_converted_again_and_a_broken_one_is_a_clear_error()
     assert_eq!(features(&second).len(), 2);
     let cached = std::fs::read_dir(server.root.join("state/cache"))
         .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|e| e == "gpkg"))
         .count();
     assert_eq!(cached, 1, "the old conversion was not removed");
 
