@@ -245,7 +245,7 @@ async fn bad_requests_get_clear_json_errors() {
             "MSSQL:server=127.0.0.1,1;database=gis;trusted_connection=yes",
             "",
             StatusCode::BAD_REQUEST,
-            "connection strings, URLs and drive letters are not accepted",
+            "connection strings, URLs, drive letters and network paths are not accepted",
         ),
         ("", "", StatusCode::BAD_REQUEST, "source is required"),
     ];

@@ -83,7 +83,7 @@ pub struct DataConfig {
     /// a query whose client has gone, or every query when the server stops.
     #[schemars(range(min = 1, max = 3600))]
     pub query_timeout_secs: u64,
-    /// Queries run at once, each on its own thread; 0 means one per CPU core (at least 2).
+    /// Queries run at once, each on its own thread; 0 means two per CPU core.
     /// Static files and `/health` never wait behind them.
     #[schemars(range(max = 1024))]
     pub query_workers: usize,

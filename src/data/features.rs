@@ -147,7 +147,10 @@ async fn collections_where(
 ) -> Result<Vec<Collection>, QueryError> {
     let mut files = Vec::new();
     let (listing, folder) = (catalog.clone(), folder.to_owned());
-    let found = catalog.run(move || listing.geopackages_in(&folder)).await?;
+    // Listing a folder is brief file-system work, not a query.
+    let found = tokio::task::spawn_blocking(move || listing.geopackages_in(&folder))
+        .await
+        .map_err(|_| QueryError::Internal)?;
     let found: Vec<(std::path::PathBuf, String)> = found
         .iter()
         .filter(|(_, stem)| wanted(stem))

@@ -431,8 +431,10 @@ impl Catalog {
     pub fn with_limits(config: &DataConfig) -> Self {
         let limits = QueryLimits::from(config);
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        // Two per core: a query finishing on one thread and the next starting on another keep
+        // the cores busy, and runaway queries still take at most every core.
         let workers = if config.query_workers == 0 {
-            cores.max(2)
+            2 * cores
         } else {
             config.query_workers
         };
@@ -488,13 +490,26 @@ impl Catalog {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, RunError> {
+        self.start(work)
+            .await?
+            .await
+            .map_err(|_| RunError::Panicked)
+    }
+
+    /// Starts blocking work on a query thread once one is free, without waiting for it to end.
+    /// The thread is held until the work returns, even if the returned handle is dropped.
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue is full or the wait ran out; the work is not run then.
+    pub async fn start<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<T>, Busy> {
         let slot = self.queries.enter().await?;
-        tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
             let _slot = slot;
             work()
-        })
-        .await
-        .map_err(|_| RunError::Panicked)
+        }))
     }
 
     /// The GeoPackages in `folder` and in its direct subfolders (`sub/x.gpkg` has the stem

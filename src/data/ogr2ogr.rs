@@ -360,15 +360,18 @@ const NATIVE: &[&str] = &["gpkg", "sqlite", "sqlite3", "db"];
 /// Why a source is refused before it is looked for, if it is: GDAL would read these as a
 /// connection to a database or another host, or a virtual file, never as a file in the folder.
 fn refused_source(source: &str) -> Option<&'static str> {
-    let bare = source.trim_start_matches(['/', '\\']);
-    if source.contains(':') {
-        Some(
-            "connection strings, URLs and drive letters are not accepted; name a file in the site's folder (database layers are named in the server's config)",
-        )
-    } else if bare
-        .get(..3)
+    // GDAL's virtual file systems are folders named `vsi…` (`/vsizip/`, `/vsicurl/`…).
+    let mut segments = source.split(['/', '\\']).filter(|s| !s.is_empty());
+    let virtual_folder = segments
+        .next()
+        .and_then(|first| first.get(..3))
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case("vsi"))
-    {
+        && segments.next().is_some();
+    if source.contains(':') || source.starts_with(r"\\") {
+        Some(
+            "connection strings, URLs, drive letters and network paths are not accepted; name a file in the site's folder (database layers are named in the server's config)",
+        )
+    } else if virtual_folder {
         Some("GDAL virtual file paths (/vsi…) are not accepted")
     } else if source.starts_with(['<', '{', '[']) {
         Some("inline definitions are not accepted; name a file in the site's folder")
@@ -576,6 +579,23 @@ mod tests {
         let _ = ask("-spat|100|-50|180|0|-where|pop_est>0").await;
         let _ = ask("-spat|100|-50|180|0|-simplify|0.1").await;
         assert_eq!(catalog.features.stats().hits, 2);
+    }
+
+    #[test]
+    fn connection_strings_and_virtual_files_are_refused() {
+        for source in [
+            "PG:host=x",
+            "/vsizip/a.zip/b.shp",
+            "VSICURL/http/x",
+            "\\\\server\\share\\x.tab",
+            "{\"type\":1}",
+            "<OGRVRTDataSource/>",
+        ] {
+            assert!(refused_source(source).is_some(), "{source} accepted");
+        }
+        for source in ["vsitors.geojson", "roads.tab", "sub/x.gpkg", "ab\u{e9}cd"] {
+            assert!(refused_source(source).is_none(), "{source} refused");
+        }
     }
 
     #[test]

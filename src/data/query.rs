@@ -257,20 +257,38 @@ fn finish(writer: FeatureWriter, plan: &mut Plan, sink: &mut Sink) {
     sink.send(writer.finish(&tail));
 }
 
-/// Whether a row's values hold more than `budget` bytes. Reading a value can make SQLite
-/// allocate it (a `zeroblob`), so the count stops at the first value past the budget.
-fn row_over(row: &rusqlite::Row<'_>, columns: usize, budget: usize) -> bool {
-    let mut total = 0usize;
-    for i in 0..columns {
-        total = total.saturating_add(match row.get_ref(i) {
-            Ok(ValueRef::Text(b) | ValueRef::Blob(b)) => b.len(),
-            _ => 8,
-        });
-        if total > budget {
-            return true;
+/// Bytes of values read from a row, against the query's budget. Reading a value can make
+/// SQLite allocate it (a `zeroblob`), so nothing more is read once the budget is spent.
+struct RowBudget {
+    budget: usize,
+    spent: std::cell::Cell<usize>,
+}
+
+impl RowBudget {
+    fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            spent: std::cell::Cell::new(0),
         }
     }
-    false
+
+    /// The value of column `i`, unless the row has already spent its budget.
+    fn read<'r>(&self, row: &'r rusqlite::Row<'_>, i: usize) -> Option<ValueRef<'r>> {
+        if self.over() {
+            return None;
+        }
+        let value = row.get_ref(i).ok()?;
+        let bytes = match value {
+            ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
+            _ => 8,
+        };
+        self.spent.set(self.spent.get().saturating_add(bytes));
+        Some(value)
+    }
+
+    fn over(&self) -> bool {
+        self.spent.get() > self.budget
+    }
 }
 
 /// Runs the plan on `connection`, streaming features into `sink`.
@@ -317,18 +335,19 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         if limit.is_some_and(|l| writer.count() >= l) {
             break;
         }
-        if row_over(row, columns.len(), budget) {
-            return sink.fail(QueryError::TooLarge(budget));
-        }
+        let values = RowBudget::new(budget);
         // The geometry is the first GeoPackage geometry blob among the columns.
         let mut geometry_index = None;
         for index in skip..columns.len() {
-            if let Ok(ValueRef::Blob(b)) = row.get_ref(index)
+            if let Some(ValueRef::Blob(b)) = values.read(row, index)
                 && is_gpkg_geometry(b)
             {
                 geometry_index = Some(index);
                 break;
             }
+        }
+        if values.over() {
+            return sink.fail(QueryError::TooLarge(budget));
         }
         let geometry = geometry_index
             .and_then(|i| row.get_ref(i).ok())
@@ -369,12 +388,12 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
             .filter(|i| Some(*i) != geometry_index)
             .filter_map(|i| {
                 let (name, boolean) = &columns[i];
-                Some((name.as_str(), row.get_ref(i).ok()?, *boolean))
+                Some((name.as_str(), values.read(row, i)?, *boolean))
             });
         if let Err(e) = writer.feature(id(row), properties, geometry) {
             return sink.fail(QueryError::Sql(format!("bad geometry: {e}")));
         }
-        if writer.pending() > budget {
+        if values.over() || writer.pending() > budget {
             return sink.fail(QueryError::TooLarge(budget));
         }
         if let (Some(copies), Some(fid)) = (copies.as_mut(), fid) {
@@ -390,17 +409,21 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
     finish(writer, plan, sink);
 }
 
-/// The current version of a dataset, looked up on a query thread.
+/// The current version of a dataset, looked up off the async threads. Not on a query thread:
+/// for an open dataset this is one `stat`, and opening one reads only its schema.
 ///
 /// # Errors
-/// When there is no such file or it is not a usable database, or the queue is full.
+/// When there is no such file or it is not a usable database.
 pub async fn lookup(
     catalog: &Arc<Catalog>,
     path: &Path,
     shown: &str,
 ) -> Result<Arc<Dataset>, QueryError> {
-    let (c, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
-    Ok(catalog.run(move || c.get(&path, &shown)).await??)
+    let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
+    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
+        .await
+        .map_err(|_| QueryError::Internal)?
+        .map_err(QueryError::Dataset)
 }
 
 /// Starts `plan` on `dataset` on a query thread and returns the GeoJSON stream once its first
@@ -419,37 +442,15 @@ pub async fn execute(
     let (tx, mut rx) = channel(catalog.limits);
     let watch = Watch::new(catalog.limits, Some(tx.clone()), catalog.stop.clone());
     let mut sink = Sink::new(tx, ready_tx, watch, tokio::runtime::Handle::current());
-    let c = catalog.clone();
-    let task =
-        tokio::spawn(async move { c.run(move || run(&dataset, plan, limit, &mut sink)).await });
-    // Dropped before the answer starts (the client went away): the query leaves the queue, or
-    // its watch sees the client gone and interrupts it.
-    let mut guard = AbortOnDrop(Some(task));
+    // Dropped while waiting for a thread, the request simply leaves the queue; dropped later,
+    // the query's watch sees the answer's receiver gone and interrupts it.
+    catalog
+        .start(move || run(&dataset, plan, limit, &mut sink))
+        .await?;
     match ready_rx.await {
-        Ok(Ok(())) => {
-            guard.0 = None;
-            Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        }
+        Ok(Ok(())) => Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
         Ok(Err(error)) => Err(error),
-        // The work ended without a word: it never ran (busy) or panicked.
-        Err(_) => match guard.0.take() {
-            Some(task) => match task.await {
-                Ok(Err(error)) => Err(error.into()),
-                _ => Err(QueryError::Internal),
-            },
-            None => Err(QueryError::Internal),
-        },
-    }
-}
-
-/// Aborts a task when dropped, unless taken out first.
-struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
+        Err(_) => Err(QueryError::Internal),
     }
 }
 
