@@ -194,6 +194,7 @@ fn index_source(
                 .get_ref(4)
                 .ok()
                 .and_then(|v| v.as_blob().ok())
+                .filter(|b| crate::data::wkb::check_gpkg(b).is_ok())
                 .and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok())
                 .and_then(|g| match &reproject {
                     Some(r) => r.to_wgs84(&g).ok(),

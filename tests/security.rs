@@ -1024,3 +1024,212 @@ fn the_repository_holds_everything_its_tests_use() {
         "files reading outside the repository: {offenders:?}"
     );
 }
+
+/// Found by an outside review: GDAL's own SQL opens any data source a query names (`FROM
+/// 'CSV:/path'.layer`, URLs, connection strings, inline VRTs), so `-sql` never goes to GDAL,
+/// and a `-where` for GDAL may not hold a subquery or call a function a driver adds.
+#[tokio::test]
+async fn gdal_sql_cannot_open_other_data_sources() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let server = Process::start("{}", |root| {
+        with_tab(root);
+        std::fs::write(root.join("certificate-copy.csv"), "secret\nPRIVATE KEY\n").unwrap();
+    })
+    .await;
+    let root = server.root.display().to_string();
+    for options in [
+        format!("-sql|SELECT|*|FROM|'CSV:{root}/certificate-copy.csv'.certificate-copy"),
+        format!(
+            "-sql|SELECT * FROM '<OGRVRTDataSource><OGRVRTLayer name=''k''><SrcDataSource>CSV:{root}/state/self-signed.key</SrcDataSource></OGRVRTLayer></OGRVRTDataSource>'.k"
+        ),
+        format!("-sql|SELECT * FROM 'http://127.0.0.1:{port}/x.json'.x"),
+        format!("-sql|SELECT * FROM 'PG:host=127.0.0.1 port={port}'.x"),
+        "-sql|SELECT * FROM 'CSV:/proc/self/status'.status".to_owned(),
+        "-where|name IN (SELECT name FROM countries)".to_owned(),
+        "-where|ogr_geocode('x') IS NOT NULL".to_owned(),
+    ] {
+        let (status, _, body) = server.get(&ogr2ogr("countries.tab", &options)).await;
+        assert_eq!(status, 400, "{options}: {body}");
+        assert!(
+            !body.contains("secret") && !body.contains("PRIVATE"),
+            "{body}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "GDAL connected out");
+    // A filter on fields still goes to GDAL.
+    let (status, _, body) = server
+        .get(&ogr2ogr(
+            "countries.tab",
+            "-where|(continent='Oceania' AND CAST(pop_est AS integer) > 0)",
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Found by an outside review: a geometry nested 8,000 collections deep overflowed the stack
+/// and aborted the process; one claiming four billion points would have asked for 64 GB; NaN
+/// coordinates came out as `null` in a 200. Such geometries are checked before anything
+/// decodes them, and left out (the answer stays valid GeoJSON).
+#[tokio::test]
+async fn hostile_geometries_neither_crash_nor_corrupt_answers() {
+    let server = Process::start("{}", |_| {}).await;
+    let source = "naturalearth_lowres.gpkg";
+    for (what, blob) in [
+        (
+            "nested 8,000 deep",
+            "concat('4750000100000000', replace(hex(zeroblob(8000)),'00','010700000001000000'), '0101000000', '000000000000F03F000000000000F03F')",
+        ),
+        (
+            "four billion points",
+            "concat('4750000100000000', '0102000000FFFFFFFF', hex(zeroblob(32)))",
+        ),
+        (
+            "NaN coordinates",
+            "'475000010000000001010000000000000000F87F000000000000F87F'",
+        ),
+    ] {
+        let (status, _, body) = server
+            .get(&ogr2ogr(
+                source,
+                &format!("-sql|SELECT unhex({blob}) AS geom, 1 AS n"),
+            ))
+            .await;
+        assert_eq!(status, 200, "{what}: {body}");
+        assert_eq!(
+            json(&body)["features"],
+            serde_json::json!([]),
+            "{what}: {body}"
+        );
+    }
+    let (status, _, _) = server.get("/health").await;
+    assert_eq!(status, 200, "the server died");
+}
+
+/// Found by an outside review: answers were bounded per query in chunks, not bytes, and not at
+/// all across queries, so clients that ask for large answers and never read them grew the
+/// process by gigabytes. Answers held for clients now share `data.answer_memory_mb`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_grow_memory() {
+    let server = Process::start(
+        r#"{"data": {"answer_memory_mb": 64, "query_memory_mb": 32, "response_cache_mb": 0}}"#,
+        |_| {},
+    )
+    .await;
+    let big = ogr2ogr(
+        "naturalearth_lowres.gpkg",
+        "-sql|WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 60) SELECT x, printf('%.*c', 1000000, 'x') b FROM c",
+    );
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tls(server.addr(), &server.cert_pem(), b"http/1.1").await;
+        stream
+            .write_all(format!("GET {big} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, peak) = server.memory_kb();
+    assert!(
+        peak < 500 * 1024,
+        "peak memory {} MiB with 20 unread 60 MB answers",
+        peak / 1024
+    );
+    let (status, _, _) = server.get("/health").await;
+    assert_eq!(status, 200);
+    drop(held);
+}
+
+/// Found by an outside review: a response the client never takes (an HTTP/2 window of zero)
+/// held its connection forever, so enough of them kept `/health` from answering. Such a
+/// connection is dropped after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_never_taken_do_not_hold_connections() {
+    let server = Process::start(r#"{"http": {"limits": {"idle_timeout_secs": 2}}}"#, |_| {}).await;
+    let stream = tls(server.addr(), &server.cert_pem(), b"h2").await;
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(0)
+        .initial_connection_window_size(0);
+    let (mut sender, connection) = builder
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get("/resourcecheck/local.json")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The body is never read: the connection must still be closed by the server.
+    let closed = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with an untaken response stayed open"
+    );
+    drop(response);
+}
+
+/// Found by an outside review: the response cache was keyed by the source as asked, so two
+/// sites' copies of a file with the same name, size and time shared answers.
+#[tokio::test]
+async fn sites_never_share_cached_answers() {
+    let server = Process::start("{}", |root| {
+        let (local, gis01) = (root.join("userdata/local"), root.join("userdata/gis01"));
+        std::fs::create_dir_all(&gis01).unwrap();
+        std::fs::copy(test_data("naturalearth_lowres.gpkg"), local.join("c.gpkg")).unwrap();
+        std::fs::copy(test_data("naturalearth_lowres.gpkg"), gis01.join("c.gpkg")).unwrap();
+        // Same length, so the same size: the record's text is rewritten in place.
+        let bytes = std::fs::read(gis01.join("c.gpkg")).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"Fiji").unwrap();
+        let mut changed = bytes.clone();
+        changed[at..at + 4].copy_from_slice(b"FIJI");
+        std::fs::write(gis01.join("c.gpkg"), changed).unwrap();
+        let same = std::process::Command::new("touch")
+            .arg("-r")
+            .arg(local.join("c.gpkg"))
+            .arg(gis01.join("c.gpkg"))
+            .status()
+            .unwrap();
+        assert!(same.success());
+        assert_eq!(
+            std::fs::metadata(local.join("c.gpkg")).unwrap().len(),
+            std::fs::metadata(gis01.join("c.gpkg")).unwrap().len()
+        );
+    })
+    .await;
+    let client = server.client_builder().http1_only().build().unwrap();
+    let path = server.url(&ogr2ogr("c.gpkg", "-where|iso_a3='FJI'|-select|name"));
+    for (host, name) in [
+        ("local.pozi.com", "Fiji"),
+        ("gis01.pozi.com", "FIJI"),
+        ("local.pozi.com", "Fiji"),
+    ] {
+        let body = client
+            .get(&path)
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            json(&body)["features"][0]["properties"]["name"],
+            name,
+            "{host}: {body}"
+        );
+    }
+}

@@ -93,8 +93,13 @@ pub struct DataConfig {
     pub query_queue: usize,
     /// Memory one query may use, in MiB: the largest single value (text or blob) SQLite will
     /// make, the largest feature, and the answer held while the client reads it.
-    #[schemars(range(min = 1, max = 4096))]
+    #[schemars(range(min = 1, max = 1024))]
     pub query_memory_mb: usize,
+    /// Memory all answers held for their clients may use together, in MiB: when it is full a
+    /// query waits for its client to read (up to 30 s, then its answer is abandoned), so slow
+    /// readers cannot grow the process.
+    #[schemars(range(min = 16, max = 1048576))]
+    pub answer_memory_mb: usize,
     /// Memory all SQLite connections of the process may use together, in MiB (SQLite's hard
     /// heap limit): past it a query fails with an out-of-memory error instead of the process
     /// growing.
@@ -118,6 +123,7 @@ impl Default for DataConfig {
             query_workers: 0,
             query_queue: 64,
             query_memory_mb: 32,
+            answer_memory_mb: 256,
             sqlite_memory_mb: 1024,
             conversion_cache_mb: 2048,
             gdal: GdalConfig::default(),

@@ -3,10 +3,11 @@
 //! answer is never stale. Bounded in bytes; least recently used answers go first.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 /// Answers larger than this are not kept.
 pub const MAX_ENTRY: usize = 8 * 1024 * 1024;
@@ -15,11 +16,20 @@ pub const MAX_ENTRY: usize = 8 * 1024 * 1024;
 type Entries = HashMap<String, (Bytes, u64)>;
 
 /// The cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ResponseCache {
     budget: usize,
     clock: AtomicU64,
     entries: Mutex<(Entries, usize)>,
+    /// Bytes of answers being collected on their way to clients, all together (as much as the
+    /// cache holds): past it an answer is sent without being collected.
+    collecting: Arc<Semaphore>,
+}
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 impl ResponseCache {
@@ -28,8 +38,26 @@ impl ResponseCache {
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
-            ..Self::default()
+            clock: AtomicU64::new(0),
+            entries: Mutex::new((HashMap::new(), 0)),
+            collecting: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
         }
+    }
+
+    /// Passes an answer through to its client, collecting it for the cache (under `key`) when it
+    /// ends whole, stays under [`MAX_ENTRY`] and fits in the memory for collecting.
+    pub fn tee<S>(
+        self: &Arc<Self>,
+        key: String,
+        stream: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send + Sync + 'static
+    where
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + Unpin + 'static,
+    {
+        let cache = self.clone();
+        tee(stream, self.collecting.clone(), move |body| {
+            cache.put(key, body)
+        })
     }
 
     /// Whether it keeps anything.
@@ -84,35 +112,71 @@ impl ResponseCache {
     }
 }
 
+/// Bytes collected for the cache, with the permits they hold (given back when dropped).
+struct Collected {
+    buffer: Vec<u8>,
+    budget: Arc<Semaphore>,
+    held: usize,
+}
+
+impl Collected {
+    /// Adds a chunk, or says no when it would pass [`MAX_ENTRY`] or the shared budget.
+    fn add(&mut self, chunk: &[u8]) -> bool {
+        if self.buffer.len() + chunk.len() > MAX_ENTRY {
+            return false;
+        }
+        let Ok(n) = u32::try_from(chunk.len()) else {
+            return false;
+        };
+        match self.budget.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                self.held += chunk.len();
+                self.buffer.extend_from_slice(chunk);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.held);
+    }
+}
+
 /// Passes a stream of chunks through, and gives the whole body to `done` at its end when it
-/// completed without error and stayed under [`MAX_ENTRY`].
-pub fn tee<S>(
+/// completed without error, stayed under [`MAX_ENTRY`] and fit in `budget` (shared by every
+/// answer being collected).
+fn tee<S>(
     stream: S,
+    budget: Arc<Semaphore>,
     done: impl FnOnce(Bytes) + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = S::Item> + Send + Sync + 'static
 where
     S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + Unpin + 'static,
 {
     use futures::StreamExt;
-    let mut collected: Option<Vec<u8>> = Some(Vec::new());
+    let mut collected = Some(Collected {
+        buffer: Vec::new(),
+        budget,
+        held: 0,
+    });
     let mut done = Some(done);
     let mut stream = stream;
     futures::stream::poll_fn(move |cx| {
         let item = futures::ready!(stream.poll_next_unpin(cx));
         match &item {
             Some(Ok(chunk)) => {
-                if let Some(buffer) = collected.as_mut() {
-                    if buffer.len() + chunk.len() > MAX_ENTRY {
-                        collected = None;
-                    } else {
-                        buffer.extend_from_slice(chunk);
-                    }
+                if collected.as_mut().is_some_and(|c| !c.add(chunk)) {
+                    collected = None;
                 }
             }
             Some(Err(_)) => collected = None,
             None => {
-                if let (Some(buffer), Some(done)) = (collected.take(), done.take()) {
-                    done(Bytes::from(buffer));
+                if let (Some(mut collected), Some(done)) = (collected.take(), done.take()) {
+                    done(Bytes::from(std::mem::take(&mut collected.buffer)));
                 }
             }
         }

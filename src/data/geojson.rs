@@ -68,6 +68,22 @@ impl FeatureWriter {
         properties: impl Iterator<Item = (&'a str, ValueRef<'a>, bool)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
+        let (length, features, last) = (self.buffer.len(), self.features, self.last);
+        let written = self.write_feature(id, properties, geometry);
+        if written.is_err() {
+            // Nothing of a feature that could not be written stays in the collection.
+            self.buffer.truncate(length);
+            (self.features, self.last) = (features, last);
+        }
+        written
+    }
+
+    fn write_feature<'a>(
+        &mut self,
+        id: Option<i64>,
+        properties: impl Iterator<Item = (&'a str, ValueRef<'a>, bool)>,
+        geometry: Geometry<'_>,
+    ) -> geozero::error::Result<()> {
         self.begin();
         self.buffer.extend_from_slice(b"{\"type\":\"Feature\",");
         if let Some(id) = id {
@@ -244,6 +260,12 @@ impl GeomProcessor for GeometryWriter<'_> {
         _tm: Option<u64>,
         index: usize,
     ) -> GeozeroResult<()> {
+        // GeoJSON has no NaN or infinity: such a geometry is not written at all.
+        if !(x.is_finite() && y.is_finite() && z.is_none_or(f64::is_finite)) {
+            return Err(geozero::error::GeozeroError::Geometry(
+                "a coordinate is not a finite number".to_owned(),
+            ));
+        }
         self.separator(index);
         self.0.push(b'[');
         write_number(self.0, x);

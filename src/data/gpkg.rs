@@ -405,7 +405,7 @@ pub struct Catalog {
     conversion_budget: u64,
     listings: Mutex<HashMap<PathBuf, (std::time::Instant, Listing)>>,
     /// Recent answers, by dataset version and query.
-    pub responses: super::cache::ResponseCache,
+    pub responses: Arc<super::cache::ResponseCache>,
     /// Rendered features, for box queries over features already read.
     pub features: Arc<super::feature_cache::FeatureCache>,
     /// Time and memory each query may use.
@@ -416,6 +416,8 @@ pub struct Catalog {
     pub gdal: Gdal,
     /// Cancelled when the server stops: running queries are interrupted.
     pub stop: CancellationToken,
+    /// Bytes of answers held for their clients, all queries together.
+    pub answers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Catalog {
@@ -447,9 +449,9 @@ impl Catalog {
             conversions: Mutex::new(HashMap::new()),
             conversion_budget: config.conversion_cache_mb.saturating_mul(1024 * 1024),
             listings: Mutex::new(HashMap::new()),
-            responses: super::cache::ResponseCache::new(
+            responses: Arc::new(super::cache::ResponseCache::new(
                 config.response_cache_mb.saturating_mul(1024 * 1024),
-            ),
+            )),
             features: Arc::new(super::feature_cache::FeatureCache::new(
                 config.feature_cache_mb.saturating_mul(1024 * 1024),
             )),
@@ -457,6 +459,12 @@ impl Catalog {
             queries: Admission::new("queries", workers, config.query_queue, limits.timeout),
             gdal: Gdal::new(&config.gdal),
             stop: CancellationToken::new(),
+            answers: Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .answer_memory_mb
+                    .saturating_mul(1024 * 1024)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
@@ -470,7 +478,7 @@ impl Catalog {
     /// Keeps up to `bytes` of recent answers in memory (0: none).
     #[must_use]
     pub fn with_response_cache(mut self, bytes: usize) -> Self {
-        self.responses = super::cache::ResponseCache::new(bytes);
+        self.responses = Arc::new(super::cache::ResponseCache::new(bytes));
         self
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
 
@@ -39,9 +39,12 @@ pub enum QueryError {
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
-    /// Its client went away (or stopped reading).
+    /// Its client went away.
     #[error("the client went away")]
     Gone,
+    /// Its client took nothing of the answer for this long while memory for answers was full.
+    #[error("the client took nothing for {} s while the memory for answers was full", .0.as_secs())]
+    Stalled(Duration),
     /// A value, a feature or the answer held for the client is larger than a query may use.
     #[error(
         "the answer needs more than the {} MiB a query may use (data.query_memory_mb)",
@@ -83,6 +86,7 @@ impl QueryError {
             Self::Busy(busy) => return super::gdal::busy_response(busy),
             Self::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server stopping"),
             Self::Gone => (StatusCode::BAD_REQUEST, "client went away"),
+            Self::Stalled(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Dataset(DatasetError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found"),
             Self::Dataset(DatasetError::UnknownLayer { .. }) => {
                 (StatusCode::BAD_REQUEST, "bad request")
@@ -124,7 +128,7 @@ pub struct Watch {
     limits: QueryLimits,
     /// Nanoseconds after `started` when the query must stop.
     deadline: AtomicU64,
-    client: Option<mpsc::Sender<Chunk>>,
+    client: Option<Closed>,
     stop: CancellationToken,
     stopped: AtomicU8,
 }
@@ -132,11 +136,7 @@ pub struct Watch {
 impl Watch {
     /// A watch with `limits.timeout` of SQLite time, noticing `client` going away and `stop`.
     #[must_use]
-    pub fn new(
-        limits: QueryLimits,
-        client: Option<mpsc::Sender<Chunk>>,
-        stop: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(limits: QueryLimits, client: Option<Closed>, stop: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
             limits,
@@ -151,7 +151,7 @@ impl Watch {
     fn check(&self) -> bool {
         let stop = if self.stop.is_cancelled() {
             Stop::Stopping
-        } else if self.client.as_ref().is_some_and(mpsc::Sender::is_closed) {
+        } else if self.client.as_ref().is_some_and(Closed::is_closed) {
             Stop::Gone
         } else if nanos(self.started.elapsed()) > self.deadline.load(Ordering::Relaxed) {
             Stop::TimedOut
@@ -227,57 +227,176 @@ pub fn sql_message(error: &rusqlite::Error) -> String {
     }
 }
 
-/// Where a streaming query's chunks go: the first one is held until the query is known to
-/// work; later ones wait for a slow client (which moves the deadline back) up to
-/// [`CLIENT_STALL`].
-pub struct Sink {
-    tx: mpsc::Sender<Chunk>,
-    ready: Option<oneshot::Sender<Result<(), QueryError>>>,
-    watch: Arc<Watch>,
-    runtime: tokio::runtime::Handle,
+/// Bytes of answers held for their clients: each query's own budget and the budget of all of
+/// them together. A chunk takes its bytes from both before it is queued and gives them back when
+/// the client's side takes it (or the answer is dropped).
+#[derive(Debug, Clone)]
+pub struct AnswerMemory {
+    query: Arc<Semaphore>,
+    all: Arc<Semaphore>,
+    budget: usize,
 }
 
-impl Sink {
-    /// A sink into `tx` that reports readiness (or the error) on `ready`.
+impl AnswerMemory {
+    /// A query's budget of `limits.memory` bytes within `all`.
     #[must_use]
-    pub fn new(
-        tx: mpsc::Sender<Chunk>,
-        ready: oneshot::Sender<Result<(), QueryError>>,
-        watch: Arc<Watch>,
-        runtime: tokio::runtime::Handle,
-    ) -> Self {
+    pub fn new(limits: QueryLimits, all: Arc<Semaphore>) -> Self {
+        let budget = limits.memory.clamp(1, MAX_PERMITS_PER_CHUNK);
         Self {
-            tx,
-            ready: Some(ready),
-            watch,
-            runtime,
+            query: Arc::new(Semaphore::new(budget)),
+            all,
+            budget,
         }
     }
 
+    /// Permits a chunk of `len` bytes takes (a chunk larger than the query's budget takes all of
+    /// it, so that it can still pass once nothing else is held).
+    fn permits(&self, len: usize) -> u32 {
+        u32::try_from(len.clamp(1, self.budget)).unwrap_or(u32::MAX)
+    }
+
+    fn try_take(&self, n: u32) -> bool {
+        let Ok(own) = self.query.try_acquire_many(n) else {
+            return false;
+        };
+        match self.all.try_acquire_many(n) {
+            Ok(all) => {
+                own.forget();
+                all.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn take(&self, n: u32) -> bool {
+        let (Ok(own), Ok(all)) = (
+            self.query.acquire_many(n).await,
+            self.all.acquire_many(n).await,
+        ) else {
+            return false;
+        };
+        own.forget();
+        all.forget();
+        true
+    }
+
+    fn give_back(&self, n: u32) {
+        let n = n as usize;
+        self.query.add_permits(n);
+        self.all.add_permits(n);
+    }
+}
+
+/// The most bytes one chunk may hold permits for (a `u32` of permits).
+const MAX_PERMITS_PER_CHUNK: usize = 1 << 30;
+
+/// A chunk and the permits it holds.
+type Held = (Chunk, u32);
+
+/// Where a streaming query's chunks go: the first one is held until the query is known to
+/// work; later ones wait, when the answer's memory is full, for the client to take some (which
+/// moves the deadline back), up to [`CLIENT_STALL`].
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Held>,
+    ready: Option<oneshot::Sender<Result<(), QueryError>>>,
+    watch: Arc<Watch>,
+    memory: AnswerMemory,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The client's side of an answer: its chunks, each giving its memory back when taken.
+pub struct Answer {
+    rx: mpsc::UnboundedReceiver<Held>,
+    memory: AnswerMemory,
+}
+
+impl futures::Stream for Answer {
+    type Item = Chunk;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Chunk>> {
+        self.rx.poll_recv(cx).map(|held| {
+            held.map(|(chunk, permits)| {
+                self.memory.give_back(permits);
+                chunk
+            })
+        })
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok((_, permits)) = self.rx.try_recv() {
+            self.memory.give_back(permits);
+        }
+    }
+}
+
+/// A sink for a query and the answer its client reads, held under `memory`.
+#[must_use]
+pub fn answer_channel(
+    ready: oneshot::Sender<Result<(), QueryError>>,
+    watch_limits: QueryLimits,
+    memory: AnswerMemory,
+    stop: CancellationToken,
+) -> (Sink, Answer) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watch = Watch::new(watch_limits, Some(Closed(tx.clone())), stop);
+    let sink = Sink {
+        tx,
+        ready: Some(ready),
+        watch,
+        memory: memory.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    (sink, Answer { rx, memory })
+}
+
+impl Sink {
     /// The watch of this query.
     #[must_use]
     pub fn watch(&self) -> &Arc<Watch> {
         &self.watch
     }
 
-    /// Hands on a chunk; false when the client went away or stopped reading.
+    /// Hands on a chunk; false when the answer cannot go on (the client went away, or took
+    /// nothing for [`CLIENT_STALL`]: then the answer is ended broken, or with an error status
+    /// when nothing was sent yet).
     pub fn send(&mut self, chunk: Bytes) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        let permits = self.memory.permits(chunk.len());
+        if !self.memory.try_take(permits) {
+            let waited = Instant::now();
+            let memory = &self.memory;
+            let taken = self
+                .runtime
+                .block_on(async { tokio::time::timeout(CLIENT_STALL, memory.take(permits)).await })
+                .unwrap_or(false);
+            self.watch.extend(waited.elapsed());
+            if !taken {
+                if !self.tx.is_closed() {
+                    self.fail(QueryError::Stalled(CLIENT_STALL));
+                }
+                return false;
+            }
+        }
         if let Some(ready) = self.ready.take()
             && ready.send(Ok(())).is_err()
         {
+            self.memory.give_back(permits);
             return false;
         }
-        match self.tx.try_send(Ok(chunk)) {
+        match self.tx.send((Ok(chunk), permits)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                let waited = Instant::now();
-                let tx = &self.tx;
-                let sent = self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(CLIENT_STALL, tx.send(item)).await });
-                self.watch.extend(waited.elapsed());
-                matches!(sent, Ok(Ok(())))
+            Err(_) => {
+                self.memory.give_back(permits);
+                false
             }
         }
     }
@@ -291,18 +410,20 @@ impl Sink {
             }
             None => {
                 tracing::warn!(error = %error, "query failed after its answer started");
-                let tx = &self.tx;
-                let item = Err(std::io::Error::other(error.to_string()));
                 let _ = self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(CLIENT_STALL, tx.send(item)).await });
+                    .tx
+                    .send((Err(std::io::Error::other(error.to_string())), 0));
             }
         }
     }
 }
 
-/// The chunks of an answer held for a client under a `limits.memory` budget.
-#[must_use]
-pub fn channel(limits: QueryLimits) -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
-    mpsc::channel((limits.memory / super::geojson::CHUNK).max(4))
+/// Whether an answer's client has gone, as the watch asks it.
+#[derive(Debug)]
+pub struct Closed(mpsc::UnboundedSender<Held>);
+
+impl Closed {
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
 }

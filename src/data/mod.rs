@@ -11,6 +11,7 @@
 //! - `admission`: bounded concurrency with a bounded queue (query threads, GDAL processes).
 //! - `limits`: a query's deadline, interruption and memory budget, and the sink its answer
 //!   goes through.
+//! - `wkb`: a structural check of geometry blobs before they are decoded.
 //! - `gdal`: `ogr2ogr` for sources not read natively, with checked arguments and process limits.
 
 pub mod admission;
@@ -28,6 +29,7 @@ pub mod prj;
 pub mod query;
 pub mod readers;
 pub mod reproject;
+pub mod wkb;
 
 /// An SQL identifier in double quotes, with any double quote inside it doubled.
 pub(crate) fn quote(identifier: &str) -> String {

@@ -463,16 +463,19 @@ pub async fn answer(
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
         },
     };
-    let key = format!("{}|{}|{raw_options}", dataset.version(), source);
+    // The dataset's own path, not the source as asked: two sites' folders may hold files of
+    // the same name, size and time.
+    let key = format!(
+        "{}|{}|{raw_options}",
+        dataset.version(),
+        dataset.path().display()
+    );
     if let Some(body) = catalog.responses.get(&key) {
         return geojson_response(futures::stream::once(async move { Ok(body) }));
     }
     match execute(&catalog, dataset, plan, options.limit).await {
         Ok(stream) if catalog.responses.enabled() => {
-            let cache = catalog.clone();
-            geojson_response(super::cache::tee(stream, move |body| {
-                cache.responses.put(key, body)
-            }))
+            geojson_response(catalog.responses.tee(key, stream))
         }
         Ok(stream) => geojson_response(stream),
         Err(e) => e.response(client_sql),

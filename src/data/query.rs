@@ -11,7 +11,7 @@ use super::feature_cache::{Cached, FeatureCache};
 use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry};
 use super::gpkg::{Catalog, Dataset};
 pub use super::limits::Chunk;
-use super::limits::{QueryError, Sink, Watch, channel};
+use super::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
 use super::reproject::Reprojector;
 
 /// Writes the end of a collection after the features, given how many were written.
@@ -323,6 +323,7 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
     };
     let skip = usize::from(plan.has_fid);
     let budget = watch.memory();
+    let mut skipped = Skipped::default();
     // Copies of what this query reads, for the next box over the same features.
     let copying = plan.reuse.as_ref().filter(|r| r.cache.copying());
     let mut copies = copying.map(|_| Vec::new());
@@ -352,6 +353,14 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         let geometry = geometry_index
             .and_then(|i| row.get_ref(i).ok())
             .and_then(|v| v.as_blob().ok());
+        // Checked before anything decodes it: nesting and counts a hostile blob could use to
+        // exhaust the stack or memory.
+        if let Some(blob) = geometry
+            && let Err(reason) = super::wkb::check_gpkg(blob)
+        {
+            skipped.note(reason);
+            continue;
+        }
         if let Some(bounds) = plan.envelope_filter
             && geometry
                 .and_then(gpkg_envelope)
@@ -391,7 +400,8 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
                 Some((name.as_str(), values.read(row, i)?, *boolean))
             });
         if let Err(e) = writer.feature(id(row), properties, geometry) {
-            return sink.fail(QueryError::Sql(format!("bad geometry: {e}")));
+            skipped.note_error(&e);
+            continue;
         }
         if values.over() || writer.pending() > budget {
             return sink.fail(QueryError::TooLarge(budget));
@@ -406,7 +416,38 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
     if let (Some(reuse), Some(copies)) = (copying, copies) {
         reuse.cache.put_all(reuse.variant, copies);
     }
+    skipped.log(&plan.name);
     finish(writer, plan, sink);
+}
+
+/// Features left out of an answer because their geometry could not be written, reported once
+/// per query rather than once per feature.
+#[derive(Default)]
+struct Skipped {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Skipped {
+    fn note(&mut self, reason: &str) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(reason.to_owned());
+        }
+    }
+
+    fn note_error(&mut self, error: &geozero::error::GeozeroError) {
+        if self.first.is_none() {
+            self.first = Some(error.to_string());
+        }
+        self.count += 1;
+    }
+
+    fn log(&self, collection: &str) {
+        if let Some(first) = &self.first {
+            tracing::warn!(collection, skipped = self.count, first = %first, "features left out: their geometry is malformed");
+        }
+    }
 }
 
 /// The current version of a dataset, looked up off the async threads. Not on a query thread:
@@ -439,16 +480,15 @@ pub async fn execute(
     limit: Option<u64>,
 ) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, QueryError> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (tx, mut rx) = channel(catalog.limits);
-    let watch = Watch::new(catalog.limits, Some(tx.clone()), catalog.stop.clone());
-    let mut sink = Sink::new(tx, ready_tx, watch, tokio::runtime::Handle::current());
+    let memory = AnswerMemory::new(catalog.limits, catalog.answers.clone());
+    let (mut sink, answer) = answer_channel(ready_tx, catalog.limits, memory, catalog.stop.clone());
     // Dropped while waiting for a thread, the request simply leaves the queue; dropped later,
     // the query's watch sees the answer's receiver gone and interrupts it.
     catalog
         .start(move || run(&dataset, plan, limit, &mut sink))
         .await?;
     match ready_rx.await {
-        Ok(Ok(())) => Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+        Ok(Ok(())) => Ok(answer),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(QueryError::Internal),
     }

@@ -401,8 +401,13 @@ fn csv_to_gpkg(
             .collect();
         let geometry = match (wkt, x, y) {
             (Some(w), _, _) if !cell(w).trim().is_empty() => Some(
-                geozero::wkt::Wkt(cell(w).as_str())
-                    .to_geo()
+                super::wkb::check_wkt(&cell(w))
+                    .map_err(|e| e.to_owned())
+                    .and_then(|()| {
+                        geozero::wkt::Wkt(cell(w).as_str())
+                            .to_geo()
+                            .map_err(|e| e.to_string())
+                    })
                     .map_err(|e| bad(format!("line {}: bad WKT: {e}", n + 2)))?,
             ),
             (None, Some(x), Some(y)) => {

@@ -57,10 +57,15 @@ impl Cors {
         }
         self.wildcard.iter().any(|(scheme, domain)| {
             origin.strip_prefix(scheme.as_str()).is_some_and(|host| {
-                let name = host.split(':').next().unwrap_or_default();
+                let (name, port) = host.split_once(':').unwrap_or((host, ""));
+                // A host name (letters, digits, hyphens, dots) and a numeric port: nothing that
+                // would end the host early (`evil.com?.pozi.com`, `evil.com#.pozi.com`).
                 name.len() > domain.len()
                     && name.ends_with(domain.as_str())
-                    && !name[..name.len() - domain.len()].contains(['/', '@'])
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                    && port.bytes().all(|b| b.is_ascii_digit())
             })
         })
     }
@@ -152,5 +157,15 @@ mod tests {
         assert!(!cors.allows("https://evilpozi.com"));
         assert!(!cors.allows("https://gis01.pozi.com.evil.com"));
         assert!(!cors.allows("http://localhost:3001"));
+        for evil in [
+            "https://evil.com?.pozi.com",
+            "https://evil.com#.pozi.com",
+            "https://evil.com/.pozi.com",
+            "https://user@x.pozi.com",
+            "https://x.pozi.com:443x",
+        ] {
+            assert!(!cors.allows(evil), "{evil} allowed");
+        }
+        assert!(cors.allows("https://x.pozi.com:8443"));
     }
 }

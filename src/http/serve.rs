@@ -130,8 +130,10 @@ where
             let answer = pipeline.clone().handle(conn, request);
             async move {
                 let response = answer.await?;
+                let sending = stream.sending();
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
+                    sending,
                     _stream: stream,
                 }))
             }
@@ -161,8 +163,14 @@ where
         let mut closing_by: Option<tokio::time::Instant> = None;
         loop {
             let idle_for = streams.idle_for();
+            // A response the client takes nothing of (a zero HTTP/2 window, a full TCP window)
+            // is abandoned after the same period, and its connection with it.
+            if streams.stalled_for() >= idle_limit {
+                tracing::debug!(client = %conn.peer, "response not taken by the client; connection dropped");
+                return;
+            }
             let wait = idle_limit
-                .saturating_sub(idle_for)
+                .saturating_sub(idle_for.max(streams.stalled_for()))
                 .max(Duration::from_millis(100));
             let forced = closing_by.unwrap_or_else(|| tokio::time::Instant::now() + wait);
             tokio::select! {
@@ -194,12 +202,16 @@ where
     }
 }
 
-/// The requests in flight on one connection, and since when it has had none.
+/// The requests in flight on one connection, and since when it has had none; the responses
+/// being sent, and when the client last took a piece of one.
 struct Streams {
     in_flight: AtomicUsize,
     epoch: Instant,
     /// Milliseconds after `epoch` when the last request ended (or the connection opened).
     idle_since: AtomicU64,
+    sending: AtomicUsize,
+    /// Milliseconds after `epoch` when a response last started or had a piece taken.
+    progress: AtomicU64,
 }
 
 impl Streams {
@@ -208,7 +220,23 @@ impl Streams {
             in_flight: AtomicUsize::new(0),
             epoch: Instant::now(),
             idle_since: AtomicU64::new(0),
+            sending: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         })
+    }
+
+    fn stamp(&self) {
+        self.progress.store(self.now(), Ordering::Release);
+    }
+
+    /// How long responses have been waiting for the client without any being taken (zero when
+    /// none is being sent).
+    fn stalled_for(&self) -> Duration {
+        if self.sending.load(Ordering::Acquire) == 0 {
+            return Duration::ZERO;
+        }
+        let since = self.progress.load(Ordering::Acquire);
+        Duration::from_millis(self.now().saturating_sub(since))
     }
 
     fn now(&self) -> u64 {
@@ -234,6 +262,24 @@ impl Streams {
 /// One request in flight: from its arrival until its response body is sent or dropped.
 struct StreamGuard(Arc<Streams>);
 
+impl StreamGuard {
+    /// Counts its response as being sent until the returned guard is dropped.
+    fn sending(&self) -> SendingGuard {
+        self.0.sending.fetch_add(1, Ordering::AcqRel);
+        self.0.stamp();
+        SendingGuard(self.0.clone())
+    }
+}
+
+/// A response being sent.
+struct SendingGuard(Arc<Streams>);
+
+impl Drop for SendingGuard {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let streams = &self.0;
@@ -246,6 +292,7 @@ impl Drop for StreamGuard {
 /// A response body that keeps its request counted as in flight until it is done.
 struct Tracked<B> {
     body: B,
+    sending: SendingGuard,
     _stream: StreamGuard,
 }
 
@@ -257,7 +304,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            self.sending.0.stamp();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

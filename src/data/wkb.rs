@@ -1,0 +1,211 @@
+//! A structural check of GeoPackage geometry blobs before anything decodes them: the decoders
+//! recurse into nested collections and reserve memory for the counts a blob claims, so a blob
+//! from a hostile `-sql` (or a damaged file) could overflow the stack or ask for terabytes. The
+//! check walks the blob without recursion limits of its own beyond [`MAX_DEPTH`], and allows
+//! only counts that the bytes left can hold.
+
+/// How deeply collections may nest (GeoJSON from real data nests two or three levels).
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a geometry blob is refused.
+pub type Malformed = &'static str;
+
+/// Checks a GeoPackage geometry blob (header, optional envelope, WKB).
+///
+/// # Errors
+/// What is wrong: a short header, an unknown envelope or geometry type, nesting deeper than
+/// [`MAX_DEPTH`], or a count larger than the bytes that follow.
+pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
+    if blob.len() < 8 || !blob.starts_with(b"GP") {
+        return Err("not a GeoPackage geometry");
+    }
+    let envelope = match (blob[3] >> 1) & 0b111 {
+        0 => 0,
+        1 => 32,
+        2 | 3 => 48,
+        4 => 64,
+        _ => return Err("unknown envelope kind"),
+    };
+    let wkb = blob
+        .get(8 + envelope..)
+        .ok_or("the header is longer than the blob")?;
+    if blob[3] & 0b1_0000 != 0 && wkb.is_empty() {
+        return Ok(());
+    }
+    let mut reader = Reader { bytes: wkb, at: 0 };
+    reader.geometry(0)
+}
+
+/// Checks that WKT text nests no deeper than [`MAX_DEPTH`] collections (its parser recurses).
+///
+/// # Errors
+/// When it nests deeper.
+pub fn check_wkt(text: &str) -> Result<(), Malformed> {
+    // A polygon in a multipolygon in a collection is three parentheses deep already.
+    let mut depth = 0usize;
+    for c in text.bytes() {
+        match c {
+            b'(' => {
+                depth += 1;
+                if depth > MAX_DEPTH + 3 {
+                    return Err("collections nest too deeply");
+                }
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn left(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), Malformed> {
+        if n > self.left() {
+            return Err("the geometry is cut short");
+        }
+        self.at += n;
+        Ok(())
+    }
+
+    fn u32(&mut self, little: bool) -> Result<u32, Malformed> {
+        let bytes: [u8; 4] = self
+            .bytes
+            .get(self.at..self.at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("the geometry is cut short")?;
+        self.at += 4;
+        Ok(if little {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        })
+    }
+
+    /// A count of items of at least `each` bytes, refused when the bytes left cannot hold it.
+    fn count(&mut self, little: bool, each: usize) -> Result<usize, Malformed> {
+        let n = usize::try_from(self.u32(little)?).map_err(|_| "a count is too large")?;
+        match n.checked_mul(each) {
+            Some(bytes) if bytes <= self.left() => Ok(n),
+            _ => Err("a count is larger than the geometry holds"),
+        }
+    }
+
+    /// One WKB geometry (ISO or extended WKB type codes).
+    fn geometry(&mut self, depth: usize) -> Result<(), Malformed> {
+        if depth > MAX_DEPTH {
+            return Err("collections nest too deeply");
+        }
+        let little = match self.bytes.get(self.at) {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err("bad byte order"),
+        };
+        self.at += 1;
+        let code = self.u32(little)?;
+        let (mut z, mut m) = (code & 0x8000_0000 != 0, code & 0x4000_0000 != 0);
+        if code & 0x2000_0000 != 0 {
+            self.skip(4)?; // an extended WKB SRID
+        }
+        let base = code & 0x0fff_ffff;
+        match base / 1000 {
+            0 => {}
+            1 => z = true,
+            2 => m = true,
+            3 => (z, m) = (true, true),
+            _ => return Err("unknown geometry type"),
+        }
+        let coordinate = 8 * (2 + usize::from(z) + usize::from(m));
+        match base % 1000 {
+            // Point.
+            1 => self.skip(coordinate),
+            // LineString, CircularString.
+            2 | 8 => {
+                let n = self.count(little, coordinate)?;
+                self.skip(n * coordinate)
+            }
+            // Polygon, Triangle: rings of points.
+            3 | 17 => {
+                let rings = self.count(little, 4)?;
+                for _ in 0..rings {
+                    let n = self.count(little, coordinate)?;
+                    self.skip(n * coordinate)?;
+                }
+                Ok(())
+            }
+            // Multi*, GeometryCollection, CompoundCurve, CurvePolygon, MultiCurve,
+            // MultiSurface, Curve, Surface, PolyhedralSurface, TIN: geometries of their own.
+            4..=7 | 9..=16 => {
+                let parts = self.count(little, 5)?;
+                for _ in 0..parts {
+                    self.geometry(depth + 1)?;
+                }
+                Ok(())
+            }
+            _ => Err("unknown geometry type"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpkg(wkb: &[u8]) -> Vec<u8> {
+        let mut blob = b"GP\x00\x01\x00\x00\x00\x00".to_vec();
+        blob.extend_from_slice(wkb);
+        blob
+    }
+
+    fn point() -> Vec<u8> {
+        let mut wkb = vec![1, 1, 0, 0, 0];
+        wkb.extend_from_slice(&1.0f64.to_le_bytes());
+        wkb.extend_from_slice(&2.0f64.to_le_bytes());
+        wkb
+    }
+
+    fn collection(depth: usize) -> Vec<u8> {
+        let mut wkb = Vec::new();
+        for _ in 0..depth {
+            wkb.extend_from_slice(&[1, 7, 0, 0, 0, 1, 0, 0, 0]);
+        }
+        wkb.extend_from_slice(&point());
+        wkb
+    }
+
+    #[test]
+    fn real_geometries_pass() {
+        assert_eq!(check_gpkg(&gpkg(&point())), Ok(()));
+        assert_eq!(check_gpkg(&gpkg(&collection(3))), Ok(()));
+        let mut line = vec![1, 2, 0, 0, 0, 2, 0, 0, 0];
+        line.extend_from_slice(&[0; 32]);
+        assert_eq!(check_gpkg(&gpkg(&line)), Ok(()));
+    }
+
+    #[test]
+    fn bombs_are_refused() {
+        assert!(check_gpkg(&gpkg(&collection(MAX_DEPTH + 1))).is_err());
+        assert!(check_gpkg(&gpkg(&collection(8000))).is_err());
+        // A line claiming four billion points in 16 bytes.
+        let mut line = vec![1, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        line.extend_from_slice(&[0; 16]);
+        assert!(check_gpkg(&gpkg(&line)).is_err());
+        assert!(check_gpkg(&gpkg(&[1, 99, 0, 0, 0])).is_err());
+        assert!(check_gpkg(b"GP\x00\x0f\x00\x00\x00\x00").is_err());
+        let deep = format!(
+            "{}POINT (1 2){}",
+            "GEOMETRYCOLLECTION (".repeat(5000),
+            ")".repeat(5000)
+        );
+        assert!(check_wkt(&deep).is_err());
+        assert!(check_wkt("MULTIPOLYGON (((0 0, 1 0, 1 1, 0 0)))").is_ok());
+    }
+}
