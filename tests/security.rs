@@ -1069,7 +1069,7 @@ async fn gdal_sql_cannot_open_other_data_sources() {
     let (status, _, body) = server
         .get(&ogr2ogr(
             "countries.tab",
-            "-where|(continent='Oceania' AND CAST(pop_est AS integer) > 0)",
+            "-where|(continent='Oceania' AND pop_est * 2 > 0)",
         ))
         .await;
     assert_eq!(status, 200, "{body}");
@@ -1231,5 +1231,168 @@ async fn sites_never_share_cached_answers() {
             name,
             "{host}: {body}"
         );
+    }
+}
+
+/// Found by a second outside review: a function check on `-where` was bypassed with comments
+/// (`f/**/()`), and through a VRT over a GeoPackage the filter reached GDAL's own SQLite with
+/// Spatialite, which could read and write files. GDAL now gets the filter as this server writes
+/// it again from a small grammar of comparisons: no function survives the round trip.
+#[tokio::test]
+async fn filters_for_gdal_are_rewritten_not_passed_through() {
+    let server = Process::start("{}", |root| {
+        let local = root.join("userdata/local");
+        std::fs::copy(test_data("naturalearth_lowres.gpkg"), local.join("countries.gpkg")).unwrap();
+        std::fs::write(
+            local.join("countries.vrt"),
+            "<OGRVRTDataSource><OGRVRTLayer name=\"countries\"><SrcDataSource relativeToVRT=\"1\">countries.gpkg</SrcDataSource><SrcLayer>naturalearth_lowres</SrcLayer></OGRVRTLayer></OGRVRTDataSource>",
+        )
+        .unwrap();
+    })
+    .await;
+    let leak = server.root.join("userdata/local/leak.sqlite");
+    for options in [
+        "-where|sqlite_version/**/()|IS|NOT|NULL".to_owned(),
+        "-where|`sqlite_version`()|IS|NOT|NULL".to_owned(),
+        "-where|[sqlite_version]()|IS|NOT|NULL".to_owned(),
+        format!(
+            "-where|name='Fiji' AND SqlProc_Execute/**/(SqlProc_FromText/**/('VACUUM INTO ''{}'';')) IS NULL",
+            leak.display()
+        ),
+        "-where|name IN (SELECT name FROM naturalearth_lowres)".to_owned(),
+    ] {
+        let (status, _, body) = server.get(&ogr2ogr("countries.vrt", &options)).await;
+        assert_eq!(status, 400, "{options}: {body}");
+    }
+    assert!(!leak.exists(), "a file was written");
+    let (status, _, body) = server
+        .get(&ogr2ogr(
+            "countries.vrt",
+            "-where|name = 'Fiji' OR (pop_est > 1e9 AND continent <> 'x')",
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["features"].as_array().unwrap().len(),
+        3,
+        "{body}"
+    );
+}
+
+/// The geometry of a second outside review: a MultiPolygon whose part claims to be a point
+/// passed the check and led the decoder, reading it as a polygon, into bytes holding 16,000
+/// nested collections (a stack overflow). Parts must now be of their collection's kind, and no
+/// bytes may be left over; curves (which GeoJSON cannot hold) are left out too.
+#[tokio::test]
+async fn geometries_that_lie_about_their_parts_are_left_out() {
+    let server = Process::start("{}", |_| {}).await;
+    let m = 16_000usize;
+    let mut head = b"GP\x00\x01".to_vec();
+    head.extend_from_slice(&4326i32.to_le_bytes());
+    for (kind, n) in [(7u32, 3u32), (6, 1)] {
+        head.push(1);
+        head.extend_from_slice(&kind.to_le_bytes());
+        head.extend_from_slice(&n.to_le_bytes());
+    }
+    head.push(1);
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.push(1);
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&[0; 7]);
+    head.push(1);
+    head.extend_from_slice(&2u32.to_le_bytes());
+    head.extend_from_slice(&u32::try_from(9 * m / 16).unwrap().to_le_bytes());
+    let mut tail = vec![1];
+    tail.extend_from_slice(&1u32.to_le_bytes());
+    tail.extend_from_slice(&[0; 16]);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    let lying = format!(
+        "-sql|\"SELECT CAST(X'{}' || unhex(replace(hex(zeroblob({m})),'00','010700000001000000')) || X'{}' AS BLOB) AS geom\"",
+        hex(&head),
+        hex(&tail)
+    );
+    let circular = "-sql|SELECT X'475000010000000001080000000300000000000000000000000000000000000000000000000000F03F000000000000F03F00000000000000400000000000000000' AS geom".to_owned();
+    for options in [lying, circular] {
+        let (status, _, body) = server
+            .get(&ogr2ogr("naturalearth_lowres.gpkg", &options))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json(&body)["features"], serde_json::json!([]), "{body}");
+    }
+    let (status, _, _) = server.get("/health").await;
+    assert_eq!(status, 200, "the server died");
+}
+
+/// A second outside review: 20,000 HTTP/2 streams of a large file with a zero window used every
+/// file descriptor and 3 GB, and `/health` stopped answering; streams of 15 MB answers held by
+/// the HTTP layer escaped the answers' memory budget. Streamed responses are now bounded over
+/// all connections (`http.limits.max_open_streams`), HTTP/2 connections to 100 streams each, and
+/// a chunk's memory counts until the HTTP layer asks for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_unread_streams_are_bounded() {
+    let server = Process::start(
+        r#"{"http": {"limits": {"max_open_streams": 16}},
+            "data": {"answer_memory_mb": 64, "response_cache_mb": 0}}"#,
+        |root| {
+            std::fs::write(root.join("userdata/local/big.bin"), vec![7u8; 4 << 20]).unwrap();
+        },
+    )
+    .await;
+    let big_answer = ogr2ogr(
+        "naturalearth_lowres.gpkg",
+        "-sql|SELECT 1 AS n, printf('%.*c', 15000000, 'x') AS b",
+    );
+    let mut connections = Vec::new();
+    let mut pending = Vec::new();
+    for path in [
+        "/big.bin",
+        big_answer.as_str(),
+        "/big.bin",
+        big_answer.as_str(),
+    ] {
+        let stream = tls(server.addr(), &server.cert_pem(), b"h2").await;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    stream,
+                ))
+                .await
+                .unwrap();
+        connections.push(tokio::spawn(connection));
+        for _ in 0..40 {
+            let mut sender = sender.clone();
+            let request = hyper::Request::get(path)
+                .header("host", "localhost")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            // Responses are taken and held, their bodies never read.
+            pending.push(tokio::spawn(async move {
+                sender.send_request(request).await.ok()
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, _, _) = server.get("/health").await;
+    assert_eq!(status, 200);
+    let (_, peak) = server.memory_kb();
+    assert!(peak < 600 * 1024, "peak memory {} MiB", peak / 1024);
+    let open_files = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count();
+    assert!(open_files < 200, "{open_files} file descriptors open");
+    let mut busy = 0;
+    for task in pending {
+        task.abort();
+        if let Ok(Some(response)) = task.await
+            && response.status() == 503
+        {
+            busy += 1;
+        }
+    }
+    let _ = busy;
+    for connection in connections {
+        connection.abort();
     }
 }

@@ -382,6 +382,11 @@ pub struct Limits {
     /// Connections served at once; more wait in the OS backlog.
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: usize,
+    /// Streamed responses open at once over all connections: large files read as they are
+    /// sent, proxied answers, query answers (each holds a file, an upstream connection or
+    /// memory); more are answered 503 with `Retry-After`.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_open_streams: usize,
     /// Largest request body accepted (proxied uploads), in bytes.
     #[schemars(range(max = 1099511627776_u64))]
     pub body_limit_bytes: u64,
@@ -398,6 +403,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_open_streams: 1024,
             body_limit_bytes: 10 * 1024 * 1024,
             drain_timeout_secs: 10,
         }

@@ -305,10 +305,14 @@ pub struct Sink {
     runtime: tokio::runtime::Handle,
 }
 
-/// The client's side of an answer: its chunks, each giving its memory back when taken.
+/// The client's side of an answer: its chunks, each giving its memory back once the HTTP layer
+/// asks for the next one (until then it may still hold it, waiting for the client) or drops the
+/// answer.
 pub struct Answer {
     rx: mpsc::UnboundedReceiver<Held>,
     memory: AnswerMemory,
+    /// Permits of the chunk handed on last.
+    handed: u32,
 }
 
 impl futures::Stream for Answer {
@@ -318,9 +322,11 @@ impl futures::Stream for Answer {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Chunk>> {
+        let handed = std::mem::take(&mut self.handed);
+        self.memory.give_back(handed);
         self.rx.poll_recv(cx).map(|held| {
             held.map(|(chunk, permits)| {
-                self.memory.give_back(permits);
+                self.handed = permits;
                 chunk
             })
         })
@@ -329,6 +335,7 @@ impl futures::Stream for Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
+        self.memory.give_back(self.handed);
         self.rx.close();
         while let Ok((_, permits)) = self.rx.try_recv() {
             self.memory.give_back(permits);
@@ -353,7 +360,14 @@ pub fn answer_channel(
         memory: memory.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    (sink, Answer { rx, memory })
+    (
+        sink,
+        Answer {
+            rx,
+            memory,
+            handed: 0,
+        },
+    )
 }
 
 impl Sink {

@@ -12,6 +12,7 @@
 //! - `limits`: a query's deadline, interruption and memory budget, and the sink its answer
 //!   goes through.
 //! - `wkb`: a structural check of geometry blobs before they are decoded.
+//! - `filter`: a `-where` for GDAL, parsed and written again by this server.
 //! - `gdal`: `ogr2ogr` for sources not read natively, with checked arguments and process limits.
 
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod dbf;
 pub mod feature_cache;
 pub mod features;
+pub mod filter;
 pub mod gdal;
 pub mod geojson;
 pub mod gpkg;

@@ -33,7 +33,13 @@ pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
         return Ok(());
     }
     let mut reader = Reader { bytes: wkb, at: 0 };
-    reader.geometry(0)
+    reader.geometry(0, None)?;
+    // The decoders read what the header says, not the blob's length: anything left over means
+    // the parts were not what they claimed.
+    if reader.left() != 0 {
+        return Err("bytes left over after the geometry");
+    }
+    Ok(())
 }
 
 /// Checks that WKT text nests no deeper than [`MAX_DEPTH`] collections (its parser recurses).
@@ -99,8 +105,15 @@ impl Reader<'_> {
         }
     }
 
-    /// One WKB geometry (ISO or extended WKB type codes).
-    fn geometry(&mut self, depth: usize) -> Result<(), Malformed> {
+    /// One WKB geometry (ISO or extended WKB type codes). Only the seven simple-feature types
+    /// are accepted (curves, triangles and surfaces are not written as GeoJSON); a part of a
+    /// Multi* geometry must be of its one kind (`part_of`: the kind and dimensions its parent
+    /// requires), as the decoders read it without looking.
+    fn geometry(
+        &mut self,
+        depth: usize,
+        part_of: Option<(u32, bool, bool)>,
+    ) -> Result<(), Malformed> {
         if depth > MAX_DEPTH {
             return Err("collections nest too deeply");
         }
@@ -123,17 +136,20 @@ impl Reader<'_> {
             3 => (z, m) = (true, true),
             _ => return Err("unknown geometry type"),
         }
+        let kind = base % 1000;
+        if let Some((wanted, wanted_z, wanted_m)) = part_of
+            && ((wanted != 0 && kind != wanted) || z != wanted_z || m != wanted_m)
+        {
+            return Err("a part is not of its collection's kind");
+        }
         let coordinate = 8 * (2 + usize::from(z) + usize::from(m));
-        match base % 1000 {
-            // Point.
+        match kind {
             1 => self.skip(coordinate),
-            // LineString, CircularString.
-            2 | 8 => {
+            2 => {
                 let n = self.count(little, coordinate)?;
                 self.skip(n * coordinate)
             }
-            // Polygon, Triangle: rings of points.
-            3 | 17 => {
+            3 => {
                 let rings = self.count(little, 4)?;
                 for _ in 0..rings {
                     let n = self.count(little, coordinate)?;
@@ -141,16 +157,17 @@ impl Reader<'_> {
                 }
                 Ok(())
             }
-            // Multi*, GeometryCollection, CompoundCurve, CurvePolygon, MultiCurve,
-            // MultiSurface, Curve, Surface, PolyhedralSurface, TIN: geometries of their own.
-            4..=7 | 9..=16 => {
+            // MultiPoint, MultiLineString, MultiPolygon: parts of one kind; GeometryCollection:
+            // any, with the same dimensions.
+            4..=7 => {
                 let parts = self.count(little, 5)?;
+                let part_kind = if kind == 7 { 0 } else { kind - 3 };
                 for _ in 0..parts {
-                    self.geometry(depth + 1)?;
+                    self.geometry(depth + 1, Some((part_kind, z, m)))?;
                 }
                 Ok(())
             }
-            _ => Err("unknown geometry type"),
+            _ => Err("not a point, line, polygon or collection of them"),
         }
     }
 }
@@ -206,6 +223,17 @@ mod tests {
             ")".repeat(5000)
         );
         assert!(check_wkt(&deep).is_err());
+        // A MultiPolygon whose part claims to be a point (the decoders would read a polygon).
+        let mut lying = vec![1, 6, 0, 0, 0, 1, 0, 0, 0];
+        lying.extend_from_slice(&point());
+        assert!(check_gpkg(&gpkg(&lying)).is_err());
+        // Trailing bytes, and a curve.
+        let mut trailing = point();
+        trailing.push(0);
+        assert!(check_gpkg(&gpkg(&trailing)).is_err());
+        let mut curve = vec![1, 8, 0, 0, 0, 3, 0, 0, 0];
+        curve.extend_from_slice(&[0; 48]);
+        assert!(check_gpkg(&gpkg(&curve)).is_err());
         assert!(check_wkt("MULTIPOLYGON (((0 0, 1 0, 1 1, 0 0)))").is_ok());
     }
 }

@@ -156,6 +156,7 @@ impl Actor for HttpComponent {
             tls,
             limits: limits.clone(),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            open_streams: Arc::new(Semaphore::new(limits.max_open_streams)),
             stop: stop.clone(),
             tracker: tracker.clone(),
         };

@@ -36,6 +36,9 @@ pub struct Acceptor<S> {
     pub limits: Limits,
     /// Shared by all listeners of the component.
     pub permits: Arc<Semaphore>,
+    /// Streamed responses (files read as they are sent, proxied answers, query answers) open
+    /// at once, over all connections.
+    pub open_streams: Arc<Semaphore>,
     /// Cancelled on stop.
     pub stop: CancellationToken,
     /// Tracks connection tasks for the drain.
@@ -49,6 +52,7 @@ impl<S> Clone for Acceptor<S> {
             tls: self.tls.clone(),
             limits: self.limits.clone(),
             permits: self.permits.clone(),
+            open_streams: self.open_streams.clone(),
             stop: self.stop.clone(),
             tracker: self.tracker.clone(),
         }
@@ -125,15 +129,36 @@ where
         let pipeline = self.pipeline.clone();
         let streams = Streams::new();
         let counted = streams.clone();
+        let open_streams = self.open_streams.clone();
         let service = hyper::service::service_fn(move |request| {
             let stream = counted.begin();
             let answer = pipeline.clone().handle(conn, request);
+            let open_streams = open_streams.clone();
             async move {
-                let response = answer.await?;
+                let mut response = answer.await?;
+                // A body of unknown length is read or produced as it is sent, holding a file,
+                // an upstream connection or a query's answer: those are bounded over all
+                // connections.
+                let open = if hyper::body::Body::size_hint(response.body())
+                    .exact()
+                    .is_none()
+                {
+                    match open_streams.try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            tracing::warn!(client = %conn.peer, "too many streamed responses open; answering 503");
+                            response = busy();
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 let sending = stream.sending();
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
                     sending,
+                    _open: open,
                     _stream: stream,
                 }))
             }
@@ -154,6 +179,7 @@ where
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(ceiling).unwrap_or(u32::MAX))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .keep_alive_interval(Some(Duration::from_secs(self.limits.idle_timeout_secs)));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
@@ -203,15 +229,14 @@ where
 }
 
 /// The requests in flight on one connection, and since when it has had none; the responses
-/// being sent, and when the client last took a piece of one.
+/// being sent, each with when the client last took a piece of it.
 struct Streams {
     in_flight: AtomicUsize,
     epoch: Instant,
     /// Milliseconds after `epoch` when the last request ended (or the connection opened).
     idle_since: AtomicU64,
-    sending: AtomicUsize,
-    /// Milliseconds after `epoch` when a response last started or had a piece taken.
-    progress: AtomicU64,
+    /// Per response being sent: milliseconds after `epoch` when it started or had a piece taken.
+    sending: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl Streams {
@@ -220,23 +245,29 @@ impl Streams {
             in_flight: AtomicUsize::new(0),
             epoch: Instant::now(),
             idle_since: AtomicU64::new(0),
-            sending: AtomicUsize::new(0),
-            progress: AtomicU64::new(0),
+            sending: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    fn stamp(&self) {
-        self.progress.store(self.now(), Ordering::Release);
+    fn sending(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How long responses have been waiting for the client without any being taken (zero when
-    /// none is being sent).
+    /// How long the most stalled response has waited for the client to take a piece of it
+    /// (zero when none is being sent). One stalled response is enough: a client that keeps one
+    /// stream moving cannot keep others stalled.
     fn stalled_for(&self) -> Duration {
-        if self.sending.load(Ordering::Acquire) == 0 {
-            return Duration::ZERO;
-        }
-        let since = self.progress.load(Ordering::Acquire);
-        Duration::from_millis(self.now().saturating_sub(since))
+        let now = self.now();
+        let oldest = self
+            .sending()
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .min();
+        oldest.map_or(Duration::ZERO, |since| {
+            Duration::from_millis(now.saturating_sub(since))
+        })
     }
 
     fn now(&self) -> u64 {
@@ -263,20 +294,34 @@ impl Streams {
 struct StreamGuard(Arc<Streams>);
 
 impl StreamGuard {
-    /// Counts its response as being sent until the returned guard is dropped.
+    /// Lists its response as being sent until the returned guard is dropped.
     fn sending(&self) -> SendingGuard {
-        self.0.sending.fetch_add(1, Ordering::AcqRel);
-        self.0.stamp();
-        SendingGuard(self.0.clone())
+        let stamp = Arc::new(AtomicU64::new(self.0.now()));
+        self.0.sending().push(stamp.clone());
+        SendingGuard {
+            streams: self.0.clone(),
+            stamp,
+        }
     }
 }
 
-/// A response being sent.
-struct SendingGuard(Arc<Streams>);
+/// A response being sent, and when the client last took a piece of it.
+struct SendingGuard {
+    streams: Arc<Streams>,
+    stamp: Arc<AtomicU64>,
+}
+
+impl SendingGuard {
+    fn stamp(&self) {
+        self.stamp.store(self.streams.now(), Ordering::Release);
+    }
+}
 
 impl Drop for SendingGuard {
     fn drop(&mut self) {
-        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+        self.streams
+            .sending()
+            .retain(|s| !Arc::ptr_eq(s, &self.stamp));
     }
 }
 
@@ -293,6 +338,7 @@ impl Drop for StreamGuard {
 struct Tracked<B> {
     body: B,
     sending: SendingGuard,
+    _open: Option<tokio::sync::OwnedSemaphorePermit>,
     _stream: StreamGuard,
 }
 
@@ -306,7 +352,7 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let frame = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &frame {
-            self.sending.0.stamp();
+            self.sending.stamp();
         }
         frame
     }
@@ -318,6 +364,22 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// HTTP/2 streams one connection may have open at once (hyper's default is 200).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// The answer when too many streamed responses are open.
+fn busy() -> Response {
+    let mut response = super::error_body(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        Some("too many streamed responses are open; try again shortly"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+    response
 }
 
 /// Serves plain-HTTP redirects to HTTPS on a listener until stopped.
@@ -447,6 +509,7 @@ mod tests {
             tls: None,
             limits: config.limits.clone(),
             permits: Arc::new(Semaphore::new(10)),
+            open_streams: Arc::new(Semaphore::new(10)),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
