@@ -13,7 +13,13 @@ use crate::root::Root;
 
 /// Pozi Server: serves an organisation's internal GIS data to the Pozi web app over HTTPS.
 #[derive(Debug, Parser)]
-#[command(name = "poziserver", version, about, long_about = None)]
+#[command(
+    name = "poziserver",
+    version,
+    about,
+    long_about = None,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -29,7 +35,8 @@ pub enum Command {
         /// Config file [default: <root>/config.json]
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Installation root: userdata/, state/, logs/, certificates
+        /// Installation root: userdata/, state/, logs/, certificates (default: the current
+        /// folder)
         #[arg(long, value_name = "DIR", env = "POZI_ROOT", default_value = ".")]
         root: PathBuf,
         /// Address to listen on, overriding the config's `listen` (repeat for several)
@@ -38,7 +45,7 @@ pub enum Command {
     },
     /// Check a config file: exit 0 with a one-line summary, or non-zero listing every problem.
     CheckConfig {
-        /// The file to check
+        /// The file to check (default: config.json in the current folder)
         #[arg(value_name = "FILE", default_value = "config.json")]
         file: PathBuf,
     },
@@ -50,6 +57,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of config.json (committed as docs/config.schema.json).
     ConfigSchema,
+    /// Describe the commands, or one command and its flags.
+    Help {
+        /// The command to describe
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -68,7 +81,28 @@ pub fn main() -> ExitCode {
             let text = serde_json::to_string_pretty(&config::schema()).unwrap_or_default();
             out(&format!("{text}\n"))
         }
+        Command::Help { command } => help(command.as_deref()),
     }
+}
+
+/// `help [COMMAND]`: the same text as `--help` (exit 0), or an error for an unknown command.
+fn help(command: Option<&str>) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    let text = match command {
+        None => cli.render_long_help(),
+        Some(name) => match cli.find_subcommand_mut(name) {
+            Some(sub) => sub.render_long_help(),
+            None => {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "error: no command {name:?}; `poziserver help` lists them"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    out(&text.to_string())
 }
 
 fn out(text: &str) -> ExitCode {

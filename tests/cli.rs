@@ -43,6 +43,43 @@ fn help_documents_every_command_and_flag() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     assert!(text(&poziserver(&["version", "--help"]).stdout).contains("--json"));
+
+    // `help` is a command like the others: it answers its own `--help`, and names defaults.
+    let out = poziserver(&["help", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("COMMAND"));
+    let out = poziserver(&["help", "run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("default: the current"));
+    let out = poziserver(&["help", "check-config"]);
+    assert!(text(&out.stdout).contains("default: config.json"));
+    assert_eq!(poziserver(&["help", "nope"]).status.code(), Some(2));
+}
+
+/// The error example in docs/configuration.md is what `check-config` prints for
+/// `tests/data/bad-config.json` (copied there as `config.json`).
+#[test]
+fn the_documented_config_errors_are_the_real_ones() {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let start = docs.find("error: config.json has").unwrap();
+    let documented = &docs[start..start + docs[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad-config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr).trim(), documented.trim());
 }
 
 #[test]
