@@ -453,7 +453,8 @@ pub struct LogConfig {
     pub json: bool,
     /// Also log to the console (standard output).
     pub console: bool,
-    /// Folder of the daily-rolling `server.log`, relative to the installation root.
+    /// Folder of the daily-rolling `server.log` and `access.log`, relative to the installation
+    /// root.
     pub directory: PathBuf,
     /// Days of log files kept.
     #[schemars(range(min = 1, max = 3650))]

@@ -119,7 +119,7 @@ where
         };
         let mut response = response;
         self.site.cors.decorate(origin.as_ref(), &mut response);
-        self.log(&conn, &method, host.as_ref(), &path, &response, started);
+        self.log(&conn, &method, host.as_ref(), path, &response, started);
         Ok(response)
     }
 
@@ -128,7 +128,7 @@ where
         conn: &ConnInfo,
         method: &http::Method,
         host: Option<&HeaderValue>,
-        path: &str,
+        path: String,
         response: &Response,
         started: Instant,
     ) {
@@ -148,18 +148,17 @@ where
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        tracing::info!(
-            target: "access",
-            client = %conn.peer.ip(),
-            method = %method,
-            host = %host.and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            path = %path,
-            status = status.as_u16(),
-            bytes = %bytes,
-            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "request"
-        );
+            .and_then(|v| v.parse().ok());
+        crate::logging::access::record(crate::logging::access::Record {
+            at: std::time::SystemTime::now(),
+            client: conn.peer.ip(),
+            method: method.clone(),
+            host: host.cloned(),
+            path,
+            status: status.as_u16(),
+            bytes,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
     }
 }
 

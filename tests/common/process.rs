@@ -99,7 +99,7 @@ impl Process {
         process.url = log
             .split("listening on ")
             .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
             .unwrap()
             .to_owned();
         process
@@ -198,6 +198,16 @@ impl Process {
             }
         }
         found
+    }
+
+    /// Sends SIGTERM, waits up to `within` for the process to exit, and hands back its folder.
+    pub async fn terminate_keeping(
+        mut self,
+        within: Duration,
+    ) -> (Option<ExitStatus>, tempfile::TempDir) {
+        let placeholder = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self.dir, placeholder);
+        (self.terminate(within).await, dir)
     }
 
     /// Sends SIGTERM and waits up to `within` for the process to exit.

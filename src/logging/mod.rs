@@ -1,5 +1,8 @@
 //! Logs: console and a daily-rolling `<root>/logs/server.log`, text or JSON lines, level from the
-//! config unless `RUST_LOG` is set; and a panic hook that logs panics through tracing.
+//! config unless `RUST_LOG` is set; the access log beside it (`access`); and a panic hook that
+//! logs panics through tracing.
+
+pub mod access;
 
 use std::path::Path;
 
@@ -14,6 +17,9 @@ use crate::config::LogConfig;
 /// Keeps the log writer flushing; drop it last, when the process ends.
 #[derive(Debug)]
 pub struct LogGuard {
+    // Dropped first: the access log's last lines and warnings are written before the server
+    // log's writer stops.
+    _access: access::AccessLogGuard,
     _file: WorkerGuard,
 }
 
@@ -41,6 +47,15 @@ pub fn init(config: &LogConfig, dir: &Path) -> Result<LogGuard, LogError> {
     let file = RollingFileAppender::builder()
         .rotation(Rotation::DAILY)
         .filename_prefix("server.log")
+        .max_log_files(config.keep_days)
+        .build(dir)
+        .map_err(|e| LogError::File {
+            dir: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let access_file = RollingFileAppender::builder()
+        .rotation(Rotation::DAILY)
+        .filename_prefix("access.log")
         .max_log_files(config.keep_days)
         .build(dir)
         .map_err(|e| LogError::File {
@@ -75,7 +90,14 @@ pub fn init(config: &LogConfig, dir: &Path) -> Result<LogGuard, LogError> {
     };
     result.map_err(|e| LogError::AlreadySet(e.to_string()))?;
     install_panic_hook();
-    Ok(LogGuard { _file: guard })
+    let access = access::install(access_file, config.json).map_err(|e| LogError::File {
+        dir: dir.to_owned(),
+        reason: format!("cannot start the access log writer: {e}"),
+    })?;
+    Ok(LogGuard {
+        _access: access,
+        _file: guard,
+    })
 }
 
 /// Logs every panic through tracing: the event lands inside the panicking task's span, so it
