@@ -173,7 +173,10 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(self.limits.header_read_timeout_secs))
+            // hyper's timer also runs while a kept-alive connection waits for its next
+            // request, which would close it after this timeout rather than the idle one; the
+            // head's time is measured below from its first byte instead.
+            .header_read_timeout(None)
             .max_buf_size(ceiling.max(8192));
         builder
             .http2()
@@ -181,7 +184,14 @@ where
             .max_header_list_size(u32::try_from(ceiling).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .keep_alive_interval(Some(Duration::from_secs(self.limits.idle_timeout_secs)));
+        let io = Watched {
+            io,
+            streams: streams.clone(),
+            first: true,
+            h2: false,
+        };
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let head_limit = Duration::from_secs(self.limits.header_read_timeout_secs);
         let mut connection = std::pin::pin!(connection);
         let idle_limit = Duration::from_secs(self.limits.idle_timeout_secs);
         // Once asked to close, a connection that has not closed within another idle period
@@ -195,8 +205,17 @@ where
                 tracing::debug!(client = %conn.peer, "response not taken by the client; connection dropped");
                 return;
             }
+            // A request head must arrive within its limit from its first byte.
+            let head_for = streams.head_for();
+            if head_for.is_some_and(|d| d >= head_limit) {
+                tracing::debug!(client = %conn.peer, "request head not received in time; connection dropped");
+                return;
+            }
+            // Waking at least once per head limit is what notices a head that began while
+            // this task slept.
             let wait = idle_limit
                 .saturating_sub(idle_for.max(streams.stalled_for()))
+                .min(head_limit.saturating_sub(head_for.unwrap_or_default()))
                 .max(Duration::from_millis(100));
             let forced = closing_by.unwrap_or_else(|| tokio::time::Instant::now() + wait);
             tokio::select! {
@@ -235,6 +254,9 @@ struct Streams {
     epoch: Instant,
     /// Milliseconds after `epoch` when the last request ended (or the connection opened).
     idle_since: AtomicU64,
+    /// Milliseconds after `epoch` when the first byte of an HTTP/1 request head came with no
+    /// request in flight; [`NO_HEAD`] when none is being read.
+    head_since: AtomicU64,
     /// Per response being sent: milliseconds after `epoch` when it started or had a piece taken.
     sending: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
@@ -245,6 +267,7 @@ impl Streams {
             in_flight: AtomicUsize::new(0),
             epoch: Instant::now(),
             idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NO_HEAD),
             sending: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -277,7 +300,23 @@ impl Streams {
     /// Counts a request until the returned guard (moved into its response body) is dropped.
     fn begin(self: &Arc<Self>) -> StreamGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NO_HEAD, Ordering::Release);
         StreamGuard(self.clone())
+    }
+
+    /// Bytes came in: with no request in flight they begin a request head.
+    fn received(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == NO_HEAD
+        {
+            self.head_since.store(self.now(), Ordering::Release);
+        }
+    }
+
+    /// How long the request head being read has taken so far.
+    fn head_for(&self) -> Option<Duration> {
+        let since = self.head_since.load(Ordering::Acquire);
+        (since != NO_HEAD).then(|| Duration::from_millis(self.now().saturating_sub(since)))
     }
 
     /// How long the connection has had no request in flight (zero while one is).
@@ -287,6 +326,73 @@ impl Streams {
         }
         let since = self.idle_since.load(Ordering::Acquire);
         Duration::from_millis(self.now().saturating_sub(since))
+    }
+}
+
+/// `head_since` when no head is being read.
+const NO_HEAD: u64 = u64::MAX;
+
+/// A connection's byte stream, telling its [`Streams`] when an HTTP/1 request head begins.
+/// HTTP/2 (its preface `PRI * HTTP/2.0` first) is left alone: its frames arrive between
+/// requests (pings, settings) and its streams have their own limits.
+struct Watched<IO> {
+    io: IO,
+    streams: Arc<Streams>,
+    /// Still before the connection's first bytes.
+    first: bool,
+    /// The connection speaks HTTP/2.
+    h2: bool,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if self.first {
+                self.first = false;
+                self.h2 = new.starts_with(b"PRI ");
+            }
+            if !self.h2 {
+                self.streams.received();
+            }
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
