@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod encoding;
 pub mod http;
 pub mod logging;
 pub mod ops;

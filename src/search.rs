@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::Utc;
 use geozero::ToGeo;
 use http::StatusCode;
-use http::header::{self, HeaderValue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rusqlite::{Connection, OpenFlags, params};
 use schedules::Schedule;
@@ -255,6 +254,7 @@ pub async fn answer(
     index: PathBuf,
     q: Option<String>,
     limit: Option<String>,
+    encoding: crate::encoding::Encoding,
 ) -> Response {
     let Some(expression) = q.as_deref().and_then(match_expression) else {
         return error_body(
@@ -279,14 +279,10 @@ pub async fn answer(
         .run(move || query(&index, &expression, limit, &watch))
         .await;
     match result {
-        Ok(Ok(body)) => {
-            let mut response = Response::new(body.into());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/geo+json"),
-            );
-            response
-        }
+        Ok(Ok(body)) => crate::data::ogr2ogr::geojson_response(
+            futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }),
+            encoding,
+        ),
         Ok(Err(SearchError::Unavailable(e))) => error_body(
             StatusCode::SERVICE_UNAVAILABLE,
             "search index unavailable",

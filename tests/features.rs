@@ -394,3 +394,79 @@ async fn a_dataset_dropped_in_appears_within_seconds_and_a_removed_one_goes() {
     .await;
     server.stop().await;
 }
+
+/// Names of the features of a collection.
+fn names(collection: &Value) -> Vec<String> {
+    let mut names: Vec<String> = collection["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["properties"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// GDAL's answer to `-spat` on the countries.
+fn gdal_spat(bbox: [&str; 4]) -> Vec<String> {
+    let mut options = vec!["-spat"];
+    options.extend(bbox);
+    names(&gdal(&test_data("naturalearth_lowres.gpkg"), &options))
+}
+
+#[tokio::test]
+async fn bbox_tests_each_geometry_and_may_cross_the_antimeridian() {
+    let server = server().await;
+    // A box that Indonesia's bounds reach but its islands do not.
+    let (status, _, boxed) = get(
+        &server,
+        "/features/collections/countries/items?bbox=140,-45,180,-10",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{boxed}");
+    let expected = gdal_spat(["140", "-45", "180", "-10"]);
+    assert_eq!(names(&boxed), expected);
+    assert!(!expected.contains(&"Indonesia".to_owned()));
+    assert_eq!(boxed["numberMatched"], expected.len());
+
+    // Paging agrees with the count.
+    let mut paged = Vec::new();
+    for offset in (0..expected.len()).step_by(2) {
+        let (_, _, page) = get(
+            &server,
+            &format!(
+                "/features/collections/countries/items?bbox=140,-45,180,-10&limit=2&offset={offset}"
+            ),
+        )
+        .await;
+        assert_eq!(page["numberMatched"], expected.len());
+        paged.extend(names(&page));
+    }
+    paged.sort();
+    assert_eq!(paged, expected);
+
+    // West edge greater than east: the box crosses the antimeridian.
+    let (status, _, crossing) = get(
+        &server,
+        "/features/collections/countries/items?bbox=170,-50,-170,-10",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{crossing}");
+    let mut expected = gdal_spat(["170", "-50", "180", "-10"]);
+    expected.extend(gdal_spat(["-180", "-50", "-170", "-10"]));
+    expected.sort();
+    expected.dedup();
+    assert!(expected.contains(&"Fiji".to_owned()) && expected.contains(&"New Zealand".to_owned()));
+    assert_eq!(names(&crossing), expected);
+    assert_eq!(crossing["numberMatched"], expected.len());
+
+    // With a property filter too.
+    let (_, _, filtered) = get(
+        &server,
+        "/features/collections/countries/items?bbox=170,-50,-170,-10&name=Fiji",
+    )
+    .await;
+    assert_eq!(names(&filtered), vec!["Fiji".to_owned()]);
+    assert_eq!(filtered["numberMatched"], 1);
+    server.stop().await;
+}

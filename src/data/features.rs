@@ -15,7 +15,7 @@ use warp::reply::Response;
 use super::gpkg::{Catalog, Dataset, Layer};
 use super::limits::QueryError;
 use super::ogr2ogr::geojson_response;
-use super::query::{Plan, count, execute, lookup};
+use super::query::{BoxMatch, Plan, box_page, count, execute, lookup};
 use super::quote;
 use super::reproject::Reprojector;
 use crate::http::error_body;
@@ -217,16 +217,99 @@ fn describe(c: &Collection, base: &str) -> Value {
     body
 }
 
-fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
+/// The `bbox` parameter as boxes `[xmin, ymin, xmax, ymax]` in WGS 84: one, or two when it
+/// crosses the antimeridian (west edge greater than east, as the standard allows).
+fn parse_bbox(text: &str) -> Result<Vec<[f64; 4]>, String> {
     let numbers: Vec<f64> = text
         .split(',')
         .map(|n| n.trim().parse::<f64>())
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("bbox {text:?} is not numbers"))?;
-    match numbers.as_slice() {
-        [a, b, c, d] if a <= c && b <= d => Ok([*a, *b, *c, *d]),
-        [a, b, _, c, d, _] if a <= c && b <= d => Ok([*a, *b, *c, *d]),
-        _ => Err(format!("bbox {text:?} must be minx,miny,maxx,maxy")),
+        .ok()
+        .filter(|n: &Vec<f64>| n.iter().all(|v| v.is_finite()))
+        .ok_or_else(|| format!("bbox {text:?} is not numbers"))?;
+    let (west, south, east, north) = match numbers.as_slice() {
+        [a, b, c, d] | [a, b, _, c, d, _] if b <= d => (*a, *b, *c, *d),
+        _ => {
+            return Err(format!(
+                "bbox {text:?} must be west,south,east,north with south <= north"
+            ));
+        }
+    };
+    Ok(if west <= east {
+        vec![[west, south, east, north]]
+    } else {
+        vec![[west, south, 180.0, north], [-180.0, south, east, north]]
+    })
+}
+
+/// Where the candidates for boxes `rects` (in the layer's system) come from: the R*Tree alone
+/// when nothing else filters, else the table (through the R*Tree when there is one).
+fn box_match(
+    layer: &Layer,
+    rects: &[[f64; 4]],
+    conditions: &[String],
+    mut params: Vec<SqlValue>,
+) -> BoxMatch {
+    let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
+    let mut within = Vec::new();
+    for rect in rects {
+        let n = params.len();
+        within.push(format!(
+            "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4
+        ));
+        params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
+    }
+    let index = layer.rtree.as_deref().map(|rtree| {
+        within
+            .iter()
+            .map(|w| {
+                format!(
+                    "SELECT id, minx, maxx, miny, maxy FROM {} WHERE {w}",
+                    quote(rtree)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ")
+    });
+    let (candidates, from_index) = match index {
+        Some(index) if conditions.is_empty() => (format!("{index} ORDER BY 1"), true),
+        index => {
+            let mut filters = conditions.to_vec();
+            if let Some(index) = index {
+                filters.push(format!(
+                    "{} IN (SELECT id FROM ({index}))",
+                    quote(&layer.fid)
+                ));
+            }
+            let filter = if filters.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", filters.join(" AND "))
+            };
+            (
+                format!(
+                    "SELECT {}, {geometry} FROM {}{filter} ORDER BY 1",
+                    quote(&layer.fid),
+                    quote(&layer.name)
+                ),
+                false,
+            )
+        }
+    };
+    BoxMatch {
+        candidates,
+        params,
+        from_index,
+        geometry: format!(
+            "SELECT {geometry} FROM {} WHERE {} = ?1",
+            quote(&layer.name),
+            quote(&layer.fid)
+        ),
+        rects: rects.iter().map(|r| super::query::rect(*r)).collect(),
     }
 }
 
@@ -286,10 +369,16 @@ async fn items(
     };
     // The box is in WGS 84; the index is in the layer's system.
     let bbox = match (bbox, &reproject) {
-        (Some(b), Some(r)) => match r.bbox_from_wgs84(b) {
-            Ok(b) => Some(b),
-            Err(e) => return bad(e.to_string()),
-        },
+        (Some(boxes), Some(r)) => {
+            match boxes
+                .into_iter()
+                .map(|b| r.bbox_from_wgs84(b))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(b) => Some(b),
+                Err(e) => return bad(e.to_string()),
+            }
+        }
         (b, _) => b,
     };
     let mut conditions = Vec::new();
@@ -314,65 +403,32 @@ async fn items(
             params.len()
         ));
     }
-    let mut envelope_filter = None;
-    // With the box as the only filter, the index alone counts the matches and picks the page.
-    let index_only = conditions.is_empty() && bbox.is_some() && layer.rtree.is_some();
-    let mut index_page = None;
-    if let Some([xmin, ymin, xmax, ymax]) = bbox {
-        match &layer.rtree {
-            Some(rtree) if index_only => {
-                let within = "minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4";
-                params.extend([xmax, xmin, ymax, ymin].map(SqlValue::Real));
-                index_page = Some((
-                    format!("SELECT count(*) FROM {} WHERE {within}", quote(rtree)),
-                    format!(
-                        "{} IN (SELECT id FROM {} WHERE {within} ORDER BY id LIMIT {limit} OFFSET {offset})",
-                        quote(&layer.fid),
-                        quote(rtree)
-                    ),
-                ));
+    // With a box, each candidate is tested on its geometry (as GDAL tests `-spat`), which
+    // gives the count and the page's fids at once; without one, SQL counts and pages.
+    let (matched, page_sql) = match &bbox {
+        Some(rects) => {
+            let matching = box_match(layer, rects, &conditions, params.clone());
+            match box_page(catalog, c.dataset.clone(), matching, offset, limit).await {
+                Ok((matched, fids)) => {
+                    let fids: Vec<String> = fids.iter().map(i64::to_string).collect();
+                    (Some(matched), Some(fids.join(",")))
+                }
+                Err(e) => return e.response(false),
             }
-            Some(rtree) => {
-                let n = params.len();
-                conditions.push(format!(
-                    "{} IN (SELECT id FROM {} WHERE minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{})",
-                    quote(&layer.fid), quote(rtree), n + 1, n + 2, n + 3, n + 4
-                ));
-                params.extend([xmax, xmin, ymax, ymin].map(SqlValue::Real));
+        }
+        None => {
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            let sql = format!("SELECT count(*) FROM {}{filter}", quote(&layer.name));
+            match count(catalog, c.dataset.clone(), sql, params.clone()).await {
+                Ok(n) => (Some(n), None),
+                Err(e) => return e.response(false),
             }
-            None => envelope_filter = bbox,
         }
-    }
-    let count_sql = match &index_page {
-        Some((count_sql, page_condition)) => {
-            conditions.push(page_condition.clone());
-            count_sql.clone()
-        }
-        None => String::new(),
     };
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
-    let count_sql = if envelope_filter.is_some() {
-        None
-    } else if index_page.is_some() {
-        Some(count_sql)
-    } else {
-        Some(format!(
-            "SELECT count(*) FROM {}{filter}",
-            quote(&layer.name)
-        ))
-    };
-    let matched = match count_sql {
-        Some(sql) => match count(catalog, c.dataset.clone(), sql, params.clone()).await {
-            Ok(n) => Some(n),
-            Err(e) => return e.response(false),
-        },
-        None => None,
-    };
-
     let etag = format!(
         "\"{}-{:x}\"",
         c.dataset.version(),
@@ -392,15 +448,33 @@ async fn items(
     }
 
     let columns = layer.select_list(None);
-    let mut sql = format!(
-        "SELECT {} FROM {}{filter} ORDER BY {}",
-        columns,
-        quote(&layer.name),
-        quote(&layer.fid)
-    );
-    if envelope_filter.is_none() && index_page.is_none() {
-        sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
-    }
+    let (sql, params) = match page_sql {
+        // The page's fids come from this server's own query: integers, written as such.
+        Some(fids) => (
+            format!(
+                "SELECT {columns} FROM {} WHERE {} IN ({fids}) ORDER BY {}",
+                quote(&layer.name),
+                quote(&layer.fid),
+                quote(&layer.fid)
+            ),
+            Vec::new(),
+        ),
+        None => {
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            (
+                format!(
+                    "SELECT {columns} FROM {}{filter} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                    quote(&layer.name),
+                    quote(&layer.fid)
+                ),
+                params,
+            )
+        }
+    };
     let href = format!("{base}/collections/{}/items", c.id);
     let page = |o: u64| {
         let mut q: Vec<(String, String)> = sorted(query)
@@ -452,7 +526,7 @@ async fn items(
         params,
         has_fid: true,
         emit_id: true,
-        envelope_filter,
+        envelope_filter: None,
         exact: None,
         simplify: None,
         reproject,
@@ -460,20 +534,9 @@ async fn items(
         tail: Some(Box::new(tail)),
         reuse: None,
     };
-    // Without an R*Tree the box is checked row by row, so paging is done while streaming.
-    let (plan, limit) = match envelope_filter {
-        Some(_) => (
-            Plan {
-                sql: format!("{} LIMIT -1 OFFSET {offset}", plan.sql),
-                ..plan
-            },
-            Some(limit),
-        ),
-        None => (plan, None),
-    };
-    match execute(catalog, c.dataset.clone(), plan, limit).await {
+    match execute(catalog, c.dataset.clone(), plan, None).await {
         Ok(stream) => {
-            let mut response = geojson_response(stream);
+            let mut response = geojson_response(stream, crate::encoding::accepted(headers));
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 response.headers_mut().insert(header::ETAG, v);
             }

@@ -88,6 +88,7 @@ impl Gdal {
         shown: &str,
         folder: &Path,
         options: &Options,
+        encoding: crate::encoding::Encoding,
     ) -> Response {
         let Some(program) = &self.program else {
             return error_body(
@@ -215,7 +216,10 @@ impl Gdal {
                 _ => {}
             }
         });
-        geojson_response(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        geojson_response(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            encoding,
+        )
     }
 }
 

@@ -28,6 +28,8 @@ pub struct FeatureWriter {
     features: u64,
     /// Where the last feature starts in `buffer`.
     last: usize,
+    /// Scratch for a polygon ring's coordinates.
+    ring: Vec<(f64, f64, Option<f64>)>,
 }
 
 /// Whether a blob is a GeoPackage geometry (`GP` magic).
@@ -48,6 +50,7 @@ impl FeatureWriter {
             buffer,
             features: 0,
             last: 0,
+            ring: Vec::new(),
         }
     }
 
@@ -110,10 +113,12 @@ impl FeatureWriter {
         self.buffer.extend_from_slice(b"},\"geometry\":");
         match geometry {
             Geometry::Gpkg(blob) if is_gpkg_geometry(blob) && !is_empty_gpkg(blob) => {
-                GpkgWkb(blob).process_geom(&mut GeometryWriter(&mut self.buffer))?;
+                GpkgWkb(blob)
+                    .process_geom(&mut GeometryWriter::new(&mut self.buffer, &mut self.ring))?;
             }
             Geometry::Geo(geometry) => {
-                geometry.process_geom(&mut GeometryWriter(&mut self.buffer))?;
+                geometry
+                    .process_geom(&mut GeometryWriter::new(&mut self.buffer, &mut self.ring))?;
             }
             _ => self.buffer.extend_from_slice(b"null"),
         }
@@ -191,6 +196,34 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// Decimal places of coordinates, as GDAL writes RFC 7946 GeoJSON (`-lco RFC7946=YES`): about
+/// 1 cm in degrees, and no `180.00000000000006` from a reprojection's rounding.
+pub const COORDINATE_DECIMALS: i32 = 7;
+
+/// A coordinate rounded to [`COORDINATE_DECIMALS`] places as `printf("%.7f")` rounds it (the
+/// exact binary value, to the nearest), written without trailing zeros.
+fn write_coordinate(out: &mut Vec<u8>, value: f64) {
+    const SCALE: f64 = 1e7;
+    // Beyond 2^53 / 10^7 the scaled value is not exact; such numbers are written as they are.
+    if !value.is_finite() || value.abs() >= 9.0e8 {
+        return write_number(out, value);
+    }
+    let scaled = value * SCALE;
+    let fraction = scaled - scaled.floor();
+    // The product is off from the exact one by half a unit in its last place at most: only
+    // values that close to a tie need the exact (slower) decimal rounding.
+    if (fraction - 0.5).abs() <= scaled.abs() * 2.0 * f64::EPSILON + 1e-9 {
+        let exact = format!("{value:.7}");
+        let trimmed = exact.trim_end_matches('0');
+        out.extend_from_slice(trimmed.as_bytes());
+        if trimmed.ends_with('.') {
+            out.push(b'0');
+        }
+        return;
+    }
+    write_number(out, scaled.round() / SCALE);
+}
+
 fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
     match value {
         ValueRef::Null => out.extend_from_slice(b"null"),
@@ -202,20 +235,78 @@ fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
 }
 
 /// Writes geometries as compact RFC 7946 GeoJSON, with a Z coordinate when there is one.
-struct GeometryWriter<'a>(&'a mut Vec<u8>);
+/// Polygon rings are oriented as RFC 7946 asks (and GDAL writes with `RFC7946=YES`): the
+/// exterior counter-clockwise, holes clockwise.
+struct GeometryWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Inside a polygon: the number of the next ring (0 is the exterior).
+    ring: Option<usize>,
+    /// The coordinates of the ring being read, written at its end.
+    coordinates: &'a mut Vec<(f64, f64, Option<f64>)>,
+    buffering: bool,
+    /// A MultiPolygon or MultiLineString of one part is being written as that part alone (as
+    /// GDAL does for RFC 7946).
+    single: bool,
+}
 
-impl GeometryWriter<'_> {
+impl<'a> GeometryWriter<'a> {
+    fn new(out: &'a mut Vec<u8>, coordinates: &'a mut Vec<(f64, f64, Option<f64>)>) -> Self {
+        Self {
+            out,
+            ring: None,
+            coordinates,
+            buffering: false,
+            single: false,
+        }
+    }
+
+    fn point(&mut self, x: f64, y: f64, z: Option<f64>, index: usize) {
+        self.separator(index);
+        self.out.push(b'[');
+        write_coordinate(self.out, x);
+        self.out.push(b',');
+        write_coordinate(self.out, y);
+        if let Some(z) = z {
+            self.out.push(b',');
+            write_coordinate(self.out, z);
+        }
+        self.out.push(b']');
+    }
+
+    /// Writes the buffered ring, reversed when it turns the wrong way for its place.
+    fn write_ring(&mut self, exterior: bool) {
+        let ring = std::mem::take(self.coordinates);
+        // Twice the signed area (shoelace): positive when counter-clockwise.
+        let area: f64 = ring
+            .iter()
+            .zip(ring.iter().cycle().skip(1))
+            .map(|(a, b)| a.0 * b.1 - b.0 * a.1)
+            .sum();
+        let reverse = if exterior { area < 0.0 } else { area > 0.0 };
+        if reverse {
+            for (i, (x, y, z)) in ring.iter().rev().enumerate() {
+                self.point(*x, *y, *z, i);
+            }
+        } else {
+            for (i, (x, y, z)) in ring.iter().enumerate() {
+                self.point(*x, *y, *z, i);
+            }
+        }
+        *self.coordinates = ring;
+        self.coordinates.clear();
+    }
+
     fn separator(&mut self, index: usize) {
         if index > 0 {
-            self.0.push(b',');
+            self.out.push(b',');
         }
     }
 
     fn open(&mut self, index: usize, kind: &str) {
         self.separator(index);
-        self.0.extend_from_slice(b"{\"type\":\"");
-        self.0.extend_from_slice(kind.as_bytes());
-        self.0.extend_from_slice(b"\",\"coordinates\":[");
+        self.out.extend_from_slice(b"{\"type\":\"");
+        self.out.extend_from_slice(kind.as_bytes());
+        self.out.extend_from_slice(b"\",\"coordinates\":[");
     }
 
     /// A ring or line: tagged when it is a geometry of its own, else a bare array.
@@ -224,19 +315,19 @@ impl GeometryWriter<'_> {
             self.open(index, kind);
         } else {
             self.separator(index);
-            self.0.push(b'[');
+            self.out.push(b'[');
         }
     }
 
     fn close(&mut self) {
-        self.0.extend_from_slice(b"]}");
+        self.out.extend_from_slice(b"]}");
     }
 
     fn close_part(&mut self, tagged: bool) {
         if tagged {
             self.close();
         } else {
-            self.0.push(b']');
+            self.out.push(b']');
         }
     }
 }
@@ -266,16 +357,11 @@ impl GeomProcessor for GeometryWriter<'_> {
                 "a coordinate is not a finite number".to_owned(),
             ));
         }
-        self.separator(index);
-        self.0.push(b'[');
-        write_number(self.0, x);
-        self.0.push(b',');
-        write_number(self.0, y);
-        if let Some(z) = z {
-            self.0.push(b',');
-            write_number(self.0, z);
+        if self.buffering {
+            self.coordinates.push((x, y, z));
+        } else {
+            self.point(x, y, z, index);
         }
-        self.0.push(b']');
         Ok(())
     }
 
@@ -287,13 +373,13 @@ impl GeomProcessor for GeometryWriter<'_> {
 
     fn point_begin(&mut self, index: usize) -> GeozeroResult<()> {
         self.separator(index);
-        self.0
+        self.out
             .extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":");
         Ok(())
     }
 
     fn point_end(&mut self, _index: usize) -> GeozeroResult<()> {
-        self.0.push(b'}');
+        self.out.push(b'}');
         Ok(())
     }
 
@@ -308,48 +394,86 @@ impl GeomProcessor for GeometryWriter<'_> {
     }
 
     fn linestring_begin(&mut self, tagged: bool, _size: usize, index: usize) -> GeozeroResult<()> {
-        self.open_part(tagged, index, "LineString");
+        if !(self.single && self.ring.is_none()) {
+            self.open_part(tagged, index, "LineString");
+        }
+        if !tagged && self.ring.is_some() {
+            self.buffering = true;
+            self.coordinates.clear();
+        }
         Ok(())
     }
 
     fn linestring_end(&mut self, tagged: bool, _index: usize) -> GeozeroResult<()> {
-        self.close_part(tagged);
+        if self.buffering {
+            self.buffering = false;
+            let ring = self.ring.unwrap_or(0);
+            self.write_ring(ring == 0);
+            self.ring = Some(ring + 1);
+        }
+        if !(self.single && self.ring.is_none()) {
+            self.close_part(tagged);
+        }
         Ok(())
     }
 
-    fn multilinestring_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
-        self.open(index, "MultiLineString");
+    fn multilinestring_begin(&mut self, size: usize, index: usize) -> GeozeroResult<()> {
+        self.single = size == 1;
+        self.open(
+            index,
+            if self.single {
+                "LineString"
+            } else {
+                "MultiLineString"
+            },
+        );
         Ok(())
     }
 
     fn multilinestring_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.single = false;
         self.close();
         Ok(())
     }
 
     fn polygon_begin(&mut self, tagged: bool, _size: usize, index: usize) -> GeozeroResult<()> {
-        self.open_part(tagged, index, "Polygon");
+        if !self.single {
+            self.open_part(tagged, index, "Polygon");
+        }
+        self.ring = Some(0);
         Ok(())
     }
 
     fn polygon_end(&mut self, tagged: bool, _index: usize) -> GeozeroResult<()> {
-        self.close_part(tagged);
+        self.ring = None;
+        if !self.single {
+            self.close_part(tagged);
+        }
         Ok(())
     }
 
-    fn multipolygon_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
-        self.open(index, "MultiPolygon");
+    fn multipolygon_begin(&mut self, size: usize, index: usize) -> GeozeroResult<()> {
+        self.single = size == 1;
+        self.open(
+            index,
+            if self.single {
+                "Polygon"
+            } else {
+                "MultiPolygon"
+            },
+        );
         Ok(())
     }
 
     fn multipolygon_end(&mut self, _index: usize) -> GeozeroResult<()> {
+        self.single = false;
         self.close();
         Ok(())
     }
 
     fn geometrycollection_begin(&mut self, _size: usize, index: usize) -> GeozeroResult<()> {
         self.separator(index);
-        self.0
+        self.out
             .extend_from_slice(b"{\"type\":\"GeometryCollection\",\"geometries\":[");
         Ok(())
     }

@@ -16,6 +16,7 @@ use super::limits::QueryError;
 use super::query::{Plan, Reuse, contains, execute, lookup, rect};
 use super::quote;
 use super::reproject::Reprojector;
+use crate::encoding::Encoding;
 use crate::http::error_body;
 use crate::http::safe_path;
 
@@ -386,6 +387,7 @@ pub async fn answer(
     folder: PathBuf,
     source: Option<&str>,
     options: &str,
+    encoding: Encoding,
 ) -> Response {
     let Some(source) = source.filter(|s| !s.is_empty()) else {
         return error_body(
@@ -423,7 +425,10 @@ pub async fn answer(
             );
         }
         // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
-        return catalog.gdal.answer(&path, source, &folder, &options).await;
+        return catalog
+            .gdal
+            .answer(&path, source, &folder, &options, encoding)
+            .await;
     }
     let client_sql = options.sql.is_some() || options.filter.is_some();
     // Other formats are converted once into a GeoPackage kept in the state folder.
@@ -464,33 +469,56 @@ pub async fn answer(
         },
     };
     // The dataset's own path, not the source as asked: two sites' folders may hold files of
-    // the same name, size and time.
-    let key = format!(
-        "{}|{}|{raw_options}",
-        dataset.version(),
-        dataset.path().display()
-    );
-    if let Some(body) = catalog.responses.get(&key) {
-        return geojson_response(futures::stream::once(async move { Ok(body) }));
+    // the same name, size and time. Answers are kept as sent, compressed or not.
+    let key = |encoding: Encoding| {
+        format!(
+            "{}|{}|{}|{raw_options}",
+            dataset.version(),
+            dataset.path().display(),
+            encoding.token()
+        )
+    };
+    if let Some(body) = catalog.responses.get(&key(encoding)) {
+        return labelled(Response::new(body.into()), encoding);
     }
-    match execute(&catalog, dataset, plan, options.limit).await {
-        Ok(stream) if catalog.responses.enabled() => {
-            geojson_response(catalog.responses.tee(key, stream))
+    match execute(&catalog, dataset.clone(), plan, options.limit).await {
+        Ok(stream) => {
+            let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
+            let response = if catalog.responses.enabled() {
+                warp::reply::stream(catalog.responses.tee(key(used), stream)).into_response()
+            } else {
+                warp::reply::stream(stream).into_response()
+            };
+            labelled(response, used)
         }
-        Ok(stream) => geojson_response(stream),
         Err(e) => e.response(client_sql),
     }
 }
 
-/// A streamed `application/geo+json` response.
+/// A streamed `application/geo+json` response, compressed with `encoding` when a compressor is
+/// free.
 pub fn geojson_response(
     stream: impl futures::Stream<Item = super::query::Chunk> + Send + Sync + 'static,
+    encoding: Encoding,
 ) -> Response {
-    let mut response = warp::reply::stream(stream).into_response();
-    response.headers_mut().insert(
+    let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
+    labelled(warp::reply::stream(stream).into_response(), used)
+}
+
+/// Marks a GeoJSON response as such, with its content encoding.
+fn labelled(mut response: Response, encoding: Encoding) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/geo+json"),
     );
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if encoding != Encoding::Identity {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.token()),
+        );
+    }
     response
 }
 
@@ -546,7 +574,19 @@ mod tests {
         let ask = |options: &'static str| {
             let catalog = catalog.clone();
             let folder = dir.path().to_owned();
-            async move { body(answer(catalog, folder, Some("countries.gpkg"), options).await).await }
+            async move {
+                body(
+                    answer(
+                        catalog,
+                        folder,
+                        Some("countries.gpkg"),
+                        options,
+                        Encoding::Identity,
+                    )
+                    .await,
+                )
+                .await
+            }
         };
         // Features are copied on their second read.
         let cold = ask("-spat|100|-50|180|0").await;
@@ -570,6 +610,7 @@ mod tests {
                 dir.path().to_owned(),
                 Some("countries.gpkg"),
                 "-spat|120|-40|150|-20",
+                Encoding::Identity,
             )
             .await,
         )

@@ -536,3 +536,117 @@ pub async fn count(
     })
     .await
 }
+
+/// The features of a layer that meet any of a set of boxes, tested as GDAL tests `-spat`: on
+/// each geometry, not only its bounds. For paged answers (OGC API Features `bbox`), where the
+/// count and the page must agree with what is written.
+pub struct BoxMatch {
+    /// Candidates in fid order: `(fid, minx, maxx, miny, maxy)` from the R*Tree when
+    /// `from_index`, else `(fid, geometry)` from the table.
+    pub candidates: String,
+    /// The candidates' parameters.
+    pub params: Vec<rusqlite::types::Value>,
+    /// Whether candidates come from the R*Tree alone.
+    pub from_index: bool,
+    /// `SELECT geometry FROM layer WHERE fid = ?1`, for index candidates whose bounds do not
+    /// decide.
+    pub geometry: String,
+    /// The boxes, in the layer's system; a feature meeting any of them matches.
+    pub rects: Vec<geo::Rect<f64>>,
+}
+
+impl BoxMatch {
+    /// Whether a geometry blob meets a box; `None` for a blob that fails the structural check.
+    fn blob_meets(&self, blob: &[u8]) -> Option<bool> {
+        use geo::Intersects;
+        use geozero::ToGeo;
+        if is_empty_gpkg(blob) || super::wkb::check_gpkg(blob).is_err() {
+            return None;
+        }
+        if let Some(decided) = gpkg_envelope(blob).and_then(|e| self.by_bounds(e)) {
+            return Some(decided);
+        }
+        let geometry = geozero::wkb::GpkgWkb(blob).to_geo().ok()?;
+        Some(self.rects.iter().any(|r| geometry.intersects(r)))
+    }
+
+    /// What bounds alone tell against all the boxes.
+    fn by_bounds(&self, envelope: [f64; 4]) -> Option<bool> {
+        let mut undecided = false;
+        for rect in &self.rects {
+            match by_bounds(envelope, *rect) {
+                Some(true) => return Some(true),
+                Some(false) => {}
+                None => undecided = true,
+            }
+        }
+        (!undecided).then_some(false)
+    }
+}
+
+/// Counts the features matching `matching` and returns the fids of those from `offset`, at
+/// most `limit` of them, in fid order.
+///
+/// # Errors
+/// Why the query could not run, or failed (deadline, interruption).
+pub async fn box_page(
+    catalog: &Arc<Catalog>,
+    dataset: Arc<Dataset>,
+    matching: BoxMatch,
+    offset: u64,
+    limit: u64,
+) -> Result<(u64, Vec<i64>), QueryError> {
+    with_connection(catalog, dataset, move |connection, watch| {
+        let mut matched = 0u64;
+        let mut page = Vec::new();
+        let mut take = |fid: i64| {
+            if matched >= offset && (page.len() as u64) < limit {
+                page.push(fid);
+            }
+            matched += 1;
+        };
+        let mut statement = connection
+            .prepare(&matching.candidates)
+            .map_err(|e| watch.error(&e))?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(matching.params.iter()))
+            .map_err(|e| watch.error(&e))?;
+        let mut geometry = if matching.from_index {
+            Some(
+                connection
+                    .prepare(&matching.geometry)
+                    .map_err(|e| watch.error(&e))?,
+            )
+        } else {
+            None
+        };
+        while let Some(row) = rows.next().map_err(|e| watch.error(&e))? {
+            let fid: i64 = row.get(0).map_err(|e| watch.error(&e))?;
+            let meets = match geometry.as_mut() {
+                Some(lookup) => {
+                    let bounds: rusqlite::Result<[f64; 4]> =
+                        (|| Ok([row.get(1)?, row.get(3)?, row.get(2)?, row.get(4)?]))();
+                    let bounds = bounds.map_err(|e| watch.error(&e))?;
+                    match matching.by_bounds(bounds) {
+                        Some(decided) => decided,
+                        None => {
+                            let blob: Option<Vec<u8>> = lookup
+                                .query_row([fid], |r| r.get(0))
+                                .map_err(|e| watch.error(&e))?;
+                            blob.and_then(|b| matching.blob_meets(&b)).unwrap_or(false)
+                        }
+                    }
+                }
+                None => match row.get_ref(1).map_err(|e| watch.error(&e))? {
+                    ValueRef::Blob(blob) => matching.blob_meets(blob).unwrap_or(false),
+                    _ => false,
+                },
+            };
+            if meets {
+                take(fid);
+            }
+        }
+        Ok((matched, page))
+    })
+    .await
+}

@@ -124,6 +124,7 @@ pub fn routes(
                     folder,
                     query.get("source").map(String::as_str),
                     options,
+                    crate::encoding::accepted(&headers),
                 )
                 .await
             },
@@ -161,14 +162,18 @@ pub fn routes(
     let search = warp::path!("search")
         .and(get_or_head)
         .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(request_headers())
         .and(with_site.clone())
         .then(
-            |mut query: std::collections::HashMap<String, String>, site: Arc<Site>| async move {
+            |mut query: std::collections::HashMap<String, String>,
+             headers: Arc<HeaderMap>,
+             site: Arc<Site>| async move {
                 crate::search::answer(
                     site.catalog.clone(),
                     site.search_index.clone(),
                     query.remove("q"),
                     query.remove("limit"),
+                    crate::encoding::accepted(&headers),
                 )
                 .await
             },

@@ -33,34 +33,7 @@ const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 /// Chunk size when streaming large files.
 const CHUNK: usize = 64 * 1024;
 
-/// A content encoding the server can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Encoding {
-    /// As stored.
-    Identity,
-    /// `gzip`.
-    Gzip,
-    /// `br`.
-    Brotli,
-}
-
-impl Encoding {
-    fn token(self) -> &'static str {
-        match self {
-            Self::Identity => "identity",
-            Self::Gzip => "gzip",
-            Self::Brotli => "br",
-        }
-    }
-    fn suffix(self) -> &'static str {
-        match self {
-            Self::Identity => "",
-            Self::Gzip => ".gz",
-            Self::Brotli => ".br",
-        }
-    }
-}
+pub use crate::encoding::Encoding;
 
 /// What of the request the static handler needs.
 #[derive(Debug)]
@@ -519,43 +492,16 @@ fn compress(data: &[u8], encoding: Encoding) -> Bytes {
 
 /// Picks the best encoding the client accepts (brotli over gzip at equal weight).
 fn negotiate(headers: &HeaderMap, entry: &Entry) -> Encoding {
-    let Some(accept) = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Encoding::Identity;
-    };
-    let mut best = (Encoding::Identity, 0.0f32);
-    for item in accept.split(',') {
-        let mut parts = item.trim().split(';');
-        let token = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .unwrap_or(1.0);
-        let encoding = match token.as_str() {
-            "br" => Encoding::Brotli,
-            "gzip" | "x-gzip" => Encoding::Gzip,
-            _ => continue,
-        };
-        let better = q > best.1 || (q == best.1 && q > 0.0 && encoding == Encoding::Brotli);
-        if q > 0.0 && better {
-            best = (encoding, q);
-        }
-    }
+    let best = crate::encoding::accepted(headers);
     // Big files are compressed on the fly only with gzip (cheap); brotli needs a sibling.
-    if best.0 == Encoding::Brotli && entry.body.is_none() && entry.siblings[1].is_none() {
-        let gzip_ok = accept.to_ascii_lowercase().contains("gzip");
-        return if gzip_ok {
+    if best == Encoding::Brotli && entry.body.is_none() && entry.siblings[1].is_none() {
+        return if crate::encoding::accepts_gzip(headers) {
             Encoding::Gzip
         } else {
             Encoding::Identity
         };
     }
-    best.0
+    best
 }
 
 fn not_modified(headers: &HeaderMap, entry: &Entry, etag: &str) -> bool {

@@ -183,6 +183,6 @@ mod tests {
             "{logged}"
         );
         assert!(logged.contains("panic=bad thing 42"), "{logged}");
-        assert!(logged.contains("src/logging.rs"), "{logged}");
+        assert!(logged.contains("src/logging/mod.rs"), "{logged}");
     }
 }
