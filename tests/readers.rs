@@ -268,6 +268,31 @@ async fn csv_open_options_choose_the_separator_columns_and_encoding() {
     assert_eq!(list[0]["properties"]["site"], "Café");
     assert_eq!(list[0]["geometry"]["coordinates"][0], 144.96);
     assert_eq!(list[1]["geometry"]["coordinates"][1], -37.9);
+    // Coordinate columns named through the options are numbers, as GDAL reads them.
+    assert_eq!(list[0]["properties"]["east_deg"], 144.96);
+    // GDAL 3.6 has no SEPARATOR or ENCODING open option: compared on a plain CSV.
+    let plain_csv = server.root.join("userdata/local/assets_plain.csv");
+    std::fs::write(
+        &plain_csv,
+        "site,east_deg,north_deg\nCafe,144.96,-37.81\nDepot,145.1,-37.9\nBin,,-37.9\n",
+    )
+    .unwrap();
+    let xy = "-oo|X_POSSIBLE_NAMES=east_deg|-oo|Y_POSSIBLE_NAMES=north_deg";
+    let (_, ours_plain) = ours(&server, "assets_plain.csv", xy).await;
+    let argv: Vec<&str> = xy.split('|').collect();
+    let gdal_plain = gdal(&plain_csv, &argv);
+    // GDAL leaves an empty cell's field out; this server writes it as null.
+    let first_two =
+        |v: &serde_json::Value| serde_json::json!({"features": features(v)[..2].to_vec()});
+    assert_same_properties(
+        &first_two(&ours_plain),
+        &first_two(&gdal_plain),
+        "assets_plain.csv",
+    );
+    assert_eq!(features(&ours_plain)[0]["properties"]["east_deg"], 144.96);
+    assert!(features(&ours_plain)[2]["properties"]["east_deg"].is_null());
+    assert!(features(&ours_plain)[2]["geometry"].is_null());
+    assert!(features(&ours_plain)[2]["properties"].get("geom").is_none());
 
     // Without the options the file is still read, differently: one column, no geometry.
     let (_, plain) = ours(&server, "assets.csv", "").await;

@@ -11,7 +11,8 @@
 # The million-point box is also asked as a map being panned: a box of the same size at a random
 # place within an area 4 boxes wide and high (pan.lua), so no two requests are the same; and
 # wandering: such boxes anywhere over the whole layer, far more features than the feature cache
-# holds. Last, each instance's memory is printed.
+# holds. Then the whole countries layer uncompressed, gzip and brotli: bytes and rates. Last,
+# each instance's memory is printed, at once and after 30 s idle.
 # Both sides may use both cores: wrk (2 threads, 16 connections) for this server, two
 # ogr2ogr processes at a time for GDAL.
 # Usage: bench/ogr2ogr-compat/run.sh [SECONDS]   (default 10)
@@ -160,9 +161,27 @@ echo "wandering: random boxes of the same size anywhere over the layer"
 line "poziserver, no caches" "$(our_rate "https://127.0.0.1:$rows_port/" "${wander[@]}")" "$last_gdal"
 line "poziserver, no response cache" "$(our_rate "https://127.0.0.1:$copies_port/" "${wander[@]}")" "$last_gdal"
 
-echo "memory of each instance after all of the above (anonymous now, peak resident incl. mapped files):"
-for name in root root-copies root-rows; do
-    printf '  %-12s RssAnon %6d MB   VmHWM %6d MB\n' "$name" \
-        "$(awk '/^RssAnon/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")" \
-        "$(awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")"
+# Compression: the whole countries layer as each encoding, its size on the wire and the rate
+# with no caches (compressed for every answer) and as configured by default (kept as sent).
+whole="ogr2ogr?source=naturalearth_lowres.gpkg&options="
+echo "compression: the whole countries layer (177 features) by Accept-Encoding"
+for encoding in identity gzip br; do
+    size=$(curl -skf -H "Accept-Encoding: $encoding" "https://127.0.0.1:$rows_port/$whole" | wc -c)
+    rate() { wrk -t2 -c16 -d"${seconds}s" -H "Accept-Encoding: $encoding" "https://127.0.0.1:$1/$whole" | awk '/^Requests\/sec/ {print $2}'; }
+    printf '  %-8s %8d bytes   no caches %8.1f req/s   default %8.1f req/s\n' \
+        "$encoding" "$size" "$(rate "$rows_port")" "$(rate "$port")"
 done
+
+memory() {
+    for name in root root-copies root-rows; do
+        printf '  %-12s VmRSS %6d MB   RssAnon %6d MB   VmHWM %6d MB\n' "$name" \
+            "$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")" \
+            "$(awk '/^RssAnon/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")" \
+            "$(awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/${pid_of[$name]}/status")"
+    done
+}
+echo "memory of each instance after all of the above (resident now, anonymous now, peak resident):"
+memory
+sleep 30
+echo "memory after 30 s idle:"
+memory

@@ -187,6 +187,18 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
     dataset.release(connection);
 }
 
+/// The geometry type names a GeoPackage declares geometry columns with.
+const GEOMETRY_TYPES: &[&str] = &[
+    "GEOMETRY",
+    "POINT",
+    "LINESTRING",
+    "POLYGON",
+    "MULTIPOINT",
+    "MULTILINESTRING",
+    "MULTIPOLYGON",
+    "GEOMETRYCOLLECTION",
+];
+
 /// Answers from copies are built whole in memory: boxes with more candidates are streamed
 /// from rows.
 const MAX_COPIED: usize = 20_000;
@@ -309,6 +321,12 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
             (c.name().to_owned(), boolean)
         })
         .collect();
+    // A column declared with a GeoPackage geometry type is the geometry, even in rows where
+    // it is NULL; in other statements (expressions in a -sql) it is found row by row.
+    let declared_geometry = statement.columns().iter().position(|c| {
+        c.decl_type()
+            .is_some_and(|t| GEOMETRY_TYPES.iter().any(|g| t.eq_ignore_ascii_case(g)))
+    });
     let mut rows = match statement.query(rusqlite::params_from_iter(plan.params.iter())) {
         Ok(rows) => rows,
         Err(e) => return sink.fail(watch.error(&e)),
@@ -338,8 +356,8 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         }
         let values = RowBudget::new(budget);
         // The geometry is the first GeoPackage geometry blob among the columns.
-        let mut geometry_index = None;
-        for index in skip..columns.len() {
+        let mut geometry_index = declared_geometry.filter(|i| *i >= skip);
+        for index in (skip..columns.len()).filter(|_| geometry_index.is_none()) {
             if let Some(ValueRef::Blob(b)) = values.read(row, index)
                 && is_gpkg_geometry(b)
             {
@@ -351,8 +369,9 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
             return sink.fail(QueryError::TooLarge(budget));
         }
         let geometry = geometry_index
-            .and_then(|i| row.get_ref(i).ok())
-            .and_then(|v| v.as_blob().ok());
+            .and_then(|i| values.read(row, i))
+            .and_then(|v| v.as_blob().ok())
+            .filter(|b| is_gpkg_geometry(b));
         // Checked before anything decodes it: nesting and counts a hostile blob could use to
         // exhaust the stack or memory.
         if let Some(blob) = geometry

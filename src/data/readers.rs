@@ -381,14 +381,22 @@ fn csv_to_gpkg(
         find(&options.y_names, Y_NAMES),
         find(&options.geom_names, WKT_NAMES),
     );
-    // As GDAL's CSV driver, every column is kept as text (the coordinates too).
+    // As GDAL's CSV driver, every column is kept as text, except coordinate columns named
+    // through `X_POSSIBLE_NAMES`/`Y_POSSIBLE_NAMES`, which GDAL then reads as numbers.
+    let numeric = |i: usize| {
+        (options.x_names.is_some() && Some(i) == x) || (options.y_names.is_some() && Some(i) == y)
+    };
     let fields: Vec<Field> = headers
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != wkt)
-        .map(|(_, h)| Field {
+        .map(|(i, h)| Field {
             name: h.clone(),
-            kind: FieldType::Text,
+            kind: if numeric(i) {
+                FieldType::Real
+            } else {
+                FieldType::Text
+            },
         })
         .collect();
     let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
@@ -397,7 +405,16 @@ fn csv_to_gpkg(
         let cell = |i: usize| record.get(i).map(|b| text(b, encoding)).unwrap_or_default();
         let values = (0..headers.len())
             .filter(|i| Some(*i) != wkt)
-            .map(|i| Value::Text(cell(i)))
+            .map(|i| {
+                if numeric(i) {
+                    cell(i)
+                        .trim()
+                        .parse::<f64>()
+                        .map_or(Value::Null, Value::Real)
+                } else {
+                    Value::Text(cell(i))
+                }
+            })
             .collect();
         let geometry = match (wkt, x, y) {
             (Some(w), _, _) if !cell(w).trim().is_empty() => Some(
@@ -473,10 +490,9 @@ fn shapefile_to_gpkg(
         };
         let geometry = match shape {
             shapefile::Shape::NullShape => None,
-            shape => Some(
-                geo::Geometry::<f64>::try_from(shape)
-                    .map_err(|e| shapefile_error(source, format!("record {record}: {e}")))?,
-            ),
+            shape => Some(single_part(geo::Geometry::<f64>::try_from(shape).map_err(
+                |e| shapefile_error(source, format!("record {record}: {e}")),
+            )?)),
         };
         let geometry = match (geometry, &projection) {
             (Some(g), Some(p)) => Some(
@@ -488,6 +504,20 @@ fn shapefile_to_gpkg(
         writer.add(values, geometry.as_ref())?;
     }
     Ok(writer.finish()?)
+}
+
+/// A shape of one part as that part, as GDAL's Shapefile driver reads it: a polygon with one
+/// exterior ring (and its holes) is a Polygon, a polyline of one part a LineString.
+fn single_part(geometry: geo::Geometry<f64>) -> geo::Geometry<f64> {
+    match geometry {
+        geo::Geometry::MultiPolygon(mut m) if m.0.len() == 1 => {
+            geo::Geometry::Polygon(m.0.swap_remove(0))
+        }
+        geo::Geometry::MultiLineString(mut m) if m.0.len() == 1 => {
+            geo::Geometry::LineString(m.0.swap_remove(0))
+        }
+        other => other,
+    }
 }
 
 /// A temporary folder removed when dropped.

@@ -43,8 +43,9 @@ pub struct Record {
 
 /// Lines waiting for the writer; more are dropped and counted.
 const CAPACITY: usize = 16_384;
-/// How long the writer sleeps between batches while requests keep coming.
-const INTERVAL: Duration = Duration::from_millis(10);
+/// How long the writer sleeps between batches while requests keep coming: short, so that a
+/// batch is a small piece of work that never holds a shared core long.
+const INTERVAL: Duration = Duration::from_millis(2);
 
 struct Installed {
     sender: SyncSender<Record>,
@@ -189,41 +190,68 @@ impl Writer {
         let line = &mut self.line;
         line.clear();
         let host = r.host.as_ref().map_or(&b"-"[..], HeaderValue::as_bytes);
-        let bytes = r.bytes.map_or_else(|| "-".to_owned(), |b| b.to_string());
         if self.json {
             line.push_str("{\"timestamp\":\"");
             self.clock.write(r.at, line);
-            let _ = write!(
-                line,
-                "\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"client\":\"{}\",\"method\":",
-                r.client
+            line.push_str(
+                "\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"client\":\"",
             );
+            write_ip(line, r.client);
+            line.push_str("\",\"method\":");
             json_string(line, r.method.as_str().as_bytes());
             line.push_str(",\"host\":");
             json_string(line, host);
             line.push_str(",\"path\":");
             json_string(line, r.path.as_bytes());
-            let _ = write!(
-                line,
-                ",\"status\":{},\"bytes\":\"{bytes}\",\"duration_us\":{}}},\"target\":\"access\"}}",
-                r.status, r.duration_us
-            );
+            line.push_str(",\"status\":");
+            line.push_str(itoa::Buffer::new().format(r.status));
+            line.push_str(",\"bytes\":\"");
+            write_bytes(line, r.bytes);
+            line.push_str("\",\"duration_us\":");
+            line.push_str(itoa::Buffer::new().format(r.duration_us));
+            line.push_str("},\"target\":\"access\"}");
         } else {
             self.clock.write(r.at, line);
-            let _ = write!(line, "  INFO access: request client={} method=", r.client);
+            line.push_str("  INFO access: request client=");
+            write_ip(line, r.client);
+            line.push_str(" method=");
             text_value(line, r.method.as_str().as_bytes());
             line.push_str(" host=");
             text_value(line, host);
             line.push_str(" path=");
             text_value(line, r.path.as_bytes());
-            let _ = write!(
-                line,
-                " status={} bytes={bytes} duration_us={}",
-                r.status, r.duration_us
-            );
+            line.push_str(" status=");
+            line.push_str(itoa::Buffer::new().format(r.status));
+            line.push_str(" bytes=");
+            write_bytes(line, r.bytes);
+            line.push_str(" duration_us=");
+            line.push_str(itoa::Buffer::new().format(r.duration_us));
         }
         line.push('\n');
         self.buffer.extend_from_slice(line.as_bytes());
+    }
+}
+
+fn write_ip(line: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                line.push_str(itoa::Buffer::new().format(*octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(line, "{v6}");
+        }
+    }
+}
+
+fn write_bytes(line: &mut String, bytes: Option<u64>) {
+    match bytes {
+        Some(b) => line.push_str(itoa::Buffer::new().format(b)),
+        None => line.push('-'),
     }
 }
 
@@ -245,7 +273,15 @@ impl Clock {
             let time: chrono::DateTime<chrono::Utc> = at.into();
             self.prefix = time.format("%Y-%m-%dT%H:%M:%S").to_string();
         }
-        let _ = write!(line, "{}.{:06}Z", self.prefix, since.subsec_micros());
+        line.push_str(&self.prefix);
+        line.push('.');
+        let micros = since.subsec_micros();
+        let digits = itoa::Buffer::new().format(micros).len();
+        for _ in digits..6 {
+            line.push('0');
+        }
+        line.push_str(itoa::Buffer::new().format(micros));
+        line.push('Z');
     }
 }
 

@@ -230,6 +230,13 @@ pub fn max_difference(ours: &Value, gdal: &Value) -> f64 {
 /// The same properties, and coordinates within 1e-6 degrees.
 pub fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
     assert_same_properties(ours, gdal, what);
+    for (a, b) in features(ours).iter().zip(features(gdal)) {
+        assert_eq!(
+            a["geometry"]["type"], b["geometry"]["type"],
+            "{what}: geometry type of {}",
+            a["properties"]
+        );
+    }
     let worst = max_difference(ours, gdal);
     assert!(worst < 1e-6, "{what}: differs by {worst} degrees");
 }
