@@ -470,3 +470,169 @@ async fn bbox_tests_each_geometry_and_may_cross_the_antimeridian() {
     assert_eq!(filtered["numberMatched"], 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queryables_let_gdal_filter_on_the_server() {
+    let server = TestServer::start("{}", |root| {
+        generated_points(25_000, &root.join("userdata/local/assets.gpkg"));
+    })
+    .await;
+    // The queryables, and each collection's properties as parameters in the API document.
+    let (status, _, queryables) = get(&server, "/features/collections/assets/queryables").await;
+    assert_eq!(status, StatusCode::OK, "{queryables}");
+    assert_eq!(queryables["properties"]["category"]["type"], "string");
+    assert_eq!(queryables["properties"]["value"]["type"], "number");
+    assert_eq!(queryables["additionalProperties"], false);
+    let (_, _, api) = get(&server, "/features/api").await;
+    let parameters = api["paths"]["/collections/assets/items"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(
+        parameters
+            .iter()
+            .any(|p| p["name"] == "category" && p["in"] == "query")
+    );
+    let (_, _, conformance) = get(&server, "/features/conformance").await;
+    assert!(conformance["conformsTo"].to_string().contains("queryables"));
+
+    // What the server counts itself, for the comparison below.
+    let (_, _, bridges) = get(
+        &server,
+        "/features/collections/assets/items?category=bridge&limit=1",
+    )
+    .await;
+    let expected = bridges["numberMatched"].as_u64().unwrap();
+    assert!(expected > 100, "{expected}");
+
+    // GDAL's OAPIF driver sends the attribute filter to the server: a few requests, not one
+    // per page of the whole layer.
+    let cert = server.root.join("state/self-signed.cer");
+    let endpoint = format!("OAPIF:{}", server.url("/features"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("ogrinfo")
+            .args([
+                "-ro",
+                "--debug",
+                "on",
+                "-where",
+                "category = 'bridge'",
+                "-so",
+            ])
+            .arg(&endpoint)
+            .arg("assets")
+            .env("CURL_CA_BUNDLE", &cert)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("Feature Count: {expected}")),
+        "{stdout}"
+    );
+    let fetches = stderr
+        .lines()
+        .filter(|l| l.contains("HTTP: Fetch("))
+        .count();
+    assert!(
+        stderr.contains("category=bridge"),
+        "the filter was not sent: {stderr}"
+    );
+    assert!(fetches < 20, "{fetches} requests:\n{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cql2_text_filters_select_what_gdal_selects() {
+    let server = server().await;
+    for filter in [
+        "continent = 'Oceania' AND pop_est > 1000000",
+        "name LIKE 'N%'",
+        "iso_a3 IN ('AUS', 'NZL', 'FJI')",
+        "pop_est BETWEEN 1000000 AND 5000000",
+        "NOT (continent = 'Africa') AND gdp_md_est < 1000",
+        "continent = 'Asia' OR (continent = 'Europe' AND pop_est >= 50000000)",
+    ] {
+        let encoded: String = url_encode(filter);
+        let (status, _, ours) = get(
+            &server,
+            &format!("/features/collections/countries/items?limit=1000&filter-lang=cql2-text&filter={encoded}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {ours}");
+        let expected = names(&gdal(
+            &test_data("naturalearth_lowres.gpkg"),
+            &["-where", filter],
+        ));
+        assert!(!expected.is_empty(), "{filter}");
+        assert_eq!(names(&ours), expected, "{filter}");
+        assert_eq!(ours["numberMatched"], expected.len(), "{filter}");
+    }
+    // With a box too.
+    let (_, _, boxed) = get(
+        &server,
+        &format!(
+            "/features/collections/countries/items?bbox=140,-45,180,-10&filter={}",
+            url_encode("pop_est < 1000000")
+        ),
+    )
+    .await;
+    let expected = names(&gdal(
+        &test_data("naturalearth_lowres.gpkg"),
+        &[
+            "-spat",
+            "140",
+            "-45",
+            "180",
+            "-10",
+            "-where",
+            "pop_est < 1000000",
+        ],
+    ));
+    assert!(!expected.is_empty());
+    assert_eq!(names(&boxed), expected);
+    assert_eq!(boxed["numberMatched"], expected.len());
+
+    for (query, wanted) in [
+        ("filter=colour%3D'red'", "unknown property"),
+        ("filter=name%3D'x'&filter-lang=cql2-json", "only cql2-text"),
+        ("filter-lang=cql2-text", "without a filter"),
+        (
+            "filter=name%3Dsqlite_version()",
+            "functions are not allowed",
+        ),
+        ("filter=name%3Dlower(name)", "functions are not allowed"),
+        ("filter=name%3D'x'%3B%20DROP%20TABLE%20t", "not allowed"),
+        ("filter=name%20IN%20(SELECT%20name%20FROM%20t)", "filter"),
+    ] {
+        let (status, _, body) = get(
+            &server,
+            &format!("/features/collections/countries/items?{query}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(wanted),
+            "{query}: {body}"
+        );
+    }
+    server.stop().await;
+}
+
+/// A query value, percent-encoded.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

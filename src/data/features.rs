@@ -29,11 +29,28 @@ const CONFORMANCE: &[&str] = &[
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
 ];
 const CRS84: &str = "http://www.opengis.net/def/crs/OGC/1.3/CRS84";
+/// The link relation of a collection's queryables (OGC API Features Part 3).
+const QUERYABLES_REL: &str = "http://www.opengis.net/def/rel/ogc/1.0/queryables";
 /// Query parameters with a meaning of their own; any other must name a property.
 const RESERVED: &[&str] = &[
-    "bbox", "limit", "offset", "f", "bbox-crs", "crs", "datetime",
+    "bbox",
+    "limit",
+    "offset",
+    "f",
+    "bbox-crs",
+    "crs",
+    "datetime",
+    "filter",
+    "filter-lang",
+    "filter-crs",
+    "resultType",
 ];
 
 /// A collection: one layer of one dataset file.
@@ -83,11 +100,14 @@ pub async fn answer(
             &json!({ "conformsTo": CONFORMANCE }),
             "application/json",
         ),
-        ["api"] => json_response(
-            StatusCode::OK,
-            &openapi(&base),
-            "application/vnd.oai.openapi+json;version=3.0",
-        ),
+        ["api"] => match collections(&catalog, &context.folder).await {
+            Ok(list) => json_response(
+                StatusCode::OK,
+                &openapi(&base, &list),
+                "application/vnd.oai.openapi+json;version=3.0",
+            ),
+            Err(e) => e.response(false),
+        },
         ["collections"] => {
             let collections = match collections(&catalog, &context.folder).await {
                 Ok(c) => c,
@@ -109,6 +129,15 @@ pub async fn answer(
         },
         ["collections", id, "items"] => match find(&catalog, &context.folder, id).await {
             Ok(Some(c)) => items(&catalog, c, &base, query, context.headers).await,
+            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
+            Err(e) => e.response(false),
+        },
+        ["collections", id, "queryables"] => match find(&catalog, &context.folder, id).await {
+            Ok(Some(c)) => json_response(
+                StatusCode::OK,
+                &queryables(&c, &base),
+                "application/schema+json",
+            ),
             Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
             Err(e) => e.response(false),
         },
@@ -201,6 +230,7 @@ fn describe(c: &Collection, base: &str) -> Value {
         "links": [
             {"href": href, "rel": "self", "type": "application/json", "title": "this collection"},
             {"href": format!("{href}/items"), "rel": "items", "type": "application/geo+json", "title": "items"},
+            {"href": format!("{href}/queryables"), "rel": QUERYABLES_REL, "type": "application/schema+json", "title": "queryable properties"},
         ],
     });
     let extent = c
@@ -403,6 +433,28 @@ async fn items(
             params.len()
         ));
     }
+    // A CQL2 text filter (OGC API Features Part 3), compiled to a parameterised condition.
+    if let Some(filter) = query.get("filter") {
+        if let Some(lang) = query.get("filter-lang")
+            && lang != "cql2-text"
+        {
+            return bad(format!("filter-lang={lang}: only cql2-text is supported"));
+        }
+        if let Some(crs) = query.get("filter-crs")
+            && crs != CRS84
+        {
+            return bad(format!("filter-crs: only {CRS84} is supported"));
+        }
+        match super::filter::to_sql(filter, &layer.fields, params.len()) {
+            Ok((condition, values)) => {
+                conditions.push(format!("({condition})"));
+                params.extend(values);
+            }
+            Err(e) => return bad(format!("filter: {e}")),
+        }
+    } else if query.contains_key("filter-lang") {
+        return bad("filter-lang without a filter".to_owned());
+    }
     // With a box, each candidate is tested on its geometry (as GDAL tests `-spat`), which
     // gives the count and the page's fids at once; without one, SQL counts and pages.
     let (matched, page_sql) = match &bbox {
@@ -429,6 +481,24 @@ async fn items(
             }
         }
     };
+    // `resultType=hits` (as WFS has it, and GDAL's OAPIF driver asks when the API lists it):
+    // the count alone.
+    match query.get("resultType").map(String::as_str) {
+        None | Some("results") => {}
+        Some("hits") => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "type": "FeatureCollection",
+                    "features": [],
+                    "numberMatched": matched,
+                    "numberReturned": 0,
+                }),
+                "application/geo+json",
+            );
+        }
+        Some(other) => return bad(format!("resultType={other}: results or hits")),
+    }
     let etag = format!(
         "\"{}-{:x}\"",
         c.dataset.version(),
@@ -625,35 +695,99 @@ fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn openapi(base: &str) -> Value {
+/// The properties of a collection that `items` can filter on, as a JSON Schema (OGC API
+/// Features Part 3: each is also a query parameter, `?name=value`).
+fn queryables(c: &Collection, base: &str) -> Value {
+    let mut properties = serde_json::Map::new();
+    for (i, field) in queryable_fields(&c.layer) {
+        properties.insert(
+            field.clone(),
+            json!({"title": field, "type": c.layer.json_type(i)}),
+        );
+    }
+    if c.layer.geometry.is_some() {
+        properties.insert(
+            "geometry".to_owned(),
+            json!({"$ref": "https://geojson.org/schema/Geometry.json"}),
+        );
+    }
+    json!({
+        "$schema": "https://json-schema.org/draft/2019-09/schema",
+        "$id": format!("{base}/collections/{}/queryables", c.id),
+        "type": "object",
+        "title": c.layer.name,
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+/// The attribute fields that can be query parameters: those whose names are not parameters
+/// of their own (`limit`, `bbox`…), with their index in the layer.
+fn queryable_fields(layer: &Layer) -> impl Iterator<Item = (usize, &String)> {
+    layer
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !RESERVED.contains(&f.as_str()))
+}
+
+fn openapi(base: &str, collections: &[Collection]) -> Value {
     let collection_id = json!({"name": "collectionId", "in": "path", "required": true, "schema": {"type": "string"}});
     let json_ok = |description: &str, media: &str| json!({"200": {"description": description, "content": {media: {"schema": {"type": "object"}}}}, "400": {"description": "bad request"}, "404": {"description": "not found"}});
+    let paging = [
+        json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}),
+        json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}),
+        json!({"name": "bbox", "in": "query", "style": "form", "explode": false, "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}}),
+        json!({"name": "filter", "in": "query", "description": "a CQL2 text filter on the properties", "schema": {"type": "string"}}),
+        json!({"name": "filter-lang", "in": "query", "schema": {"type": "string", "enum": ["cql2-text"], "default": "cql2-text"}}),
+        json!({"name": "resultType", "in": "query", "description": "hits: the count alone", "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}}),
+    ];
+    let mut paths = json!({
+        "/": {"get": {"summary": "Landing page", "operationId": "getLandingPage", "responses": json_ok("links to the API", "application/json")}},
+        "/conformance": {"get": {"summary": "Conformance classes", "operationId": "getConformance", "responses": json_ok("conformance classes", "application/json")}},
+        "/collections": {"get": {"summary": "Collections", "operationId": "getCollections", "responses": json_ok("the collections", "application/json")}},
+        "/collections/{collectionId}": {"get": {"summary": "A collection", "operationId": "describeCollection", "parameters": [collection_id], "responses": json_ok("the collection", "application/json")}},
+        "/collections/{collectionId}/queryables": {"get": {"summary": "The queryable properties of a collection", "operationId": "getQueryables", "parameters": [collection_id], "responses": json_ok("a JSON Schema of the properties", "application/schema+json")}},
+        "/collections/{collectionId}/items": {"get": {
+            "summary": "Features of a collection",
+            "operationId": "getFeatures",
+            "parameters": [collection_id, paging[0], paging[1], paging[2], paging[3], paging[4], paging[5]],
+            "responses": json_ok("a page of features", "application/geo+json"),
+        }},
+        "/collections/{collectionId}/items/{featureId}": {"get": {
+            "summary": "One feature",
+            "operationId": "getFeature",
+            "parameters": [collection_id, {"name": "featureId", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": json_ok("the feature", "application/geo+json"),
+        }},
+    });
+    // Each collection's items with its properties as parameters: what clients such as GDAL's
+    // OAPIF driver read to send attribute filters to the server rather than page through
+    // everything.
+    for c in collections {
+        let mut parameters: Vec<Value> = paging.to_vec();
+        for (i, field) in queryable_fields(&c.layer) {
+            parameters.push(json!({
+                "name": field,
+                "in": "query",
+                "required": false,
+                "description": format!("features whose {field} equals this value"),
+                "schema": {"type": c.layer.json_type(i)},
+                "style": "form",
+                "explode": false,
+            }));
+        }
+        paths[format!("/collections/{}/items", c.id)] = json!({"get": {
+            "summary": format!("Features of {}", c.id),
+            "operationId": format!("getFeatures.{}", c.id),
+            "parameters": parameters,
+            "responses": json_ok("a page of features", "application/geo+json"),
+        }});
+    }
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "Pozi Server", "version": env!("CARGO_PKG_VERSION"), "description": "OGC API Features (Part 1: Core, GeoJSON)"},
+        "info": {"title": "Pozi Server", "version": env!("CARGO_PKG_VERSION"), "description": "OGC API Features (Part 1: Core, GeoJSON; Part 3: queryables)"},
         "servers": [{"url": base}],
-        "paths": {
-            "/": {"get": {"summary": "Landing page", "operationId": "getLandingPage", "responses": json_ok("links to the API", "application/json")}},
-            "/conformance": {"get": {"summary": "Conformance classes", "operationId": "getConformance", "responses": json_ok("conformance classes", "application/json")}},
-            "/collections": {"get": {"summary": "Collections", "operationId": "getCollections", "responses": json_ok("the collections", "application/json")}},
-            "/collections/{collectionId}": {"get": {"summary": "A collection", "operationId": "describeCollection", "parameters": [collection_id], "responses": json_ok("the collection", "application/json")}},
-            "/collections/{collectionId}/items": {"get": {
-                "summary": "Features of a collection",
-                "operationId": "getFeatures",
-                "parameters": [
-                    collection_id,
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                    {"name": "bbox", "in": "query", "style": "form", "explode": false, "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}},
-                ],
-                "responses": json_ok("a page of features", "application/geo+json"),
-            }},
-            "/collections/{collectionId}/items/{featureId}": {"get": {
-                "summary": "One feature",
-                "operationId": "getFeature",
-                "parameters": [collection_id, {"name": "featureId", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": json_ok("the feature", "application/geo+json"),
-            }},
-        },
+        "paths": paths,
     })
 }

@@ -117,14 +117,37 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
-struct Parser {
+struct Parser<'a> {
     tokens: Vec<Token>,
     at: usize,
     depth: usize,
     out: String,
+    /// For SQL this server runs itself: the layer's fields (any other name is refused), and
+    /// the values taken out of the text as parameters, numbered after `first_param`.
+    sql: Option<Sql<'a>>,
 }
 
-impl Parser {
+struct Sql<'a> {
+    fields: &'a [String],
+    params: Vec<rusqlite::types::Value>,
+    first_param: usize,
+}
+
+impl Parser<'_> {
+    /// Writes `value` as the next parameter when writing SQL; false when writing for GDAL.
+    fn parameter(&mut self, value: rusqlite::types::Value) -> bool {
+        let Some(sql) = self.sql.as_mut() else {
+            return false;
+        };
+        sql.params.push(value);
+        let n = sql.first_param + sql.params.len();
+        self.out.push('?');
+        self.out.push_str(itoa::Buffer::new().format(n));
+        true
+    }
+}
+
+impl Parser<'_> {
     fn peek_word(&self, word: &str) -> bool {
         matches!(self.tokens.get(self.at), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
     }
@@ -308,11 +331,29 @@ impl Parser {
             return Ok(());
         }
         match self.tokens.get(self.at).cloned() {
-            Some(Token::Number(n)) => self.out.push_str(&n),
+            Some(Token::Number(n)) => {
+                let value = n.parse::<i64>().map_or_else(
+                    |_| rusqlite::types::Value::Real(n.parse::<f64>().unwrap_or_default()),
+                    rusqlite::types::Value::Integer,
+                );
+                if !self.parameter(value) {
+                    self.out.push_str(&n);
+                }
+            }
             Some(Token::Text(t)) => {
-                self.out.push('\'');
-                self.out.push_str(&t.replace('\'', "''"));
-                self.out.push('\'');
+                if !self.parameter(rusqlite::types::Value::Text(t.clone())) {
+                    self.out.push('\'');
+                    self.out.push_str(&t.replace('\'', "''"));
+                    self.out.push('\'');
+                }
+            }
+            // CQL2's boolean literals.
+            Some(Token::Word(w))
+                if self.sql.is_some()
+                    && (w.eq_ignore_ascii_case("TRUE") || w.eq_ignore_ascii_case("FALSE")) =>
+            {
+                let truth = w.eq_ignore_ascii_case("TRUE");
+                self.parameter(rusqlite::types::Value::Integer(i64::from(truth)));
             }
             Some(Token::Word(w)) => {
                 const RESERVED: &[&str] = &[
@@ -322,9 +363,12 @@ impl Parser {
                 if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&w)) {
                     return Err(format!("{w} is not a field or a value here"));
                 }
-                self.push_field(&w);
+                if matches!(self.tokens.get(self.at + 1), Some(Token::Symbol("("))) {
+                    return Err("functions are not allowed".to_owned());
+                }
+                self.push_field(&w)?;
             }
-            Some(Token::Quoted(q)) => self.push_field(&q),
+            Some(Token::Quoted(q)) => self.push_field(&q)?,
             Some(Token::Symbol(s)) => return Err(format!("unexpected {s:?}")),
             None => return Err("the filter ends too early".to_owned()),
         }
@@ -335,10 +379,19 @@ impl Parser {
         Ok(())
     }
 
-    fn push_field(&mut self, name: &str) {
+    fn push_field(&mut self, name: &str) -> Result<(), String> {
+        if let Some(sql) = &self.sql
+            && !sql.fields.iter().any(|f| f == name)
+        {
+            return Err(format!(
+                "unknown property {name:?}; properties: {}",
+                sql.fields.join(", ")
+            ));
+        }
         self.out.push('"');
         self.out.push_str(&name.replace('"', "\"\""));
         self.out.push('"');
+        Ok(())
     }
 }
 
@@ -347,6 +400,33 @@ impl Parser {
 /// # Errors
 /// A message saying what is not allowed or malformed.
 pub fn canonical(filter: &str) -> Result<String, String> {
+    Ok(parse(filter, None)?.out)
+}
+
+/// A CQL2 text filter (basic comparisons, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, `AND`, `OR`,
+/// `NOT`, arithmetic, `TRUE`/`FALSE`) as an SQL condition on the layer's `fields`, its values as
+/// parameters numbered from `first_param + 1`.
+///
+/// # Errors
+/// A message saying what is unknown, not allowed or malformed.
+pub fn to_sql(
+    filter: &str,
+    fields: &[String],
+    first_param: usize,
+) -> Result<(String, Vec<rusqlite::types::Value>), String> {
+    let parser = parse(
+        filter,
+        Some(Sql {
+            fields,
+            params: Vec::new(),
+            first_param,
+        }),
+    )?;
+    let params = parser.sql.map(|s| s.params).unwrap_or_default();
+    Ok((parser.out, params))
+}
+
+fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
     if filter.chars().count() > MAX_LENGTH {
         return Err(format!("longer than {MAX_LENGTH} characters"));
     }
@@ -355,17 +435,46 @@ pub fn canonical(filter: &str) -> Result<String, String> {
         at: 0,
         depth: 0,
         out: String::new(),
+        sql,
     };
     parser.or()?;
     if parser.at != parser.tokens.len() {
         return Err("unexpected text after the filter".to_owned());
     }
-    Ok(parser.out)
+    Ok(parser)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::canonical;
+    use super::{canonical, to_sql};
+    use rusqlite::types::Value;
+
+    #[test]
+    fn cql2_becomes_parameterised_sql_on_known_fields() {
+        let fields = ["name".to_owned(), "pop_est".to_owned(), "active".to_owned()];
+        let (sql, params) = to_sql(
+            "name LIKE 'N%' AND (pop_est >= 1000000 OR active = TRUE) AND name <> 'it''s'",
+            &fields,
+            2,
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            sql,
+            "\"name\" LIKE ?3 AND (\"pop_est\" >= ?4 OR \"active\" = ?5) AND \"name\" <> ?6"
+        );
+        assert_eq!(
+            params,
+            vec![
+                Value::Text("N%".to_owned()),
+                Value::Integer(1_000_000),
+                Value::Integer(1),
+                Value::Text("it's".to_owned()),
+            ]
+        );
+        let unknown = to_sql("colour = 'red'", &fields, 0).unwrap_err();
+        assert!(unknown.contains("unknown property \"colour\""), "{unknown}");
+        assert!(to_sql("name = sqlite_version()", &fields, 0).is_err());
+    }
 
     #[test]
     fn filters_on_fields_are_written_again() {

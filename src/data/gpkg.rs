@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
@@ -55,6 +55,8 @@ pub struct Layer {
     pub srs_id: Option<i64>,
     /// Attribute columns, in table order.
     pub fields: Vec<String>,
+    /// Each attribute column's declared type (`TEXT`, `INTEGER`, `REAL`, `DATE`…), as `fields`.
+    pub field_types: Vec<String>,
     /// The R*Tree index table for the geometry column, when there is one.
     pub rtree: Option<String>,
     /// Bounds from `gpkg_contents`, as `[xmin, ymin, xmax, ymax]`.
@@ -62,6 +64,29 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The JSON Schema type of attribute column `index` (`string` when the declared type says
+    /// nothing better), as OGC API Features queryables list it.
+    #[must_use]
+    pub fn json_type(&self, index: usize) -> &'static str {
+        let declared = self
+            .field_types
+            .get(index)
+            .map(|t| t.to_ascii_uppercase())
+            .unwrap_or_default();
+        if declared.contains("INT") && !declared.contains("POINT") {
+            "integer"
+        } else if ["REAL", "FLOA", "DOUB", "NUMERIC", "DECIMAL"]
+            .iter()
+            .any(|t| declared.contains(t))
+        {
+            "number"
+        } else if declared == "BOOLEAN" {
+            "boolean"
+        } else {
+            "string"
+        }
+    }
+
     /// The quoted column list `fid, geometry, fields…` of a query on this layer, with `fields`
     /// (the layer's own when `None`).
     #[must_use]
@@ -83,7 +108,8 @@ pub struct Dataset {
     max_value: i32,
     /// Its layers, in `gpkg_contents` order (or every table for plain SQLite).
     pub layers: Vec<Layer>,
-    pool: Mutex<Vec<Connection>>,
+    /// Idle connections, each with when it was given back (most recent last).
+    pool: Mutex<Vec<(Connection, Instant)>>,
 }
 
 /// Memory-mapped bytes per dataset connection.
@@ -175,7 +201,7 @@ fn connect(path: &Path, max_value: i32) -> Result<Connection, DatasetError> {
         .pragma_update(None, "mmap_size", MMAP_BYTES)
         .map_err(fail)?;
     connection
-        .pragma_update(None, "cache_size", -8192)
+        .pragma_update(None, "cache_size", -2048)
         .map_err(fail)?;
     connection.authorizer(Some(authorize)).map_err(fail)?;
     Ok(connection)
@@ -199,7 +225,7 @@ impl Dataset {
                 ^ stamp.0.rotate_left(32),
             max_value,
             layers,
-            pool: Mutex::new(vec![connection]),
+            pool: Mutex::new(vec![(connection, Instant::now())]),
         })
     }
 
@@ -249,9 +275,21 @@ impl Dataset {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
         match pooled {
-            Some(connection) => Ok(connection),
+            Some((connection, _)) => Ok(connection),
             None => connect(&self.path, self.max_value),
         }
+    }
+
+    /// Closes the pooled connections unused for `idle` or longer, giving their page caches
+    /// back; returns how many were closed.
+    pub fn trim(&self, idle: Duration) -> usize {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = pool.len();
+        pool.retain(|(_, since)| since.elapsed() < idle);
+        before - pool.len()
     }
 
     /// Returns a connection to the pool.
@@ -261,7 +299,7 @@ impl Dataset {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pool.len() < POOL_SIZE {
-            pool.push(connection);
+            pool.push((connection, Instant::now()));
         }
     }
 }
@@ -304,6 +342,7 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
     for (name, geometry, srs_id, extent) in tables {
         let mut fid = None;
         let mut fields = Vec::new();
+        let mut field_types = Vec::new();
         let mut statement = connection.prepare(&format!("PRAGMA table_info({})", quote(&name)))?;
         let columns = statement.query_map([], |r| {
             Ok((
@@ -318,6 +357,7 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
                 fid = Some(column);
             } else if geometry.as_deref() != Some(column.as_str()) {
                 fields.push(column);
+                field_types.push(kind);
             }
         }
         let rtree = geometry
@@ -338,6 +378,7 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
             geometry,
             srs_id,
             fields,
+            field_types,
             rtree,
             extent,
         });
@@ -619,6 +660,16 @@ impl Catalog {
         tracing::info!(source = %shown, features, ms = started.elapsed().as_millis(), "converted to a GeoPackage");
         self.sweep_conversions_keeping(Some(&target));
         Ok(target)
+    }
+
+    /// Closes pooled connections of every open dataset unused for `idle`, so that memory held
+    /// for a burst of queries goes back when it ends; returns how many were closed.
+    pub fn trim_idle(&self, idle: Duration) -> usize {
+        let datasets: Vec<Arc<Dataset>> = lock(&self.open)
+            .values()
+            .map(|(_, dataset, _)| dataset.clone())
+            .collect();
+        datasets.iter().map(|d| d.trim(idle)).sum()
     }
 
     /// Removes conversions whose source is gone or has changed, then the least recently used

@@ -30,6 +30,8 @@ use crate::root::Root;
 
 /// How often the conversion cache is swept.
 const CONVERSION_SWEEP: Duration = Duration::from_secs(60);
+/// How long a pooled dataset connection may sit unused before it is closed.
+const IDLE_CONNECTIONS: Duration = Duration::from_secs(10);
 
 /// The addresses the current incarnation listens on (empty while it is not listening); tests
 /// and logs read the ports actually bound (`127.0.0.1:0` picks a free one).
@@ -184,12 +186,18 @@ impl Actor for HttpComponent {
             let (catalog, stop) = (site_catalog, stop.clone());
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(CONVERSION_SWEEP);
+                // Connections idle for a while are closed, and their page caches freed.
+                let mut trims = tokio::time::interval(IDLE_CONNECTIONS);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
                         _ = ticks.tick() => {
                             let catalog = catalog.clone();
                             let _ = tokio::task::spawn_blocking(move || catalog.sweep_conversions()).await;
+                        }
+                        _ = trims.tick() => {
+                            let catalog = catalog.clone();
+                            let _ = tokio::task::spawn_blocking(move || catalog.trim_idle(IDLE_CONNECTIONS)).await;
                         }
                     }
                 }
