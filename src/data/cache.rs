@@ -9,6 +9,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+/// Memory an entry costs beyond its body and key: the table slot, the key's and body's
+/// allocation headers and rounding.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// What an entry costs in memory.
+fn cost(key: &str, body: &Bytes) -> usize {
+    body.len() + key.len() + ENTRY_OVERHEAD
+}
+
 /// Answers larger than this are not kept.
 pub const MAX_ENTRY: usize = 8 * 1024 * 1024;
 
@@ -93,9 +102,10 @@ impl ResponseCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (map, total) = &mut *guard;
-        *total += body.len();
+        *total += cost(&key, &body);
+        let key_cost = key.len();
         if let Some((old, _)) = map.insert(key, (body, tick)) {
-            *total -= old.len();
+            *total -= old.len() + key_cost + ENTRY_OVERHEAD;
         }
         while *total > self.budget {
             let Some(oldest) = map
@@ -106,7 +116,7 @@ impl ResponseCache {
                 break;
             };
             if let Some((evicted, _)) = map.remove(&oldest) {
-                *total -= evicted.len();
+                *total -= cost(&oldest, &evicted);
             }
         }
     }
@@ -176,7 +186,11 @@ where
             Some(Err(_)) => collected = None,
             None => {
                 if let (Some(mut collected), Some(done)) = (collected.take(), done.take()) {
-                    done(Bytes::from(std::mem::take(&mut collected.buffer)));
+                    // What is kept is what is counted: the buffer's spare capacity (up to half
+                    // of it, as it grew) is given back first.
+                    let mut body = std::mem::take(&mut collected.buffer);
+                    body.shrink_to_fit();
+                    done(Bytes::from(body));
                 }
             }
         }
@@ -190,7 +204,8 @@ mod tests {
 
     #[test]
     fn least_recently_used_answers_go_first() {
-        let cache = ResponseCache::new(10);
+        // Room for two entries of four bytes under one-letter keys, not three.
+        let cache = ResponseCache::new(2 * (4 + 1 + ENTRY_OVERHEAD) + 2);
         cache.put("a".into(), Bytes::from_static(b"aaaa"));
         cache.put("b".into(), Bytes::from_static(b"bbbb"));
         assert!(cache.get("a").is_some());

@@ -33,9 +33,29 @@ pub struct Cached {
     pub geometry: Option<Bytes>,
 }
 
-/// Memory per copy beyond its bytes: its slot in the table (which grows by doubling, so up to
-/// twice that), and the allocator's rounding of its JSON and geometry.
-const OVERHEAD: usize = 2 * std::mem::size_of::<((u64, i64), Entry)>() + 64;
+/// The memory a table of `capacity` entries takes: hashbrown keeps a power of two of buckets
+/// at most 7/8 full, each a slot and a control byte. The table never shrinks as copies go, so
+/// it is counted at its size, not by its entries.
+fn table_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity.saturating_mul(8) / 7).next_power_of_two().max(4);
+    buckets * (std::mem::size_of::<((u64, i64), Entry)>() + 1) + 16
+}
+
+/// What the allocator hands out for `n` bytes: small sizes in steps of 16, larger ones in
+/// eighths of their power of two (mimalloc's size classes).
+fn allocation(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else if n <= 1024 {
+        n.div_ceil(16) * 16
+    } else {
+        let step = n.next_power_of_two() / 8;
+        n.div_ceil(step) * step
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -90,10 +110,10 @@ fn mix(variant: u64, fid: i64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The heap memory of a copy beyond its table slot: its JSON and geometry allocations.
 fn cost(feature: &Cached) -> usize {
-    OVERHEAD
-        + feature.json.as_ref().map_or(0, Bytes::len)
-        + feature.geometry.as_ref().map_or(0, Bytes::len)
+    allocation(feature.json.as_ref().map_or(0, Bytes::len))
+        + allocation(feature.geometry.as_ref().map_or(0, Bytes::len))
 }
 
 impl FeatureCache {
@@ -215,24 +235,29 @@ impl FeatureCache {
             }
             entries.bytes += added;
         }
-        if entries.bytes > self.budget {
+        if entries.bytes + table_bytes(entries.map.capacity()) > self.budget {
             let mut ages: Vec<(u64, (u64, i64))> = entries
                 .map
                 .iter()
                 .map(|(k, e)| (e.used.load(Ordering::Relaxed), *k))
                 .collect();
             ages.sort_unstable();
+            // Down to three quarters of the budget, with the table shrunk to what is left.
             let target = self.budget / 4 * 3;
             for (_, key) in ages {
-                if entries.bytes <= target {
+                if entries.bytes + table_bytes(entries.map.len()) <= target {
                     break;
                 }
                 if let Some(old) = entries.map.remove(&key) {
                     entries.bytes -= cost(&old.feature);
                 }
             }
+            entries.map.shrink_to_fit();
         }
-        self.held.store(entries.bytes, Ordering::Relaxed);
+        self.held.store(
+            entries.bytes + table_bytes(entries.map.capacity()),
+            Ordering::Relaxed,
+        );
     }
 
     /// Hits, misses and size so far.
@@ -282,7 +307,8 @@ mod tests {
 
     #[test]
     fn least_recently_used_copies_go_first() {
-        let cache = FeatureCache::new(10 * (OVERHEAD + 1));
+        // Room for ten one-byte copies.
+        let cache = FeatureCache::new(table_bytes(10) + 10 * allocation(1));
         cache.put_all(1, (0..8).map(|fid| (fid, feature("x"))).collect());
         assert!(cache.read_all(1, &[0, 1], |_| ()).is_some());
         cache.put_all(1, (8..12).map(|fid| (fid, feature("x"))).collect());
@@ -312,7 +338,8 @@ mod tests {
 
     #[test]
     fn a_full_cache_copies_only_while_copies_are_found() {
-        let cache = FeatureCache::new(4 * (OVERHEAD + 1));
+        // Exactly full with four one-byte copies (a table grown to seven).
+        let cache = FeatureCache::new(table_bytes(7) + 4 * allocation(1));
         assert!(cache.copying(), "room left");
         cache.put_all(1, (0..4).map(|fid| (fid, feature("x"))).collect());
         for fid in 100..116 {

@@ -304,6 +304,20 @@ impl Dataset {
     }
 }
 
+/// Returns memory SQLite has freed to the system. SQLite allocates through the C library's
+/// `malloc`, whose free pages between live allocations are otherwise kept by the process.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(
+        unsafe_code,
+        reason = "malloc_trim takes no pointers and only releases free pages of the C heap"
+    )]
+    // SAFETY: glibc's malloc_trim is thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reads the layers: GeoPackage contents when present, else every table of a plain SQLite file.
 fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
     let is_gpkg: bool = connection
@@ -669,7 +683,11 @@ impl Catalog {
             .values()
             .map(|(_, dataset, _)| dataset.clone())
             .collect();
-        datasets.iter().map(|d| d.trim(idle)).sum()
+        let closed = datasets.iter().map(|d| d.trim(idle)).sum();
+        if closed > 0 {
+            give_back_freed_memory();
+        }
+        closed
     }
 
     /// Removes conversions whose source is gone or has changed, then the least recently used
