@@ -208,7 +208,11 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match builder
+        .enable_all()
+        .on_thread_park(crate::memory::going_idle)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };

@@ -11,6 +11,7 @@ pub mod data;
 pub mod encoding;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod ops;
 pub mod root;
 pub mod runtime;

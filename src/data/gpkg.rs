@@ -571,7 +571,9 @@ impl Catalog {
         let slot = self.queries.enter().await?;
         Ok(tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            work()
+            let result = work();
+            crate::memory::going_idle();
+            result
         }))
     }
 
