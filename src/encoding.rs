@@ -79,13 +79,27 @@ pub fn accepted(headers: &HeaderMap) -> Encoding {
     best.0
 }
 
-/// Whether `Accept-Encoding` allows gzip.
+/// Whether `Accept-Encoding` allows gzip (named with a weight above zero).
 #[must_use]
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.to_ascii_lowercase().contains("gzip"))
+        .is_some_and(|accept| {
+            accept.split(',').any(|item| {
+                let mut parts = item.trim().split(';');
+                let token = parts.next().unwrap_or_default().trim();
+                let q = parts
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_prefix("q=")
+                            .and_then(|q| q.parse::<f32>().ok())
+                    })
+                    .unwrap_or(1.0);
+                (token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip"))
+                    && q > 0.0
+            })
+        })
 }
 
 /// Brotli quality for answers made on the fly: fast, and still smaller than gzip's default.
@@ -200,5 +214,21 @@ mod tests {
         assert_eq!(with("identity"), Encoding::Identity);
         assert_eq!(with("GZIP"), Encoding::Gzip);
         assert_eq!(accepted(&HeaderMap::new()), Encoding::Identity);
+    }
+
+    #[test]
+    fn gzip_refused_with_q_zero_is_not_accepted() {
+        let with_header = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(accept).unwrap_or(HeaderValue::from_static("")),
+            );
+            super::accepts_gzip(&headers)
+        };
+        assert!(with_header("br, gzip"));
+        assert!(!with_header("br, gzip;q=0"));
+        assert!(!with_header("br"));
+        assert!(with_header("x-gzip;q=0.5"));
     }
 }

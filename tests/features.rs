@@ -598,6 +598,21 @@ async fn cql2_text_filters_select_what_gdal_selects() {
     assert_eq!(names(&boxed), expected);
     assert_eq!(boxed["numberMatched"], expected.len());
 
+    // A long chain of operators is as deep for SQLite as nesting: refused by the parser,
+    // not by SQLite with a 500.
+    let chain = format!("filter=pop_est%3D1{}", "%2B1".repeat(2_000));
+    let (status, _, body) = get(
+        &server,
+        &format!("/features/collections/countries/items?{chain}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("operators")
+    );
     for (query, wanted) in [
         ("filter=colour%3D'red'", "unknown property"),
         ("filter=name%3D'x'&filter-lang=cql2-json", "only cql2-text"),

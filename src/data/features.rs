@@ -499,10 +499,17 @@ async fn items(
         }
         Some(other) => return bad(format!("resultType={other}: results or hits")),
     }
+    // One ETag per encoding: a strong validator names the bytes sent.
+    let encoding = crate::encoding::accepted(headers);
     let etag = format!(
-        "\"{}-{:x}\"",
+        "\"{}-{:x}{}\"",
         c.dataset.version(),
-        super::stable_hash(&format!("{:?}", sorted(query)))
+        super::stable_hash(&format!("{:?}", sorted(query))),
+        match encoding {
+            crate::encoding::Encoding::Identity => "",
+            crate::encoding::Encoding::Gzip => "-gzip",
+            crate::encoding::Encoding::Brotli => "-br",
+        }
     );
     if headers
         .get(header::IF_NONE_MATCH)

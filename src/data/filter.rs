@@ -21,6 +21,9 @@
 const MAX_LENGTH: usize = 10_000;
 /// Deepest nesting of parentheses and `NOT`s.
 const MAX_DEPTH: usize = 64;
+/// Most operators in a filter: a chain of them (`1+1+1…`) is as deep a tree for SQLite as
+/// nesting, and SQLite refuses trees deeper than 1,000.
+const MAX_OPERATORS: usize = 500;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -121,6 +124,7 @@ struct Parser<'a> {
     tokens: Vec<Token>,
     at: usize,
     depth: usize,
+    operators: usize,
     out: String,
     /// For SQL this server runs itself: the layer's fields (any other name is refused), and
     /// the values taken out of the text as parameters, numbered after `first_param`.
@@ -180,6 +184,14 @@ impl Parser<'_> {
         }
     }
 
+    fn operator(&mut self) -> Result<(), String> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            return Err(format!("more than {MAX_OPERATORS} operators"));
+        }
+        Ok(())
+    }
+
     fn deeper(&mut self) -> Result<(), String> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -191,6 +203,7 @@ impl Parser<'_> {
     fn or(&mut self) -> Result<(), String> {
         self.and()?;
         while self.word("OR") {
+            self.operator()?;
             self.out.push_str(" OR ");
             self.and()?;
         }
@@ -200,6 +213,7 @@ impl Parser<'_> {
     fn and(&mut self) -> Result<(), String> {
         self.not()?;
         while self.word("AND") {
+            self.operator()?;
             self.out.push_str(" AND ");
             self.not()?;
         }
@@ -249,6 +263,7 @@ impl Parser<'_> {
             self.expect_symbol("(")?;
             self.sum()?;
             while self.symbol(",") {
+                self.operator()?;
                 self.out.push_str(", ");
                 self.sum()?;
             }
@@ -293,6 +308,7 @@ impl Parser<'_> {
             } else {
                 return Ok(());
             };
+            self.operator()?;
             self.out.push_str(op);
             self.product()?;
         }
@@ -308,6 +324,7 @@ impl Parser<'_> {
             } else {
                 return Ok(());
             };
+            self.operator()?;
             self.out.push_str(op);
             self.unary()?;
         }
@@ -434,6 +451,7 @@ fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
         tokens: tokens(filter)?,
         at: 0,
         depth: 0,
+        operators: 0,
         out: String::new(),
         sql,
     };
@@ -516,6 +534,11 @@ mod tests {
             assert!(canonical(filter).is_err(), "{filter} parsed");
         }
         assert!(canonical(&"(".repeat(100_000)).is_err());
+        // A chain of operators is as deep for SQLite as nesting.
+        let chain = format!("a = 1{}", "+1".repeat(3_000));
+        assert!(canonical(&chain).unwrap_err().contains("operators"));
+        let chain = format!("a IN (1{})", ",1".repeat(3_000));
+        assert!(canonical(&chain).is_err());
         // A comment cannot survive: dashes are operators, written apart.
         let written = canonical("a = 1 -- comment").unwrap_or_default();
         assert!(!written.contains("--"), "{written}");
