@@ -1396,3 +1396,34 @@ async fn many_unread_streams_are_bounded() {
         connection.abort();
     }
 }
+
+/// One client address cannot take every connection slot: past its share, its connections are
+/// closed as soon as they are accepted, and other connections are served.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let server = Process::start(
+        r#"{"http": {"limits": {"max_connections_per_client": 5}}}"#,
+        |_| {},
+    )
+    .await;
+    let addr = server.addr();
+    // Five bare TCP connections (no TLS) hold this address's share.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sixth is closed at once, long before the handshake timeout.
+    let mut sixth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), sixth.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the sixth connection was not closed: {read:?}"
+    );
+    // Once they go, the address is served again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, _) = server.get("/health").await;
+    assert_eq!(status, 200);
+}

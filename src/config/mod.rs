@@ -382,6 +382,10 @@ pub struct Limits {
     /// Connections served at once; more wait in the OS backlog.
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed as soon as they are
+    /// accepted, so that one address cannot take every connection slot.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections_per_client: usize,
     /// Streamed responses open at once over all connections: large files read as they are
     /// sent, proxied answers, query answers (each holds a file, an upstream connection or
     /// memory); more are answered 503 with `Retry-After`.
@@ -403,6 +407,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
             max_open_streams: 1024,
             body_limit_bytes: 10 * 1024 * 1024,
             drain_timeout_secs: 10,

@@ -159,6 +159,7 @@ impl Actor for HttpComponent {
             limits: limits.clone(),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             open_streams: Arc::new(Semaphore::new(limits.max_open_streams)),
+            per_client: super::serve::PerClient::new(limits.max_connections_per_client),
             stop: stop.clone(),
             tracker: tracker.clone(),
         };

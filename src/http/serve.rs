@@ -39,10 +39,70 @@ pub struct Acceptor<S> {
     /// Streamed responses (files read as they are sent, proxied answers, query answers) open
     /// at once, over all connections.
     pub open_streams: Arc<Semaphore>,
+    /// Connections held per client address.
+    pub per_client: Arc<PerClient>,
     /// Cancelled on stop.
     pub stop: CancellationToken,
     /// Tracks connection tasks for the drain.
     pub tracker: TaskTracker,
+}
+
+/// Connections held by each client address, capped.
+#[derive(Debug)]
+pub struct PerClient {
+    cap: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerClient {
+    /// At most `cap` connections per address.
+    #[must_use]
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a connection from `ip` until the guard drops, or `None` when `ip` holds its cap.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut held = self.held();
+        let count = held.entry(ip).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its client address.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.clients.held();
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl<S> Clone for Acceptor<S> {
@@ -53,6 +113,7 @@ impl<S> Clone for Acceptor<S> {
             limits: self.limits.clone(),
             permits: self.permits.clone(),
             open_streams: self.open_streams.clone(),
+            per_client: self.per_client.clone(),
             stop: self.stop.clone(),
             tracker: self.tracker.clone(),
         }
@@ -91,10 +152,16 @@ where
                     }
                 },
             };
+            let Some(slot) = self.per_client.enter(peer.ip()) else {
+                // Closed at once: the address already holds its share of the slots.
+                tracing::debug!(client = %peer, "too many connections from this address; closed");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             self.tracker.spawn(async move {
                 this.connection(stream, peer).await;
+                drop(slot);
                 drop(permit);
             });
         }
@@ -616,6 +683,7 @@ mod tests {
             limits: config.limits.clone(),
             permits: Arc::new(Semaphore::new(10)),
             open_streams: Arc::new(Semaphore::new(10)),
+            per_client: super::PerClient::new(10),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
