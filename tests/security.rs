@@ -1427,3 +1427,22 @@ async fn one_address_cannot_take_every_connection() {
     let (status, _, _) = server.get("/health").await;
     assert_eq!(status, 200);
 }
+
+/// Two `Host` headers are refused rather than one of them guessed at.
+#[tokio::test]
+async fn two_host_headers_are_refused() {
+    let server = Process::start("{}", |_| {}).await;
+    let (status, body) = raw(
+        &server,
+        "GET /resourcecheck/local.json HTTP/1.1\r\nHost: localhost\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("more than one Host header"), "{body}");
+    let (status, _) = raw(
+        &server,
+        "GET /resourcecheck/local.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+}

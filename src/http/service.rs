@@ -92,6 +92,20 @@ where
                     self.max_header_bytes
                 )),
             )
+        } else if request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            // Which of two hosts picks the site folder (and what a proxy in front saw) would
+            // be a guess: refused, as RFC 9112 asks.
+            error_body(
+                StatusCode::BAD_REQUEST,
+                "bad request",
+                Some("more than one Host header"),
+            )
         } else if let Some(preflight) = self.site.cors.preflight(&method, request.headers()) {
             preflight
         } else if (method == http::Method::GET || method == http::Method::HEAD)
