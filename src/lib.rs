@@ -5,15 +5,16 @@
 //! components under the root supervisor, and the command line. The supervision runtime lives
 //! in the `actors` crate and cron schedules in `schedules`.
 
+pub mod api;
 pub mod cli;
 pub mod config;
-pub mod data;
 pub mod encoding;
+pub mod gis;
 pub mod http;
 pub mod logging;
 pub mod memory;
 pub mod ops;
 pub mod root;
 pub mod runtime;
+pub mod safe_path;
 pub mod scheduler;
-pub mod search;

@@ -10,11 +10,11 @@ use actors::{
 };
 use schedules::{MarkStore, Schedule};
 
+use crate::api::search::{SearchArgs, SearchIndexer};
 use crate::config::{Config, parse_zone};
 use crate::http::{HttpArgs, HttpComponent, Listening};
 use crate::root::Root;
 use crate::scheduler::{PlannedJob, Scheduler, SchedulerArgs};
-use crate::search::{SearchArgs, SearchIndexer};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ pub async fn run(
             }
         })?,
         catalog: Arc::new(
-            crate::data::gpkg::Catalog::with_limits(&config.data)
+            crate::gis::store::gpkg::Catalog::with_limits(&config.data)
                 .with_cache(root.state_dir().join("cache")),
         ),
     };

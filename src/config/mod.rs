@@ -851,7 +851,7 @@ fn search_issues(
     for (i, source) in sources.into_iter().flatten().enumerate() {
         if let Some(path) = source.get("source").and_then(serde_json::Value::as_str)
             && let Err(e) =
-                crate::http::safe_path::segments(&format!("/{}", path.trim_start_matches('/')))
+                crate::safe_path::segments(&format!("/{}", path.trim_start_matches('/')))
         {
             report(
                 &[

@@ -118,7 +118,7 @@ impl Actor for HttpComponent {
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()).with_root(args.root.path()),
             catalog: Arc::new(
-                crate::data::gpkg::Catalog::with_limits(&args.config.data)
+                crate::gis::store::gpkg::Catalog::with_limits(&args.config.data)
                     .with_cache(args.root.state_dir().join("cache")),
             ),
             search_index: args.root.state_dir().join("search.sqlite"),

@@ -17,7 +17,6 @@ mod cors;
 mod host;
 mod proxy;
 mod routes;
-pub mod safe_path;
 mod serve;
 mod service;
 mod static_files;

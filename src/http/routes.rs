@@ -16,9 +16,9 @@ use super::cors::Cors;
 use super::error_body;
 use super::host::HostFolders;
 use super::proxy::{Forward, Proxy};
-use super::safe_path;
 use super::static_files::{FileRequest, StaticFiles};
 use crate::ops::health::Health;
+use crate::safe_path;
 
 /// Everything the routes serve from, built once per listener start.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub struct Site {
     /// The health document.
     pub health: Health,
     /// Open datasets.
-    pub catalog: Arc<crate::data::gpkg::Catalog>,
+    pub catalog: Arc<crate::gis::store::gpkg::Catalog>,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
     /// Extensions never served as static files, lower case without the dot.
@@ -119,7 +119,7 @@ pub fn routes(
                 let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
                 let folder = site.hosts.search_path(host).swap_remove(0);
                 let options = query.get("options").map_or("", String::as_str);
-                crate::data::ogr2ogr::answer(
+                crate::api::ogr2ogr::answer(
                     site.catalog.clone(),
                     folder,
                     query.get("source").map(String::as_str),
@@ -149,12 +149,12 @@ pub fn routes(
                 } else {
                     "https"
                 };
-                let context = crate::data::features::RequestContext {
+                let context = crate::api::features::RequestContext {
                     folder: site.hosts.search_path(host).swap_remove(0),
                     base: format!("{scheme}://{}", host.unwrap_or("localhost")),
                     headers: &headers,
                 };
-                crate::data::features::answer(site.catalog.clone(), context, tail.as_str(), &query)
+                crate::api::features::answer(site.catalog.clone(), context, tail.as_str(), &query)
                     .await
             },
         );
@@ -168,7 +168,7 @@ pub fn routes(
             |mut query: std::collections::HashMap<String, String>,
              headers: Arc<HeaderMap>,
              site: Arc<Site>| async move {
-                crate::search::answer(
+                crate::api::search::answer(
                     site.catalog.clone(),
                     site.search_index.clone(),
                     query.remove("q"),

@@ -12,12 +12,12 @@ use rusqlite::types::Value as SqlValue;
 use serde_json::{Value, json};
 use warp::reply::Response;
 
-use super::gpkg::{Catalog, Dataset, Layer};
-use super::limits::QueryError;
-use super::ogr2ogr::geojson_response;
-use super::query::{BoxMatch, Plan, box_page, count, execute, lookup};
-use super::quote;
-use super::reproject::Reprojector;
+use crate::api::ogr2ogr::geojson_response;
+use crate::gis::query::limits::QueryError;
+use crate::gis::query::reproject::Reprojector;
+use crate::gis::query::run::{BoxMatch, Plan, box_page, count, execute, lookup};
+use crate::gis::quote;
+use crate::gis::store::gpkg::{Catalog, Dataset, Layer};
 use crate::http::error_body;
 
 /// Items per page unless `limit` says otherwise.
@@ -339,7 +339,10 @@ fn box_match(
             quote(&layer.name),
             quote(&layer.fid)
         ),
-        rects: rects.iter().map(|r| super::query::rect(*r)).collect(),
+        rects: rects
+            .iter()
+            .map(|r| crate::gis::query::run::rect(*r))
+            .collect(),
     }
 }
 
@@ -445,7 +448,7 @@ async fn items(
         {
             return bad(format!("filter-crs: only {CRS84} is supported"));
         }
-        match super::filter::to_sql(filter, &layer.fields, params.len()) {
+        match crate::gis::query::filter::to_sql(filter, &layer.fields, params.len()) {
             Ok((condition, values)) => {
                 conditions.push(format!("({condition})"));
                 params.extend(values);
@@ -504,7 +507,7 @@ async fn items(
     let etag = format!(
         "\"{}-{:x}{}\"",
         c.dataset.version(),
-        super::stable_hash(&format!("{:?}", sorted(query))),
+        crate::gis::stable_hash(&format!("{:?}", sorted(query))),
         match encoding {
             crate::encoding::Encoding::Identity => "",
             crate::encoding::Encoding::Gzip => "-gzip",

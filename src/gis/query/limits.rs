@@ -15,8 +15,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
 
-use super::admission::Busy;
-use super::gpkg::{DatasetError, QueryLimits, RunError};
+use crate::gis::query::admission::Busy;
+use crate::gis::store::gpkg::{DatasetError, QueryLimits, RunError};
 use crate::http::error_body;
 
 /// A piece of a response body.
@@ -83,7 +83,7 @@ impl QueryError {
     pub fn response(&self, client_sql: bool) -> Response {
         let detail = self.to_string();
         let (status, error) = match self {
-            Self::Busy(busy) => return super::gdal::busy_response(busy),
+            Self::Busy(busy) => return crate::api::gdal::busy_response(busy),
             Self::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server stopping"),
             Self::Gone => (StatusCode::BAD_REQUEST, "client went away"),
             Self::Stalled(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

@@ -11,7 +11,7 @@ use geozero::ToWkb;
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use super::quote;
+use crate::gis::quote;
 
 /// The type of an attribute column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

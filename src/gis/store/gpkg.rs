@@ -13,10 +13,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, Busy};
-use super::gdal::Gdal;
-use super::quote;
+use crate::api::gdal::Gdal;
 use crate::config::DataConfig;
+use crate::gis::query::admission::{Admission, Busy};
+use crate::gis::quote;
 
 /// Why a dataset could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -460,9 +460,9 @@ pub struct Catalog {
     conversion_budget: u64,
     listings: Mutex<HashMap<PathBuf, (std::time::Instant, Listing)>>,
     /// Recent answers, by dataset version and query.
-    pub responses: Arc<super::cache::ResponseCache>,
+    pub responses: Arc<crate::gis::cache::responses::ResponseCache>,
     /// Rendered features, for box queries over features already read.
-    pub features: Arc<super::feature_cache::FeatureCache>,
+    pub features: Arc<crate::gis::cache::features::FeatureCache>,
     /// Time and memory each query may use.
     pub limits: QueryLimits,
     /// The threads queries run on.
@@ -504,10 +504,10 @@ impl Catalog {
             conversions: Mutex::new(HashMap::new()),
             conversion_budget: config.conversion_cache_mb.saturating_mul(1024 * 1024),
             listings: Mutex::new(HashMap::new()),
-            responses: Arc::new(super::cache::ResponseCache::new(
+            responses: Arc::new(crate::gis::cache::responses::ResponseCache::new(
                 config.response_cache_mb.saturating_mul(1024 * 1024),
             )),
-            features: Arc::new(super::feature_cache::FeatureCache::new(
+            features: Arc::new(crate::gis::cache::features::FeatureCache::new(
                 config.feature_cache_mb.saturating_mul(1024 * 1024),
             )),
             limits,
@@ -533,14 +533,14 @@ impl Catalog {
     /// Keeps up to `bytes` of recent answers in memory (0: none).
     #[must_use]
     pub fn with_response_cache(mut self, bytes: usize) -> Self {
-        self.responses = Arc::new(super::cache::ResponseCache::new(bytes));
+        self.responses = Arc::new(crate::gis::cache::responses::ResponseCache::new(bytes));
         self
     }
 
     /// Keeps up to `bytes` of rendered features in memory (0: none).
     #[must_use]
     pub fn with_feature_cache(mut self, bytes: usize) -> Self {
-        self.features = Arc::new(super::feature_cache::FeatureCache::new(bytes));
+        self.features = Arc::new(crate::gis::cache::features::FeatureCache::new(bytes));
         self
     }
 
@@ -632,14 +632,14 @@ impl Catalog {
         &self,
         source: &Path,
         shown: &str,
-        options: &super::readers::OpenOptions,
+        options: &crate::gis::source::readers::OpenOptions,
     ) -> Result<PathBuf, DatasetError> {
         let meta = std::fs::metadata(source)
             .ok()
             .filter(std::fs::Metadata::is_file)
             .ok_or_else(|| DatasetError::NotFound(shown.to_owned()))?;
         let cache = self.cache_dir();
-        let key = super::stable_hash(&source.to_string_lossy());
+        let key = crate::gis::stable_hash(&source.to_string_lossy());
         let prefix = format!("{key:016x}-{}-", options.key());
         let target = cache.join(format!("{prefix}{}.gpkg", stamp_text(&meta)));
         if target.exists() {
@@ -661,10 +661,11 @@ impl Catalog {
             .file_stem()
             .map_or_else(|| "layer".to_owned(), |s| s.to_string_lossy().into_owned());
         let started = std::time::Instant::now();
-        let features = super::readers::convert(source, &target, &layer, options).map_err(|e| {
-            tracing::warn!(source = %source.display(), error = %e, "conversion failed");
-            open_error(e.reason())
-        })?;
+        let features = crate::gis::source::readers::convert(source, &target, &layer, options)
+            .map_err(|e| {
+                tracing::warn!(source = %source.display(), error = %e, "conversion failed");
+                open_error(e.reason())
+            })?;
         // The source beside the conversion, so that a sweep can tell when it is gone.
         if let Err(e) = std::fs::write(
             target.with_extension(SOURCE_NOTE),

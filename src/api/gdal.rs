@@ -14,9 +14,9 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use warp::reply::Response;
 
-use super::admission::{Admission, Busy};
-use super::ogr2ogr::{Options, geojson_response};
+use crate::api::ogr2ogr::{Options, geojson_response};
 use crate::config::GdalConfig;
+use crate::gis::query::admission::{Admission, Busy};
 use crate::http::error_body;
 
 /// Bytes of GDAL's error output kept for the error answer; the rest is read and dropped.
@@ -384,7 +384,7 @@ fn arguments(source: &Path, options: &Options) -> Result<Vec<OsString>, String> 
     };
     if let Some(filter) = &options.filter {
         // GDAL gets the filter as this server writes it again, never the client's text.
-        let written = super::filter::canonical(filter).map_err(|e| {
+        let written = crate::gis::query::filter::canonical(filter).map_err(|e| {
             format!(
                 "-where {filter:?}: {e}; for a source read by GDAL a filter compares fields with values (=, <>, <, <=, >, >=, LIKE, IN, BETWEEN, IS NULL, AND, OR, NOT, + - * / ||), without functions"
             )
@@ -422,7 +422,7 @@ mod tests {
     use super::*;
 
     fn args(options: &str) -> Result<Vec<String>, String> {
-        let options = super::super::ogr2ogr::parse(options)?;
+        let options = crate::api::ogr2ogr::parse(options)?;
         arguments(Path::new("/data/roads.tab"), &options).map(|a| {
             a.into_iter()
                 .map(|s| s.to_string_lossy().into_owned())

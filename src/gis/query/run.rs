@@ -7,12 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
-use super::feature_cache::{Cached, FeatureCache};
-use super::geojson::{FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry};
-use super::gpkg::{Catalog, Dataset};
-pub use super::limits::Chunk;
-use super::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
-use super::reproject::Reprojector;
+use crate::gis::cache::features::{Cached, FeatureCache};
+use crate::gis::query::geojson::{
+    FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry,
+};
+pub use crate::gis::query::limits::Chunk;
+use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
+use crate::gis::query::reproject::Reprojector;
+use crate::gis::store::gpkg::{Catalog, Dataset};
 
 /// Writes the end of a collection after the features, given how many were written.
 pub type Tail = Box<dyn FnOnce(u64) -> String + Send>;
@@ -44,7 +46,7 @@ pub struct Plan {
 }
 
 /// How a box query is answered from rendered copies of its features (see
-/// [`super::feature_cache`]); only for plans whose features depend on nothing but the box.
+/// [`crate::gis::cache::features`]); only for plans whose features depend on nothing but the box.
 pub struct Reuse {
     /// The copies.
     pub cache: Arc<FeatureCache>,
@@ -66,7 +68,7 @@ impl Reuse {
     ) -> Option<Self> {
         (cache.enabled() && plan.simplify.is_none() && plan.exact.is_some()).then(|| Self {
             cache: cache.clone(),
-            variant: super::stable_hash(&format!(
+            variant: crate::gis::stable_hash(&format!(
                 "{}|{}|{}",
                 dataset.path().display(),
                 dataset.version(),
@@ -375,7 +377,7 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         // Checked before anything decodes it: nesting and counts a hostile blob could use to
         // exhaust the stack or memory.
         if let Some(blob) = geometry
-            && let Err(reason) = super::wkb::check_gpkg(blob)
+            && let Err(reason) = crate::gis::wkb::check_gpkg(blob)
         {
             skipped.note(reason);
             continue;
@@ -579,7 +581,7 @@ impl BoxMatch {
     fn blob_meets(&self, blob: &[u8]) -> Option<bool> {
         use geo::Intersects;
         use geozero::ToGeo;
-        if is_empty_gpkg(blob) || super::wkb::check_gpkg(blob).is_err() {
+        if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
             return None;
         }
         if let Some(decided) = gpkg_envelope(blob).and_then(|e| self.by_bounds(e)) {

@@ -11,14 +11,14 @@ use http::header::{self, HeaderValue};
 use warp::Reply;
 use warp::reply::Response;
 
-use super::gpkg::{Catalog, Layer};
-use super::limits::QueryError;
-use super::query::{Plan, Reuse, contains, execute, lookup, rect};
-use super::quote;
-use super::reproject::Reprojector;
 use crate::encoding::Encoding;
+use crate::gis::query::limits::QueryError;
+use crate::gis::query::reproject::Reprojector;
+use crate::gis::query::run::{Plan, Reuse, contains, execute, lookup, rect};
+use crate::gis::quote;
+use crate::gis::store::gpkg::{Catalog, Layer};
 use crate::http::error_body;
-use crate::http::safe_path;
+use crate::safe_path;
 
 /// What the options ask for.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -178,7 +178,7 @@ pub fn parse(options: &str) -> Result<Options, String> {
                     .split_once('=')
                     .ok_or_else(|| format!("-oo {pair}: expected KEY=VALUE"))?;
                 parsed.open_options.push((key.to_owned(), val.to_owned()));
-                super::readers::OpenOptions::parse(&parsed.open_options)?;
+                crate::gis::source::readers::OpenOptions::parse(&parsed.open_options)?;
                 i += 2;
             }
             "-nln" => {
@@ -415,7 +415,7 @@ pub async fn answer(
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let converted = super::readers::Format::of(&path).is_some();
+    let converted = crate::gis::source::readers::Format::of(&path).is_some();
     if !NATIVE.contains(&extension.as_str()) && !converted {
         if !path.is_file() {
             return error_body(
@@ -434,7 +434,7 @@ pub async fn answer(
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {
         let (c, shown) = (catalog.clone(), source.to_owned());
-        let open = match super::readers::OpenOptions::parse(&options.open_options) {
+        let open = match crate::gis::source::readers::OpenOptions::parse(&options.open_options) {
             Ok(o) => o,
             Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
         };
@@ -498,7 +498,7 @@ pub async fn answer(
 /// A streamed `application/geo+json` response, compressed with `encoding` when a compressor is
 /// free.
 pub fn geojson_response(
-    stream: impl futures::Stream<Item = super::query::Chunk> + Send + Sync + 'static,
+    stream: impl futures::Stream<Item = crate::gis::query::run::Chunk> + Send + Sync + 'static,
     encoding: Encoding,
 ) -> Response {
     let (stream, used) = crate::encoding::compressors().compress(stream, encoding);

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::types::Value;
 
-use super::gpkg_write::{Field, FieldType};
+use crate::gis::source::gpkg_write::{Field, FieldType};
 
 /// One column of the table.
 #[derive(Debug, Clone)]

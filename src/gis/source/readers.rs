@@ -9,7 +9,7 @@ use std::path::Path;
 use geozero::ToGeo;
 use rusqlite::types::Value;
 
-use super::gpkg_write::{Field, FieldType, LayerWriter, WriteError};
+use crate::gis::source::gpkg_write::{Field, FieldType, LayerWriter, WriteError};
 
 /// A file that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ impl OpenOptions {
             self.geom_names,
             self.encoding.map(encoding_rs::Encoding::name)
         );
-        format!("{:x}", super::stable_hash(&text))
+        format!("{:x}", crate::gis::stable_hash(&text))
     }
 }
 
@@ -418,7 +418,7 @@ fn csv_to_gpkg(
             .collect();
         let geometry = match (wkt, x, y) {
             (Some(w), _, _) if !cell(w).trim().is_empty() => Some(
-                super::wkb::check_wkt(&cell(w))
+                crate::gis::wkb::check_wkt(&cell(w))
                     .map_err(|e| e.to_owned())
                     .and_then(|()| {
                         geozero::wkt::Wkt(cell(w).as_str())
@@ -448,18 +448,20 @@ fn shapefile_error(path: &Path, e: impl std::fmt::Display) -> ReadError {
 }
 
 /// The transformation to WGS 84 given by a shapefile's `.prj`, if it needs one.
-fn shapefile_projection(shp: &Path) -> Result<Option<super::reproject::Reprojector>, ReadError> {
+fn shapefile_projection(
+    shp: &Path,
+) -> Result<Option<crate::gis::query::reproject::Reprojector>, ReadError> {
     let Ok(wkt) = std::fs::read_to_string(shp.with_extension("prj")) else {
         return Ok(None);
     };
-    let definition =
-        super::prj::to_proj(&wkt).map_err(|e| shapefile_error(shp, format!(".prj: {e}")))?;
+    let definition = crate::gis::source::prj::to_proj(&wkt)
+        .map_err(|e| shapefile_error(shp, format!(".prj: {e}")))?;
     let geographic_wgs84 =
         definition.starts_with("+proj=longlat") && definition.contains("+rf=298.257223563");
     if geographic_wgs84 {
         return Ok(None);
     }
-    super::reproject::Reprojector::from_proj_string(&definition)
+    crate::gis::query::reproject::Reprojector::from_proj_string(&definition)
         .map(Some)
         .map_err(|e| shapefile_error(shp, e))
 }
@@ -471,7 +473,7 @@ fn shapefile_to_gpkg(
     options: &OpenOptions,
 ) -> Result<u64, ReadError> {
     let projection = shapefile_projection(source)?;
-    let mut table = super::dbf::Table::open(source, options.encoding)
+    let mut table = crate::gis::source::dbf::Table::open(source, options.encoding)
         .map_err(|e| shapefile_error(source, e))?;
     let fields = table.fields.clone();
     let mut shapes =

@@ -16,10 +16,10 @@ use schedules::Schedule;
 use warp::reply::Response;
 
 use crate::config::SearchSource;
-use crate::data::gpkg::Catalog;
-use crate::data::limits::{QueryError, Watch};
-use crate::data::quote;
-use crate::data::reproject::Reprojector;
+use crate::gis::query::limits::{QueryError, Watch};
+use crate::gis::query::reproject::Reprojector;
+use crate::gis::quote;
+use crate::gis::store::gpkg::Catalog;
 use crate::http::error_body;
 
 /// Results unless `limit` says otherwise, and the most ever returned.
@@ -105,18 +105,18 @@ fn index_source(
     source: &SearchSource,
 ) -> Result<u64, String> {
     let segments =
-        crate::http::safe_path::segments(&format!("/{}", source.source.trim_start_matches('/')))
+        crate::safe_path::segments(&format!("/{}", source.source.trim_start_matches('/')))
             .map_err(|e| e.0.to_owned())?;
     let mut path = segments
         .iter()
         .fold(args.userdata.clone(), |p, s| p.join(s));
-    if crate::data::readers::Format::of(&path).is_some() {
+    if crate::gis::source::readers::Format::of(&path).is_some() {
         path = args
             .catalog
             .converted(
                 &path,
                 &source.source,
-                &crate::data::readers::OpenOptions::default(),
+                &crate::gis::source::readers::OpenOptions::default(),
             )
             .map_err(|e| e.to_string())?;
     }
@@ -193,7 +193,7 @@ fn index_source(
                 .get_ref(4)
                 .ok()
                 .and_then(|v| v.as_blob().ok())
-                .filter(|b| crate::data::wkb::check_gpkg(b).is_ok())
+                .filter(|b| crate::gis::wkb::check_gpkg(b).is_ok())
                 .and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok())
                 .and_then(|g| match &reproject {
                     Some(r) => r.to_wgs84(&g).ok(),
@@ -279,7 +279,7 @@ pub async fn answer(
         .run(move || query(&index, &expression, limit, &watch))
         .await;
     match result {
-        Ok(Ok(body)) => crate::data::ogr2ogr::geojson_response(
+        Ok(Ok(body)) => crate::api::ogr2ogr::geojson_response(
             futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }),
             encoding,
         ),

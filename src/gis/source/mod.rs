@@ -1,0 +1,8 @@
+//! Where features come from: readers of the formats converted to GeoPackages (GeoJSON,
+//! NDJSON, CSV, Shapefile, zipped or not), the dBASE and `.prj` files beside a shapefile, and
+//! the GeoPackage writer conversions go through.
+
+pub mod dbf;
+pub mod gpkg_write;
+pub mod prj;
+pub mod readers;

@@ -1,0 +1,4 @@
+//! Datasets on disk: GeoPackage and SQLite files opened read-only behind an SQLite authorizer,
+//! their layers, a pool of connections per file version, and the catalog of open versions.
+
+pub mod gpkg;
