@@ -10,8 +10,8 @@ use actors::{
 };
 use schedules::{MarkStore, Schedule};
 
-use crate::api::search::{SearchArgs, SearchIndexer};
 use crate::config::{Config, parse_zone};
+use crate::gis::search::{SearchArgs, SearchIndexer};
 use crate::http::{HttpArgs, HttpComponent, Listening};
 use crate::root::Root;
 use crate::scheduler::{PlannedJob, Scheduler, SchedulerArgs};

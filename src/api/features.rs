@@ -8,17 +8,16 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
-use rusqlite::types::Value as SqlValue;
 use serde_json::{Value, json};
-use warp::reply::Response;
 
+use super::error::ApiError;
+use super::reply::{Response, json};
 use crate::api::ogr2ogr::geojson_response;
 use crate::gis::query::limits::QueryError;
+use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Plan};
 use crate::gis::query::reproject::Reprojector;
-use crate::gis::query::run::{BoxMatch, Plan, box_page, count, execute, lookup};
-use crate::gis::quote;
+use crate::gis::query::run::{box_page, count, execute, lookup};
 use crate::gis::store::gpkg::{Catalog, Dataset, Layer};
-use crate::http::error_body;
 
 /// Items per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -71,48 +70,49 @@ pub struct RequestContext<'a> {
     pub headers: &'a HeaderMap,
 }
 
-fn json_response(status: StatusCode, body: &Value, content_type: &'static str) -> Response {
-    let mut response = Response::new(body.to_string().into());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 /// Answers a request under `/features`; `rest` is the path after it, `query` its parameters.
+///
+/// # Errors
+/// A bad query, an unknown collection or feature, or a dataset or query that failed.
 pub async fn answer(
     catalog: Arc<Catalog>,
     context: RequestContext<'_>,
     rest: &str,
     query: &HashMap<String, String>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let base = format!("{}/features", context.base);
     let parts: Vec<&str> = rest
         .trim_matches('/')
         .split('/')
         .filter(|p| !p.is_empty())
         .collect();
-    match parts.as_slice() {
-        [] => json_response(StatusCode::OK, &landing(&base), "application/json"),
-        ["conformance"] => json_response(
+    let find = |id: &str| {
+        let (catalog, folder, id) = (catalog.clone(), context.folder.clone(), id.to_owned());
+        async move {
+            collections(&catalog, &folder)
+                .await?
+                .into_iter()
+                .find(|c| c.id == id)
+                .ok_or_else(|| ApiError::not_found("no such collection", id))
+        }
+    };
+    Ok(match parts.as_slice() {
+        [] => json(StatusCode::OK, &landing(&base), "application/json"),
+        ["conformance"] => json(
             StatusCode::OK,
             &json!({ "conformsTo": CONFORMANCE }),
             "application/json",
         ),
-        ["api"] => match collections(&catalog, &context.folder).await {
-            Ok(list) => json_response(
+        ["api"] => {
+            let list = collections(&catalog, &context.folder).await?;
+            json(
                 StatusCode::OK,
                 &openapi(&base, &list),
                 "application/vnd.oai.openapi+json;version=3.0",
-            ),
-            Err(e) => e.response(false),
-        },
+            )
+        }
         ["collections"] => {
-            let collections = match collections(&catalog, &context.folder).await {
-                Ok(c) => c,
-                Err(e) => return e.response(false),
-            };
+            let collections = collections(&catalog, &context.folder).await?;
             let list: Vec<Value> = collections.iter().map(|c| describe(c, &base)).collect();
             let body = json!({
                 "links": [
@@ -120,34 +120,26 @@ pub async fn answer(
                 ],
                 "collections": list,
             });
-            json_response(StatusCode::OK, &body, "application/json")
+            json(StatusCode::OK, &body, "application/json")
         }
-        ["collections", id] => match find(&catalog, &context.folder, id).await {
-            Ok(Some(c)) => json_response(StatusCode::OK, &describe(&c, &base), "application/json"),
-            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
-            Err(e) => e.response(false),
-        },
-        ["collections", id, "items"] => match find(&catalog, &context.folder, id).await {
-            Ok(Some(c)) => items(&catalog, c, &base, query, context.headers).await,
-            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
-            Err(e) => e.response(false),
-        },
-        ["collections", id, "queryables"] => match find(&catalog, &context.folder, id).await {
-            Ok(Some(c)) => json_response(
-                StatusCode::OK,
-                &queryables(&c, &base),
-                "application/schema+json",
-            ),
-            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
-            Err(e) => e.response(false),
-        },
-        ["collections", id, "items", feature] => match find(&catalog, &context.folder, id).await {
-            Ok(Some(c)) => item(&catalog, c, &base, feature).await,
-            Ok(None) => error_body(StatusCode::NOT_FOUND, "no such collection", Some(id)),
-            Err(e) => e.response(false),
-        },
-        _ => error_body(StatusCode::NOT_FOUND, "not found", Some(rest)),
-    }
+        ["collections", id] => json(
+            StatusCode::OK,
+            &describe(&find(id).await?, &base),
+            "application/json",
+        ),
+        ["collections", id, "items"] => {
+            items(&catalog, find(id).await?, &base, query, context.headers).await?
+        }
+        ["collections", id, "queryables"] => json(
+            StatusCode::OK,
+            &queryables(&find(id).await?, &base),
+            "application/schema+json",
+        ),
+        ["collections", id, "items", feature] => {
+            item(&catalog, find(id).await?, &base, feature).await?
+        }
+        _ => return Err(ApiError::not_found("not found", rest)),
+    })
 }
 
 fn landing(base: &str) -> Value {
@@ -209,17 +201,6 @@ async fn collections_where(
     Ok(files)
 }
 
-async fn find(
-    catalog: &Arc<Catalog>,
-    folder: &Path,
-    id: &str,
-) -> Result<Option<Collection>, QueryError> {
-    Ok(collections(catalog, folder)
-        .await?
-        .into_iter()
-        .find(|c| c.id == id))
-}
-
 fn describe(c: &Collection, base: &str) -> Value {
     let href = format!("{base}/collections/{}", c.id);
     let mut body = json!({
@@ -272,88 +253,14 @@ fn parse_bbox(text: &str) -> Result<Vec<[f64; 4]>, String> {
     })
 }
 
-/// Where the candidates for boxes `rects` (in the layer's system) come from: the R*Tree alone
-/// when nothing else filters, else the table (through the R*Tree when there is one).
-fn box_match(
-    layer: &Layer,
-    rects: &[[f64; 4]],
-    conditions: &[String],
-    mut params: Vec<SqlValue>,
-) -> BoxMatch {
-    let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
-    let mut within = Vec::new();
-    for rect in rects {
-        let n = params.len();
-        within.push(format!(
-            "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4
-        ));
-        params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
-    }
-    let index = layer.rtree.as_deref().map(|rtree| {
-        within
-            .iter()
-            .map(|w| {
-                format!(
-                    "SELECT id, minx, maxx, miny, maxy FROM {} WHERE {w}",
-                    quote(rtree)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ")
-    });
-    let (candidates, from_index) = match index {
-        Some(index) if conditions.is_empty() => (format!("{index} ORDER BY 1"), true),
-        index => {
-            let mut filters = conditions.to_vec();
-            if let Some(index) = index {
-                filters.push(format!(
-                    "{} IN (SELECT id FROM ({index}))",
-                    quote(&layer.fid)
-                ));
-            }
-            let filter = if filters.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", filters.join(" AND "))
-            };
-            (
-                format!(
-                    "SELECT {}, {geometry} FROM {}{filter} ORDER BY 1",
-                    quote(&layer.fid),
-                    quote(&layer.name)
-                ),
-                false,
-            )
-        }
-    };
-    BoxMatch {
-        candidates,
-        params,
-        from_index,
-        geometry: format!(
-            "SELECT {geometry} FROM {} WHERE {} = ?1",
-            quote(&layer.name),
-            quote(&layer.fid)
-        ),
-        rects: rects
-            .iter()
-            .map(|r| crate::gis::query::run::rect(*r))
-            .collect(),
-    }
-}
-
 async fn items(
     catalog: &Arc<Catalog>,
     c: Collection,
     base: &str,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Response {
-    let bad = |detail: String| error_body(StatusCode::BAD_REQUEST, "bad query", Some(&detail));
+) -> Result<Response, ApiError> {
+    let bad = |detail: String| Err(ApiError::bad_request("bad query", detail));
     let limit = match query.get("limit").map(|l| l.parse::<u64>()) {
         None => DEFAULT_LIMIT,
         Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
@@ -393,11 +300,11 @@ async fn items(
     let reproject = match Reprojector::for_srs(layer.srs_id) {
         Ok(r) => r,
         Err(e) => {
-            return error_body(
+            return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "cannot reproject",
-                Some(&e.to_string()),
-            );
+                Some(e.to_string()),
+            ));
         }
     };
     // The box is in WGS 84; the index is in the layer's system.
@@ -415,26 +322,22 @@ async fn items(
         (b, _) => b,
     };
     let mut conditions = Vec::new();
-    let mut params: Vec<SqlValue> = Vec::new();
     let mut filters: Vec<(&String, &String)> = query
         .iter()
         .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
         .collect();
     filters.sort();
     for (name, value) in filters {
-        let Some(field) = layer.fields.iter().find(|f| *f == name) else {
+        if !layer.fields.contains(name) {
             return bad(format!(
                 "unknown parameter or property {name:?}; properties: {}",
                 layer.fields.join(", ")
             ));
-        };
-        params.push(SqlValue::Text(value.clone()));
-        // Compared as text, so "5" matches an integer 5 as well as the string.
-        conditions.push(format!(
-            "CAST({} AS TEXT) = ?{}",
-            quote(field),
-            params.len()
-        ));
+        }
+        conditions.push(Condition::Equals {
+            field: name.clone(),
+            value: value.clone(),
+        });
     }
     // A CQL2 text filter (OGC API Features Part 3), compiled to a parameterised condition.
     if let Some(filter) = query.get("filter") {
@@ -448,40 +351,26 @@ async fn items(
         {
             return bad(format!("filter-crs: only {CRS84} is supported"));
         }
-        match crate::gis::query::filter::to_sql(filter, &layer.fields, params.len()) {
-            Ok((condition, values)) => {
-                conditions.push(format!("({condition})"));
-                params.extend(values);
-            }
-            Err(e) => return bad(format!("filter: {e}")),
-        }
+        conditions.push(Condition::Cql2(filter.clone()));
     } else if query.contains_key("filter-lang") {
         return bad("filter-lang without a filter".to_owned());
     }
+    let filter = match Filter::new(layer, &conditions) {
+        Ok(filter) => filter,
+        Err(e) => return bad(e.to_string()),
+    };
     // With a box, each candidate is tested on its geometry (as GDAL tests `-spat`), which
     // gives the count and the page's fids at once; without one, SQL counts and pages.
-    let (matched, page_sql) = match &bbox {
+    let (matched, page_fids) = match &bbox {
         Some(rects) => {
-            let matching = box_match(layer, rects, &conditions, params.clone());
-            match box_page(catalog, c.dataset.clone(), matching, offset, limit).await {
-                Ok((matched, fids)) => {
-                    let fids: Vec<String> = fids.iter().map(i64::to_string).collect();
-                    (Some(matched), Some(fids.join(",")))
-                }
-                Err(e) => return e.response(false),
-            }
+            let matching = BoxMatch::new(layer, rects, &filter);
+            let (matched, fids) =
+                box_page(catalog, c.dataset.clone(), matching, offset, limit).await?;
+            (Some(matched), Some(fids))
         }
         None => {
-            let filter = if conditions.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conditions.join(" AND "))
-            };
-            let sql = format!("SELECT count(*) FROM {}{filter}", quote(&layer.name));
-            match count(catalog, c.dataset.clone(), sql, params.clone()).await {
-                Ok(n) => (Some(n), None),
-                Err(e) => return e.response(false),
-            }
+            let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
+            (Some(n), None)
         }
     };
     // `resultType=hits` (as WFS has it, and GDAL's OAPIF driver asks when the API lists it):
@@ -489,7 +378,7 @@ async fn items(
     match query.get("resultType").map(String::as_str) {
         None | Some("results") => {}
         Some("hits") => {
-            return json_response(
+            return Ok(json(
                 StatusCode::OK,
                 &json!({
                     "type": "FeatureCollection",
@@ -498,7 +387,7 @@ async fn items(
                     "numberReturned": 0,
                 }),
                 "application/geo+json",
-            );
+            ));
         }
         Some(other) => return bad(format!("resultType={other}: results or hits")),
     }
@@ -519,41 +408,17 @@ async fn items(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
     {
-        let mut response = Response::new(bytes::Bytes::new().into());
+        let mut response = Response::default();
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         if let Ok(v) = HeaderValue::from_str(&etag) {
             response.headers_mut().insert(header::ETAG, v);
         }
-        return response;
+        return Ok(response);
     }
 
-    let columns = layer.select_list(None);
-    let (sql, params) = match page_sql {
-        // The page's fids come from this server's own query: integers, written as such.
-        Some(fids) => (
-            format!(
-                "SELECT {columns} FROM {} WHERE {} IN ({fids}) ORDER BY {}",
-                quote(&layer.name),
-                quote(&layer.fid),
-                quote(&layer.fid)
-            ),
-            Vec::new(),
-        ),
-        None => {
-            let filter = if conditions.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conditions.join(" AND "))
-            };
-            (
-                format!(
-                    "SELECT {columns} FROM {}{filter} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-                    quote(&layer.name),
-                    quote(&layer.fid)
-                ),
-                params,
-            )
-        }
+    let plan = match page_fids {
+        Some(fids) => Plan::fids(layer, &fids, &c.id),
+        None => Plan::page(layer, &filter, limit, offset, &c.id),
     };
     let href = format!("{base}/collections/{}/items", c.id);
     let page = |o: u64| {
@@ -574,7 +439,7 @@ async fn items(
         page(offset.saturating_add(limit)),
         (offset > 0).then(|| page(offset.saturating_sub(limit))),
     );
-    let tail = move |returned: u64| {
+    let members = move |returned: u64| {
         let mut links = vec![
             json!({"href": self_link, "rel": "self", "type": "application/geo+json", "title": "this page"}),
         ];
@@ -588,111 +453,64 @@ async fn items(
         if let Some(prev) = prev_link {
             links.push(json!({"href": prev, "rel": "prev", "type": "application/geo+json", "title": "previous page"}));
         }
-        let mut tail = format!(
-            ",\"numberReturned\":{returned},\"links\":{}",
-            Value::Array(links)
-        );
+        let mut members = vec![
+            ("numberReturned", Value::from(returned)),
+            ("links", Value::Array(links)),
+        ];
         if let Some(m) = matched {
-            tail.push_str(&format!(",\"numberMatched\":{m}"));
+            members.push(("numberMatched", Value::from(m)));
         }
-        tail.push_str(&format!(
-            ",\"timeStamp\":{}",
-            Value::from(chrono::Utc::now().to_rfc3339())
-        ));
-        tail
+        members.push(("timeStamp", Value::from(chrono::Utc::now().to_rfc3339())));
+        members
     };
-    let plan = Plan {
-        sql,
-        params,
-        has_fid: true,
-        emit_id: true,
-        envelope_filter: None,
-        exact: None,
-        simplify: None,
-        reproject,
-        name: c.id.clone(),
-        tail: Some(Box::new(tail)),
-        reuse: None,
-    };
-    match execute(catalog, c.dataset.clone(), plan, None).await {
-        Ok(stream) => {
-            let mut response = geojson_response(stream, crate::encoding::accepted(headers));
-            if let Ok(v) = HeaderValue::from_str(&etag) {
-                response.headers_mut().insert(header::ETAG, v);
-            }
-            response
-        }
-        Err(e) => e.response(false),
+    let plan = plan.reprojected(reproject).with_members(Box::new(members));
+    let stream = execute(catalog, c.dataset.clone(), plan, None).await?;
+    let mut response = geojson_response(stream, encoding);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
     }
+    Ok(response)
 }
 
-async fn item(catalog: &Arc<Catalog>, c: Collection, base: &str, feature: &str) -> Response {
+async fn item(
+    catalog: &Arc<Catalog>,
+    c: Collection,
+    base: &str,
+    feature: &str,
+) -> Result<Response, ApiError> {
+    let no_such = || ApiError::not_found("no such feature", feature);
     let Ok(fid) = feature.parse::<i64>() else {
-        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+        return Err(no_such());
     };
     let layer = &c.layer;
-    let columns = layer.select_list(None);
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} = ?1",
-        columns,
-        quote(&layer.name),
-        quote(&layer.fid)
-    );
-    let exists = count(
-        catalog,
-        c.dataset.clone(),
-        format!(
-            "SELECT count(*) FROM {} WHERE {} = ?1",
-            quote(&layer.name),
-            quote(&layer.fid)
-        ),
-        vec![SqlValue::Integer(fid)],
-    )
-    .await;
-    let exists = match exists {
-        Ok(n) => n,
-        Err(e) => return e.response(false),
-    };
+    let exists = count(catalog, c.dataset.clone(), Count::fid(layer, fid)).await?;
     if exists != 1 {
-        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+        return Err(no_such());
     }
     let href = format!("{base}/collections/{}/items/{fid}", c.id);
     let collection = format!("{base}/collections/{}", c.id);
-    let plan = Plan {
-        sql,
-        params: vec![SqlValue::Integer(fid)],
-        has_fid: true,
-        emit_id: true,
-        envelope_filter: None,
-        exact: None,
-        simplify: None,
-        reproject: Reprojector::for_srs(layer.srs_id).ok().flatten(),
-        name: c.id.clone(),
-        tail: None,
-        reuse: None,
-    };
+    let plan = Plan::feature(layer, fid, &c.id)
+        .reprojected(Reprojector::for_srs(layer.srs_id).ok().flatten());
     // One feature, read through the same writer, then unwrapped from its collection.
-    let body = match execute(catalog, c.dataset.clone(), plan, Some(1)).await {
-        Ok(stream) => {
-            use futures::StreamExt;
-            let chunks: Vec<_> = stream.collect().await;
-            let bytes: Vec<u8> = chunks
-                .into_iter()
-                .filter_map(Result::ok)
-                .flat_map(|b| b.to_vec())
-                .collect();
-            serde_json::from_slice::<Value>(&bytes).ok()
-        }
-        Err(e) => return e.response(false),
+    let body = {
+        use futures::StreamExt;
+        let stream = execute(catalog, c.dataset.clone(), plan, Some(1)).await?;
+        let chunks: Vec<_> = stream.collect().await;
+        let bytes: Vec<u8> = chunks
+            .into_iter()
+            .filter_map(Result::ok)
+            .flat_map(|b| b.to_vec())
+            .collect();
+        serde_json::from_slice::<Value>(&bytes).ok()
     };
     let Some(mut feature) = body.and_then(|mut b| b["features"].get_mut(0).map(Value::take)) else {
-        return error_body(StatusCode::NOT_FOUND, "no such feature", Some(feature));
+        return Err(no_such());
     };
     feature["links"] = json!([
         {"href": href, "rel": "self", "type": "application/geo+json", "title": "this feature"},
         {"href": collection, "rel": "collection", "type": "application/json", "title": "the collection"},
     ]);
-    json_response(StatusCode::OK, &feature, "application/geo+json")
+    Ok(json(StatusCode::OK, &feature, "application/geo+json"))
 }
 
 fn sorted(query: &HashMap<String, String>) -> Vec<(String, String)> {

@@ -12,12 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use warp::reply::Response;
 
-use crate::api::ogr2ogr::{Options, geojson_response};
+use super::error::ApiError;
+use super::ogr2ogr::{Options, geojson_response};
+use super::reply::Response;
 use crate::config::GdalConfig;
-use crate::gis::query::admission::{Admission, Busy};
-use crate::http::error_body;
+use crate::gis::query::admission::Admission;
 
 /// Bytes of GDAL's error output kept for the error answer; the rest is read and dropped.
 const STDERR_KEPT: usize = 16 * 1024;
@@ -89,24 +89,23 @@ impl Gdal {
         folder: &Path,
         options: &Options,
         encoding: crate::encoding::Encoding,
-    ) -> Response {
+    ) -> Result<Response, ApiError> {
         let Some(program) = &self.program else {
-            return error_body(
+            return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "GDAL needed",
-                Some(&format!(
+                Some(format!(
                     "{shown} is not read natively; install GDAL (ogr2ogr) to serve it"
                 )),
-            );
+            ));
         };
-        let args = match arguments(source, options) {
-            Ok(args) => args,
-            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
-        };
-        let slot = match self.processes.enter().await {
-            Ok(slot) => slot,
-            Err(busy) => return busy_response(&busy),
-        };
+        let args =
+            arguments(source, options).map_err(|e| ApiError::bad_request("bad options", e))?;
+        let slot = self
+            .processes
+            .enter()
+            .await
+            .map_err(|busy| ApiError::busy(&busy))?;
         let mut command = tokio::process::Command::new(program);
         command
             .args(&args)
@@ -119,28 +118,28 @@ impl Gdal {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!(program = %program.display(), error = %e, "cannot start ogr2ogr");
-                return error_body(
+                return Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "cannot run ogr2ogr",
                     None,
-                );
+                ));
             }
         };
         let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return error_body(
+            return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot run ogr2ogr",
                 None,
-            );
+            ));
         };
         let stderr = tokio::spawn(keep_head(stderr));
         let deadline = tokio::time::Instant::now() + self.timeout;
         let timed_out = || {
             tracing::warn!(source = %shown, timeout_secs = self.timeout.as_secs(), "ogr2ogr ran past its time limit; killed");
-            error_body(
+            ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "ogr2ogr timed out",
-                Some(&format!("no answer within {} s", self.timeout.as_secs())),
+                Some(format!("no answer within {} s", self.timeout.as_secs())),
             )
         };
         // The first bytes decide the status: output means success so far; none means an error.
@@ -148,13 +147,13 @@ impl Gdal {
         let n = match tokio::time::timeout_at(deadline, stdout.read(&mut first)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
-                return error_body(
+                return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "ogr2ogr failed",
-                    Some(&e.to_string()),
-                );
+                    Some(e.to_string()),
+                ));
             }
-            Err(_) => return timed_out(),
+            Err(_) => return Err(timed_out()),
         };
         if n == 0 {
             let status = tokio::time::timeout_at(deadline, child.wait()).await;
@@ -168,13 +167,9 @@ impl Gdal {
                     format!("no output ({})", describe_exit(status))
                 }
                 Ok(Ok(_)) => message,
-                _ => return timed_out(),
+                _ => return Err(timed_out()),
             };
-            return error_body(
-                StatusCode::BAD_REQUEST,
-                "ogr2ogr refused the request",
-                Some(&detail),
-            );
+            return Err(ApiError::bad_request("ogr2ogr refused the request", detail));
         }
         first.truncate(n);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -216,26 +211,11 @@ impl Gdal {
                 _ => {}
             }
         });
-        geojson_response(
+        Ok(geojson_response(
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
             encoding,
-        )
+        ))
     }
-}
-
-/// A 503 telling the client when to try again.
-#[must_use]
-pub fn busy_response(busy: &Busy) -> Response {
-    let mut response = error_body(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
-        Some(&busy.to_string()),
-    );
-    response.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(busy.retry_after.as_secs().max(1)),
-    );
-    response
 }
 
 /// Applies the time and memory limits to the process before it runs GDAL, and makes it die

@@ -7,7 +7,10 @@
 //! - `features`: OGC API Features (Parts 1 and 3) under `/features/`.
 //! - `search`: `/search?q=…` over the unified search index.
 
+pub mod error;
 pub mod features;
 pub mod gdal;
+pub mod health;
 pub mod ogr2ogr;
+pub mod reply;
 pub mod search;

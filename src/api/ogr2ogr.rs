@@ -6,18 +6,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::StatusCode;
 use http::header::{self, HeaderValue};
-use warp::Reply;
-use warp::reply::Response;
 
+use super::error::ApiError;
+use super::reply::{Body, Response};
 use crate::encoding::Encoding;
 use crate::gis::query::limits::QueryError;
-use crate::gis::query::reproject::Reprojector;
-use crate::gis::query::run::{Plan, Reuse, contains, execute, lookup, rect};
-use crate::gis::quote;
-use crate::gis::store::gpkg::{Catalog, Layer};
-use crate::http::error_body;
+use crate::gis::query::plan::{Plan, Reuse, Selection};
+use crate::gis::query::run::{execute, lookup};
+use crate::gis::store::gpkg::Catalog;
 use crate::safe_path;
 
 /// What the options ask for.
@@ -72,6 +69,21 @@ fn is_option(token: &str) -> bool {
     [NATIVE_OPTIONS, ACCEPTED, ACCEPTED_FLAGS]
         .iter()
         .any(|list| list.contains(&token))
+}
+
+impl Options {
+    /// What the options ask of a layer.
+    #[must_use]
+    pub fn selection(&self) -> Selection {
+        Selection {
+            fields: self.select.clone(),
+            filter: self.filter.clone(),
+            spat: self.spat,
+            limit: self.limit,
+            simplify: self.simplify,
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// Splits options on `|` and spaces, keeping double-quoted text together.
@@ -238,123 +250,6 @@ pub fn parse(options: &str) -> Result<Options, String> {
     Ok(parsed)
 }
 
-/// The fids of an R*Tree's entries whose bounds meet the box `?2 ?4 ?1 ?3`, in the R*Tree's
-/// order (GDAL's order for a spatial filter), as the one column `"pozi candidate"`.
-fn candidates(rtree: &str) -> String {
-    format!(
-        "SELECT id AS \"pozi candidate\" FROM {} WHERE minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4",
-        quote(rtree)
-    )
-}
-
-/// The plan for a layer query, and the R*Tree candidates' SELECT when the plan is led by the
-/// R*Tree (a box alone), which is what rendered feature copies can answer.
-fn plan(layer: &Layer, options: &Options) -> Result<(Plan, Option<String>), String> {
-    let fields = match &options.select {
-        Some(wanted) => wanted
-            .iter()
-            .map(|w| {
-                layer
-                    .fields
-                    .iter()
-                    .find(|f| f.eq_ignore_ascii_case(w))
-                    .cloned()
-                    .ok_or_else(|| {
-                        format!(
-                            "-select: unknown field {w:?}; fields: {}",
-                            layer.fields.join(", ")
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        None => layer.fields.clone(),
-    };
-    let mut sql = format!("SELECT {} FROM ", layer.select_list(Some(&fields)));
-    let table = quote(&layer.name);
-    // As GDAL does: a box holding the whole layer is no filter; a box alone is a join led by
-    // the R*Tree (features come in its order); a box with -where is an `IN` (in fid order).
-    let rtree = layer
-        .rtree
-        .as_deref()
-        .filter(|_| !matches!((options.spat, layer.extent), (Some(b), Some(e)) if contains(b, e)));
-    let led_by = rtree
-        .filter(|_| options.spat.is_some() && options.filter.is_none())
-        .map(candidates);
-    match &led_by {
-        Some(candidates) => sql.push_str(&format!(
-            "({candidates}) AS \"pozi box\" CROSS JOIN {table} ON {table}.{} = \"pozi box\".\"pozi candidate\"",
-            quote(&layer.fid)
-        )),
-        None => sql.push_str(&table),
-    }
-    let mut conditions = Vec::new();
-    if let Some(filter) = &options.filter {
-        conditions.push(format!("({filter})"));
-    }
-    let mut params = Vec::new();
-    let mut envelope_filter = None;
-    if let Some([xmin, ymin, xmax, ymax]) = options.spat {
-        match rtree {
-            Some(rtree) => {
-                if options.filter.is_some() {
-                    conditions.push(format!("{} IN ({})", quote(&layer.fid), candidates(rtree)));
-                }
-                params = [xmax, xmin, ymax, ymin]
-                    .map(rusqlite::types::Value::Real)
-                    .to_vec();
-            }
-            None if layer.rtree.is_some() => {}
-            None => envelope_filter = Some([xmin, ymin, xmax, ymax]),
-        }
-    }
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    // With a box, the limit counts features inside it, after the exact test.
-    if let (Some(limit), None) = (options.limit, options.spat) {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| e.to_string())?;
-    let plan = Plan {
-        sql,
-        params,
-        reproject,
-        has_fid: true,
-        emit_id: false,
-        tail: None,
-        reuse: None,
-        envelope_filter,
-        exact: options.spat.map(rect),
-        simplify: options.simplify,
-        name: options.name.clone().unwrap_or_else(|| layer.name.clone()),
-    };
-    Ok((plan, led_by))
-}
-
-/// A `-sql` statement; its geometries are taken to be in the first layer's system.
-fn sql_plan(sql: &str, options: &Options, first: Option<&Layer>) -> Result<Plan, String> {
-    let default_name = first.map_or("sql", |l| l.name.as_str());
-    let reproject =
-        Reprojector::for_srs(first.and_then(|l| l.srs_id)).map_err(|e| e.to_string())?;
-    Ok(Plan {
-        sql: sql.to_owned(),
-        params: Vec::new(),
-        reproject,
-        has_fid: false,
-        emit_id: false,
-        tail: None,
-        reuse: None,
-        envelope_filter: options.spat,
-        exact: options.spat.map(rect),
-        simplify: options.simplify,
-        name: options
-            .name
-            .clone()
-            .unwrap_or_else(|| default_name.to_owned()),
-    })
-}
-
 /// Extensions answered natively.
 const NATIVE: &[&str] = &["gpkg", "sqlite", "sqlite3", "db"];
 
@@ -388,26 +283,22 @@ pub async fn answer(
     source: Option<&str>,
     options: &str,
     encoding: Encoding,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(source) = source.filter(|s| !s.is_empty()) else {
-        return error_body(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "missing parameter",
-            Some("source is required"),
-        );
+            "source is required",
+        ));
     };
     let raw_options = options;
-    let options = match parse(options) {
-        Ok(o) => o,
-        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
-    };
+    let options = parse(options).map_err(|e| ApiError::bad_request("bad options", e))?;
     if let Some(reason) = refused_source(source) {
-        return error_body(StatusCode::BAD_REQUEST, "bad source", Some(reason));
+        return Err(ApiError::bad_request("bad source", reason));
     }
     let segments = match safe_path::segments(&format!("/{}", source.trim_start_matches('/'))) {
         Ok(s) if !s.is_empty() => s,
-        Ok(_) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some("empty path")),
-        Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad source", Some(e.0)),
+        Ok(_) => return Err(ApiError::bad_request("bad source", "empty path")),
+        Err(e) => return Err(ApiError::bad_request("bad source", e.0)),
     };
     let path = segments.iter().fold(folder.clone(), |p, s| p.join(s));
     let extension = path
@@ -418,11 +309,10 @@ pub async fn answer(
     let converted = crate::gis::source::readers::Format::of(&path).is_some();
     if !NATIVE.contains(&extension.as_str()) && !converted {
         if !path.is_file() {
-            return error_body(
-                StatusCode::NOT_FOUND,
+            return Err(ApiError::not_found(
                 "not found",
-                Some(&format!("{source}: no such dataset")),
-            );
+                format!("{source}: no such dataset"),
+            ));
         }
         // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
         return catalog
@@ -434,39 +324,33 @@ pub async fn answer(
     // Other formats are converted once into a GeoPackage kept in the state folder.
     let path = if converted {
         let (c, shown) = (catalog.clone(), source.to_owned());
-        let open = match crate::gis::source::readers::OpenOptions::parse(&options.open_options) {
-            Ok(o) => o,
-            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad options", Some(&e)),
-        };
+        let open = crate::gis::source::readers::OpenOptions::parse(&options.open_options)
+            .map_err(|e| ApiError::bad_request("bad options", e))?;
         match catalog.run(move || c.converted(&path, &shown, &open)).await {
             Ok(Ok(converted)) => converted,
-            Ok(Err(e)) => return QueryError::Dataset(e).response(client_sql),
-            Err(e) => return QueryError::from(e).response(client_sql),
+            Ok(Err(e)) => return Err(ApiError::dataset(&e)),
+            Err(e) => return Err(ApiError::query(&QueryError::from(e), client_sql)),
         }
     } else {
         path
     };
-    let dataset = match lookup(&catalog, &path, source).await {
-        Ok(d) => d,
-        Err(e) => return e.response(client_sql),
-    };
+    let dataset = lookup(&catalog, &path, source)
+        .await
+        .map_err(|e| ApiError::query(&e, client_sql))?;
+    let selection = options.selection();
+    let bad = |e: &dyn std::error::Error| ApiError::bad_request("bad request", e.to_string());
     let plan = match &options.sql {
-        Some(sql) => match sql_plan(sql, &options, dataset.layers.first()) {
-            Ok(plan) => plan,
-            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
-        },
-        None => match dataset
-            .layer(options.layer.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|layer| {
-                let (mut plan, candidates) = plan(layer, &options)?;
-                plan.reuse =
-                    candidates.and_then(|c| Reuse::of(&catalog.features, &dataset, &plan, c));
-                Ok(plan)
-            }) {
-            Ok(plan) => plan,
-            Err(e) => return error_body(StatusCode::BAD_REQUEST, "bad request", Some(&e)),
-        },
+        Some(sql) => {
+            Plan::statement(sql, dataset.layers.first(), &selection).map_err(|e| bad(&e))?
+        }
+        None => {
+            let layer = dataset
+                .layer(options.layer.as_deref())
+                .map_err(|e| bad(&e))?;
+            let (mut plan, candidates) = Plan::selection(layer, &selection).map_err(|e| bad(&e))?;
+            plan.reuse = candidates.and_then(|c| Reuse::of(&catalog.features, &dataset, &plan, c));
+            plan
+        }
     };
     // The dataset's own path, not the source as asked: two sites' folders may hold files of
     // the same name, size and time. Answers are kept as sent, compressed or not.
@@ -479,20 +363,18 @@ pub async fn answer(
         )
     };
     if let Some(body) = catalog.responses.get(&key(encoding)) {
-        return labelled(Response::new(body.into()), encoding);
+        return Ok(labelled(Response::new(body.into()), encoding));
     }
-    match execute(&catalog, dataset.clone(), plan, options.limit).await {
-        Ok(stream) => {
-            let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
-            let response = if catalog.responses.enabled() {
-                warp::reply::stream(catalog.responses.tee(key(used), stream)).into_response()
-            } else {
-                warp::reply::stream(stream).into_response()
-            };
-            labelled(response, used)
-        }
-        Err(e) => e.response(client_sql),
-    }
+    let stream = execute(&catalog, dataset.clone(), plan, options.limit)
+        .await
+        .map_err(|e| ApiError::query(&e, client_sql))?;
+    let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
+    let body = if catalog.responses.enabled() {
+        Body::stream(catalog.responses.tee(key(used), stream))
+    } else {
+        Body::stream(stream)
+    };
+    Ok(labelled(Response::new(body), used))
 }
 
 /// A streamed `application/geo+json` response, compressed with `encoding` when a compressor is
@@ -502,7 +384,7 @@ pub fn geojson_response(
     encoding: Encoding,
 ) -> Response {
     let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
-    labelled(warp::reply::stream(stream).into_response(), used)
+    labelled(Response::new(Body::stream(stream)), used)
 }
 
 /// Marks a GeoJSON response as such, with its content encoding.
@@ -548,9 +430,10 @@ mod tests {
         assert_eq!(o.spat, Some([-10.0, -10.5, 10.0, 10.0]));
     }
 
-    async fn body(response: Response) -> Vec<u8> {
+    async fn body(response: Result<Response, ApiError>) -> Vec<u8> {
         use http_body_util::BodyExt;
         response
+            .unwrap_or_else(ApiError::into_response)
             .into_body()
             .collect()
             .await

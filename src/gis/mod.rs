@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod query;
+pub mod search;
 pub mod source;
 pub mod store;
 pub mod wkb;

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::cors::Cors;
 use super::host::HostFolders;
 use super::proxy::Proxy;
-use super::routes::{Site, routes};
+use super::routes::Site;
 use super::serve::{Acceptor, redirect};
 use super::service::Pipeline;
 use super::static_files::StaticFiles;
@@ -146,11 +146,10 @@ impl Actor for HttpComponent {
         let tracker = TaskTracker::new();
         let queries = site.catalog.stop.clone();
         let site_catalog = site.catalog.clone();
-        let router = warp::service(routes(site.clone()));
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
                 site,
-                router,
+                dispatch: super::service::routes,
                 access_log: http.access_log.clone(),
                 counter: AtomicU64::new(0),
                 max_header_bytes: limits.max_header_bytes,

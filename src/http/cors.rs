@@ -1,9 +1,9 @@
 //! CORS for the Pozi web app: allowed origins with wildcard subdomains, preflights, credentials
 //! opt-in, and Chrome's Private Network Access preflight.
 
+use crate::api::reply::Response;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use warp::reply::Response;
 
 use crate::config::CorsConfig;
 
@@ -86,7 +86,7 @@ impl Cors {
         {
             return None;
         }
-        let mut response = Response::new(bytes::Bytes::new().into());
+        let mut response = Response::default();
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(

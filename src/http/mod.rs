@@ -3,13 +3,14 @@
 //! One request pipeline, in this order (each step a module):
 //! 1. `serve`: accept, TLS handshake in the connection's own task, HTTP/1.1 or HTTP/2 by ALPN,
 //!    limits (connections, handshake, header read, idle, header size).
-//! 2. `service`: CORS preflight answered; GET/HEAD of a non-API path straight to static files
-//!    (steps 4–6), anything else to the router; panics caught (500 to that request alone); CORS
-//!    headers added; access log.
-//! 3. `routes` (warp): `/health`, the dataset APIs, reverse-proxy prefixes, then files (405 for
-//!    other methods); rejections become JSON errors.
+//! 2. `service`: CORS preflight answered; the route looked up once; GET/HEAD of a static file
+//!    straight to the file server (steps 4–6), anything else dispatched; panics caught (500 to
+//!    that request alone); CORS headers added; access log.
+//! 3. `routes`: the route table (`/health`, the APIs in `crate::api`, reverse-proxy prefixes,
+//!    then files; 405 for other methods) and the dispatch to each handler; an error becomes
+//!    JSON through `crate::api::error::ApiError`.
 //! 4. `host`: the `Host` header picks `userdata/<folder>`, falling back to `userdata/local`.
-//! 5. `safe_path`: the request path becomes segments that cannot leave the folder.
+//! 5. `crate::safe_path`: the request path becomes segments that cannot leave the folder.
 //! 6. `static_files`: content type, validators, ranges, compression, caching headers.
 
 mod component;
@@ -23,23 +24,3 @@ mod static_files;
 pub mod tls;
 
 pub use component::{HttpArgs, HttpComponent, Listening};
-
-use http::StatusCode;
-use http::header::{self, HeaderValue};
-use warp::reply::Response;
-
-/// A JSON error response: `{"error": …, "status": …, "detail": …}`.
-#[must_use]
-pub fn error_body(status: StatusCode, error: &str, detail: Option<&str>) -> Response {
-    let mut body = serde_json::json!({ "status": status.as_u16(), "error": error });
-    if let Some(detail) = detail {
-        body["detail"] = serde_json::Value::from(detail);
-    }
-    let mut response = Response::new(body.to_string().into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}

@@ -9,11 +9,10 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use warp::Reply;
-use warp::reply::Response;
 
+use crate::api::error::ApiError;
+use crate::api::reply::{Body, Response};
 use crate::config::ProxyRoute;
-use crate::http::error_body;
 
 /// Hop-by-hop headers, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -80,7 +79,16 @@ impl Proxy {
     }
 
     /// Forwards a request along `route`, streaming the body both ways.
-    pub async fn forward<S>(&self, route: &ProxyRoute, request: Forward, body: S) -> Response
+    ///
+    /// # Errors
+    /// A path climbing above the upstream's base, a body over the limit, or an upstream that
+    /// is down or too slow.
+    pub async fn forward<S>(
+        &self,
+        route: &ProxyRoute,
+        request: Forward,
+        body: S,
+    ) -> Result<Response, ApiError>
     where
         S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
     {
@@ -90,9 +98,7 @@ impl Proxy {
             .unwrap_or_default();
         let rest = match upstream_path(rest) {
             Ok(rest) => rest,
-            Err(reason) => {
-                return error_body(StatusCode::BAD_REQUEST, "bad path", Some(reason));
-            }
+            Err(reason) => return Err(ApiError::bad_request("bad path", reason)),
         };
         let mut url = format!("{}{rest}", route.upstream.trim_end_matches('/'));
         if let Some(query) = &request.query {
@@ -105,11 +111,11 @@ impl Proxy {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             && length > self.body_limit
         {
-            return error_body(
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
-                Some(&format!("limit is {} bytes", self.body_limit)),
-            );
+                Some(format!("limit is {} bytes", self.body_limit)),
+            ));
         }
 
         let mut headers = HeaderMap::new();
@@ -171,33 +177,33 @@ impl Proxy {
                     }
                 }
                 let stream = upstream.bytes_stream().map_err(std::io::Error::other);
-                let mut response = warp::reply::stream(stream).into_response();
+                let mut response = Response::new(Body::stream(stream));
                 *response.status_mut() = status;
                 *response.headers_mut() = out;
-                response
+                Ok(response)
             }
             // The upstream's address stays in the log: clients learn only the route.
             Err(e) if e.is_timeout() => {
                 tracing::warn!(upstream = %route.upstream, timeout_secs = route.timeout_secs, "upstream timed out");
-                error_body(
+                Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream timed out",
-                    Some(&format!(
+                    Some(format!(
                         "the server behind {} did not answer within {} s",
                         route.prefix, route.timeout_secs
                     )),
-                )
+                ))
             }
             Err(e) => {
                 tracing::warn!(upstream = %route.upstream, error = %root_cause(&e), "upstream unreachable");
-                error_body(
+                Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream unreachable",
-                    Some(&format!(
+                    Some(format!(
                         "the server behind {} cannot be reached",
                         route.prefix
                     )),
-                )
+                ))
             }
         }
     }

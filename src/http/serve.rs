@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::api::error::ApiError;
+use crate::api::reply::Response;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,17 +21,15 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
-use warp::reply::Response;
 
 use super::routes::ConnInfo;
 use super::service::Pipeline;
 use crate::config::Limits;
 
 /// What a listener needs to serve connections.
-pub struct Acceptor<S> {
+pub struct Acceptor {
     /// The request pipeline.
-    pub pipeline: Arc<Pipeline<S>>,
+    pub pipeline: Arc<Pipeline>,
     /// TLS, or `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
     /// Limits.
@@ -105,7 +105,7 @@ impl Drop for ClientSlot {
     }
 }
 
-impl<S> Clone for Acceptor<S> {
+impl Clone for Acceptor {
     fn clone(&self) -> Self {
         Self {
             pipeline: self.pipeline.clone(),
@@ -120,15 +120,7 @@ impl<S> Clone for Acceptor<S> {
     }
 }
 
-impl<S> Acceptor<S>
-where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-{
+impl Acceptor {
     /// Accepts until stopped; each connection is served in its own task.
     pub async fn run(self, listener: TcpListener) {
         let local = listener.local_addr().ok();
@@ -544,15 +536,15 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The answer when too many streamed responses are open.
 fn busy() -> Response {
-    let mut response = super::error_body(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
-        Some("too many streamed responses are open; try again shortly"),
-    );
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
-    response
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            Some("too many streamed responses are open; try again shortly".to_owned()),
+        )
+    }
+    .into_response()
 }
 
 /// Serves plain-HTTP redirects to HTTPS on a listener until stopped.
@@ -612,12 +604,10 @@ fn redirect_response(
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
-    use std::task::{Context, Poll};
 
     use http::Request;
     use hyper::body::Incoming;
@@ -625,36 +615,30 @@ mod tests {
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
-    use warp::reply::Response;
 
     use super::Acceptor;
+    use crate::api::reply::Response;
     use crate::config::HttpConfig;
     use crate::http::cors::Cors;
     use crate::http::host::HostFolders;
     use crate::http::proxy::Proxy;
-    use crate::http::routes::Site;
+    use crate::http::routes::{ConnInfo, Route, Site};
     use crate::http::service::Pipeline;
     use crate::http::static_files::StaticFiles;
     use crate::ops::health::Health;
 
-    /// A router whose `/features/boom` handler panics (an API path: static files do not go
-    /// through the router).
-    #[derive(Clone)]
-    struct Panicky;
-
-    impl tower_service::Service<Request<Incoming>> for Panicky {
-        type Response = Response;
-        type Error = Infallible;
-        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-            Box::pin(async move {
-                assert!(request.uri().path() != "/features/boom", "handler bug");
-                Ok(Response::new("fine".into()))
-            })
-        }
+    /// A dispatch whose `/features/boom` handler panics (an API path: static files are not
+    /// dispatched).
+    fn panicky(
+        _: Arc<Site>,
+        _: ConnInfo,
+        _: Route,
+        request: Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+        Box::pin(async move {
+            assert!(request.uri().path() != "/features/boom", "handler bug");
+            Response::new("fine".into())
+        })
     }
 
     #[tokio::test]
@@ -674,7 +658,7 @@ mod tests {
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
                 site,
-                router: Panicky,
+                dispatch: panicky,
                 access_log: config.access_log.clone(),
                 counter: AtomicU64::new(0),
                 max_header_bytes: config.limits.max_header_bytes,

@@ -2,7 +2,9 @@
 //! the access log.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -10,20 +12,39 @@ use std::time::Instant;
 use futures::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Request, StatusCode};
-use tower_service::Service;
-use warp::reply::Response;
+use hyper::body::Incoming;
 
-use super::error_body;
-use super::routes::{ConnInfo, RequestHeaders, Site, serve_file};
+use super::routes::{ConnInfo, Route, Site, serve_file};
+use crate::api::error::ApiError;
+use crate::api::reply::Response;
 use crate::config::{AccessLog, AccessLogMode};
+
+/// The handler of every request that is not a static file: [`super::routes::dispatch`], or a
+/// stand-in in tests.
+pub type Dispatch = fn(
+    Arc<Site>,
+    ConnInfo,
+    Route,
+    Request<Incoming>,
+) -> Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// [`super::routes::dispatch`] as a [`Dispatch`].
+pub fn routes(
+    site: Arc<Site>,
+    conn: ConnInfo,
+    route: Route,
+    request: Request<Incoming>,
+) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+    Box::pin(super::routes::dispatch(site, conn, route, request))
+}
 
 /// Shared by every connection of a listener.
 #[derive(Debug)]
-pub struct Pipeline<S> {
-    /// The site the router serves.
+pub struct Pipeline {
+    /// The site the routes serve.
     pub site: Arc<Site>,
-    /// The warp router as a tower service.
-    pub router: S,
+    /// The handler of API and proxy requests.
+    pub dispatch: Dispatch,
     /// Access log settings.
     pub access_log: AccessLog,
     /// Requests seen, for sampling.
@@ -52,19 +73,12 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
         + 16
 }
 
-impl<S> Pipeline<S>
-where
-    S: Service<Request<hyper::body::Incoming>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl Pipeline {
     /// Handles one request.
     pub async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
-        mut request: Request<hyper::body::Incoming>,
+        mut request: Request<Incoming>,
     ) -> Result<Response, Infallible> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -84,14 +98,15 @@ where
         let origin = request.headers().get(header::ORIGIN).cloned();
 
         let response = if head_bytes(&request) > self.max_header_bytes {
-            error_body(
+            ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
-                Some(&format!(
+                Some(format!(
                     "the request line and headers may hold at most {} bytes",
                     self.max_header_bytes
                 )),
             )
+            .into_response()
         } else if request
             .headers()
             .get_all(header::HOST)
@@ -101,35 +116,24 @@ where
         {
             // Which of two hosts picks the site folder (and what a proxy in front saw) would
             // be a guess: refused, as RFC 9112 asks.
-            error_body(
-                StatusCode::BAD_REQUEST,
-                "bad request",
-                Some("more than one Host header"),
-            )
+            ApiError::bad_request("bad request", "more than one Host header").into_response()
         } else if let Some(preflight) = self.site.cors.preflight(&method, request.headers()) {
             preflight
-        } else if (method == http::Method::GET || method == http::Method::HEAD)
-            && !self.site.is_api_path(&path)
-        {
-            // Static files, most of the traffic, go straight to the file server: the router
-            // would send them there too, after cloning its filter tree for the request.
-            match AssertUnwindSafe(serve_file(&self.site, &method, &path, request.headers()))
-                .catch_unwind()
-                .await
-            {
-                Ok(response) => response,
-                Err(_) => panicked(&method, &path),
-            }
         } else {
-            request.extensions_mut().insert(conn);
-            let headers = std::sync::Arc::new(std::mem::take(request.headers_mut()));
-            request.extensions_mut().insert(RequestHeaders(headers));
-            let mut router = self.router.clone();
-            match AssertUnwindSafe(router.call(request)).catch_unwind().await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => panicked(&method, &path),
-            }
+            let route = Route::of(&self.site, &path);
+            let future = if route == Route::File
+                && (method == http::Method::GET || method == http::Method::HEAD)
+            {
+                // Static files, most of the traffic, without boxing a future for them.
+                AssertUnwindSafe(serve_file(&self.site, &method, &path, request.headers()))
+                    .catch_unwind()
+                    .await
+            } else {
+                AssertUnwindSafe((self.dispatch)(self.site.clone(), conn, route, request))
+                    .catch_unwind()
+                    .await
+            };
+            future.unwrap_or_else(|_| panicked(&method, &path))
         };
         let mut response = response;
         self.site.cors.decorate(origin.as_ref(), &mut response);
@@ -180,5 +184,5 @@ where
 /// location).
 fn panicked(method: &http::Method, path: &str) -> Response {
     tracing::error!(method = %method, path = %path, "request handler panicked; answering 500");
-    error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None).into_response()
 }

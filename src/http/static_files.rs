@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::api::error::ApiError;
+use crate::api::reply::{Body, Response};
 use bytes::Bytes;
 use globset::{Glob, GlobMatcher};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio_util::io::ReaderStream;
-use warp::Reply;
-use warp::reply::Response;
 
 use crate::config::CacheRule;
 
@@ -240,11 +240,7 @@ impl StaticFiles {
         }
 
         if not_modified(headers, entry, etag.to_str().unwrap_or_default()) {
-            return with_headers(
-                StatusCode::NOT_MODIFIED,
-                common,
-                Response::new(warp::hyper::body::Bytes::new().into()),
-            );
+            return with_headers(StatusCode::NOT_MODIFIED, common, Response::default());
         }
         common.insert(header::CONTENT_TYPE, entry.content_type.clone());
         common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -274,18 +270,19 @@ impl StaticFiles {
                 return with_headers(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     common,
-                    crate::http::error_body(
+                    ApiError::new(
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         "range not satisfiable",
                         None,
-                    ),
+                    )
+                    .into_response(),
                 );
             }
             _ => (StatusCode::OK, 0, entry.len),
         };
         common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         if head {
-            return with_headers(status, common, Response::new(Bytes::new().into()));
+            return with_headers(status, common, Response::default());
         }
         let body = match &entry.body {
             Some(bytes) => {
@@ -299,7 +296,7 @@ impl StaticFiles {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::warn!(path = %entry.path.display(), error = %e, "cannot read file");
-                    return crate::http::error_body(StatusCode::NOT_FOUND, "not found", None);
+                    return ApiError::new(StatusCode::NOT_FOUND, "not found", None).into_response();
                 }
             },
         };
@@ -339,37 +336,35 @@ impl StaticFiles {
         if let Some(sibling) = &entry.siblings[slot] {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(sibling.len));
             if head {
-                return with_headers(StatusCode::OK, headers, Response::new(Bytes::new().into()));
+                return with_headers(StatusCode::OK, headers, Response::default());
             }
             return match stream_file(&sibling.path, 0, sibling.len).await {
                 Ok(r) => with_headers(StatusCode::OK, headers, r),
-                Err(_) => crate::http::error_body(StatusCode::NOT_FOUND, "not found", None),
+                Err(_) => ApiError::new(StatusCode::NOT_FOUND, "not found", None).into_response(),
             };
         }
         if head {
-            return with_headers(StatusCode::OK, headers, Response::new(Bytes::new().into()));
+            return with_headers(StatusCode::OK, headers, Response::default());
         }
         match tokio::fs::File::open(&entry.path).await {
             Ok(file) => {
                 let reader = BufReader::with_capacity(CHUNK, file);
                 let response = match encoding {
-                    Encoding::Brotli => warp::reply::stream(ReaderStream::with_capacity(
+                    Encoding::Brotli => Response::new(Body::stream(ReaderStream::with_capacity(
                         async_compression::tokio::bufread::BrotliEncoder::with_quality(
                             reader,
                             async_compression::Level::Precise(4),
                         ),
                         CHUNK,
-                    ))
-                    .into_response(),
-                    _ => warp::reply::stream(ReaderStream::with_capacity(
+                    ))),
+                    _ => Response::new(Body::stream(ReaderStream::with_capacity(
                         async_compression::tokio::bufread::GzipEncoder::new(reader),
                         CHUNK,
-                    ))
-                    .into_response(),
+                    ))),
                 };
                 with_headers(StatusCode::OK, headers, response)
             }
-            Err(_) => crate::http::error_body(StatusCode::NOT_FOUND, "not found", None),
+            Err(_) => ApiError::new(StatusCode::NOT_FOUND, "not found", None).into_response(),
         }
     }
 }
@@ -390,7 +385,10 @@ async fn stream_file(path: &Path, start: u64, len: u64) -> std::io::Result<Respo
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
-    Ok(warp::reply::stream(ReaderStream::with_capacity(file.take(len), CHUNK)).into_response())
+    Ok(Response::new(Body::stream(ReaderStream::with_capacity(
+        file.take(len),
+        CHUNK,
+    ))))
 }
 
 /// Reads a file's metadata (and small contents), reusing `previous` when unchanged.

@@ -6,9 +6,7 @@ use std::time::SystemTime;
 use actors::{ComponentState, HealthRegistry};
 use chrono::{DateTime, Utc};
 use http::StatusCode;
-use http::header::{self, HeaderValue};
 use serde_json::{Value, json};
-use warp::reply::Response;
 
 use crate::cli::VERSION;
 use crate::http::tls::CertStore;
@@ -153,21 +151,6 @@ impl Health {
             StatusCode::OK
         };
         (code, document)
-    }
-
-    /// The document as an HTTP response.
-    #[must_use]
-    pub fn response(&self) -> Response {
-        let (status, document) = self.document();
-        let mut response = Response::new(document.to_string().into());
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/health+json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
     }
 }
 

@@ -9,15 +9,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use warp::reply::Response;
 
 use crate::gis::query::admission::Busy;
 use crate::gis::store::gpkg::{DatasetError, QueryLimits, RunError};
-use crate::http::error_body;
 
 /// A piece of a response body.
 pub type Chunk = Result<Bytes, std::io::Error>;
@@ -71,42 +68,6 @@ impl From<RunError> for QueryError {
             RunError::Busy(busy) => Self::Busy(busy),
             RunError::Panicked => Self::Internal,
         }
-    }
-}
-
-impl QueryError {
-    /// The JSON error answer. `client_sql` says whether the statement held the client's own
-    /// SQL (`-sql`, `-where`): then a failure is the request's fault (400); otherwise a
-    /// statement this server made failed, which is the server's (500), or it ran out of time or
-    /// memory (503).
-    #[must_use]
-    pub fn response(&self, client_sql: bool) -> Response {
-        let detail = self.to_string();
-        let (status, error) = match self {
-            Self::Busy(busy) => return crate::api::gdal::busy_response(busy),
-            Self::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "server stopping"),
-            Self::Gone => (StatusCode::BAD_REQUEST, "client went away"),
-            Self::Stalled(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            Self::Dataset(DatasetError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found"),
-            Self::Dataset(DatasetError::UnknownLayer { .. }) => {
-                (StatusCode::BAD_REQUEST, "bad request")
-            }
-            Self::Dataset(_) => (StatusCode::BAD_REQUEST, "bad dataset"),
-            Self::TimedOut(_) | Self::TooLarge(_) | Self::OutOfMemory | Self::Sql(_)
-                if client_sql =>
-            {
-                (StatusCode::BAD_REQUEST, "query refused")
-            }
-            Self::TimedOut(_) | Self::TooLarge(_) | Self::OutOfMemory => {
-                tracing::warn!(error = %detail, "query stopped at a limit");
-                (StatusCode::SERVICE_UNAVAILABLE, "query stopped at a limit")
-            }
-            Self::Sql(_) | Self::Internal => {
-                tracing::error!(error = %detail, "query failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "query failed")
-            }
-        };
-        error_body(status, error, Some(&detail))
     }
 }
 

@@ -13,5 +13,6 @@ pub mod admission;
 pub mod filter;
 pub mod geojson;
 pub mod limits;
+pub mod plan;
 pub mod reproject;
 pub mod run;

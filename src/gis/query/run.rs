@@ -7,77 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
-use crate::gis::cache::features::{Cached, FeatureCache};
+use crate::gis::cache::features::Cached;
 use crate::gis::query::geojson::{
     FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry,
 };
 pub use crate::gis::query::limits::Chunk;
 use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
-use crate::gis::query::reproject::Reprojector;
+pub use crate::gis::query::plan::{BoxMatch, Count, Plan, Reuse};
 use crate::gis::store::gpkg::{Catalog, Dataset};
-
-/// Writes the end of a collection after the features, given how many were written.
-pub type Tail = Box<dyn FnOnce(u64) -> String + Send>;
-
-/// The statement for a layer query, its parameters, and how to read each row.
-pub struct Plan {
-    /// The SELECT.
-    pub sql: String,
-    /// Its positional parameters.
-    pub params: Vec<rusqlite::types::Value>,
-    /// Whether column 0 is the fid (never a property).
-    pub has_fid: bool,
-    /// Whether each feature gets `"id"` from the fid.
-    pub emit_id: bool,
-    /// Envelope filter done in Rust when there is no R*Tree.
-    pub envelope_filter: Option<[f64; 4]>,
-    /// Geometries must intersect this box, as GDAL tests it (not only their bounds).
-    pub exact: Option<geo::Rect<f64>>,
-    /// Douglas-Peucker tolerance, in the source system's units.
-    pub simplify: Option<f64>,
-    /// Transformation to WGS 84 when the layer is stored in another system.
-    pub reproject: Option<Arc<Reprojector>>,
-    /// The collection's name.
-    pub name: String,
-    /// Members written after the features.
-    pub tail: Option<Tail>,
-    /// Answering from rendered copies when every candidate has one.
-    pub reuse: Option<Reuse>,
-}
-
-/// How a box query is answered from rendered copies of its features (see
-/// [`crate::gis::cache::features`]); only for plans whose features depend on nothing but the box.
-pub struct Reuse {
-    /// The copies.
-    pub cache: Arc<FeatureCache>,
-    /// Which copies: the dataset's path and version and the plan's SELECT.
-    pub variant: u64,
-    /// The candidates' fids from the R*Tree, with the plan's parameters.
-    pub candidates: String,
-}
-
-impl Reuse {
-    /// Reuse for a plan over `dataset` whose candidates come from `candidates`, when the cache is
-    /// on and the plan's features depend on the box alone (no simplification).
-    #[must_use]
-    pub fn of(
-        cache: &Arc<FeatureCache>,
-        dataset: &Dataset,
-        plan: &Plan,
-        candidates: String,
-    ) -> Option<Self> {
-        (cache.enabled() && plan.simplify.is_none() && plan.exact.is_some()).then(|| Self {
-            cache: cache.clone(),
-            variant: crate::gis::stable_hash(&format!(
-                "{}|{}|{}",
-                dataset.path().display(),
-                dataset.version(),
-                plan.sql
-            )),
-            candidates,
-        })
-    }
-}
 
 /// The box `[xmin, ymin, xmax, ymax]` as a geometry.
 pub fn rect([xmin, ymin, xmax, ymax]: [f64; 4]) -> geo::Rect<f64> {
@@ -261,13 +198,17 @@ fn send_chunk(writer: &mut FeatureWriter, sink: &mut Sink) -> bool {
     }
 }
 
-/// Closes the collection with the plan's tail and sends the rest.
+/// Closes the collection with the plan's members and sends the rest.
 fn finish(writer: FeatureWriter, plan: &mut Plan, sink: &mut Sink) {
-    let tail = plan
-        .tail
-        .take()
-        .map(|t| t(writer.count()))
-        .unwrap_or_default();
+    let mut tail = String::new();
+    if let Some(members) = plan.members.take() {
+        for (name, value) in members(writer.count()) {
+            tail.push(',');
+            tail.push_str(&serde_json::Value::from(name).to_string());
+            tail.push(':');
+            tail.push_str(&value.to_string());
+        }
+    }
     sink.send(writer.finish(&tail));
 }
 
@@ -544,36 +485,19 @@ pub async fn with_connection<T: Send + 'static>(
 pub async fn count(
     catalog: &Arc<Catalog>,
     dataset: Arc<Dataset>,
-    sql: String,
-    params: Vec<rusqlite::types::Value>,
+    count: Count,
 ) -> Result<u64, QueryError> {
     with_connection(catalog, dataset, move |connection, watch| {
         connection
-            .query_row(&sql, rusqlite::params_from_iter(params.iter()), |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                &count.sql,
+                rusqlite::params_from_iter(count.params.iter()),
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(|e| watch.error(&e))
     })
     .await
-}
-
-/// The features of a layer that meet any of a set of boxes, tested as GDAL tests `-spat`: on
-/// each geometry, not only its bounds. For paged answers (OGC API Features `bbox`), where the
-/// count and the page must agree with what is written.
-pub struct BoxMatch {
-    /// Candidates in fid order: `(fid, minx, maxx, miny, maxy)` from the R*Tree when
-    /// `from_index`, else `(fid, geometry)` from the table.
-    pub candidates: String,
-    /// The candidates' parameters.
-    pub params: Vec<rusqlite::types::Value>,
-    /// Whether candidates come from the R*Tree alone.
-    pub from_index: bool,
-    /// `SELECT geometry FROM layer WHERE fid = ?1`, for index candidates whose bounds do not
-    /// decide.
-    pub geometry: String,
-    /// The boxes, in the layer's system; a feature meeting any of them matches.
-    pub rects: Vec<geo::Rect<f64>>,
 }
 
 impl BoxMatch {

@@ -42,9 +42,22 @@ pub enum DatasetError {
     },
 }
 
+/// Where a layer's rows are kept, which decides how its plans are written
+/// ([`crate::gis::query::plan`]) and run. A database table, when it comes, is another kind here:
+/// the APIs ask every layer the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// A table (or view) of a GeoPackage or SQLite file, read with SQL on a read-only
+    /// connection.
+    #[default]
+    Sqlite,
+}
+
 /// A table with geometries (or attributes only) in a GeoPackage.
 #[derive(Debug, Clone)]
 pub struct Layer {
+    /// Where its rows are kept.
+    pub storage: Storage,
     /// Table name.
     pub name: String,
     /// The integer primary key column.
@@ -387,6 +400,7 @@ fn read_layers(connection: &Connection) -> rusqlite::Result<Vec<Layer>> {
                     .is_ok_and(|n| n > 0)
             });
         layers.push(Layer {
+            storage: Storage::Sqlite,
             fid: fid.unwrap_or_else(|| "rowid".to_owned()),
             name,
             geometry,

@@ -1,0 +1,541 @@
+//! Query plans: the one place where what an API asks of a layer becomes a statement. The APIs
+//! describe what they want (a [`Selection`], [`Condition`]s, a page, boxes); the statement is
+//! written here for the layer's [`Storage`], so that a layer stored another way (a database
+//! table) fits behind the same interface without the APIs changing.
+
+use std::sync::Arc;
+
+use rusqlite::types::Value as SqlValue;
+
+use super::reproject::{ReprojectError, Reprojector};
+use super::run::{contains, rect};
+use crate::gis::cache::features::FeatureCache;
+use crate::gis::quote;
+use crate::gis::store::gpkg::{Dataset, Layer, Storage};
+
+/// Members written after the features of a collection (`links`, `numberMatched`…), given how
+/// many features were written.
+pub type Members = Box<dyn FnOnce(u64) -> Vec<(&'static str, serde_json::Value)> + Send>;
+
+/// The statement for a layer query, its parameters, and how to read and write each row.
+pub struct Plan {
+    /// The SELECT.
+    pub sql: String,
+    /// Its positional parameters.
+    pub params: Vec<SqlValue>,
+    /// Whether column 0 is the fid (never a property).
+    pub has_fid: bool,
+    /// Whether each feature gets `"id"` from the fid.
+    pub emit_id: bool,
+    /// Envelope filter done in Rust when there is no R*Tree.
+    pub envelope_filter: Option<[f64; 4]>,
+    /// Geometries must intersect this box, as GDAL tests it (not only their bounds).
+    pub exact: Option<geo::Rect<f64>>,
+    /// Douglas-Peucker tolerance, in the source system's units.
+    pub simplify: Option<f64>,
+    /// Transformation to WGS 84 when the layer is stored in another system.
+    pub reproject: Option<Arc<Reprojector>>,
+    /// The collection's name.
+    pub name: String,
+    /// Members written after the features.
+    pub members: Option<Members>,
+    /// Answering from rendered copies when every candidate has one.
+    pub reuse: Option<Reuse>,
+}
+
+/// How a box query is answered from rendered copies of its features (see
+/// [`crate::gis::cache::features`]); only for plans whose features depend on nothing but the
+/// box.
+pub struct Reuse {
+    /// The copies.
+    pub cache: Arc<FeatureCache>,
+    /// Which copies: the dataset's path and version and the plan's SELECT.
+    pub variant: u64,
+    /// The candidates' fids from the R*Tree, with the plan's parameters.
+    pub candidates: String,
+}
+
+impl Reuse {
+    /// Reuse for a plan over `dataset` whose candidates come from `candidates`, when the cache is
+    /// on and the plan's features depend on the box alone (no simplification).
+    #[must_use]
+    pub fn of(
+        cache: &Arc<FeatureCache>,
+        dataset: &Dataset,
+        plan: &Plan,
+        candidates: String,
+    ) -> Option<Self> {
+        (cache.enabled() && plan.simplify.is_none() && plan.exact.is_some()).then(|| Self {
+            cache: cache.clone(),
+            variant: crate::gis::stable_hash(&format!(
+                "{}|{}|{}",
+                dataset.path().display(),
+                dataset.version(),
+                plan.sql
+            )),
+            candidates,
+        })
+    }
+}
+
+/// The features of a layer that meet any of a set of boxes, tested as GDAL tests `-spat`: on
+/// each geometry, not only its bounds. For paged answers (OGC API Features `bbox`), where the
+/// count and the page must agree with what is written.
+pub struct BoxMatch {
+    /// Candidates in fid order: `(fid, minx, maxx, miny, maxy)` from the R*Tree when
+    /// `from_index`, else `(fid, geometry)` from the table.
+    pub candidates: String,
+    /// The candidates' parameters.
+    pub params: Vec<SqlValue>,
+    /// Whether candidates come from the R*Tree alone.
+    pub from_index: bool,
+    /// `SELECT geometry FROM layer WHERE fid = ?1`, for index candidates whose bounds do not
+    /// decide.
+    pub geometry: String,
+    /// The boxes, in the layer's system; a feature meeting any of them matches.
+    pub rects: Vec<geo::Rect<f64>>,
+}
+
+/// A condition every feature of an answer meets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The client's own SQL expression (`/ogr2ogr -where`), bounded by the read-only
+    /// connection, its authorizer and the query limits.
+    Sql(String),
+    /// A property equal to a value, compared as text (so `5` matches an integer 5 too).
+    Equals {
+        /// The property, as the layer names it.
+        field: String,
+        /// The value.
+        value: String,
+    },
+    /// A CQL2 text filter (OGC API Features Part 3), compiled to parameterised SQL.
+    Cql2(String),
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A property named that the layer does not have.
+    #[error("unknown field {field:?}; fields: {fields}")]
+    UnknownField {
+        /// The name asked for.
+        field: String,
+        /// The layer's fields.
+        fields: String,
+    },
+    /// A `-select` naming a field the layer does not have.
+    #[error("-select: unknown field {field:?}; fields: {fields}")]
+    UnknownSelected {
+        /// The name asked for.
+        field: String,
+        /// The layer's fields.
+        fields: String,
+    },
+    /// A filter that does not parse or names what it may not.
+    #[error("filter: {0}")]
+    Filter(String),
+    /// The layer's coordinate system is unknown.
+    #[error(transparent)]
+    Reproject(#[from] ReprojectError),
+}
+
+/// Conditions written for a layer's storage, with their parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    conditions: Vec<String>,
+    params: Vec<SqlValue>,
+}
+
+impl Filter {
+    /// The conditions on `layer`, all of which a feature must meet.
+    ///
+    /// # Errors
+    /// A property the layer does not have, or a CQL2 filter that does not parse.
+    pub fn new(layer: &Layer, conditions: &[Condition]) -> Result<Self, PlanError> {
+        let Storage::Sqlite = layer.storage;
+        let mut filter = Self::default();
+        for condition in conditions {
+            match condition {
+                Condition::Sql(sql) => filter.conditions.push(format!("({sql})")),
+                Condition::Equals { field, value } => {
+                    let field = layer.fields.iter().find(|f| *f == field).ok_or_else(|| {
+                        PlanError::UnknownField {
+                            field: field.clone(),
+                            fields: layer.fields.join(", "),
+                        }
+                    })?;
+                    filter.params.push(SqlValue::Text(value.clone()));
+                    filter.conditions.push(format!(
+                        "CAST({} AS TEXT) = ?{}",
+                        quote(field),
+                        filter.params.len()
+                    ));
+                }
+                Condition::Cql2(text) => {
+                    let (sql, values) =
+                        super::filter::to_sql(text, &layer.fields, filter.params.len())
+                            .map_err(PlanError::Filter)?;
+                    filter.conditions.push(format!("({sql})"));
+                    filter.params.extend(values);
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    fn where_clause(&self) -> String {
+        if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.conditions.join(" AND "))
+        }
+    }
+}
+
+/// What `/ogr2ogr` asks of one layer, as its options say.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// `-select`: the fields to write (matched without regard to case).
+    pub fields: Option<Vec<String>>,
+    /// `-where`: the client's SQL expression.
+    pub filter: Option<String>,
+    /// `-spat xmin ymin xmax ymax`, in the layer's system.
+    pub spat: Option<[f64; 4]>,
+    /// `-limit`.
+    pub limit: Option<u64>,
+    /// `-simplify` tolerance, in the layer's units.
+    pub simplify: Option<f64>,
+    /// `-nln`: the collection's name (the layer's when `None`).
+    pub name: Option<String>,
+}
+
+/// The fids of an R*Tree's entries whose bounds meet the box `?2 ?4 ?1 ?3`, in the R*Tree's
+/// order (GDAL's order for a spatial filter), as the one column `"pozi candidate"`.
+fn candidates(rtree: &str) -> String {
+    format!(
+        "SELECT id AS \"pozi candidate\" FROM {} WHERE minx <= ?1 AND maxx >= ?2 AND miny <= ?3 AND maxy >= ?4",
+        quote(rtree)
+    )
+}
+
+impl Plan {
+    fn new(sql: String, params: Vec<SqlValue>, name: String) -> Self {
+        Self {
+            sql,
+            params,
+            has_fid: true,
+            emit_id: false,
+            envelope_filter: None,
+            exact: None,
+            simplify: None,
+            reproject: None,
+            name,
+            members: None,
+            reuse: None,
+        }
+    }
+
+    /// The plan for `selection` on `layer`, as GDAL would select it; with the R*Tree
+    /// candidates' SELECT when the plan is led by the R*Tree (a box alone), which is what
+    /// rendered feature copies can answer.
+    ///
+    /// # Errors
+    /// A `-select` field the layer does not have, or an unknown coordinate system.
+    pub fn selection(
+        layer: &Layer,
+        selection: &Selection,
+    ) -> Result<(Self, Option<String>), PlanError> {
+        let Storage::Sqlite = layer.storage;
+        let fields = match &selection.fields {
+            Some(wanted) => wanted
+                .iter()
+                .map(|w| {
+                    layer
+                        .fields
+                        .iter()
+                        .find(|f| f.eq_ignore_ascii_case(w))
+                        .cloned()
+                        .ok_or_else(|| PlanError::UnknownSelected {
+                            field: w.clone(),
+                            fields: layer.fields.join(", "),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => layer.fields.clone(),
+        };
+        let mut sql = format!("SELECT {} FROM ", layer.select_list(Some(&fields)));
+        let table = quote(&layer.name);
+        // As GDAL does: a box holding the whole layer is no filter; a box alone is a join led
+        // by the R*Tree (features come in its order); a box with -where is an `IN` (in fid
+        // order).
+        let rtree = layer.rtree.as_deref().filter(
+            |_| !matches!((selection.spat, layer.extent), (Some(b), Some(e)) if contains(b, e)),
+        );
+        let led_by = rtree
+            .filter(|_| selection.spat.is_some() && selection.filter.is_none())
+            .map(candidates);
+        match &led_by {
+            Some(candidates) => sql.push_str(&format!(
+                "({candidates}) AS \"pozi box\" CROSS JOIN {table} ON {table}.{} = \"pozi box\".\"pozi candidate\"",
+                quote(&layer.fid)
+            )),
+            None => sql.push_str(&table),
+        }
+        let mut conditions = Vec::new();
+        if let Some(filter) = &selection.filter {
+            conditions.push(format!("({filter})"));
+        }
+        let mut params = Vec::new();
+        let mut envelope_filter = None;
+        if let Some([xmin, ymin, xmax, ymax]) = selection.spat {
+            match rtree {
+                Some(rtree) => {
+                    if selection.filter.is_some() {
+                        conditions.push(format!(
+                            "{} IN ({})",
+                            quote(&layer.fid),
+                            candidates(rtree)
+                        ));
+                    }
+                    params = [xmax, xmin, ymax, ymin].map(SqlValue::Real).to_vec();
+                }
+                None if layer.rtree.is_some() => {}
+                None => envelope_filter = Some([xmin, ymin, xmax, ymax]),
+            }
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        // With a box, the limit counts features inside it, after the exact test.
+        if let (Some(limit), None) = (selection.limit, selection.spat) {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let name = selection.name.clone().unwrap_or_else(|| layer.name.clone());
+        let plan = Self {
+            reproject: Reprojector::for_srs(layer.srs_id)?,
+            envelope_filter,
+            exact: selection.spat.map(rect),
+            simplify: selection.simplify,
+            ..Self::new(sql, params, name)
+        };
+        Ok((plan, led_by))
+    }
+
+    /// A client's whole SELECT (`/ogr2ogr -sql`); its geometries are taken to be in the first
+    /// layer's system.
+    ///
+    /// # Errors
+    /// An unknown coordinate system.
+    pub fn statement(
+        sql: &str,
+        first: Option<&Layer>,
+        selection: &Selection,
+    ) -> Result<Self, PlanError> {
+        let name = selection
+            .name
+            .clone()
+            .unwrap_or_else(|| first.map_or_else(|| "sql".to_owned(), |l| l.name.clone()));
+        Ok(Self {
+            has_fid: false,
+            reproject: Reprojector::for_srs(first.and_then(|l| l.srs_id))?,
+            envelope_filter: selection.spat,
+            exact: selection.spat.map(rect),
+            simplify: selection.simplify,
+            ..Self::new(sql.to_owned(), Vec::new(), name)
+        })
+    }
+
+    /// One page of the features meeting `filter`, in fid order, each with its `"id"`.
+    #[must_use]
+    pub fn page(layer: &Layer, filter: &Filter, limit: u64, offset: u64, name: &str) -> Self {
+        let Storage::Sqlite = layer.storage;
+        let sql = format!(
+            "SELECT {} FROM {}{} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+            layer.select_list(None),
+            quote(&layer.name),
+            filter.where_clause(),
+            quote(&layer.fid)
+        );
+        Self {
+            emit_id: true,
+            ..Self::new(sql, filter.params.clone(), name.to_owned())
+        }
+    }
+
+    /// The features with these fids (found by [`BoxMatch`]), in fid order, each with its
+    /// `"id"`.
+    #[must_use]
+    pub fn fids(layer: &Layer, fids: &[i64], name: &str) -> Self {
+        let Storage::Sqlite = layer.storage;
+        // The fids come from this server's own query: integers, written as such.
+        let list: Vec<String> = fids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} IN ({}) ORDER BY {}",
+            layer.select_list(None),
+            quote(&layer.name),
+            quote(&layer.fid),
+            list.join(","),
+            quote(&layer.fid)
+        );
+        Self {
+            emit_id: true,
+            ..Self::new(sql, Vec::new(), name.to_owned())
+        }
+    }
+
+    /// The feature with fid `fid`, with its `"id"`.
+    #[must_use]
+    pub fn feature(layer: &Layer, fid: i64, name: &str) -> Self {
+        let Storage::Sqlite = layer.storage;
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = ?1",
+            layer.select_list(None),
+            quote(&layer.name),
+            quote(&layer.fid)
+        );
+        Self {
+            emit_id: true,
+            ..Self::new(sql, vec![SqlValue::Integer(fid)], name.to_owned())
+        }
+    }
+
+    /// Transforms the features to WGS 84 with `reproject`.
+    #[must_use]
+    pub fn reprojected(mut self, reproject: Option<Arc<Reprojector>>) -> Self {
+        self.reproject = reproject;
+        self
+    }
+
+    /// Writes `members` after the features.
+    #[must_use]
+    pub fn with_members(mut self, members: Members) -> Self {
+        self.members = Some(members);
+        self
+    }
+}
+
+/// Every row of `layer` with the columns `fields` and then its geometry (NULL when it has
+/// none), as the search index reads a layer.
+#[must_use]
+pub fn columns(layer: &Layer, fields: &[&str]) -> String {
+    let Storage::Sqlite = layer.storage;
+    let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
+    let fields: Vec<String> = fields.iter().map(|f| quote(f)).collect();
+    format!(
+        "SELECT {}, {geometry} FROM {}",
+        fields.join(", "),
+        quote(&layer.name)
+    )
+}
+
+/// A count statement: `SELECT count(*)` with its parameters.
+pub struct Count {
+    /// The statement.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Vec<SqlValue>,
+}
+
+impl Count {
+    /// The features of `layer` meeting `filter`.
+    #[must_use]
+    pub fn matching(layer: &Layer, filter: &Filter) -> Self {
+        let Storage::Sqlite = layer.storage;
+        Self {
+            sql: format!(
+                "SELECT count(*) FROM {}{}",
+                quote(&layer.name),
+                filter.where_clause()
+            ),
+            params: filter.params.clone(),
+        }
+    }
+
+    /// Whether `layer` has a feature with fid `fid` (0 or 1).
+    #[must_use]
+    pub fn fid(layer: &Layer, fid: i64) -> Self {
+        let Storage::Sqlite = layer.storage;
+        Self {
+            sql: format!(
+                "SELECT count(*) FROM {} WHERE {} = ?1",
+                quote(&layer.name),
+                quote(&layer.fid)
+            ),
+            params: vec![SqlValue::Integer(fid)],
+        }
+    }
+}
+
+impl BoxMatch {
+    /// The features of `layer` meeting `filter` and any of `rects` (in the layer's system):
+    /// candidates from the R*Tree alone when nothing else filters, else from the table
+    /// (through the R*Tree when there is one).
+    #[must_use]
+    pub fn new(layer: &Layer, rects: &[[f64; 4]], filter: &Filter) -> Self {
+        let Storage::Sqlite = layer.storage;
+        let mut params = filter.params.clone();
+        let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
+        let mut within = Vec::new();
+        for rect in rects {
+            let n = params.len();
+            within.push(format!(
+                "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4
+            ));
+            params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
+        }
+        let index = layer.rtree.as_deref().map(|rtree| {
+            within
+                .iter()
+                .map(|w| {
+                    format!(
+                        "SELECT id, minx, maxx, miny, maxy FROM {} WHERE {w}",
+                        quote(rtree)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ")
+        });
+        let (candidates, from_index) = match index {
+            Some(index) if filter.conditions.is_empty() => (format!("{index} ORDER BY 1"), true),
+            index => {
+                let mut filters = filter.conditions.clone();
+                if let Some(index) = index {
+                    filters.push(format!(
+                        "{} IN (SELECT id FROM ({index}))",
+                        quote(&layer.fid)
+                    ));
+                }
+                let clause = if filters.is_empty() {
+                    String::new()
+                } else {
+                    format!(" WHERE {}", filters.join(" AND "))
+                };
+                (
+                    format!(
+                        "SELECT {}, {geometry} FROM {}{clause} ORDER BY 1",
+                        quote(&layer.fid),
+                        quote(&layer.name)
+                    ),
+                    false,
+                )
+            }
+        };
+        Self {
+            candidates,
+            params,
+            from_index,
+            geometry: format!(
+                "SELECT {geometry} FROM {} WHERE {} = ?1",
+                quote(&layer.name),
+                quote(&layer.fid)
+            ),
+            rects: rects.iter().map(|r| rect(*r)).collect(),
+        }
+    }
+}
