@@ -122,8 +122,8 @@ pub async fn run(
             }
         })?,
         catalog: Arc::new(
-            crate::gis::store::gpkg::Catalog::with_limits(&config.data)
-                .with_cache(root.state_dir().join("cache")),
+            crate::gis::store::Catalog::with_limits(&config.data)
+                .with_cache(root.state_dir().join("cache"), &config.data),
         ),
     };
     let http = HttpArgs {

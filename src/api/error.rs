@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use super::reply::Response;
 use crate::gis::query::admission::Busy;
 use crate::gis::query::limits::QueryError;
-use crate::gis::store::gpkg::DatasetError;
+use crate::gis::store::DatasetError;
 
 /// An error answer: its status, a short fixed text, and what exactly was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::gis::query::limits::QueryError;
 use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Plan};
 use crate::gis::query::reproject::Reprojector;
 use crate::gis::query::run::{box_page, count, execute, lookup};
-use crate::gis::store::gpkg::{Catalog, Dataset, Layer};
+use crate::gis::store::{Catalog, Dataset, Layer};
 
 /// Items per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -169,7 +169,7 @@ async fn collections_where(
     let mut files = Vec::new();
     let (listing, folder) = (catalog.clone(), folder.to_owned());
     // Listing a folder is brief file-system work, not a query.
-    let found = tokio::task::spawn_blocking(move || listing.geopackages_in(&folder))
+    let found = tokio::task::spawn_blocking(move || listing.listings.geopackages_in(&folder))
         .await
         .map_err(|_| QueryError::Internal)?;
     let found: Vec<(std::path::PathBuf, String)> = found

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 
 use super::error::ApiError;
+use super::gdal::Gdal;
 use super::reply::{Body, Response};
 use crate::encoding::Encoding;
 use crate::gis::query::limits::QueryError;
 use crate::gis::query::plan::{Plan, Reuse, Selection};
 use crate::gis::query::run::{execute, lookup};
-use crate::gis::store::gpkg::Catalog;
+use crate::gis::store::Catalog;
 use crate::safe_path;
 
 /// What the options ask for.
@@ -190,7 +191,8 @@ pub fn parse(options: &str) -> Result<Options, String> {
                     .split_once('=')
                     .ok_or_else(|| format!("-oo {pair}: expected KEY=VALUE"))?;
                 parsed.open_options.push((key.to_owned(), val.to_owned()));
-                crate::gis::source::readers::OpenOptions::parse(&parsed.open_options)?;
+                crate::gis::source::readers::OpenOptions::parse(&parsed.open_options)
+                    .map_err(|e| e.0)?;
                 i += 2;
             }
             "-nln" => {
@@ -279,6 +281,7 @@ fn refused_source(source: &str) -> Option<&'static str> {
 /// Answers one `/ogr2ogr` request against `folder` (the host's userdata folder).
 pub async fn answer(
     catalog: Arc<Catalog>,
+    gdal: &Gdal,
     folder: PathBuf,
     source: Option<&str>,
     options: &str,
@@ -315,8 +318,7 @@ pub async fn answer(
             ));
         }
         // Formats not read natively (MapInfo TAB, VRT…) go to GDAL when it is installed.
-        return catalog
-            .gdal
+        return gdal
             .answer(&path, source, &folder, &options, encoding)
             .await;
     }
@@ -325,8 +327,12 @@ pub async fn answer(
     let path = if converted {
         let (c, shown) = (catalog.clone(), source.to_owned());
         let open = crate::gis::source::readers::OpenOptions::parse(&options.open_options)
-            .map_err(|e| ApiError::bad_request("bad options", e))?;
-        match catalog.run(move || c.converted(&path, &shown, &open)).await {
+            .map_err(|e| ApiError::bad_request("bad options", e.to_string()))?;
+        match catalog
+            .queries
+            .run(move || c.converted(&path, &shown, &open))
+            .await
+        {
             Ok(Ok(converted)) => converted,
             Ok(Err(e)) => return Err(ApiError::dataset(&e)),
             Err(e) => return Err(ApiError::query(&QueryError::from(e), client_sql)),
@@ -461,6 +467,7 @@ mod tests {
                 body(
                     answer(
                         catalog,
+                        &Gdal::new(&crate::config::GdalConfig::default()),
                         folder,
                         Some("countries.gpkg"),
                         options,
@@ -490,6 +497,7 @@ mod tests {
         let fresh = body(
             answer(
                 Arc::new(Catalog::default()),
+                &Gdal::new(&crate::config::GdalConfig::default()),
                 dir.path().to_owned(),
                 Some("countries.gpkg"),
                 "-spat|120|-40|150|-20",

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::reply::Response;
 use crate::gis::query::limits::{QueryError, Watch};
 use crate::gis::search::{DEFAULT_LIMIT, MAX_LIMIT, SearchError, match_expression, query};
-use crate::gis::store::gpkg::Catalog;
+use crate::gis::store::Catalog;
 
 /// Answers `/search?q=…&limit=N` from the current index, on a query thread of `catalog` and
 /// under its query limits.
@@ -40,8 +40,9 @@ pub async fn answer(
             ));
         }
     };
-    let watch = Watch::new(catalog.limits, None, catalog.stop.clone());
+    let watch = Watch::new(catalog.queries.limits, None, catalog.queries.stop.clone());
     let body = catalog
+        .queries
         .run(move || query(&index, &expression, limit, &watch))
         .await
         .map_err(|e| ApiError::query(&QueryError::from(e), false))?

@@ -16,7 +16,7 @@ use schedules::Schedule;
 use crate::config::SearchSource;
 use crate::gis::query::limits::{QueryError, Watch};
 use crate::gis::query::reproject::{ReprojectError, Reprojector};
-use crate::gis::store::gpkg::{Catalog, DatasetError};
+use crate::gis::store::{Catalog, DatasetError};
 
 /// Results unless `limit` says otherwise, and the most ever returned.
 pub const DEFAULT_LIMIT: u32 = 10;
@@ -181,7 +181,7 @@ fn index_source(
             &crate::gis::source::readers::OpenOptions::default(),
         )?;
     }
-    let dataset = args.catalog.get(&path, &source.source)?;
+    let dataset = args.catalog.datasets.get(&path, &source.source)?;
     let layer = dataset.layer(source.layer.as_deref())?.clone();
     let reproject = Reprojector::for_srs(layer.srs_id)?;
     let has = |f: &str| layer.fields.iter().any(|x| x == f);
@@ -273,7 +273,6 @@ fn index_source(
             count += 1;
         }
     }
-    dataset.release(reader);
     Ok(count)
 }
 

@@ -118,9 +118,10 @@ impl Actor for HttpComponent {
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone()).with_root(args.root.path()),
             catalog: Arc::new(
-                crate::gis::store::gpkg::Catalog::with_limits(&args.config.data)
-                    .with_cache(args.root.state_dir().join("cache")),
+                crate::gis::store::Catalog::with_limits(&args.config.data)
+                    .with_cache(args.root.state_dir().join("cache"), &args.config.data),
             ),
+            gdal: crate::api::gdal::Gdal::new(&args.config.data.gdal),
             search_index: args.root.state_dir().join("search.sqlite"),
             refused: http
                 .refused_extensions
@@ -144,7 +145,7 @@ impl Actor for HttpComponent {
 
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let queries = site.catalog.stop.clone();
+        let queries = site.catalog.queries.stop.clone();
         let site_catalog = site.catalog.clone();
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
@@ -197,7 +198,7 @@ impl Actor for HttpComponent {
                         }
                         _ = trims.tick() => {
                             let catalog = catalog.clone();
-                            let _ = tokio::task::spawn_blocking(move || catalog.trim_idle(IDLE_CONNECTIONS)).await;
+                            let _ = tokio::task::spawn_blocking(move || catalog.datasets.trim_idle(IDLE_CONNECTIONS)).await;
                         }
                     }
                 }

@@ -44,7 +44,9 @@ pub struct Site {
     /// The health document.
     pub health: Health,
     /// Open datasets.
-    pub catalog: Arc<crate::gis::store::gpkg::Catalog>,
+    pub catalog: Arc<crate::gis::store::Catalog>,
+    /// GDAL for `/ogr2ogr` sources not read natively.
+    pub gdal: crate::api::gdal::Gdal,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
     /// Extensions never served as static files, lower case without the dot.
@@ -165,6 +167,7 @@ async fn answer(
             let folder = site.hosts.search_path(host).swap_remove(0);
             crate::api::ogr2ogr::answer(
                 site.catalog.clone(),
+                &site.gdal,
                 folder,
                 query.get("source").map(String::as_str),
                 query.get("options").map_or("", String::as_str),

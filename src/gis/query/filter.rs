@@ -412,12 +412,17 @@ impl Parser<'_> {
     }
 }
 
+/// Why a filter was refused: what is unknown, not allowed or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(pub String);
+
 /// The filter as this server writes it, or why it does not parse.
 ///
 /// # Errors
 /// A message saying what is not allowed or malformed.
-pub fn canonical(filter: &str) -> Result<String, String> {
-    Ok(parse(filter, None)?.out)
+pub fn canonical(filter: &str) -> Result<String, FilterError> {
+    Ok(parse(filter, None).map_err(FilterError)?.out)
 }
 
 /// A CQL2 text filter (basic comparisons, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, `AND`, `OR`,
@@ -430,7 +435,7 @@ pub fn to_sql(
     filter: &str,
     fields: &[String],
     first_param: usize,
-) -> Result<(String, Vec<rusqlite::types::Value>), String> {
+) -> Result<(String, Vec<rusqlite::types::Value>), FilterError> {
     let parser = parse(
         filter,
         Some(Sql {
@@ -438,7 +443,8 @@ pub fn to_sql(
             params: Vec::new(),
             first_param,
         }),
-    )?;
+    )
+    .map_err(FilterError)?;
     let params = parser.sql.map(|s| s.params).unwrap_or_default();
     Ok((parser.out, params))
 }
@@ -490,7 +496,10 @@ mod tests {
             ]
         );
         let unknown = to_sql("colour = 'red'", &fields, 0).unwrap_err();
-        assert!(unknown.contains("unknown property \"colour\""), "{unknown}");
+        assert!(
+            unknown.0.contains("unknown property \"colour\""),
+            "{unknown}"
+        );
         assert!(to_sql("name = sqlite_version()", &fields, 0).is_err());
     }
 
@@ -536,7 +545,7 @@ mod tests {
         assert!(canonical(&"(".repeat(100_000)).is_err());
         // A chain of operators is as deep for SQLite as nesting.
         let chain = format!("a = 1{}", "+1".repeat(3_000));
-        assert!(canonical(&chain).unwrap_err().contains("operators"));
+        assert!(canonical(&chain).unwrap_err().0.contains("operators"));
         let chain = format!("a IN (1{})", ",1".repeat(3_000));
         assert!(canonical(&chain).is_err());
         // A comment cannot survive: dashes are operators, written apart.

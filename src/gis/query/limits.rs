@@ -13,8 +13,10 @@ use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DataConfig;
 use crate::gis::query::admission::Busy;
-use crate::gis::store::gpkg::{DatasetError, QueryLimits, RunError};
+use crate::gis::query::threads::RunError;
+use crate::gis::store::DatasetError;
 
 /// A piece of a response body.
 pub type Chunk = Result<Bytes, std::io::Error>;
@@ -23,6 +25,38 @@ pub type Chunk = Result<Bytes, std::io::Error>;
 const CHECK_EVERY: i32 = 4000;
 /// Longest a query waits for its client to take a chunk before giving up on it.
 pub const CLIENT_STALL: Duration = Duration::from_secs(30);
+
+/// What each query may use: its time inside SQLite and its memory.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Longest time inside SQLite.
+    pub timeout: Duration,
+    /// Largest single value, feature and buffered answer, in bytes.
+    pub memory: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self::from(&DataConfig::default())
+    }
+}
+
+impl From<&DataConfig> for QueryLimits {
+    fn from(config: &DataConfig) -> Self {
+        Self {
+            timeout: Duration::from_secs(config.query_timeout_secs.max(1)),
+            memory: config.query_memory_mb.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+impl QueryLimits {
+    /// The longest string or blob SQLite may make (its `SQLITE_LIMIT_LENGTH`).
+    #[must_use]
+    pub fn max_value(self) -> i32 {
+        i32::try_from(self.memory).unwrap_or(i32::MAX)
+    }
+}
 
 /// Why a query did not give its answer.
 #[derive(Debug, thiserror::Error)]

@@ -16,3 +16,4 @@ pub mod limits;
 pub mod plan;
 pub mod reproject;
 pub mod run;
+pub mod threads;

@@ -11,7 +11,7 @@ use super::reproject::{ReprojectError, Reprojector};
 use super::run::{contains, rect};
 use crate::gis::cache::features::FeatureCache;
 use crate::gis::quote;
-use crate::gis::store::gpkg::{Dataset, Layer, Storage};
+use crate::gis::store::{Dataset, Layer, Storage};
 
 /// Members written after the features of a collection (`links`, `numberMatched`…), given how
 /// many features were written.
@@ -134,7 +134,7 @@ pub enum PlanError {
     },
     /// A filter that does not parse or names what it may not.
     #[error("filter: {0}")]
-    Filter(String),
+    Filter(super::filter::FilterError),
     /// The layer's coordinate system is unknown.
     #[error(transparent)]
     Reproject(#[from] ReprojectError),

@@ -14,7 +14,7 @@ use crate::gis::query::geojson::{
 pub use crate::gis::query::limits::Chunk;
 use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
 pub use crate::gis::query::plan::{BoxMatch, Count, Plan, Reuse};
-use crate::gis::store::gpkg::{Catalog, Dataset};
+use crate::gis::store::{Catalog, Dataset};
 
 /// The box `[xmin, ymin, xmax, ymax]` as a geometry.
 pub fn rect([xmin, ymin, xmax, ymax]: [f64; 4]) -> geo::Rect<f64> {
@@ -123,7 +123,6 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
         },
         Err(e) => sink.fail(e),
     }
-    dataset.release(connection);
 }
 
 /// The geometry type names a GeoPackage declares geometry columns with.
@@ -423,7 +422,7 @@ pub async fn lookup(
     shown: &str,
 ) -> Result<Arc<Dataset>, QueryError> {
     let (catalog, path, shown) = (catalog.clone(), path.to_owned(), shown.to_owned());
-    tokio::task::spawn_blocking(move || catalog.get(&path, &shown))
+    tokio::task::spawn_blocking(move || catalog.datasets.get(&path, &shown))
         .await
         .map_err(|_| QueryError::Internal)?
         .map_err(QueryError::Dataset)
@@ -442,11 +441,17 @@ pub async fn execute(
     limit: Option<u64>,
 ) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, QueryError> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let memory = AnswerMemory::new(catalog.limits, catalog.answers.clone());
-    let (mut sink, answer) = answer_channel(ready_tx, catalog.limits, memory, catalog.stop.clone());
+    let memory = AnswerMemory::new(catalog.queries.limits, catalog.queries.answers.clone());
+    let (mut sink, answer) = answer_channel(
+        ready_tx,
+        catalog.queries.limits,
+        memory,
+        catalog.queries.stop.clone(),
+    );
     // Dropped while waiting for a thread, the request simply leaves the queue; dropped later,
     // the query's watch sees the answer's receiver gone and interrupts it.
     catalog
+        .queries
         .start(move || run(&dataset, plan, limit, &mut sink))
         .await?;
     match ready_rx.await {
@@ -465,15 +470,14 @@ pub async fn with_connection<T: Send + 'static>(
     dataset: Arc<Dataset>,
     work: impl FnOnce(&rusqlite::Connection, &Watch) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, QueryError> {
-    let watch = Watch::new(catalog.limits, None, catalog.stop.clone());
+    let watch = Watch::new(catalog.queries.limits, None, catalog.queries.stop.clone());
     catalog
+        .queries
         .run(move || {
             let connection = dataset.connection()?;
-            let result = watch
+            watch
                 .install(&connection)
-                .and_then(|_watching| work(&connection, &watch));
-            dataset.release(connection);
-            result
+                .and_then(|_watching| work(&connection, &watch))
         })
         .await?
 }

@@ -38,6 +38,11 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// Why a `.dbf` cannot be read: missing, a malformed header, or a file that ends early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DbfError(pub String);
+
 impl Table {
     /// Opens the `.dbf` beside `shp`, in `encoding` if given, else the `.cpg` code page if there
     /// is one, else Windows-1252 (ISO-8859-1 as GDAL assumes, plus the characters Windows adds).
@@ -45,6 +50,13 @@ impl Table {
     /// # Errors
     /// When the file is missing or its header is malformed.
     pub fn open(
+        shp: &Path,
+        encoding: Option<&'static encoding_rs::Encoding>,
+    ) -> Result<Self, DbfError> {
+        Self::read_header(shp, encoding).map_err(DbfError)
+    }
+
+    fn read_header(
         shp: &Path,
         encoding: Option<&'static encoding_rs::Encoding>,
     ) -> Result<Self, String> {
@@ -111,7 +123,11 @@ impl Table {
     ///
     /// # Errors
     /// When the file ends early.
-    pub fn next_record(&mut self) -> Result<Option<Option<Vec<Value>>>, String> {
+    pub fn next_record(&mut self) -> Result<Option<Option<Vec<Value>>>, DbfError> {
+        self.read_record().map_err(DbfError)
+    }
+
+    fn read_record(&mut self) -> Result<Option<Option<Vec<Value>>>, String> {
         if self.remaining == 0 {
             return Ok(None);
         }

@@ -2,6 +2,7 @@
 //! NDJSON, CSV, Shapefile, zipped or not), the dBASE and `.prj` files beside a shapefile, and
 //! the GeoPackage writer conversions go through.
 
+pub mod conversions;
 pub mod dbf;
 pub mod gpkg_write;
 pub mod prj;

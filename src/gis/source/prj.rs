@@ -76,11 +76,20 @@ impl Node {
     }
 }
 
+/// Why a `.prj` cannot be used: malformed, or a projection not handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PrjError(pub String);
+
 /// The PROJ string for a `.prj`, or why it cannot be used.
 ///
 /// # Errors
 /// When the WKT is malformed or its projection is not one of those handled.
-pub fn to_proj(wkt: &str) -> Result<String, String> {
+pub fn to_proj(wkt: &str) -> Result<String, PrjError> {
+    proj_string(wkt).map_err(PrjError)
+}
+
+fn proj_string(wkt: &str) -> Result<String, String> {
     let root = parse(wkt.trim()).ok_or_else(|| "malformed WKT".to_owned())?;
     let geographic = if root.name.eq_ignore_ascii_case("GEOGCS") {
         &root

@@ -35,6 +35,11 @@ pub enum ReadError {
     Write(#[from] WriteError),
 }
 
+/// An open option (`-oo`) with an unknown key or value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OptionError(pub String);
+
 /// GDAL-style open options (`-oo KEY=VALUE`) for CSV and Shapefile sources.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenOptions {
@@ -55,7 +60,11 @@ impl OpenOptions {
     ///
     /// # Errors
     /// A message naming an unknown key or value.
-    pub fn parse(pairs: &[(String, String)]) -> Result<Self, String> {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, OptionError> {
+        Self::read(pairs).map_err(OptionError)
+    }
+
+    fn read(pairs: &[(String, String)]) -> Result<Self, String> {
         let mut options = Self::default();
         let list = |v: &str| {
             Some(
