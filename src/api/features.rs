@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::reply::{Response, json};
-use crate::api::ogr2ogr::geojson_response;
+use super::reply::geojson;
 use crate::gis::query::limits::QueryError;
 use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Plan};
 use crate::gis::query::reproject::Reprojector;
@@ -465,7 +465,7 @@ async fn items(
     };
     let plan = plan.reprojected(reproject).with_members(Box::new(members));
     let stream = execute(catalog, c.dataset.clone(), plan, None).await?;
-    let mut response = geojson_response(stream, encoding);
+    let mut response = geojson(stream, encoding);
     if let Ok(v) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
     }

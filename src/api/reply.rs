@@ -8,6 +8,8 @@ use bytes::Bytes;
 use futures::Stream;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
+
+use crate::encoding::Encoding;
 use http_body::{Frame, SizeHint};
 
 /// A response of this server.
@@ -114,3 +116,31 @@ pub fn json(status: StatusCode, body: &serde_json::Value, content_type: &'static
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+/// A streamed `application/geo+json` response, compressed with `encoding` when a compressor is
+/// free.
+pub fn geojson(
+    stream: impl futures::Stream<Item = Chunk> + Send + Sync + 'static,
+    encoding: Encoding,
+) -> Response {
+    let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
+    labelled(Response::new(Body::stream(stream)), used)
+}
+
+/// Marks a response as GeoJSON, with its content encoding.
+pub fn labelled(mut response: Response, encoding: Encoding) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/geo+json"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if encoding != Encoding::Identity {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.token()),
+        );
+    }
+    response
+}
+

@@ -54,7 +54,7 @@ pub async fn answer(
             ),
             SearchError::Query(e) => ApiError::query(&e, false),
         })?;
-    Ok(super::ogr2ogr::geojson_response(
+    Ok(super::reply::geojson(
         futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }),
         encoding,
     ))

@@ -121,7 +121,7 @@ impl Actor for HttpComponent {
                 crate::gis::store::Catalog::with_limits(&args.config.data)
                     .with_cache(args.root.state_dir().join("cache"), &args.config.data),
             ),
-            gdal: crate::api::gdal::Gdal::new(&args.config.data.gdal),
+            gdal: crate::api::ogr2ogr::gdal::Gdal::new(&args.config.data.gdal),
             search_index: args.root.state_dir().join("search.sqlite"),
             refused: http
                 .refused_extensions

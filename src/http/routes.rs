@@ -46,7 +46,7 @@ pub struct Site {
     /// Open datasets.
     pub catalog: Arc<crate::gis::store::Catalog>,
     /// GDAL for `/ogr2ogr` sources not read natively.
-    pub gdal: crate::api::gdal::Gdal,
+    pub gdal: crate::api::ogr2ogr::gdal::Gdal,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
     /// Extensions never served as static files, lower case without the dot.

@@ -652,7 +652,7 @@ mod tests {
             proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
             health: Health::new(actors::HealthRegistry::new(), None),
             catalog: Arc::default(),
-            gdal: crate::api::gdal::Gdal::new(&crate::config::GdalConfig::default()),
+            gdal: crate::api::ogr2ogr::gdal::Gdal::new(&crate::config::GdalConfig::default()),
             search_index: dir.join("search.sqlite"),
             refused: Vec::new(),
         });

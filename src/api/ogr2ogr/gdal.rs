@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::error::ApiError;
-use super::ogr2ogr::{Options, geojson_response};
-use super::reply::Response;
+use super::options::Options;
+use crate::api::error::ApiError;
+use crate::api::reply::{Response, geojson};
 use crate::config::GdalConfig;
 use crate::gis::query::admission::Admission;
 
@@ -211,7 +211,7 @@ impl Gdal {
                 _ => {}
             }
         });
-        Ok(geojson_response(
+        Ok(geojson(
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
             encoding,
         ))
@@ -402,7 +402,7 @@ mod tests {
     use super::*;
 
     fn args(options: &str) -> Result<Vec<String>, String> {
-        let options = crate::api::ogr2ogr::parse(options)?;
+        let options = super::super::options::parse(options).map_err(|e| e.0)?;
         arguments(Path::new("/data/roads.tab"), &options).map(|a| {
             a.into_iter()
                 .map(|s| s.to_string_lossy().into_owned())
