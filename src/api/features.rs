@@ -11,8 +11,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::reply::{Response, json};
 use super::reply::geojson;
+use super::reply::{Response, json};
 use crate::gis::query::limits::QueryError;
 use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Plan};
 use crate::gis::query::reproject::Reprojector;

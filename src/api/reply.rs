@@ -143,4 +143,3 @@ pub fn labelled(mut response: Response, encoding: Encoding) -> Response {
     }
     response
 }
-

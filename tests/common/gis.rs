@@ -240,3 +240,11 @@ pub fn assert_matches_gdal(ours: &Value, gdal: &Value, what: &str) {
     let worst = max_difference(ours, gdal);
     assert!(worst < 1e-6, "{what}: differs by {worst} degrees");
 }
+
+/// The collection with its features sorted by their properties: for sources converted by this
+/// server, whose features come in spatial order (GDAL gives them in file order).
+pub fn sorted(collection: &Value) -> Value {
+    let mut list = features(collection).to_vec();
+    list.sort_by_key(|f| f["properties"].to_string());
+    serde_json::json!({"type": "FeatureCollection", "features": list})
+}

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-
 pub mod gdal;
 pub mod options;
 

@@ -2,6 +2,11 @@
 //! geometries with envelopes, and an R*Tree spatial index with the specification's triggers.
 //! A layer is written into a temporary file and published by renaming it over the old one, so
 //! readers see the old version or the new one, never a mix.
+//!
+//! Features are written in spatial order: rows are staged as they come, then written with fids
+//! in the order of their bounds' centres along a Hilbert curve over the layer's extent (rows
+//! without a geometry last, in the order they came). A box query then reads rows that lie
+//! together in the file, not rows scattered through it in the order the source listed them.
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +68,8 @@ pub struct LayerWriter {
     table: String,
     srs_id: i64,
     insert: String,
+    /// The layer's columns (`geom`, then the fields, quoted), as staged and as written.
+    columns: Vec<String>,
     extent: Option<[f64; 4]>,
     count: u64,
 }
@@ -147,22 +154,25 @@ impl LayerWriter {
         connection
             .execute_batch(&format!(
                 "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{column_list});
-                 CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
+                 CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);
+                 CREATE TEMP TABLE {STAGING} (geom{column_list}, pozi_minx REAL, pozi_maxx REAL, pozi_miny REAL, pozi_maxy REAL);",
                 t = quote(table),
                 r = quote(&rtree),
             ))
             .map_err(fail)?;
-        let placeholders: Vec<String> = (0..=fields.len()).map(|i| format!("?{}", i + 1)).collect();
         let names: Vec<String> = std::iter::once("geom".to_owned())
             .chain(fields.iter().map(|f| quote(&f.name)))
             .collect();
+        let placeholders: Vec<String> = (0..names.len() + 4)
+            .map(|i| format!("?{}", i + 1))
+            .collect();
         Ok(Self {
             insert: format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                quote(table),
+                "INSERT INTO temp.{STAGING} ({}, pozi_minx, pozi_maxx, pozi_miny, pozi_maxy) VALUES ({})",
                 names.join(", "),
                 placeholders.join(", ")
             ),
+            columns: names,
             connection,
             temporary: Temporary(temporary),
             destination: destination.to_owned(),
@@ -205,27 +215,15 @@ impl LayerWriter {
             None => Value::Null,
         };
         values.insert(0, blob);
+        match bounds {
+            Some(r) => values.extend([r.min().x, r.max().x, r.min().y, r.max().y].map(Value::Real)),
+            None => values.extend([Value::Null, Value::Null, Value::Null, Value::Null]),
+        }
         self.connection
             .prepare_cached(&self.insert)
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
             .map_err(|e| self.fail(e))?;
         if let Some(r) = bounds {
-            let id = self.connection.last_insert_rowid();
-            self.connection
-                .prepare_cached(&format!(
-                    "INSERT INTO {} VALUES (?1, ?2, ?3, ?4, ?5)",
-                    quote(&format!("rtree_{}_geom", self.table))
-                ))
-                .and_then(|mut s| {
-                    s.execute(rusqlite::params![
-                        id,
-                        r.min().x,
-                        r.max().x,
-                        r.min().y,
-                        r.max().y
-                    ])
-                })
-                .map_err(|e| self.fail(e))?;
             let e = self
                 .extent
                 .get_or_insert([r.min().x, r.min().y, r.max().x, r.max().y]);
@@ -246,6 +244,8 @@ impl LayerWriter {
     /// # Errors
     /// When the metadata cannot be written or the file cannot be published.
     pub fn finish(self) -> Result<u64, WriteError> {
+        self.write_in_spatial_order()
+            .map_err(|e| self.fail(format!("writing the rows in spatial order: {e}")))?;
         let t = &self.table;
         let [min_x, min_y, max_x, max_y] = self.extent.map_or([None; 4], |e| e.map(Some));
         let triggers = rtree_triggers(t, "geom", "fid");
@@ -286,6 +286,81 @@ impl LayerWriter {
     }
 }
 
+/// The staging table rows are written to before they are ordered (in SQLite's temporary
+/// database, not the published file).
+const STAGING: &str = "pozi_staging";
+
+/// Cells per axis of the Hilbert curve's grid (2^ORDER).
+const ORDER: u8 = 16;
+
+impl LayerWriter {
+    /// Writes the staged rows into the layer and its R*Tree, fids in Hilbert order of their
+    /// bounds' centres.
+    fn write_in_spatial_order(&self) -> rusqlite::Result<()> {
+        let c = &self.connection;
+        let mut keys: Vec<(u64, i64)> = Vec::new();
+        {
+            let mut rows = c.prepare(&format!(
+                "SELECT rowid, pozi_minx, pozi_maxx, pozi_miny, pozi_maxy FROM temp.{STAGING}"
+            ))?;
+            let mut rows = rows.query([])?;
+            while let Some(row) = rows.next()? {
+                let rowid: i64 = row.get(0)?;
+                let bounds: [Option<f64>; 4] = [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?];
+                let key = match (bounds, self.extent) {
+                    ([Some(minx), Some(maxx), Some(miny), Some(maxy)], Some(extent)) => {
+                        hilbert_key(f64::midpoint(minx, maxx), f64::midpoint(miny, maxy), extent)
+                    }
+                    _ => u64::MAX,
+                };
+                keys.push((key, rowid));
+            }
+        }
+        keys.sort_unstable();
+        c.execute_batch(
+            "CREATE TEMP TABLE pozi_order (new INTEGER PRIMARY KEY, old INTEGER NOT NULL)",
+        )?;
+        {
+            let mut insert = c.prepare("INSERT INTO temp.pozi_order VALUES (?1, ?2)")?;
+            for (new, (_, old)) in (1i64..).zip(&keys) {
+                insert.execute([new, *old])?;
+            }
+        }
+        drop(keys);
+        let staged: Vec<String> = self.columns.iter().map(|c| format!("s.{c}")).collect();
+        c.execute_batch(&format!(
+            "INSERT INTO main.{t} (fid, {columns}) SELECT o.new, {staged} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.rowid = o.old ORDER BY o.new;
+             INSERT INTO main.{r} SELECT o.new, s.pozi_minx, s.pozi_maxx, s.pozi_miny, s.pozi_maxy FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.rowid = o.old WHERE s.pozi_minx IS NOT NULL ORDER BY o.new;
+             DROP TABLE temp.pozi_order;
+             DROP TABLE temp.{STAGING};",
+            t = quote(&self.table),
+            r = quote(&format!("rtree_{}_geom", self.table)),
+            columns = self.columns.join(", "),
+            staged = staged.join(", "),
+        ))
+    }
+}
+
+/// The place of point (`x`, `y`) along a Hilbert curve over `extent` (`[xmin, ymin, xmax,
+/// ymax]`), on a grid of 2^16 cells per axis.
+fn hilbert_key(x: f64, y: f64, extent: [f64; 4]) -> u64 {
+    let cell = |value: f64, min: f64, max: f64| -> u16 {
+        let span = max - min;
+        if span > 0.0 && value.is_finite() {
+            let scaled = ((value - min) / span * f64::from(u16::MAX)).round();
+            // Within 0..=u16::MAX by construction; the clamp guards rounding at the edges.
+            scaled.clamp(0.0, f64::from(u16::MAX)) as u16
+        } else {
+            0
+        }
+    };
+    u64::from(fast_hilbert::xy2h::<u16>(
+        cell(x, extent[0], extent[2]),
+        cell(y, extent[1], extent[3]),
+        ORDER,
+    ))
+}
+
 /// The temporary file, removed unless it was published.
 struct Temporary(PathBuf);
 
@@ -317,4 +392,93 @@ BEGIN DELETE FROM "{r}" WHERE id IN (OLD."{i}", NEW."{i}"); END;
 CREATE TRIGGER "{r}_delete" AFTER DELETE ON "{t}" WHEN old."{c}" NOT NULL
 BEGIN DELETE FROM "{r}" WHERE id = OLD."{i}"; END;"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points written in a scattered order come back with fids in spatial order: neighbours
+    /// in fid order are neighbours on the ground. Rows without geometry come last, in order.
+    #[test]
+    fn features_are_written_in_spatial_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("grid.gpkg");
+        let fields = [Field {
+            name: "n".to_owned(),
+            kind: FieldType::Integer,
+        }];
+        let mut writer =
+            LayerWriter::create(&path, "grid", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
+        // A 32 × 32 grid, visited in a scrambled order (a stride coprime with 1024).
+        let mut order = Vec::new();
+        for i in 0..1024_i64 {
+            let cell = (i * 389) % 1024;
+            let point =
+                geo::Geometry::Point(geo::Point::new((cell % 32) as f64, (cell / 32) as f64));
+            writer
+                .add(vec![Value::Integer(i)], Some(&point))
+                .unwrap_or_else(|e| panic!("{e}"));
+            order.push(cell);
+        }
+        for i in [2000_i64, 2001] {
+            writer
+                .add(vec![Value::Integer(i)], None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(writer.finish().unwrap_or_else(|e| panic!("{e}")), 1026);
+
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<(i64, Option<f64>, Option<f64>)> = c
+            .prepare("SELECT g.fid, r.minx, r.miny FROM grid g LEFT JOIN rtree_grid_geom r ON r.id = g.fid ORDER BY g.fid")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 1026);
+        let step = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() + (a.1 - b.1).abs();
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|(_, x, y)| Some(((*x)?, (*y)?)))
+            .collect();
+        let along_fids: f64 = points.windows(2).map(|w| step(w[0], w[1])).sum();
+        let as_written: f64 = order
+            .windows(2)
+            .map(|w| {
+                step(
+                    ((w[0] % 32) as f64, (w[0] / 32) as f64),
+                    ((w[1] % 32) as f64, (w[1] / 32) as f64),
+                )
+            })
+            .sum();
+        let mean = along_fids / 1023.0;
+        assert!(
+            mean < 1.5,
+            "fids are not in spatial order: {mean} cells between neighbours"
+        );
+        assert!(as_written / 1023.0 > 10.0, "the input was not scattered");
+        // The rows without geometry are last, in the order they came, and every row's
+        // attributes moved with it.
+        let tail: Vec<i64> = c
+            .prepare("SELECT n FROM grid ORDER BY fid DESC LIMIT 2")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tail, vec![2001, 2000]);
+        let (sum, distinct): (i64, i64) = c
+            .query_row("SELECT sum(n), count(DISTINCT n) FROM grid", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((sum, distinct), ((0..1024).sum::<i64>() + 4001, 1026));
+        let first_cell: i64 = c
+            .query_row("SELECT n FROM grid WHERE fid = 1", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cell = (first_cell * 389) % 1024;
+        assert_eq!(
+            (rows[0].1, rows[0].2),
+            (Some((cell % 32) as f64), Some((cell / 32) as f64)),
+            "a row's attributes stayed with its geometry"
+        );
+    }
 }
