@@ -6,7 +6,6 @@
 //! at most once a second (as nginx's `open_file_cache_valid 1s`), so a replaced file is served
 //! within a second and a hot file costs no system call.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +25,10 @@ use crate::config::CacheRule;
 
 /// Files up to this size are cached in memory (with their compressed forms).
 const MAX_CACHED_FILE: u64 = 1024 * 1024;
-/// Total bytes the cache holds before it is emptied.
-const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes the cache holds at most, counted by [`EntryWeight`].
+const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// What an entry costs beyond its contents: the entry, its headers, the path and the slot.
+const ENTRY_OVERHEAD: u64 = 512;
 /// How long a cached file is trusted before the disk is checked again.
 const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 /// Chunk size when streaming large files.
@@ -74,11 +75,24 @@ struct Entry {
     compressed: [OnceLock<Bytes>; 2],
 }
 
+/// What a cached file costs: its contents, room for its two compressed forms when it is
+/// compressible (each smaller than the contents), its path and [`ENTRY_OVERHEAD`].
+#[derive(Debug, Clone, Copy)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<PathBuf, Arc<Entry>> for EntryWeight {
+    fn weight(&self, path: &PathBuf, entry: &Arc<Entry>) -> u64 {
+        let body = entry.body.as_ref().map_or(0, |b| b.len() as u64);
+        let forms = if entry.compressible { 3 } else { 1 };
+        body * forms + path.as_os_str().len() as u64 + ENTRY_OVERHEAD
+    }
+}
+
 /// The static file service.
 #[derive(Debug)]
 pub struct StaticFiles {
-    /// Entries by path, and the bytes of file contents they hold.
-    cache: RwLock<(HashMap<PathBuf, Arc<Entry>>, usize)>,
+    /// Entries by path, within [`MAX_CACHE_BYTES`] (quick_cache: scan-resistant, sharded).
+    cache: quick_cache::sync::Cache<PathBuf, Arc<Entry>, EntryWeight>,
     rules: Vec<(GlobMatcher, HeaderValue)>,
 }
 
@@ -134,7 +148,7 @@ impl StaticFiles {
             })
             .collect();
         Self {
-            cache: RwLock::new((HashMap::new(), 0)),
+            cache: quick_cache::sync::Cache::with_weighter(4096, MAX_CACHE_BYTES, EntryWeight),
             rules,
         }
     }
@@ -160,7 +174,7 @@ impl StaticFiles {
     }
 
     async fn entry(&self, path: &Path) -> Option<Arc<Entry>> {
-        let cached = self.cache.read().ok().and_then(|c| c.0.get(path).cloned());
+        let cached = self.cache.get(path);
         if let Some(entry) = &cached {
             let fresh = entry
                 .checked
@@ -181,29 +195,12 @@ impl StaticFiles {
         if let Some(entry) = &cached {
             entry.revalidating.store(false, Ordering::Release);
         }
-        let Ok(mut guard) = self.cache.write() else {
-            return loaded;
-        };
-        let (map, total) = &mut *guard;
-        let held = |e: &Entry| e.body.as_ref().map_or(0, Bytes::len);
         match &loaded {
-            // Unchanged on disk: the same entry, already counted.
+            // Unchanged on disk: the same entry, already kept.
             Some(entry) if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, entry)) => {}
-            Some(entry) => {
-                if let Some(old) = map.insert(path.to_owned(), entry.clone()) {
-                    *total -= held(&old);
-                }
-                *total += held(entry);
-                if *total > MAX_CACHE_BYTES {
-                    map.clear();
-                    map.insert(path.to_owned(), entry.clone());
-                    *total = held(entry);
-                }
-            }
+            Some(entry) => self.cache.insert(path.to_owned(), entry.clone()),
             None => {
-                if let Some(old) = map.remove(path) {
-                    *total -= held(&old);
-                }
+                self.cache.remove(path);
             }
         }
         loaded

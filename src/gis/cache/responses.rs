@@ -1,10 +1,9 @@
 //! A memory cache of recent GeoJSON answers, keyed by dataset version and query: the web app asks
 //! for the same layer URLs for every user, and a replaced dataset is a new version, so a cached
-//! answer is never stale. Bounded in bytes; least recently used answers go first.
+//! answer is never stale. Bounded in bytes by quick_cache (sharded, and scan-resistant: answers
+//! asked again are kept over a run of answers asked once).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -21,15 +20,22 @@ fn cost(key: &str, body: &Bytes) -> usize {
 /// Answers larger than this are not kept.
 pub const MAX_ENTRY: usize = 8 * 1024 * 1024;
 
-/// Bodies by key, with when each was last used.
-type Entries = HashMap<String, (Bytes, u64)>;
+/// An answer's cost, as [`cost`] counts it.
+#[derive(Debug, Clone, Copy)]
+struct Cost;
+
+impl quick_cache::Weighter<String, Bytes> for Cost {
+    fn weight(&self, key: &String, body: &Bytes) -> u64 {
+        cost(key, body) as u64
+    }
+}
 
 /// The cache.
 #[derive(Debug)]
 pub struct ResponseCache {
     budget: usize,
-    clock: AtomicU64,
-    entries: Mutex<(Entries, usize)>,
+    /// `None` when the budget is 0.
+    entries: Option<quick_cache::sync::Cache<String, Bytes, Cost>>,
     /// Bytes of answers being collected on their way to clients, all together (as much as the
     /// cache holds): past it an answer is sent without being collected.
     collecting: Arc<Semaphore>,
@@ -45,10 +51,34 @@ impl ResponseCache {
     /// A cache holding up to `budget` bytes (0 disables it).
     #[must_use]
     pub fn new(budget: usize) -> Self {
+        // Each shard holds a share of the budget and no entry larger than its share: enough
+        // shards to spread the locks, few enough that the largest answer fits in one.
+        let shards = (budget / (2 * (MAX_ENTRY + ENTRY_OVERHEAD))).clamp(1, 8);
+        let entries = (budget > 0).then(|| {
+            let options = quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity((budget / (16 * 1024)).max(16))
+                .weight_capacity(budget as u64)
+                .shards(shards)
+                .build();
+            match options {
+                Ok(options) => quick_cache::sync::Cache::with_options(
+                    options,
+                    Cost,
+                    quick_cache::DefaultHashBuilder::default(),
+                    quick_cache::sync::DefaultLifecycle::default(),
+                ),
+                // Every option above is set: building cannot fail; if it ever did, the
+                // defaults still bound the cache by its budget.
+                Err(_) => quick_cache::sync::Cache::with_weighter(
+                    (budget / (16 * 1024)).max(16),
+                    budget as u64,
+                    Cost,
+                ),
+            }
+        });
         Self {
             budget,
-            clock: AtomicU64::new(0),
-            entries: Mutex::new((HashMap::new(), 0)),
+            entries,
             collecting: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
         }
     }
@@ -77,48 +107,24 @@ impl ResponseCache {
 
     /// The cached answer for `key`.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        if !self.enabled() {
-            return None;
-        }
-        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.0.get_mut(key).map(|(body, used)| {
-            *used = tick;
-            body.clone()
-        })
+        self.entries.as_ref()?.get(key)
     }
 
-    /// Keeps an answer, evicting the least recently used ones to stay within budget.
+    /// Keeps an answer, evicting others to stay within budget.
     pub fn put(&self, key: String, body: Bytes) {
-        if !self.enabled() || body.len() > MAX_ENTRY.min(self.budget) {
-            return;
+        if let Some(entries) = &self.entries
+            && body.len() <= MAX_ENTRY.min(self.budget)
+        {
+            entries.insert(key, body);
         }
-        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
-        let mut guard = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (map, total) = &mut *guard;
-        *total += cost(&key, &body);
-        let key_cost = key.len();
-        if let Some((old, _)) = map.insert(key, (body, tick)) {
-            *total -= old.len() + key_cost + ENTRY_OVERHEAD;
-        }
-        while *total > self.budget {
-            let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some((evicted, _)) = map.remove(&oldest) {
-                *total -= cost(&oldest, &evicted);
-            }
-        }
+    }
+
+    /// Bytes held now, as [`cost`] counts them.
+    #[must_use]
+    pub fn held(&self) -> u64 {
+        self.entries
+            .as_ref()
+            .map_or(0, quick_cache::sync::Cache::weight)
     }
 }
 
@@ -202,19 +208,64 @@ where
 mod tests {
     use super::*;
 
+    /// The budget holds whatever is put, and an answer asked for again and again stays
+    /// while a run of answers asked once passes through.
     #[test]
-    fn least_recently_used_answers_go_first() {
-        // Room for two entries of four bytes under one-letter keys, not three.
-        let cache = ResponseCache::new(2 * (4 + 1 + ENTRY_OVERHEAD) + 2);
-        cache.put("a".into(), Bytes::from_static(b"aaaa"));
-        cache.put("b".into(), Bytes::from_static(b"bbbb"));
-        assert!(cache.get("a").is_some());
-        cache.put("c".into(), Bytes::from_static(b"cccc"));
-        assert!(cache.get("b").is_none(), "b was the least recently used");
-        assert_eq!(cache.get("a").as_deref(), Some(&b"aaaa"[..]));
-        assert_eq!(cache.get("c").as_deref(), Some(&b"cccc"[..]));
+    fn stays_within_budget_and_keeps_answers_asked_again() {
+        let body = Bytes::from(vec![b'x'; 1000]);
+        let budget = 20 * (1000 + 8 + ENTRY_OVERHEAD);
+        let cache = ResponseCache::new(budget);
+        cache.put("hot".into(), body.clone());
+        for i in 0..1000 {
+            cache.put(format!("once-{i:03}"), body.clone());
+            assert!(
+                cache.get("hot").is_some(),
+                "the answer asked again was evicted at {i}"
+            );
+            assert!(
+                cache.held() <= budget as u64,
+                "{} over {budget}",
+                cache.held()
+            );
+        }
+        assert!(
+            cache.get("once-999").is_some(),
+            "the newest answer was not kept"
+        );
+        // An answer that becomes popular later (asked, and kept again after each miss, as
+        // the server does) is soon answered from the cache through the next run too.
+        let ask = |key: &str| {
+            let hit = cache.get(key).is_some();
+            if !hit {
+                cache.put(key.to_owned(), body.clone());
+            }
+            hit
+        };
+        let mut hits = 0;
+        for i in 0..1000 {
+            cache.put(format!("again-{i:03}"), body.clone());
+            hits += usize::from(ask("later"));
+            assert!(
+                cache.get("hot").is_some(),
+                "the first popular answer was evicted at {i}"
+            );
+            assert!(
+                cache.held() <= budget as u64,
+                "{} over {budget}",
+                cache.held()
+            );
+        }
+        assert!(
+            hits >= 990,
+            "the popular answer was found {hits} times in 1000"
+        );
+        // An answer larger than the budget is not kept; nothing is kept without a budget.
+        let small = ResponseCache::new(100);
+        small.put("big".into(), body.clone());
+        assert!(small.get("big").is_none());
         let off = ResponseCache::new(0);
         off.put("a".into(), Bytes::from_static(b"a"));
         assert!(off.get("a").is_none());
+        assert_eq!(off.held(), 0);
     }
 }
