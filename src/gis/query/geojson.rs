@@ -229,7 +229,11 @@ fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
         ValueRef::Null => out.extend_from_slice(b"null"),
         ValueRef::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
         ValueRef::Real(f) => write_number(out, f),
-        ValueRef::Text(t) => write_string(out, &String::from_utf8_lossy(t)),
+        // Valid UTF-8 (nearly always) is checked by the fast path, without the lossy scan.
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(text) => write_string(out, text),
+            Err(_) => write_string(out, &String::from_utf8_lossy(t)),
+        },
         ValueRef::Blob(b) => write_string(out, &format!("<{} bytes>", b.len())),
     }
 }
