@@ -364,6 +364,18 @@ async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
         (110.0..=160.0).contains(&first[0].as_f64().unwrap()),
         "{first}"
     );
+    // A CQL2 geometry is in CRS84 too, and is moved into the layer's system to be tested.
+    let (status, _, point) = get(
+        &server,
+        &format!(
+            "/features/collections/mga55/items?filter={}",
+            url_encode("S_INTERSECTS(geometry, POINT(145 -37.8))")
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{point}");
+    assert_eq!(point["numberMatched"], 1, "{point}");
+    assert_eq!(point["features"][0]["properties"]["name"], "Australia");
     server.stop().await;
 }
 
@@ -650,4 +662,97 @@ fn url_encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// CQL2's `S_INTERSECTS` (OGC API Features Part 3 with CQL2's spatial functions): the features
+/// whose geometry meets a point, a box or a polygon, as GDAL selects those meeting the same
+/// geometry; joined to other conditions by AND; refused (400) where this server cannot honour
+/// it.
+#[tokio::test]
+async fn cql2_s_intersects_selects_what_gdal_selects() {
+    let server = server().await;
+    let ask = |filter: &str| {
+        let (server, filter) = (&server, filter.to_owned());
+        async move {
+            get(
+                server,
+                &format!(
+                    "/features/collections/countries/items?limit=1000&filter-lang=cql2-text&filter={}",
+                    url_encode(&filter)
+                ),
+            )
+            .await
+        }
+    };
+    // A box: as bbox= and as GDAL's -spat (each geometry tested, not its bounds).
+    let (status, _, boxed) = ask("S_INTERSECTS(geometry, BBOX(140, -45, 180, -10))").await;
+    assert_eq!(status, StatusCode::OK, "{boxed}");
+    let expected = gdal_spat(["140", "-45", "180", "-10"]);
+    assert_eq!(names(&boxed), expected);
+    assert_eq!(boxed["numberMatched"], expected.len());
+    // A polygon, either argument first: GDAL's -clipsrc keeps the features meeting it.
+    let triangle = "POLYGON((110 -10, 155 -10, 130 -45, 110 -10))";
+    let clipped = |extra: &[&str]| {
+        let mut options = vec!["-clipsrc", triangle];
+        options.extend(extra);
+        names(&gdal(&test_data("naturalearth_lowres.gpkg"), &options))
+    };
+    let expected = clipped(&[]);
+    assert!(expected.contains(&"Australia".to_owned()) && !expected.contains(&"Fiji".to_owned()));
+    for filter in [
+        format!("S_INTERSECTS(geometry, {triangle})"),
+        format!("s_intersects({triangle}, \"geometry\")"),
+    ] {
+        let (status, _, ours) = ask(&filter).await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {ours}");
+        assert_eq!(names(&ours), expected, "{filter}");
+        assert_eq!(ours["numberMatched"], expected.len(), "{filter}");
+    }
+    // Joined to a comparison by AND, and paged.
+    let filter = format!("S_INTERSECTS(geometry, {triangle}) AND pop_est > 20000000");
+    let expected = clipped(&["-where", "pop_est > 20000000"]);
+    assert!(!expected.is_empty());
+    let (_, _, ours) = ask(&filter).await;
+    assert_eq!(names(&ours), expected);
+    let (_, _, first) = get(
+        &server,
+        &format!(
+            "/features/collections/countries/items?limit=1&filter={}",
+            url_encode(&filter)
+        ),
+    )
+    .await;
+    assert_eq!(first["numberMatched"], expected.len());
+    assert_eq!(first["numberReturned"], 1);
+    // A point inside Australia, and one in the sea.
+    let (_, _, point) = ask("S_INTERSECTS(geometry, POINT(133 -25))").await;
+    assert_eq!(names(&point), vec!["Australia".to_owned()]);
+    let (_, _, sea) = ask("S_INTERSECTS(geometry, POINT(-140 -40))").await;
+    assert_eq!(names(&sea), Vec::<String>::new());
+    assert_eq!(sea["numberMatched"], 0);
+    // Where it cannot be honoured: under OR or NOT, a malformed geometry, another property.
+    for (filter, wanted) in [
+        (
+            format!("S_INTERSECTS(geometry, {triangle}) OR name = 'Fiji'"),
+            "top level",
+        ),
+        (
+            format!("NOT S_INTERSECTS(geometry, {triangle})"),
+            "top level",
+        ),
+        (
+            "S_INTERSECTS(geometry, POLYGON((1 2, 3)))".to_owned(),
+            "number",
+        ),
+        ("S_INTERSECTS(name, POINT(1 2))".to_owned(), "geometry"),
+        ("S_INTERSECTS(geometry, CIRCLE(1 2))".to_owned(), "CIRCLE"),
+    ] {
+        let (status, _, body) = ask(&filter).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{filter}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(wanted),
+            "{filter}: {body}"
+        );
+    }
+    server.stop().await;
 }

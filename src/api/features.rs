@@ -33,6 +33,8 @@ const CONFORMANCE: &[&str] = &[
     "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
     "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
     "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
 ];
 const CRS84: &str = "http://www.opengis.net/def/crs/OGC/1.3/CRS84";
 /// The link relation of a collection's queryables (OGC API Features Part 3).
@@ -359,18 +361,33 @@ async fn items(
         Ok(filter) => filter,
         Err(e) => return bad(e.to_string()),
     };
-    // With a box, each candidate is tested on its geometry (as GDAL tests `-spat`), which
-    // gives the count and the page's fids at once; without one, SQL counts and pages.
-    let (matched, page_fids) = match &bbox {
-        Some(rects) => {
-            let matching = BoxMatch::new(layer, rects, &filter);
+    // The filter's S_INTERSECTS geometries, in the layer's system.
+    let shapes = match &reproject {
+        Some(r) => match filter
+            .shapes()
+            .iter()
+            .map(|s| r.from_wgs84(s))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(shapes) => shapes,
+            Err(e) => return bad(format!("filter: {e}")),
+        },
+        None => filter.shapes().to_vec(),
+    };
+    // With a box or a geometry, each candidate is tested on its geometry (as GDAL tests
+    // `-spat`), which gives the count and the page's fids at once; without, SQL counts and
+    // pages.
+    let (matched, page_fids) = match (&bbox, shapes.is_empty()) {
+        (None, true) => {
+            let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
+            (Some(n), None)
+        }
+        (rects, _) => {
+            let rects = rects.as_deref().unwrap_or_default();
+            let matching = BoxMatch::new(layer, rects, shapes, &filter);
             let (matched, fids) =
                 box_page(catalog, c.dataset.clone(), matching, offset, limit).await?;
             (Some(matched), Some(fids))
-        }
-        None => {
-            let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
-            (Some(n), None)
         }
     };
     // `resultType=hits` (as WFS has it, and GDAL's OAPIF driver asks when the API lists it):
@@ -566,7 +583,7 @@ fn openapi(base: &str, collections: &[Collection]) -> Value {
         json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}),
         json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}),
         json!({"name": "bbox", "in": "query", "style": "form", "explode": false, "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}}),
-        json!({"name": "filter", "in": "query", "description": "a CQL2 text filter on the properties", "schema": {"type": "string"}}),
+        json!({"name": "filter", "in": "query", "description": "a CQL2 text filter on the properties; S_INTERSECTS(geometry, <WKT or BBOX>) at its top level, joined by AND", "schema": {"type": "string"}}),
         json!({"name": "filter-lang", "in": "query", "schema": {"type": "string", "enum": ["cql2-text"], "default": "cql2-text"}}),
         json!({"name": "resultType", "in": "query", "description": "hits: the count alone", "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}}),
     ];

@@ -126,6 +126,13 @@ struct Parser<'a> {
     depth: usize,
     operators: usize,
     out: String,
+    /// CQL2's `S_INTERSECTS` geometries (CRS84), each written into the SQL as true and tested
+    /// on the features' geometries by the caller.
+    shapes: Vec<geo::Geometry<f64>>,
+    /// Whether every `S_INTERSECTS` stands at the top level (not inside parentheses or `NOT`).
+    shapes_on_top: bool,
+    /// Whether an `OR` joins the top level.
+    top_or: bool,
     /// For SQL this server runs itself: the layer's fields (any other name is refused), and
     /// the values taken out of the text as parameters, numbered after `first_param`.
     sql: Option<Sql<'a>>,
@@ -151,7 +158,198 @@ impl Parser<'_> {
     }
 }
 
+/// Most coordinates in the geometries of one filter.
+const MAX_COORDINATES: usize = 10_000;
+
 impl Parser<'_> {
+    /// `S_INTERSECTS(geometry, <literal>)` (either order), written as true: the caller tests
+    /// the features against the geometry.
+    fn intersects(&mut self) -> Result<(), String> {
+        self.at += 2; // S_INTERSECTS (
+        self.operator()?;
+        let shape = if self.geometry_reference() {
+            self.expect_symbol(",")?;
+            self.literal()?
+        } else {
+            let shape = self.literal()?;
+            self.expect_symbol(",")?;
+            if !self.geometry_reference() {
+                return Err(
+                    "S_INTERSECTS compares the property geometry with a geometry".to_owned(),
+                );
+            }
+            shape
+        };
+        self.expect_symbol(")")?;
+        self.shapes_on_top &= self.depth == 0;
+        self.shapes.push(shape);
+        self.out.push('1');
+        Ok(())
+    }
+
+    /// The queryable `geometry` (as `geometry` or `"geometry"`).
+    fn geometry_reference(&mut self) -> bool {
+        let found = matches!(
+            self.tokens.get(self.at),
+            Some(Token::Word(w) | Token::Quoted(w)) if w.eq_ignore_ascii_case("geometry")
+        );
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    /// A CQL2 geometry literal: WKT (`POINT`, `LINESTRING`, `POLYGON` and their `MULTI`
+    /// forms) or `BBOX(west, south, east, north)`, in CRS84.
+    fn literal(&mut self) -> Result<geo::Geometry<f64>, String> {
+        use geo::{
+            Geometry, LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon,
+        };
+        let Some(Token::Word(kind)) = self.tokens.get(self.at).cloned() else {
+            return Err("expected a geometry (POINT, POLYGON, BBOX…)".to_owned());
+        };
+        let kind = kind.to_ascii_uppercase();
+        const KINDS: &[&str] = &[
+            "BBOX",
+            "POINT",
+            "LINESTRING",
+            "POLYGON",
+            "MULTIPOINT",
+            "MULTILINESTRING",
+            "MULTIPOLYGON",
+        ];
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(format!(
+                "{kind} is not a geometry this server reads ({}); S_INTERSECTS compares the queryable geometry with one",
+                KINDS.join(", ")
+            ));
+        }
+        self.at += 1;
+        self.expect_symbol("(")?;
+        let shape = match kind.as_str() {
+            "BBOX" => {
+                let mut n = vec![self.number()?];
+                while self.symbol(",") {
+                    n.push(self.number()?);
+                }
+                let (w, s, e, north) = match n.as_slice() {
+                    [w, s, e, north] | [w, s, _, e, north, _] if s <= north => (*w, *s, *e, *north),
+                    _ => {
+                        return Err(
+                            "BBOX needs west, south, east, north with south <= north".to_owned()
+                        );
+                    }
+                };
+                let rect = |w: f64, e: f64| geo::Rect::new((w, s), (e, north)).to_polygon();
+                // West greater than east crosses the antimeridian, as OGC API bboxes do.
+                if w <= e {
+                    Geometry::Polygon(rect(w, e))
+                } else {
+                    Geometry::MultiPolygon(MultiPolygon(vec![rect(w, 180.0), rect(-180.0, e)]))
+                }
+            }
+            "POINT" => Geometry::Point(Point(self.coordinate()?)),
+            "LINESTRING" => Geometry::LineString(self.coordinates()?),
+            "POLYGON" => Geometry::Polygon(self.rings()?),
+            "MULTIPOINT" => {
+                let mut points = Vec::new();
+                loop {
+                    let wrapped = self.symbol("(");
+                    points.push(Point(self.coordinate()?));
+                    if wrapped {
+                        self.expect_symbol(")")?;
+                    }
+                    if !self.symbol(",") {
+                        break;
+                    }
+                }
+                Geometry::MultiPoint(MultiPoint(points))
+            }
+            "MULTILINESTRING" => {
+                let mut lines: Vec<LineString<f64>> = Vec::new();
+                loop {
+                    self.expect_symbol("(")?;
+                    lines.push(self.coordinates()?);
+                    self.expect_symbol(")")?;
+                    if !self.symbol(",") {
+                        break;
+                    }
+                }
+                Geometry::MultiLineString(MultiLineString(lines))
+            }
+            "MULTIPOLYGON" => {
+                let mut polygons: Vec<Polygon<f64>> = Vec::new();
+                loop {
+                    self.expect_symbol("(")?;
+                    polygons.push(self.rings()?);
+                    self.expect_symbol(")")?;
+                    if !self.symbol(",") {
+                        break;
+                    }
+                }
+                Geometry::MultiPolygon(MultiPolygon(polygons))
+            }
+            other => return Err(format!("{other} is not a geometry this server reads")),
+        };
+        self.expect_symbol(")")?;
+        Ok(shape)
+    }
+
+    /// Rings `(x y, …), (x y, …)`: the first the exterior, the rest holes.
+    fn rings(&mut self) -> Result<geo::Polygon<f64>, String> {
+        let mut rings = Vec::new();
+        loop {
+            self.expect_symbol("(")?;
+            rings.push(self.coordinates()?);
+            self.expect_symbol(")")?;
+            if !self.symbol(",") {
+                break;
+            }
+        }
+        let mut rings = rings.into_iter();
+        let exterior = rings.next().unwrap_or_else(|| geo::LineString(Vec::new()));
+        Ok(geo::Polygon::new(exterior, rings.collect()))
+    }
+
+    /// `x y, x y, …`.
+    fn coordinates(&mut self) -> Result<geo::LineString<f64>, String> {
+        let mut coordinates = vec![self.coordinate()?];
+        while self.symbol(",") {
+            coordinates.push(self.coordinate()?);
+        }
+        Ok(geo::LineString(coordinates))
+    }
+
+    /// `x y` (a third number, a height, is read and left out).
+    fn coordinate(&mut self) -> Result<geo::Coord<f64>, String> {
+        self.operators += 1;
+        if self.operators > MAX_COORDINATES + MAX_OPERATORS {
+            return Err(format!("more than {MAX_COORDINATES} coordinates"));
+        }
+        let (x, y) = (self.number()?, self.number()?);
+        if matches!(self.tokens.get(self.at), Some(Token::Number(_)))
+            || (self.peek_symbol("-")
+                && matches!(self.tokens.get(self.at + 1), Some(Token::Number(_))))
+        {
+            self.number()?;
+        }
+        Ok(geo::coord! { x: x, y: y })
+    }
+
+    /// A number, with its sign.
+    fn number(&mut self) -> Result<f64, String> {
+        let negative = self.symbol("-");
+        let Some(Token::Number(n)) = self.tokens.get(self.at) else {
+            return Err("expected a number in the geometry".to_owned());
+        };
+        let value: f64 = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
+        self.at += 1;
+        if !value.is_finite() {
+            return Err("coordinates must be finite".to_owned());
+        }
+        Ok(if negative { -value } else { value })
+    }
+
     fn peek_word(&self, word: &str) -> bool {
         matches!(self.tokens.get(self.at), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
     }
@@ -203,6 +401,7 @@ impl Parser<'_> {
     fn or(&mut self) -> Result<(), String> {
         self.and()?;
         while self.word("OR") {
+            self.top_or |= self.depth == 0;
             self.operator()?;
             self.out.push_str(" OR ");
             self.and()?;
@@ -221,6 +420,12 @@ impl Parser<'_> {
     }
 
     fn not(&mut self) -> Result<(), String> {
+        if self.sql.is_some()
+            && self.peek_word("S_INTERSECTS")
+            && matches!(self.tokens.get(self.at + 1), Some(Token::Symbol("(")))
+        {
+            return self.intersects();
+        }
         if self.word("NOT") {
             self.deeper()?;
             self.out.push_str("NOT ");
@@ -425,17 +630,25 @@ pub fn canonical(filter: &str) -> Result<String, FilterError> {
     Ok(parse(filter, None).map_err(FilterError)?.out)
 }
 
+/// A CQL2 text filter compiled for SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cql2 {
+    /// The SQL condition (each `S_INTERSECTS` in it written as true).
+    pub sql: String,
+    /// Its values, as parameters.
+    pub params: Vec<rusqlite::types::Value>,
+    /// The geometries (CRS84) a feature must intersect, all of them: the filter's
+    /// `S_INTERSECTS`, which stand at its top level, joined to the rest by `AND`.
+    pub shapes: Vec<geo::Geometry<f64>>,
+}
+
 /// A CQL2 text filter (basic comparisons, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, `AND`, `OR`,
-/// `NOT`, arithmetic, `TRUE`/`FALSE`) as an SQL condition on the layer's `fields`, its values as
-/// parameters numbered from `first_param + 1`.
+/// `NOT`, arithmetic, `TRUE`/`FALSE`, and `S_INTERSECTS` at the top level) as an SQL condition
+/// on the layer's `fields`, its values as parameters numbered from `first_param + 1`.
 ///
 /// # Errors
 /// A message saying what is unknown, not allowed or malformed.
-pub fn to_sql(
-    filter: &str,
-    fields: &[String],
-    first_param: usize,
-) -> Result<(String, Vec<rusqlite::types::Value>), FilterError> {
+pub fn to_sql(filter: &str, fields: &[String], first_param: usize) -> Result<Cql2, FilterError> {
     let parser = parse(
         filter,
         Some(Sql {
@@ -445,8 +658,17 @@ pub fn to_sql(
         }),
     )
     .map_err(FilterError)?;
-    let params = parser.sql.map(|s| s.params).unwrap_or_default();
-    Ok((parser.out, params))
+    if !parser.shapes.is_empty() && (parser.top_or || !parser.shapes_on_top) {
+        return Err(FilterError(
+            "S_INTERSECTS must stand at the top level of the filter, joined to the rest by AND"
+                .to_owned(),
+        ));
+    }
+    Ok(Cql2 {
+        params: parser.sql.map(|s| s.params).unwrap_or_default(),
+        sql: parser.out,
+        shapes: parser.shapes,
+    })
 }
 
 fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
@@ -459,6 +681,9 @@ fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
         depth: 0,
         operators: 0,
         out: String::new(),
+        shapes: Vec::new(),
+        shapes_on_top: true,
+        top_or: false,
         sql,
     };
     parser.or()?;
@@ -470,18 +695,54 @@ fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{canonical, to_sql};
+    use super::{Cql2, canonical, to_sql};
     use rusqlite::types::Value;
+
+    #[test]
+    fn s_intersects_takes_wkt_and_bbox_at_the_top_level() {
+        let fields = ["name".to_owned()];
+        let cql2 = to_sql(
+            "name = 'x' AND S_INTERSECTS(geometry, MULTIPOLYGON(((0 0, 1 0, 1 1, 0 0)), ((-2.5 -2, -1 -2, -1 -1e0, -2.5 -2)))) AND S_INTERSECTS(geometry, BBOX(170, -50, -170, -10))",
+            &fields,
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cql2.sql, "\"name\" = ?1 AND 1 AND 1");
+        assert_eq!(cql2.shapes.len(), 2);
+        match &cql2.shapes[0] {
+            geo::Geometry::MultiPolygon(m) => {
+                assert_eq!(m.0.len(), 2);
+                assert_eq!(m.0[1].exterior().0[0], geo::coord! { x: -2.5, y: -2.0 });
+            }
+            other => panic!("{other:?}"),
+        }
+        // West greater than east: two boxes, either side of the antimeridian.
+        assert!(matches!(&cql2.shapes[1], geo::Geometry::MultiPolygon(m) if m.0.len() == 2));
+        for refused in [
+            "S_INTERSECTS(geometry, POINT(1 2)) OR name = 'x'",
+            "(S_INTERSECTS(geometry, POINT(1 2)))",
+            "NOT S_INTERSECTS(geometry, POINT(1 2))",
+            "S_INTERSECTS(geometry, POINT(1))",
+            "S_INTERSECTS(geometry, BBOX(0, 10, 1, 5))",
+        ] {
+            assert!(
+                to_sql(refused, &fields, 0).is_err(),
+                "{refused} was accepted"
+            );
+        }
+        // GDAL's -where has no spatial functions.
+        assert!(canonical("S_INTERSECTS(geometry, POINT(1 2))").is_err());
+    }
 
     #[test]
     fn cql2_becomes_parameterised_sql_on_known_fields() {
         let fields = ["name".to_owned(), "pop_est".to_owned(), "active".to_owned()];
-        let (sql, params) = to_sql(
+        let Cql2 { sql, params, .. } = to_sql(
             "name LIKE 'N%' AND (pop_est >= 1000000 OR active = TRUE) AND name <> 'it''s'",
             &fields,
             2,
         )
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             sql,
             "\"name\" LIKE ?3 AND (\"pop_est\" >= ?4 OR \"active\" = ?5) AND \"name\" <> ?6"

@@ -92,8 +92,11 @@ pub struct BoxMatch {
     /// `SELECT geometry FROM layer WHERE fid = ?1`, for index candidates whose bounds do not
     /// decide.
     pub geometry: String,
-    /// The boxes, in the layer's system; a feature meeting any of them matches.
+    /// The boxes, in the layer's system; a feature meeting any of them matches (no boxes: no
+    /// box to meet).
     pub rects: Vec<geo::Rect<f64>>,
+    /// Geometries in the layer's system; a feature must meet all of them as well.
+    pub shapes: Vec<geo::Geometry<f64>>,
 }
 
 /// A condition every feature of an answer meets.
@@ -145,6 +148,8 @@ pub enum PlanError {
 pub struct Filter {
     conditions: Vec<String>,
     params: Vec<SqlValue>,
+    /// Geometries (CRS84) a feature must intersect, all of them (CQL2 `S_INTERSECTS`).
+    shapes: Vec<geo::Geometry<f64>>,
 }
 
 impl Filter {
@@ -173,15 +178,22 @@ impl Filter {
                     ));
                 }
                 Condition::Cql2(text) => {
-                    let (sql, values) =
-                        super::filter::to_sql(text, &layer.fields, filter.params.len())
-                            .map_err(PlanError::Filter)?;
-                    filter.conditions.push(format!("({sql})"));
-                    filter.params.extend(values);
+                    let cql2 = super::filter::to_sql(text, &layer.fields, filter.params.len())
+                        .map_err(PlanError::Filter)?;
+                    filter.conditions.push(format!("({})", cql2.sql));
+                    filter.params.extend(cql2.params);
+                    filter.shapes.extend(cql2.shapes);
                 }
             }
         }
         Ok(filter)
+    }
+
+    /// The geometries (CRS84) a feature must intersect, all of them: tested on each feature's
+    /// geometry by a [`BoxMatch`], not in SQL.
+    #[must_use]
+    pub fn shapes(&self) -> &[geo::Geometry<f64>] {
+        &self.shapes
     }
 
     fn where_clause(&self) -> String {
@@ -469,16 +481,34 @@ impl Count {
 }
 
 impl BoxMatch {
-    /// The features of `layer` meeting `filter` and any of `rects` (in the layer's system):
-    /// candidates from the R*Tree alone when nothing else filters, else from the table
-    /// (through the R*Tree when there is one).
+    /// The features of `layer` meeting `filter`, any of `rects` (when there are any) and all
+    /// of `shapes` (all in the layer's system): candidates from the R*Tree alone when nothing
+    /// else filters, else from the table (through the R*Tree when there is one). The R*Tree is
+    /// searched with `rects`, or with the bounds of the first shape when there are none.
     #[must_use]
-    pub fn new(layer: &Layer, rects: &[[f64; 4]], filter: &Filter) -> Self {
+    pub fn new(
+        layer: &Layer,
+        rects: &[[f64; 4]],
+        shapes: Vec<geo::Geometry<f64>>,
+        filter: &Filter,
+    ) -> Self {
+        use geo::BoundingRect;
         let Storage::Sqlite = layer.storage;
         let mut params = filter.params.clone();
         let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
+        let searched: Vec<[f64; 4]> = if rects.is_empty() {
+            shapes
+                .first()
+                .and_then(BoundingRect::bounding_rect)
+                .map(|r| vec![[r.min().x, r.min().y, r.max().x, r.max().y]])
+                .unwrap_or_default()
+        } else {
+            rects.to_vec()
+        };
+        // Only shapes with no points left: nothing meets them.
+        let nothing = !shapes.is_empty() && searched.is_empty();
         let mut within = Vec::new();
-        for rect in rects {
+        for rect in &searched {
             let n = params.len();
             within.push(format!(
                 "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
@@ -489,22 +519,31 @@ impl BoxMatch {
             ));
             params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
         }
-        let index = layer.rtree.as_deref().map(|rtree| {
-            within
-                .iter()
-                .map(|w| {
-                    format!(
-                        "SELECT id, minx, maxx, miny, maxy FROM {} WHERE {w}",
-                        quote(rtree)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ")
-        });
+        let index = layer
+            .rtree
+            .as_deref()
+            .filter(|_| !within.is_empty())
+            .map(|rtree| {
+                within
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "SELECT id, minx, maxx, miny, maxy FROM {} WHERE {w}",
+                            quote(rtree)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ")
+            });
         let (candidates, from_index) = match index {
-            Some(index) if filter.conditions.is_empty() => (format!("{index} ORDER BY 1"), true),
+            Some(index) if filter.conditions.is_empty() && !nothing => {
+                (format!("{index} ORDER BY 1"), true)
+            }
             index => {
                 let mut filters = filter.conditions.clone();
+                if nothing {
+                    filters.push("0".to_owned());
+                }
                 if let Some(index) = index {
                     filters.push(format!(
                         "{} IN (SELECT id FROM ({index}))",
@@ -536,6 +575,7 @@ impl BoxMatch {
                 quote(&layer.fid)
             ),
             rects: rects.iter().map(|r| rect(*r)).collect(),
+            shapes,
         }
     }
 }

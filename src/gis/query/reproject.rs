@@ -121,6 +121,24 @@ impl Reprojector {
         })
     }
 
+    /// A WGS 84 longitude/latitude geometry in the source system.
+    ///
+    /// # Errors
+    /// When a coordinate cannot be transformed.
+    pub fn from_wgs84(
+        &self,
+        geometry: &geo::Geometry<f64>,
+    ) -> Result<geo::Geometry<f64>, ReprojectError> {
+        geometry.try_map_coords(|c| {
+            Self::convert(&self.wgs84, &self.source, c.x, c.y)
+                .map(|(x, y)| geo::coord! { x: x, y: y })
+                .map_err(|e| ReprojectError {
+                    code: self.code,
+                    reason: e.to_string(),
+                })
+        })
+    }
+
     /// The envelope, in the source system, of a WGS 84 box (its corners and edge midpoints).
     ///
     /// # Errors

@@ -516,20 +516,44 @@ impl BoxMatch {
             return Some(decided);
         }
         let geometry = geozero::wkb::GpkgWkb(blob).to_geo().ok()?;
-        Some(self.rects.iter().any(|r| geometry.intersects(r)))
+        Some(
+            (self.rects.is_empty() || self.rects.iter().any(|r| geometry.intersects(r)))
+                && self.shapes.iter().all(|s| geometry.intersects(s)),
+        )
     }
 
-    /// What bounds alone tell against all the boxes.
+    /// What bounds alone tell: whether they meet any of the boxes, and that they miss a shape's
+    /// bounds (whether they meet a shape takes the geometry).
     fn by_bounds(&self, envelope: [f64; 4]) -> Option<bool> {
-        let mut undecided = false;
-        for rect in &self.rects {
-            match by_bounds(envelope, *rect) {
-                Some(true) => return Some(true),
-                Some(false) => {}
-                None => undecided = true,
+        use geo::BoundingRect;
+        let in_boxes = if self.rects.is_empty() {
+            Some(true)
+        } else {
+            let mut undecided = false;
+            let mut met = false;
+            for rect in &self.rects {
+                match by_bounds(envelope, *rect) {
+                    Some(true) => met = true,
+                    Some(false) => {}
+                    None => undecided = true,
+                }
             }
+            if met {
+                Some(true)
+            } else {
+                (!undecided).then_some(false)
+            }
+        };
+        let misses_a_shape = self.shapes.iter().any(|s| {
+            s.bounding_rect()
+                .is_none_or(|r| by_bounds(envelope, r) == Some(false))
+        });
+        match in_boxes {
+            Some(false) => Some(false),
+            _ if misses_a_shape => Some(false),
+            Some(true) if self.shapes.is_empty() => Some(true),
+            _ => None,
         }
-        (!undecided).then_some(false)
     }
 }
 

@@ -84,7 +84,12 @@ mod tests {
                 .unwrap_or_default()
                 .starts_with("+proj=longlat +a=6378137")
         );
-        assert!(to_proj("PROJCS[\"x\",GEOGCS[\"g\",DATUM[\"d\",SPHEROID[\"s\",1,1]]],PROJECTION[\"Bonne\"]]").is_err());
+        assert!(
+            to_proj(
+                "PROJCS[\"x\",GEOGCS[\"g\",DATUM[\"d\",SPHEROID[\"s\",1,1]]],PROJECTION[\"Bonne\"]]"
+            )
+            .is_err()
+        );
         assert!(to_proj("garbage").is_err());
     }
 }
