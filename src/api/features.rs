@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::reply::geojson;
 use super::reply::{Response, json};
 use crate::gis::query::limits::QueryError;
-use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Plan};
+use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Members, Plan};
 use crate::gis::query::reproject::Reprojector;
 use crate::gis::query::run::{box_page, count, execute, lookup};
 use crate::gis::store::{Catalog, Dataset, Layer};
@@ -255,6 +255,110 @@ fn parse_bbox(text: &str) -> Result<Vec<[f64; 4]>, String> {
     })
 }
 
+/// What an items request asks, its parameters checked.
+struct ItemsQuery {
+    limit: u64,
+    offset: u64,
+    /// `bbox` as boxes in CRS84 (two when it crosses the antimeridian).
+    bbox: Option<Vec<[f64; 4]>>,
+    /// Property parameters and the CQL2 filter.
+    conditions: Vec<Condition>,
+    /// `resultType=hits`: the count alone.
+    hits: bool,
+}
+
+impl ItemsQuery {
+    /// The parameters of `query` for `layer`, or a `400` naming what is wrong.
+    fn parse(query: &HashMap<String, String>, layer: &Layer) -> Result<Self, ApiError> {
+        let bad = |detail: String| ApiError::bad_request("bad query", detail);
+        let limit = match query.get("limit").map(|l| l.parse::<u64>()) {
+            None => DEFAULT_LIMIT,
+            Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
+            Some(_) => {
+                return Err(bad(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                )));
+            }
+        };
+        // SQLite's OFFSET is a signed 64-bit integer.
+        let offset = match query.get("offset").map(|o| o.parse::<u64>()) {
+            None => 0,
+            Some(Ok(n)) if i64::try_from(n).is_ok() => n,
+            Some(_) => {
+                return Err(bad(format!(
+                    "offset must be a whole number from 0 to {}",
+                    i64::MAX
+                )));
+            }
+        };
+        let bbox = query
+            .get("bbox")
+            .map(|b| parse_bbox(b))
+            .transpose()
+            .map_err(bad)?;
+        if let Some(crs) = query.get("bbox-crs").or_else(|| query.get("crs"))
+            && crs != CRS84
+        {
+            return Err(bad(format!("only {CRS84} is supported")));
+        }
+        if let Some(f) = query.get("f")
+            && !["json", "geojson"].contains(&f.as_str())
+        {
+            return Err(bad(format!("f={f}: only json is served")));
+        }
+        let mut conditions = Vec::new();
+        let mut filters: Vec<(&String, &String)> = query
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+            .collect();
+        filters.sort();
+        for (name, value) in filters {
+            if !layer.fields.contains(name) {
+                return Err(bad(format!(
+                    "unknown parameter or property {name:?}; properties: {}",
+                    layer.fields.join(", ")
+                )));
+            }
+            conditions.push(Condition::Equals {
+                field: name.clone(),
+                value: value.clone(),
+            });
+        }
+        // A CQL2 text filter (OGC API Features Part 3).
+        if let Some(filter) = query.get("filter") {
+            if let Some(lang) = query.get("filter-lang")
+                && lang != "cql2-text"
+            {
+                return Err(bad(format!(
+                    "filter-lang={lang}: only cql2-text is supported"
+                )));
+            }
+            if let Some(crs) = query.get("filter-crs")
+                && crs != CRS84
+            {
+                return Err(bad(format!("filter-crs: only {CRS84} is supported")));
+            }
+            conditions.push(Condition::Cql2(filter.clone()));
+        } else if query.contains_key("filter-lang") {
+            return Err(bad("filter-lang without a filter".to_owned()));
+        }
+        // `resultType=hits` (as WFS has it, and GDAL's OAPIF driver asks when the API lists
+        // it): the count alone.
+        let hits = match query.get("resultType").map(String::as_str) {
+            None | Some("results") => false,
+            Some("hits") => true,
+            Some(other) => return Err(bad(format!("resultType={other}: results or hits"))),
+        };
+        Ok(Self {
+            limit,
+            offset,
+            bbox,
+            conditions,
+            hits,
+        })
+    }
+}
+
 async fn items(
     catalog: &Arc<Catalog>,
     c: Collection,
@@ -262,151 +366,58 @@ async fn items(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let bad = |detail: String| Err(ApiError::bad_request("bad query", detail));
-    let limit = match query.get("limit").map(|l| l.parse::<u64>()) {
-        None => DEFAULT_LIMIT,
-        Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
-        Some(_) => {
-            return bad(format!(
-                "limit must be a whole number from 1 to {MAX_LIMIT}"
-            ));
-        }
-    };
-    // SQLite's OFFSET is a signed 64-bit integer.
-    let offset = match query.get("offset").map(|o| o.parse::<u64>()) {
-        None => 0,
-        Some(Ok(n)) if i64::try_from(n).is_ok() => n,
-        Some(_) => {
-            return bad(format!(
-                "offset must be a whole number from 0 to {}",
-                i64::MAX
-            ));
-        }
-    };
-    let bbox = match query.get("bbox").map(|b| parse_bbox(b)) {
-        None => None,
-        Some(Ok(b)) => Some(b),
-        Some(Err(e)) => return bad(e),
-    };
-    if let Some(crs) = query.get("bbox-crs").or_else(|| query.get("crs"))
-        && crs != CRS84
-    {
-        return bad(format!("only {CRS84} is supported"));
-    }
-    if let Some(f) = query.get("f")
-        && !["json", "geojson"].contains(&f.as_str())
-    {
-        return bad(format!("f={f}: only json is served"));
-    }
+    let bad = |detail: String| ApiError::bad_request("bad query", detail);
     let layer = &c.layer;
-    let reproject = match Reprojector::for_srs(layer.srs_id) {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "cannot reproject",
-                Some(e.to_string()),
-            ));
-        }
-    };
-    // The box is in WGS 84; the index is in the layer's system.
-    let bbox = match (bbox, &reproject) {
-        (Some(boxes), Some(r)) => {
-            match boxes
-                .into_iter()
-                .map(|b| r.bbox_from_wgs84(b))
+    let asked = ItemsQuery::parse(query, layer)?;
+    let (limit, offset) = (asked.limit, asked.offset);
+    let reproject = Reprojector::for_srs(layer.srs_id).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "cannot reproject",
+            Some(e.to_string()),
+        )
+    })?;
+    let filter = Filter::new(layer, &asked.conditions).map_err(|e| bad(e.to_string()))?;
+    // The box and the filter's S_INTERSECTS geometries are in CRS84; the index and the
+    // geometries are in the layer's system.
+    let (bbox, shapes) = match &reproject {
+        Some(r) => (
+            asked
+                .bbox
+                .map(|boxes| boxes.into_iter().map(|b| r.bbox_from_wgs84(b)).collect())
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
+            filter
+                .shapes()
+                .iter()
+                .map(|s| r.from_wgs84(s))
                 .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(b) => Some(b),
-                Err(e) => return bad(e.to_string()),
-            }
-        }
-        (b, _) => b,
-    };
-    let mut conditions = Vec::new();
-    let mut filters: Vec<(&String, &String)> = query
-        .iter()
-        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-        .collect();
-    filters.sort();
-    for (name, value) in filters {
-        if !layer.fields.contains(name) {
-            return bad(format!(
-                "unknown parameter or property {name:?}; properties: {}",
-                layer.fields.join(", ")
-            ));
-        }
-        conditions.push(Condition::Equals {
-            field: name.clone(),
-            value: value.clone(),
-        });
-    }
-    // A CQL2 text filter (OGC API Features Part 3), compiled to a parameterised condition.
-    if let Some(filter) = query.get("filter") {
-        if let Some(lang) = query.get("filter-lang")
-            && lang != "cql2-text"
-        {
-            return bad(format!("filter-lang={lang}: only cql2-text is supported"));
-        }
-        if let Some(crs) = query.get("filter-crs")
-            && crs != CRS84
-        {
-            return bad(format!("filter-crs: only {CRS84} is supported"));
-        }
-        conditions.push(Condition::Cql2(filter.clone()));
-    } else if query.contains_key("filter-lang") {
-        return bad("filter-lang without a filter".to_owned());
-    }
-    let filter = match Filter::new(layer, &conditions) {
-        Ok(filter) => filter,
-        Err(e) => return bad(e.to_string()),
-    };
-    // The filter's S_INTERSECTS geometries, in the layer's system.
-    let shapes = match &reproject {
-        Some(r) => match filter
-            .shapes()
-            .iter()
-            .map(|s| r.from_wgs84(s))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(shapes) => shapes,
-            Err(e) => return bad(format!("filter: {e}")),
-        },
-        None => filter.shapes().to_vec(),
+                .map_err(|e| bad(format!("filter: {e}")))?,
+        ),
+        None => (asked.bbox, filter.shapes().to_vec()),
     };
     // With a box or a geometry, each candidate is tested on its geometry (as GDAL tests
     // `-spat`), which gives the count and the page's fids at once; without, SQL counts and
     // pages.
-    let (matched, page_fids) = match (&bbox, shapes.is_empty()) {
-        (None, true) => {
-            let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
-            (Some(n), None)
-        }
-        (rects, _) => {
-            let rects = rects.as_deref().unwrap_or_default();
-            let matching = BoxMatch::new(layer, rects, shapes, &filter);
-            let (matched, fids) =
-                box_page(catalog, c.dataset.clone(), matching, offset, limit).await?;
-            (Some(matched), Some(fids))
-        }
+    let (matched, page_fids) = if bbox.is_none() && shapes.is_empty() {
+        let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
+        (n, None)
+    } else {
+        let matching = BoxMatch::new(layer, bbox.as_deref().unwrap_or_default(), shapes, &filter);
+        let (n, fids) = box_page(catalog, c.dataset.clone(), matching, offset, limit).await?;
+        (n, Some(fids))
     };
-    // `resultType=hits` (as WFS has it, and GDAL's OAPIF driver asks when the API lists it):
-    // the count alone.
-    match query.get("resultType").map(String::as_str) {
-        None | Some("results") => {}
-        Some("hits") => {
-            return Ok(json(
-                StatusCode::OK,
-                &json!({
-                    "type": "FeatureCollection",
-                    "features": [],
-                    "numberMatched": matched,
-                    "numberReturned": 0,
-                }),
-                "application/geo+json",
-            ));
-        }
-        Some(other) => return bad(format!("resultType={other}: results or hits")),
+    if asked.hits {
+        return Ok(json(
+            StatusCode::OK,
+            &json!({
+                "type": "FeatureCollection",
+                "features": [],
+                "numberMatched": matched,
+                "numberReturned": 0,
+            }),
+            "application/geo+json",
+        ));
     }
     // One ETag per encoding: a strong validator names the bytes sent.
     let encoding = crate::encoding::accepted(headers);
@@ -432,12 +443,30 @@ async fn items(
         }
         return Ok(response);
     }
-
     let plan = match page_fids {
         Some(fids) => Plan::fids(layer, &fids, &c.id),
         None => Plan::page(layer, &filter, limit, offset, &c.id),
     };
     let href = format!("{base}/collections/{}/items", c.id);
+    let members = page_members(&href, query, limit, offset, matched);
+    let plan = plan.reprojected(reproject).with_members(members);
+    let stream = execute(catalog, c.dataset.clone(), plan, None).await?;
+    let mut response = geojson(stream, encoding);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+/// What follows the features of a page: `numberReturned`, links to this page and the next and
+/// previous ones, `numberMatched` and `timeStamp`.
+fn page_members(
+    href: &str,
+    query: &HashMap<String, String>,
+    limit: u64,
+    offset: u64,
+    matched: u64,
+) -> Members {
     let page = |o: u64| {
         let mut q: Vec<(String, String)> = sorted(query)
             .into_iter()
@@ -456,37 +485,23 @@ async fn items(
         page(offset.saturating_add(limit)),
         (offset > 0).then(|| page(offset.saturating_sub(limit))),
     );
-    let members = move |returned: u64| {
+    Box::new(move |returned: u64| {
         let mut links = vec![
             json!({"href": self_link, "rel": "self", "type": "application/geo+json", "title": "this page"}),
         ];
-        let more = match matched {
-            Some(m) => offset.saturating_add(returned) < m,
-            None => returned == limit,
-        };
-        if more {
+        if offset.saturating_add(returned) < matched {
             links.push(json!({"href": next_link, "rel": "next", "type": "application/geo+json", "title": "next page"}));
         }
         if let Some(prev) = prev_link {
             links.push(json!({"href": prev, "rel": "prev", "type": "application/geo+json", "title": "previous page"}));
         }
-        let mut members = vec![
+        vec![
             ("numberReturned", Value::from(returned)),
             ("links", Value::Array(links)),
-        ];
-        if let Some(m) = matched {
-            members.push(("numberMatched", Value::from(m)));
-        }
-        members.push(("timeStamp", Value::from(chrono::Utc::now().to_rfc3339())));
-        members
-    };
-    let plan = plan.reprojected(reproject).with_members(Box::new(members));
-    let stream = execute(catalog, c.dataset.clone(), plan, None).await?;
-    let mut response = geojson(stream, encoding);
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(response)
+            ("numberMatched", Value::from(matched)),
+            ("timeStamp", Value::from(chrono::Utc::now().to_rfc3339())),
+        ]
+    })
 }
 
 async fn item(
