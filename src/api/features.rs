@@ -377,24 +377,17 @@ async fn items(
             Some(e.to_string()),
         )
     })?;
-    let filter = Filter::new(layer, &asked.conditions).map_err(|e| bad(e.to_string()))?;
-    // The box and the filter's S_INTERSECTS geometries are in CRS84; the index and the
-    // geometries are in the layer's system.
-    let (bbox, shapes) = match &reproject {
-        Some(r) => (
-            asked
-                .bbox
-                .map(|boxes| boxes.into_iter().map(|b| r.bbox_from_wgs84(b)).collect())
-                .transpose()
-                .map_err(|e| bad(e.to_string()))?,
-            filter
-                .shapes()
-                .iter()
-                .map(|s| r.from_wgs84(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(format!("filter: {e}")))?,
-        ),
-        None => (asked.bbox, filter.shapes().to_vec()),
+    let filter = Filter::new(layer, &asked.conditions, reproject.as_deref())
+        .map_err(|e| bad(e.to_string()))?;
+    let shapes = filter.shapes().to_vec();
+    // The box is in CRS84; the index is in the layer's system.
+    let bbox = match &reproject {
+        Some(r) => asked
+            .bbox
+            .map(|boxes| boxes.into_iter().map(|b| r.bbox_from_wgs84(b)).collect())
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        None => asked.bbox,
     };
     // With a box or a geometry, each candidate is tested on its geometry (as GDAL tests
     // `-spat`), which gives the count and the page's fids at once; without, SQL counts and
@@ -598,7 +591,7 @@ fn openapi(base: &str, collections: &[Collection]) -> Value {
         json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}),
         json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}),
         json!({"name": "bbox", "in": "query", "style": "form", "explode": false, "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}}),
-        json!({"name": "filter", "in": "query", "description": "a CQL2 text filter on the properties; S_INTERSECTS(geometry, <WKT or BBOX>) at its top level, joined by AND", "schema": {"type": "string"}}),
+        json!({"name": "filter", "in": "query", "description": "a CQL2 text filter on the properties and S_INTERSECTS(geometry, <WKT or BBOX>)", "schema": {"type": "string"}}),
         json!({"name": "filter-lang", "in": "query", "schema": {"type": "string", "enum": ["cql2-text"], "default": "cql2-text"}}),
         json!({"name": "resultType", "in": "query", "description": "hits: the count alone", "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}}),
     ];

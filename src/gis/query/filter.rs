@@ -182,8 +182,14 @@ impl Parser<'_> {
         };
         self.expect_symbol(")")?;
         self.shapes_on_top &= self.depth == 0;
+        // A marker, replaced once the whole filter is read: true when every S_INTERSECTS
+        // stands at the top level, else a call of the per-query SQL function. (Control
+        // characters never come from the client: the tokenizer refuses them.)
+        self.out.push(SHAPE_MARK);
+        self.out
+            .push_str(itoa::Buffer::new().format(self.shapes.len()));
+        self.out.push(SHAPE_MARK);
         self.shapes.push(shape);
-        self.out.push('1');
         Ok(())
     }
 
@@ -630,16 +636,31 @@ pub fn canonical(filter: &str) -> Result<String, FilterError> {
     Ok(parse(filter, None).map_err(FilterError)?.out)
 }
 
+/// Marks where an `S_INTERSECTS` stood in the SQL being written.
+const SHAPE_MARK: char = '\u{1}';
+
+/// Stands for the layer's geometry column in a compiled filter, replaced by the plan.
+pub const GEOMETRY_COLUMN: &str = "\u{2}";
+
+/// The SQL function a compiled filter calls as `pozi_intersects(<geometry>, <k>)` for an
+/// `S_INTERSECTS` that does not stand at its top level: true when the geometry meets
+/// geometry `k` of [`Cql2::tested`]. Registered on the connection for the query alone.
+pub const INTERSECTS_FUNCTION: &str = "pozi_intersects";
+
 /// A CQL2 text filter compiled for SQLite.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cql2 {
-    /// The SQL condition (each `S_INTERSECTS` in it written as true).
+    /// The SQL condition. An `S_INTERSECTS` at the top level is written as true (the caller
+    /// tests [`Cql2::shapes`]); one elsewhere as a call of [`INTERSECTS_FUNCTION`] on
+    /// [`GEOMETRY_COLUMN`].
     pub sql: String,
     /// Its values, as parameters.
     pub params: Vec<rusqlite::types::Value>,
-    /// The geometries (CRS84) a feature must intersect, all of them: the filter's
-    /// `S_INTERSECTS`, which stand at its top level, joined to the rest by `AND`.
+    /// Geometries (CRS84) a feature must intersect, all of them: the filter's `S_INTERSECTS`
+    /// when every one stands at its top level, joined to the rest by `AND`.
     pub shapes: Vec<geo::Geometry<f64>>,
+    /// Geometries (CRS84) the SQL tests through [`INTERSECTS_FUNCTION`], by their place here.
+    pub tested: Vec<geo::Geometry<f64>>,
 }
 
 /// A CQL2 text filter (basic comparisons, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, `AND`, `OR`,
@@ -658,16 +679,28 @@ pub fn to_sql(filter: &str, fields: &[String], first_param: usize) -> Result<Cql
         }),
     )
     .map_err(FilterError)?;
-    if !parser.shapes.is_empty() && (parser.top_or || !parser.shapes_on_top) {
-        return Err(FilterError(
-            "S_INTERSECTS must stand at the top level of the filter, joined to the rest by AND"
-                .to_owned(),
-        ));
+    let on_top = !parser.top_or && parser.shapes_on_top;
+    let mut sql = String::with_capacity(parser.out.len());
+    for (i, part) in parser.out.split(SHAPE_MARK).enumerate() {
+        // Odd parts are the places of the S_INTERSECTS, between two marks.
+        if i % 2 == 0 {
+            sql.push_str(part);
+        } else if on_top {
+            sql.push('1');
+        } else {
+            sql.push_str(&format!("{INTERSECTS_FUNCTION}({GEOMETRY_COLUMN}, {part})"));
+        }
     }
+    let (shapes, tested) = if on_top {
+        (parser.shapes, Vec::new())
+    } else {
+        (Vec::new(), parser.shapes)
+    };
     Ok(Cql2 {
         params: parser.sql.map(|s| s.params).unwrap_or_default(),
-        sql: parser.out,
-        shapes: parser.shapes,
+        sql,
+        shapes,
+        tested,
     })
 }
 
@@ -695,7 +728,7 @@ fn parse<'a>(filter: &str, sql: Option<Sql<'a>>) -> Result<Parser<'a>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cql2, canonical, to_sql};
+    use super::{Cql2, GEOMETRY_COLUMN, INTERSECTS_FUNCTION, canonical, to_sql};
     use rusqlite::types::Value;
 
     #[test]
@@ -718,12 +751,26 @@ mod tests {
         }
         // West greater than east: two boxes, either side of the antimeridian.
         assert!(matches!(&cql2.shapes[1], geo::Geometry::MultiPolygon(m) if m.0.len() == 2));
+        // Elsewhere than the top level: a call of the per-query function, by place.
+        let nested = to_sql(
+            "S_INTERSECTS(geometry, POINT(1 2)) OR NOT (name = 'x' AND S_INTERSECTS(geometry, POINT(3 4)))",
+            &fields,
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            nested.sql,
+            format!(
+                "{INTERSECTS_FUNCTION}({GEOMETRY_COLUMN}, 0) OR NOT (\"name\" = ?1 AND {INTERSECTS_FUNCTION}({GEOMETRY_COLUMN}, 1))"
+            )
+        );
+        assert!(nested.shapes.is_empty());
+        assert_eq!(nested.tested.len(), 2);
         for refused in [
-            "S_INTERSECTS(geometry, POINT(1 2)) OR name = 'x'",
-            "(S_INTERSECTS(geometry, POINT(1 2)))",
-            "NOT S_INTERSECTS(geometry, POINT(1 2))",
             "S_INTERSECTS(geometry, POINT(1))",
             "S_INTERSECTS(geometry, BBOX(0, 10, 1, 5))",
+            "S_INTERSECTS(name, POINT(1 2))",
+            "pozi_intersects(geometry, 0)",
         ] {
             assert!(
                 to_sql(refused, &fields, 0).is_err(),

@@ -41,6 +41,8 @@ pub struct Plan {
     pub members: Option<Members>,
     /// Answering from rendered copies when every candidate has one.
     pub reuse: Option<Reuse>,
+    /// Geometries its filter tests.
+    pub tested: Tested,
 }
 
 /// How a box query is answered from rendered copies of its features (see
@@ -97,6 +99,8 @@ pub struct BoxMatch {
     pub rects: Vec<geo::Rect<f64>>,
     /// Geometries in the layer's system; a feature must meet all of them as well.
     pub shapes: Vec<geo::Geometry<f64>>,
+    /// Geometries the filter's conditions test.
+    pub tested: Tested,
 }
 
 /// A condition every feature of an answer meets.
@@ -148,18 +152,38 @@ pub enum PlanError {
 pub struct Filter {
     conditions: Vec<String>,
     params: Vec<SqlValue>,
-    /// Geometries (CRS84) a feature must intersect, all of them (CQL2 `S_INTERSECTS`).
+    /// Geometries (in the layer's system) a feature must intersect, all of them: CQL2
+    /// `S_INTERSECTS` at the filter's top level, tested by a [`BoxMatch`].
     shapes: Vec<geo::Geometry<f64>>,
+    /// Geometries (in the layer's system) the conditions test through
+    /// [`super::filter::INTERSECTS_FUNCTION`]: CQL2 `S_INTERSECTS` elsewhere.
+    tested: Tested,
 }
 
+/// The geometries a statement's [`super::filter::INTERSECTS_FUNCTION`] calls refer to, by
+/// place; registered on the connection while the statement runs.
+pub type Tested = Arc<Vec<geo::Geometry<f64>>>;
+
 impl Filter {
-    /// The conditions on `layer`, all of which a feature must meet.
+    /// The conditions on `layer`, all of which a feature must meet; CQL2 geometries (CRS84)
+    /// are moved into the layer's system with `reproject`.
     ///
     /// # Errors
-    /// A property the layer does not have, or a CQL2 filter that does not parse.
-    pub fn new(layer: &Layer, conditions: &[Condition]) -> Result<Self, PlanError> {
+    /// A property the layer does not have, a CQL2 filter that does not parse, or a geometry
+    /// that cannot be moved into the layer's system.
+    pub fn new(
+        layer: &Layer,
+        conditions: &[Condition],
+        reproject: Option<&Reprojector>,
+    ) -> Result<Self, PlanError> {
         let Storage::Sqlite = layer.storage;
         let mut filter = Self::default();
+        let mut tested = Vec::new();
+        let into_layer = |shape: geo::Geometry<f64>| match reproject {
+            Some(r) => r.from_wgs84(&shape),
+            None => Ok(shape),
+        };
+        let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
         for condition in conditions {
             match condition {
                 Condition::Sql(sql) => filter.conditions.push(format!("({sql})")),
@@ -180,17 +204,30 @@ impl Filter {
                 Condition::Cql2(text) => {
                     let cql2 = super::filter::to_sql(text, &layer.fields, filter.params.len())
                         .map_err(PlanError::Filter)?;
-                    filter.conditions.push(format!("({})", cql2.sql));
+                    // The function's geometries are numbered within one filter text.
+                    if !tested.is_empty() && !cql2.tested.is_empty() {
+                        return Err(PlanError::Filter(super::filter::FilterError(
+                            "one CQL2 filter at a time may test geometries".to_owned(),
+                        )));
+                    }
+                    let sql = cql2.sql.replace(super::filter::GEOMETRY_COLUMN, &geometry);
+                    filter.conditions.push(format!("({sql})"));
                     filter.params.extend(cql2.params);
-                    filter.shapes.extend(cql2.shapes);
+                    for shape in cql2.shapes {
+                        filter.shapes.push(into_layer(shape)?);
+                    }
+                    for shape in cql2.tested {
+                        tested.push(into_layer(shape)?);
+                    }
                 }
             }
         }
+        filter.tested = Arc::new(tested);
         Ok(filter)
     }
 
-    /// The geometries (CRS84) a feature must intersect, all of them: tested on each feature's
-    /// geometry by a [`BoxMatch`], not in SQL.
+    /// The geometries (in the layer's system) a feature must intersect, all of them: tested
+    /// on each feature's geometry by a [`BoxMatch`], not in SQL.
     #[must_use]
     pub fn shapes(&self) -> &[geo::Geometry<f64>] {
         &self.shapes
@@ -245,6 +282,7 @@ impl Plan {
             name,
             members: None,
             reuse: None,
+            tested: Tested::default(),
         }
     }
 
@@ -372,6 +410,7 @@ impl Plan {
         );
         Self {
             emit_id: true,
+            tested: filter.tested.clone(),
             ..Self::new(sql, filter.params.clone(), name.to_owned())
         }
     }
@@ -448,6 +487,8 @@ pub struct Count {
     pub sql: String,
     /// Its parameters.
     pub params: Vec<SqlValue>,
+    /// Geometries its filter tests.
+    pub tested: Tested,
 }
 
 impl Count {
@@ -462,6 +503,7 @@ impl Count {
                 filter.where_clause()
             ),
             params: filter.params.clone(),
+            tested: filter.tested.clone(),
         }
     }
 
@@ -476,6 +518,7 @@ impl Count {
                 quote(&layer.fid)
             ),
             params: vec![SqlValue::Integer(fid)],
+            tested: Tested::default(),
         }
     }
 }
@@ -576,6 +619,7 @@ impl BoxMatch {
             ),
             rects: rects.iter().map(|r| rect(*r)).collect(),
             shapes,
+            tested: filter.tested.clone(),
         }
     }
 }

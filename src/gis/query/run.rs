@@ -8,12 +8,13 @@ use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
 use crate::gis::cache::features::Cached;
+use crate::gis::query::filter::INTERSECTS_FUNCTION;
 use crate::gis::query::geojson::{
     FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry,
 };
 pub use crate::gis::query::limits::Chunk;
 use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
-pub use crate::gis::query::plan::{BoxMatch, Count, Plan, Reuse};
+pub use crate::gis::query::plan::{BoxMatch, Count, Plan, Reuse, Tested};
 use crate::gis::store::{Catalog, Dataset};
 
 /// The box `[xmin, ymin, xmax, ymax]` as a geometry.
@@ -112,6 +113,10 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
         Ok(c) => c,
         Err(e) => return sink.fail(QueryError::Dataset(e)),
     };
+    let intersects = match Intersects::install(&connection, &plan.tested) {
+        Ok(intersects) => intersects,
+        Err(e) => return sink.fail(sink.watch().error(&e)),
+    };
     match sink.watch().clone().install(&connection) {
         Ok(_watching) => match copies(&connection, &plan, limit) {
             Some(mut writer) => {
@@ -123,6 +128,67 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
         },
         Err(e) => sink.fail(e),
     }
+    drop(intersects);
+}
+
+/// [`INTERSECTS_FUNCTION`] registered on a connection for one statement's geometries, and
+/// removed when this is dropped, so that a pooled connection never keeps another query's.
+struct Intersects<'c>(Option<&'c rusqlite::Connection>);
+
+impl<'c> Intersects<'c> {
+    /// Registers the function for `tested` (nothing when there are none).
+    fn install(connection: &'c rusqlite::Connection, tested: &Tested) -> rusqlite::Result<Self> {
+        use rusqlite::functions::FunctionFlags;
+        if tested.is_empty() {
+            return Ok(Self(None));
+        }
+        let shapes = tested.clone();
+        connection.create_scalar_function(
+            INTERSECTS_FUNCTION,
+            2,
+            FunctionFlags::SQLITE_UTF8
+                | FunctionFlags::SQLITE_DETERMINISTIC
+                | FunctionFlags::SQLITE_DIRECTONLY,
+            move |context| {
+                let shape = context
+                    .get::<i64>(1)
+                    .ok()
+                    .and_then(|k| usize::try_from(k).ok())
+                    .and_then(|k| shapes.get(k));
+                Ok(match (context.get_raw(0), shape) {
+                    (ValueRef::Blob(blob), Some(shape)) => blob_meets_shape(blob, shape),
+                    _ => false,
+                })
+            },
+        )?;
+        Ok(Self(Some(connection)))
+    }
+}
+
+impl Drop for Intersects<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0 {
+            let _ = connection.remove_function(INTERSECTS_FUNCTION, 2);
+        }
+    }
+}
+
+/// Whether a GeoPackage geometry blob meets `shape`: bounds first, then the geometry (false
+/// for an empty or malformed blob).
+fn blob_meets_shape(blob: &[u8], shape: &geo::Geometry<f64>) -> bool {
+    use geo::{BoundingRect, Intersects};
+    use geozero::ToGeo;
+    if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
+        return false;
+    }
+    if let (Some(envelope), Some(bounds)) = (gpkg_envelope(blob), shape.bounding_rect())
+        && by_bounds(envelope, bounds) == Some(false)
+    {
+        return false;
+    }
+    geozero::wkb::GpkgWkb(blob)
+        .to_geo()
+        .is_ok_and(|geometry| geometry.intersects(shape))
 }
 
 /// The geometry type names a GeoPackage declares geometry columns with.
@@ -492,6 +558,8 @@ pub async fn count(
     count: Count,
 ) -> Result<u64, QueryError> {
     with_connection(catalog, dataset, move |connection, watch| {
+        let _intersects =
+            Intersects::install(connection, &count.tested).map_err(|e| watch.error(&e))?;
         connection
             .query_row(
                 &count.sql,
@@ -570,6 +638,8 @@ pub async fn box_page(
     limit: u64,
 ) -> Result<(u64, Vec<i64>), QueryError> {
     with_connection(catalog, dataset, move |connection, watch| {
+        let _intersects =
+            Intersects::install(connection, &matching.tested).map_err(|e| watch.error(&e))?;
         let mut matched = 0u64;
         let mut page = Vec::new();
         let mut take = |fid: i64| {
