@@ -775,3 +775,86 @@ async fn cql2_s_intersects_selects_what_gdal_selects() {
     }
     server.stop().await;
 }
+
+/// A GeoPackage written without a spatial index (`-lco SPATIAL_INDEX=NO`) answers `bbox` and
+/// `S_INTERSECTS` by reading the table, as GDAL does, not with a 500.
+#[tokio::test]
+async fn layers_without_a_spatial_index_answer_boxes() {
+    let server = server().await;
+    gdal_convert(
+        &test_data("naturalearth_lowres.gpkg"),
+        &server.root.join("userdata/local/noindex.gpkg"),
+        &["-lco", "SPATIAL_INDEX=NO", "-nln", "noindex"],
+    );
+    let expected = gdal_spat(["140", "-45", "180", "-10"]);
+    for query in [
+        "bbox=140,-45,180,-10".to_owned(),
+        format!(
+            "filter={}",
+            url_encode("S_INTERSECTS(geometry, BBOX(140, -45, 180, -10))")
+        ),
+    ] {
+        let mut answer = Value::Null;
+        // The folder listing is trusted for a second.
+        for _ in 0..50 {
+            let (status, _, body) = get(
+                &server,
+                &format!("/features/collections/noindex/items?limit=1000&{query}"),
+            )
+            .await;
+            answer = body;
+            if status != StatusCode::NOT_FOUND {
+                assert_eq!(status, StatusCode::OK, "{query}: {answer}");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(names(&answer), expected, "{query}");
+        assert_eq!(answer["numberMatched"], expected.len(), "{query}");
+    }
+    server.stop().await;
+}
+
+/// The route table: a trailing slash on the single-path APIs, 404 for what an API does not
+/// have (before the method is looked at), 405 for another method on a path it has, and a
+/// doubled leading slash is not an API path (the static server refuses it as a path).
+#[tokio::test]
+async fn routes_answer_as_documented() {
+    let server = server().await;
+    let client = server.client();
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/health", StatusCode::OK),
+        (reqwest::Method::GET, "/health/", StatusCode::OK),
+        (reqwest::Method::GET, "/features/", StatusCode::OK),
+        (reqwest::Method::GET, "/health/x", StatusCode::NOT_FOUND),
+        (reqwest::Method::POST, "/health/x", StatusCode::NOT_FOUND),
+        (
+            reqwest::Method::POST,
+            "/health",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/ogr2ogr",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            "//features/collections",
+            StatusCode::BAD_REQUEST,
+        ),
+        (reqwest::Method::GET, "/search/", StatusCode::BAD_REQUEST),
+    ] {
+        let response = client
+            .request(method.clone(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            assert_eq!(body["status"], status.as_u16(), "{method} {path}: {body}");
+        }
+    }
+    server.stop().await;
+}

@@ -10,8 +10,8 @@
 //! | a configured proxy prefix     | proxy        | any              |
 //! | anything else                 | static files | GET, HEAD        |
 //!
-//! Another method on a route gets 405; a path under an API name that the API does not have
-//! (`/health/x`) gets 404.
+//! `/health`, `/ogr2ogr` and `/search` take a trailing slash too. A path under an API name
+//! that the API does not have (`/health/x`) gets 404; another method on a route gets 405.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,7 +101,8 @@ impl Route {
     #[must_use]
     pub fn of(site: &Site, path: &str) -> Self {
         let first = path
-            .trim_start_matches('/')
+            .strip_prefix('/')
+            .unwrap_or(path)
             .split('/')
             .next()
             .unwrap_or_default();
@@ -148,6 +149,22 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let method = request.method();
+    let path = request.uri().path();
+    let exact = |name: &str| {
+        path.strip_prefix('/')
+            .and_then(|p| p.strip_prefix(name))
+            .is_some_and(|rest| rest.is_empty() || rest == "/")
+    };
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not found", None);
+    let known = match route {
+        Route::Health => exact("health"),
+        Route::Ogr2ogr => exact("ogr2ogr"),
+        Route::Search => exact("search"),
+        Route::Features | Route::Proxy | Route::File => true,
+    };
+    if !known {
+        return Err(not_found());
+    }
     if !route.any_method() && method != Method::GET && method != Method::HEAD {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -155,14 +172,11 @@ async fn answer(
             None,
         ));
     }
-    let path = request.uri().path();
-    let exact = |name: &str| path.strip_prefix('/') == Some(name);
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not found", None);
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     match route {
-        Route::Health if exact("health") => Ok(crate::api::health::answer(&site.health)),
-        Route::Ogr2ogr if exact("ogr2ogr") => {
+        Route::Health => Ok(crate::api::health::answer(&site.health)),
+        Route::Ogr2ogr => {
             let query = query(&request);
             let folder = site.hosts.search_path(host).swap_remove(0);
             crate::api::ogr2ogr::answer(
@@ -186,7 +200,7 @@ async fn answer(
             crate::api::features::answer(site.catalog.clone(), context, rest, &query(&request))
                 .await
         }
-        Route::Search if exact("search") => {
+        Route::Search => {
             let mut query = query(&request);
             crate::api::search::answer(
                 site.catalog.clone(),
@@ -216,7 +230,6 @@ async fn answer(
             site.proxy.forward(&route, forward, body).await
         }
         Route::File => Ok(serve_file(site, method, path, headers).await),
-        Route::Health | Route::Ogr2ogr | Route::Search => Err(not_found()),
     }
 }
 

@@ -158,8 +158,9 @@ impl Parser<'_> {
     }
 }
 
-/// Most coordinates in the geometries of one filter.
-const MAX_COORDINATES: usize = 10_000;
+/// Most coordinates in the geometries of one filter: each feature tested against a geometry
+/// costs in proportion to its vertices times the feature's.
+pub const MAX_COORDINATES: usize = 1_000;
 
 impl Parser<'_> {
     /// `S_INTERSECTS(geometry, <literal>)` (either order), written as true: the caller tests

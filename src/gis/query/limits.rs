@@ -157,6 +157,23 @@ impl Watch {
         true
     }
 
+    /// Whether the query must stop now (past its deadline, its client gone, the server
+    /// stopping), for work done between SQLite's steps; [`Watch::stopped_error`] says why.
+    #[must_use]
+    pub fn must_stop(&self) -> bool {
+        self.check()
+    }
+
+    /// Why [`Watch::must_stop`] said stop.
+    #[must_use]
+    pub fn stopped_error(&self) -> QueryError {
+        match self.stopped.load(Ordering::Relaxed) {
+            2 => QueryError::Gone,
+            3 => QueryError::Stopping,
+            _ => QueryError::TimedOut(self.limits.timeout),
+        }
+    }
+
     /// Moves the deadline back by time spent waiting for the client.
     fn extend(&self, waited: Duration) {
         self.deadline.fetch_add(nanos(waited), Ordering::Relaxed);

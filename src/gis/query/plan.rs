@@ -99,6 +99,8 @@ pub struct BoxMatch {
     pub rects: Vec<geo::Rect<f64>>,
     /// Geometries in the layer's system; a feature must meet all of them as well.
     pub shapes: Vec<geo::Geometry<f64>>,
+    /// Each shape's bounds (`None`: it has no points, and nothing meets it).
+    pub shape_bounds: Vec<Option<geo::Rect<f64>>>,
     /// Geometries the filter's conditions test.
     pub tested: Tested,
 }
@@ -527,7 +529,8 @@ impl BoxMatch {
     /// The features of `layer` meeting `filter`, any of `rects` (when there are any) and all
     /// of `shapes` (all in the layer's system): candidates from the R*Tree alone when nothing
     /// else filters, else from the table (through the R*Tree when there is one). The R*Tree is
-    /// searched with `rects`, or with the bounds of the first shape when there are none.
+    /// searched with `rects`, or with the common part of the shapes' bounds when there are
+    /// none.
     #[must_use]
     pub fn new(
         layer: &Layer,
@@ -539,28 +542,49 @@ impl BoxMatch {
         let Storage::Sqlite = layer.storage;
         let mut params = filter.params.clone();
         let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
+        let shape_bounds: Vec<Option<geo::Rect<f64>>> =
+            shapes.iter().map(BoundingRect::bounding_rect).collect();
         let searched: Vec<[f64; 4]> = if rects.is_empty() {
-            shapes
-                .first()
-                .and_then(BoundingRect::bounding_rect)
-                .map(|r| vec![[r.min().x, r.min().y, r.max().x, r.max().y]])
+            // Where every shape's bounds overlap (none: nothing can meet them all).
+            shape_bounds
+                .iter()
+                .try_fold(None::<[f64; 4]>, |common, bounds| {
+                    let r = (*bounds)?;
+                    let b = [r.min().x, r.min().y, r.max().x, r.max().y];
+                    let next = match common {
+                        None => b,
+                        Some(c) => [
+                            c[0].max(b[0]),
+                            c[1].max(b[1]),
+                            c[2].min(b[2]),
+                            c[3].min(b[3]),
+                        ],
+                    };
+                    (next[0] <= next[2] && next[1] <= next[3]).then_some(Some(next))
+                })
+                .flatten()
+                .map(|b| vec![b])
                 .unwrap_or_default()
         } else {
             rects.to_vec()
         };
         // Only shapes with no points left: nothing meets them.
         let nothing = !shapes.is_empty() && searched.is_empty();
+        // The boxes' parameters only when the R*Tree is searched with them: a table without
+        // one is read whole and tested in Rust.
         let mut within = Vec::new();
-        for rect in &searched {
-            let n = params.len();
-            within.push(format!(
-                "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4
-            ));
-            params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
+        if layer.rtree.is_some() {
+            for rect in &searched {
+                let n = params.len();
+                within.push(format!(
+                    "minx <= ?{} AND maxx >= ?{} AND miny <= ?{} AND maxy >= ?{}",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                ));
+                params.extend([rect[2], rect[0], rect[3], rect[1]].map(SqlValue::Real));
+            }
         }
         let index = layer
             .rtree
@@ -619,6 +643,7 @@ impl BoxMatch {
             ),
             rects: rects.iter().map(|r| rect(*r)).collect(),
             shapes,
+            shape_bounds,
             tested: filter.tested.clone(),
         }
     }

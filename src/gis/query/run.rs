@@ -113,7 +113,7 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
         Ok(c) => c,
         Err(e) => return sink.fail(QueryError::Dataset(e)),
     };
-    let intersects = match Intersects::install(&connection, &plan.tested) {
+    let intersects = match Intersects::install(&connection, &plan.tested, sink.watch()) {
         Ok(intersects) => intersects,
         Err(e) => return sink.fail(sink.watch().error(&e)),
     };
@@ -136,13 +136,23 @@ fn run(dataset: &Dataset, mut plan: Plan, limit: Option<u64>, sink: &mut Sink) {
 struct Intersects<'c>(Option<&'c rusqlite::Connection>);
 
 impl<'c> Intersects<'c> {
-    /// Registers the function for `tested` (nothing when there are none).
-    fn install(connection: &'c rusqlite::Connection, tested: &Tested) -> rusqlite::Result<Self> {
+    /// Registers the function for `tested` (nothing when there are none). Each call first
+    /// asks `watch` whether the query must stop: a geometry test runs inside one SQLite step,
+    /// where the progress handler does not see it.
+    fn install(
+        connection: &'c rusqlite::Connection,
+        tested: &Tested,
+        watch: &Arc<Watch>,
+    ) -> rusqlite::Result<Self> {
         use rusqlite::functions::FunctionFlags;
         if tested.is_empty() {
             return Ok(Self(None));
         }
-        let shapes = tested.clone();
+        let shapes: Vec<(geo::Geometry<f64>, Option<geo::Rect<f64>>)> = tested
+            .iter()
+            .map(|s| (s.clone(), geo::BoundingRect::bounding_rect(s)))
+            .collect();
+        let watch = watch.clone();
         connection.create_scalar_function(
             INTERSECTS_FUNCTION,
             2,
@@ -150,14 +160,24 @@ impl<'c> Intersects<'c> {
                 | FunctionFlags::SQLITE_DETERMINISTIC
                 | FunctionFlags::SQLITE_DIRECTONLY,
             move |context| {
+                if watch.must_stop() {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+                        None,
+                    ));
+                }
                 let shape = context
                     .get::<i64>(1)
                     .ok()
                     .and_then(|k| usize::try_from(k).ok())
                     .and_then(|k| shapes.get(k));
+                // No geometry (or one that cannot be read) is unknown, as SQL has NULL: `NOT`
+                // does not turn it into a match.
                 Ok(match (context.get_raw(0), shape) {
-                    (ValueRef::Blob(blob), Some(shape)) => blob_meets_shape(blob, shape),
-                    _ => false,
+                    (ValueRef::Blob(blob), Some((shape, bounds))) => {
+                        blob_meets_shape(blob, shape, *bounds)
+                    }
+                    _ => None,
                 })
             },
         )?;
@@ -173,22 +193,25 @@ impl Drop for Intersects<'_> {
     }
 }
 
-/// Whether a GeoPackage geometry blob meets `shape`: bounds first, then the geometry (false
-/// for an empty or malformed blob).
-fn blob_meets_shape(blob: &[u8], shape: &geo::Geometry<f64>) -> bool {
-    use geo::{BoundingRect, Intersects};
+/// Whether a GeoPackage geometry blob meets `shape` (whose bounds are `bounds`): bounds
+/// first, then the geometry; `None` for an empty or malformed blob.
+fn blob_meets_shape(
+    blob: &[u8],
+    shape: &geo::Geometry<f64>,
+    bounds: Option<geo::Rect<f64>>,
+) -> Option<bool> {
+    use geo::Intersects;
     use geozero::ToGeo;
     if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
-        return false;
+        return None;
     }
-    if let (Some(envelope), Some(bounds)) = (gpkg_envelope(blob), shape.bounding_rect())
+    if let (Some(envelope), Some(bounds)) = (gpkg_envelope(blob), bounds)
         && by_bounds(envelope, bounds) == Some(false)
     {
-        return false;
+        return Some(false);
     }
-    geozero::wkb::GpkgWkb(blob)
-        .to_geo()
-        .is_ok_and(|geometry| geometry.intersects(shape))
+    let geometry = geozero::wkb::GpkgWkb(blob).to_geo().ok()?;
+    Some(geometry.intersects(shape))
 }
 
 /// The geometry type names a GeoPackage declares geometry columns with.
@@ -534,7 +557,7 @@ pub async fn execute(
 pub async fn with_connection<T: Send + 'static>(
     catalog: &Arc<Catalog>,
     dataset: Arc<Dataset>,
-    work: impl FnOnce(&rusqlite::Connection, &Watch) -> Result<T, QueryError> + Send + 'static,
+    work: impl FnOnce(&rusqlite::Connection, &Arc<Watch>) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, QueryError> {
     let watch = Watch::new(catalog.queries.limits, None, catalog.queries.stop.clone());
     catalog
@@ -559,7 +582,7 @@ pub async fn count(
 ) -> Result<u64, QueryError> {
     with_connection(catalog, dataset, move |connection, watch| {
         let _intersects =
-            Intersects::install(connection, &count.tested).map_err(|e| watch.error(&e))?;
+            Intersects::install(connection, &count.tested, watch).map_err(|e| watch.error(&e))?;
         connection
             .query_row(
                 &count.sql,
@@ -593,7 +616,6 @@ impl BoxMatch {
     /// What bounds alone tell: whether they meet any of the boxes, and that they miss a shape's
     /// bounds (whether they meet a shape takes the geometry).
     fn by_bounds(&self, envelope: [f64; 4]) -> Option<bool> {
-        use geo::BoundingRect;
         let in_boxes = if self.rects.is_empty() {
             Some(true)
         } else {
@@ -612,10 +634,10 @@ impl BoxMatch {
                 (!undecided).then_some(false)
             }
         };
-        let misses_a_shape = self.shapes.iter().any(|s| {
-            s.bounding_rect()
-                .is_none_or(|r| by_bounds(envelope, r) == Some(false))
-        });
+        let misses_a_shape = self
+            .shape_bounds
+            .iter()
+            .any(|b| b.is_none_or(|r| by_bounds(envelope, r) == Some(false)));
         match in_boxes {
             Some(false) => Some(false),
             _ if misses_a_shape => Some(false),
@@ -638,8 +660,8 @@ pub async fn box_page(
     limit: u64,
 ) -> Result<(u64, Vec<i64>), QueryError> {
     with_connection(catalog, dataset, move |connection, watch| {
-        let _intersects =
-            Intersects::install(connection, &matching.tested).map_err(|e| watch.error(&e))?;
+        let _intersects = Intersects::install(connection, &matching.tested, watch)
+            .map_err(|e| watch.error(&e))?;
         let mut matched = 0u64;
         let mut page = Vec::new();
         let mut take = |fid: i64| {
@@ -664,6 +686,11 @@ pub async fn box_page(
             None
         };
         while let Some(row) = rows.next().map_err(|e| watch.error(&e))? {
+            // Testing a geometry is work between SQLite's steps, which the progress handler
+            // does not see.
+            if !matching.shapes.is_empty() && watch.must_stop() {
+                return Err(watch.stopped_error());
+            }
             let fid: i64 = row.get(0).map_err(|e| watch.error(&e))?;
             let meets = match geometry.as_mut() {
                 Some(lookup) => {

@@ -39,8 +39,8 @@ impl Conversions {
     }
 
     /// The GeoPackage holding `source` (GeoJSON, CSV…) converted, made on first use and again
-    /// whenever the source changes. Its one layer is named after the file. Sweep after a new
-    /// one is made, keeping it.
+    /// whenever the source changes. Its one layer is named after the file. A new one sweeps the
+    /// cache (keeping it); the files that sweep removed come back with it.
     ///
     /// # Errors
     /// When the source is missing or cannot be read, or the conversion cannot be written.
@@ -49,7 +49,7 @@ impl Conversions {
         source: &Path,
         shown: &str,
         options: &crate::gis::source::readers::OpenOptions,
-    ) -> Result<PathBuf, DatasetError> {
+    ) -> Result<(PathBuf, Vec<PathBuf>), DatasetError> {
         let meta = std::fs::metadata(source)
             .ok()
             .filter(std::fs::Metadata::is_file)
@@ -60,12 +60,12 @@ impl Conversions {
         let target = cache.join(format!("{prefix}{}.gpkg", stamp_text(&meta)));
         if target.exists() {
             lock(&self.used).insert(target.clone(), SystemTime::now());
-            return Ok(target);
+            return Ok((target, Vec::new()));
         }
-        // One conversion at a time: a burst of first requests converts once.
+        // One conversion (or sweep) at a time: a burst of first requests converts once.
         let _one = lock(&self.converting);
         if target.exists() {
-            return Ok(target);
+            return Ok((target, Vec::new()));
         }
         let open_error = |reason: String| DatasetError::Open {
             path: shown.to_owned(),
@@ -77,26 +77,33 @@ impl Conversions {
             .file_stem()
             .map_or_else(|| "layer".to_owned(), |s| s.to_string_lossy().into_owned());
         let started = std::time::Instant::now();
+        // The source beside the conversion, written first, so that no sweep ever sees the
+        // conversion without it (and takes it for one whose source is gone).
+        let note = target.with_extension(SOURCE_NOTE);
+        if let Err(e) = std::fs::write(&note, source.to_string_lossy().as_bytes()) {
+            tracing::warn!(cache = %cache.display(), error = %e, "cannot note a conversion's source");
+        }
         let features = crate::gis::source::readers::convert(source, &target, &layer, options)
             .map_err(|e| {
+                let _ = std::fs::remove_file(&note);
                 tracing::warn!(source = %source.display(), error = %e, "conversion failed");
                 open_error(e.reason())
             })?;
-        // The source beside the conversion, so that a sweep can tell when it is gone.
-        if let Err(e) = std::fs::write(
-            target.with_extension(SOURCE_NOTE),
-            source.to_string_lossy().as_bytes(),
-        ) {
-            tracing::warn!(cache = %cache.display(), error = %e, "cannot note a conversion's source");
-        }
         lock(&self.used).insert(target.clone(), SystemTime::now());
         tracing::info!(source = %shown, features, ms = started.elapsed().as_millis(), "converted to a GeoPackage");
-        Ok(target)
+        let removed = self.sweep_locked(Some(&target));
+        Ok((target, removed))
     }
 
     /// Removes conversions whose source is gone or has changed, then the least recently used
-    /// (never `keep`) until the cache is within its budget. Returns the files removed.
-    pub fn sweep(&self, keep: Option<&Path>) -> Vec<PathBuf> {
+    /// until the cache is within its budget. Returns the files removed.
+    pub fn sweep(&self) -> Vec<PathBuf> {
+        let _one = lock(&self.converting);
+        self.sweep_locked(None)
+    }
+
+    /// [`Conversions::sweep`], never removing `keep`, with the conversion lock held.
+    fn sweep_locked(&self, keep: Option<&Path>) -> Vec<PathBuf> {
         let cache = self.cache_dir();
         let Ok(entries) = std::fs::read_dir(&cache) else {
             return Vec::new();

@@ -70,6 +70,9 @@ pub struct LayerWriter {
     insert: String,
     /// The layer's columns (`geom`, then the fields, quoted), as staged and as written.
     columns: Vec<String>,
+    /// The staging table's own columns (sequence, minx, maxx, miny, maxy), named apart from
+    /// the fields.
+    staging: [String; 5],
     extent: Option<[f64; 4]>,
     count: u64,
 }
@@ -151,13 +154,34 @@ impl LayerWriter {
             format!(", {}", columns.join(", "))
         };
         let rtree = format!("rtree_{table}_geom");
+        // The staging table's own columns, named so that no field (`rowid`, `pozi_minx`…)
+        // shadows or collides with them.
+        let taken = |name: &str| {
+            name.eq_ignore_ascii_case("geom")
+                || fields.iter().any(|f| f.name.eq_ignore_ascii_case(name))
+        };
+        let staging = ["seq", "minx", "maxx", "miny", "maxy"].map(|part| {
+            let base = format!("pozi_{part}");
+            let mut name = base.clone();
+            let mut n = 1;
+            while taken(&name) {
+                name = format!("{base}_{n}");
+                n += 1;
+            }
+            name
+        });
         connection
             .execute_batch(&format!(
                 "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{column_list});
                  CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);
-                 CREATE TEMP TABLE {STAGING} (geom{column_list}, pozi_minx REAL, pozi_maxx REAL, pozi_miny REAL, pozi_maxy REAL);",
+                 CREATE TEMP TABLE {STAGING} ({seq} INTEGER PRIMARY KEY, geom{column_list}, {minx} REAL, {maxx} REAL, {miny} REAL, {maxy} REAL);",
                 t = quote(table),
                 r = quote(&rtree),
+                seq = quote(&staging[0]),
+                minx = quote(&staging[1]),
+                maxx = quote(&staging[2]),
+                miny = quote(&staging[3]),
+                maxy = quote(&staging[4]),
             ))
             .map_err(fail)?;
         let names: Vec<String> = std::iter::once("geom".to_owned())
@@ -168,10 +192,16 @@ impl LayerWriter {
             .collect();
         Ok(Self {
             insert: format!(
-                "INSERT INTO temp.{STAGING} ({}, pozi_minx, pozi_maxx, pozi_miny, pozi_maxy) VALUES ({})",
+                "INSERT INTO temp.{STAGING} ({}, {}) VALUES ({})",
                 names.join(", "),
+                staging[1..]
+                    .iter()
+                    .map(|c| quote(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 placeholders.join(", ")
             ),
+            staging,
             columns: names,
             connection,
             temporary: Temporary(temporary),
@@ -300,8 +330,9 @@ impl LayerWriter {
         let c = &self.connection;
         let mut keys: Vec<(u64, i64)> = Vec::new();
         {
+            let [seq, minx, maxx, miny, maxy] = self.staging.each_ref().map(|c| quote(c));
             let mut rows = c.prepare(&format!(
-                "SELECT rowid, pozi_minx, pozi_maxx, pozi_miny, pozi_maxy FROM temp.{STAGING}"
+                "SELECT {seq}, {minx}, {maxx}, {miny}, {maxy} FROM temp.{STAGING}"
             ))?;
             let mut rows = rows.query([])?;
             while let Some(row) = rows.next()? {
@@ -329,14 +360,19 @@ impl LayerWriter {
         drop(keys);
         let staged: Vec<String> = self.columns.iter().map(|c| format!("s.{c}")).collect();
         c.execute_batch(&format!(
-            "INSERT INTO main.{t} (fid, {columns}) SELECT o.new, {staged} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.rowid = o.old ORDER BY o.new;
-             INSERT INTO main.{r} SELECT o.new, s.pozi_minx, s.pozi_maxx, s.pozi_miny, s.pozi_maxy FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.rowid = o.old WHERE s.pozi_minx IS NOT NULL ORDER BY o.new;
+            "INSERT INTO main.{t} (fid, {columns}) SELECT o.new, {staged} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.{seq} = o.old ORDER BY o.new;
+             INSERT INTO main.{r} SELECT o.new, s.{minx}, s.{maxx}, s.{miny}, s.{maxy} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.{seq} = o.old WHERE s.{minx} IS NOT NULL ORDER BY o.new;
              DROP TABLE temp.pozi_order;
              DROP TABLE temp.{STAGING};",
             t = quote(&self.table),
             r = quote(&format!("rtree_{}_geom", self.table)),
             columns = self.columns.join(", "),
             staged = staged.join(", "),
+            seq = quote(&self.staging[0]),
+            minx = quote(&self.staging[1]),
+            maxx = quote(&self.staging[2]),
+            miny = quote(&self.staging[3]),
+            maxy = quote(&self.staging[4]),
         ))
     }
 }
@@ -397,6 +433,50 @@ BEGIN DELETE FROM "{r}" WHERE id = OLD."{i}"; END;"#
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fields named like SQLite's row ids or the staging columns are kept as they are.
+    #[test]
+    fn fields_named_rowid_or_like_the_staging_columns_convert() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("odd.gpkg");
+        let fields: Vec<Field> = ["rowid", "pozi_minx", "pozi_seq"]
+            .iter()
+            .map(|name| Field {
+                name: (*name).to_owned(),
+                kind: FieldType::Text,
+            })
+            .collect();
+        let mut writer =
+            LayerWriter::create(&path, "odd", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
+        for (i, x) in [(0, 5.0), (1, -5.0), (2, 5.0)] {
+            let point = geo::Geometry::Point(geo::Point::new(x, 0.0));
+            let values = ["same", "text", "t"]
+                .map(|v| Value::Text(format!("{v}{i}")))
+                .to_vec();
+            writer
+                .add(values, Some(&point))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(writer.finish().unwrap_or_else(|e| panic!("{e}")), 3);
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<(String, String, f64)> = c
+            .prepare("SELECT g.\"rowid\", g.pozi_minx, r.minx FROM odd g JOIN rtree_odd_geom r ON r.id = g.fid ORDER BY g.fid")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 3);
+        for (rowid, minx, x) in rows {
+            let i = &rowid[4..];
+            assert_eq!(minx, format!("text{i}"));
+            assert_eq!(
+                x,
+                if i == "1" { -5.0 } else { 5.0 },
+                "row {i} lost its geometry"
+            );
+        }
+    }
 
     /// Points written in a scattered order come back with fids in spatial order: neighbours
     /// in fid order are neighbours on the ground. Rows without geometry come last, in order.

@@ -98,8 +98,8 @@ impl Catalog {
         self
     }
 
-    /// The GeoPackage holding `source` converted (see [`Conversions::converted`]); a new one
-    /// sweeps the cache.
+    /// The GeoPackage holding `source` converted (see [`Conversions::converted`]); the open
+    /// versions of conversions a new one's sweep removed are closed.
     ///
     /// # Errors
     /// When the source is missing or cannot be read, or the conversion cannot be written.
@@ -109,8 +109,10 @@ impl Catalog {
         shown: &str,
         options: &OpenOptions,
     ) -> Result<PathBuf, DatasetError> {
-        let target = self.conversions.converted(source, shown, options)?;
-        self.sweep_keeping(Some(&target));
+        let (target, removed) = self.conversions.converted(source, shown, options)?;
+        for path in &removed {
+            self.datasets.forget(path);
+        }
         Ok(target)
     }
 
@@ -118,11 +120,7 @@ impl Catalog {
     /// until the cache is within its budget, and forgets their open versions. Returns the
     /// files removed.
     pub fn sweep_conversions(&self) -> usize {
-        self.sweep_keeping(None)
-    }
-
-    fn sweep_keeping(&self, keep: Option<&Path>) -> usize {
-        let removed = self.conversions.sweep(keep);
+        let removed = self.conversions.sweep();
         for path in &removed {
             self.datasets.forget(path);
         }
