@@ -376,6 +376,22 @@ async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
     assert_eq!(status, StatusCode::OK, "{point}");
     assert_eq!(point["numberMatched"], 1, "{point}");
     assert_eq!(point["features"][0]["properties"]["name"], "Australia");
+    // A world box: cut to the layer's extent before it is projected (its corners, far from
+    // the zone, would land anywhere).
+    let (_, _, all) = get(&server, "/features/collections/mga55/items").await;
+    let (status, _, world) = get(
+        &server,
+        "/features/collections/mga55/items?bbox=-180,-90,180,90",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{world}");
+    assert_eq!(world["numberMatched"], all["numberMatched"], "{world}");
+    let (_, _, elsewhere) = get(
+        &server,
+        "/features/collections/mga55/items?bbox=-20,10,-10,20",
+    )
+    .await;
+    assert_eq!(elsewhere["numberMatched"], 0, "{elsewhere}");
     server.stop().await;
 }
 
@@ -764,6 +780,10 @@ async fn cql2_s_intersects_selects_what_gdal_selects() {
             "number",
         ),
         ("S_INTERSECTS(name, POINT(1 2))".to_owned(), "geometry"),
+        (
+            "S_INTERSECTS(geometry, BBOX(-1e155, -1e155, 1e155, 1e155))".to_owned(),
+            "outside CRS84",
+        ),
         ("S_INTERSECTS(geometry, CIRCLE(1 2))".to_owned(), "CIRCLE"),
     ] {
         let (status, _, body) = ask(&filter).await;
@@ -822,6 +842,42 @@ async fn layers_without_a_spatial_index_answer_boxes() {
 async fn routes_answer_as_documented() {
     let server = server().await;
     let client = server.client();
+    // HEAD: the headers of GET, its length, no body (over HTTP/2 too, where body bytes on a
+    // HEAD answer are a protocol error).
+    for path in [
+        "/health",
+        "/features/collections",
+        "/features/nothing",
+        "/index.html",
+    ] {
+        let get = client.get(server.url(path)).send().await.unwrap();
+        let (get_status, get_length) = (get.status(), get.bytes().await.unwrap().len());
+        let head = client.head(server.url(path)).send().await.unwrap();
+        let version = head.version();
+        assert_eq!(version, reqwest::Version::HTTP_2, "the client negotiates HTTP/2");
+        assert_eq!(head.status(), get_status, "HEAD {path} over {version:?}");
+        assert_eq!(
+            head.headers().get("content-length").and_then(|v| v
+                .to_str()
+                .ok()?
+                .parse::<usize>()
+                .ok()),
+            Some(get_length),
+            "HEAD {path} over {version:?}"
+        );
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} had a body"
+        );
+    }
+    let not_allowed = client.post(server.url("/health")).send().await.unwrap();
+    assert_eq!(
+        not_allowed
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD")
+    );
     for (method, path, status) in [
         (reqwest::Method::GET, "/health", StatusCode::OK),
         (reqwest::Method::GET, "/health/", StatusCode::OK),
@@ -854,6 +910,7 @@ async fn routes_answer_as_documented() {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             assert_eq!(body["status"], status.as_u16(), "{method} {path}: {body}");
+            assert!(body["detail"].is_string(), "{method} {path}: {body}");
         }
     }
     server.stop().await;

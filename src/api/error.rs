@@ -20,6 +20,8 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// Seconds after which to try again (503 when busy).
     pub retry_after: Option<u64>,
+    /// The methods the path takes (405).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             error,
             detail,
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -115,6 +118,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(methods) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(methods));
         }
         response
     }

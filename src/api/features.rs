@@ -380,19 +380,54 @@ async fn items(
     let filter = Filter::new(layer, &asked.conditions, reproject.as_deref())
         .map_err(|e| bad(e.to_string()))?;
     let shapes = filter.shapes().to_vec();
-    // The box is in CRS84; the index is in the layer's system.
+    // The box is in CRS84; the index is in the layer's system. A projection holds only
+    // near its zone (a world box's corners land anywhere), so the box is first cut to the
+    // layer's own extent in CRS84; a box missing the extent meets nothing.
     let bbox = match &reproject {
-        Some(r) => asked
-            .bbox
-            .map(|boxes| boxes.into_iter().map(|b| r.bbox_from_wgs84(b)).collect())
-            .transpose()
-            .map_err(|e| bad(e.to_string()))?,
+        Some(r) => match asked.bbox {
+            Some(boxes) => {
+                // With a margin: the recorded extent may lag behind edits.
+                let extent = layer.extent.and_then(|e| r.bbox_to_wgs84(e).ok()).map(|e| {
+                    let (dx, dy) = ((e[2] - e[0]) * 0.1, (e[3] - e[1]) * 0.1);
+                    [e[0] - dx, e[1] - dy, e[2] + dx, e[3] + dy]
+                });
+                let cut: Vec<[f64; 4]> = boxes
+                    .into_iter()
+                    .filter_map(|b| match extent {
+                        Some(e) => {
+                            let c = [
+                                b[0].max(e[0]),
+                                b[1].max(e[1]),
+                                b[2].min(e[2]),
+                                b[3].min(e[3]),
+                            ];
+                            (c[0] <= c[2] && c[1] <= c[3]).then_some(c)
+                        }
+                        None => Some(b),
+                    })
+                    .collect();
+                if cut.is_empty() {
+                    // An empty page: no box of the request meets the layer.
+                    Some(Vec::new())
+                } else {
+                    Some(
+                        cut.into_iter()
+                            .map(|b| r.bbox_from_wgs84(b))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| bad(e.to_string()))?,
+                    )
+                }
+            }
+            None => None,
+        },
         None => asked.bbox,
     };
     // With a box or a geometry, each candidate is tested on its geometry (as GDAL tests
     // `-spat`), which gives the count and the page's fids at once; without, SQL counts and
     // pages.
-    let (matched, page_fids) = if bbox.is_none() && shapes.is_empty() {
+    let (matched, page_fids) = if bbox.as_ref().is_some_and(Vec::is_empty) {
+        (0, Some(Vec::new()))
+    } else if bbox.is_none() && shapes.is_empty() {
         let n = count(catalog, c.dataset.clone(), Count::matching(layer, &filter)).await?;
         (n, None)
     } else {

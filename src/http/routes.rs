@@ -155,7 +155,7 @@ async fn answer(
             .and_then(|p| p.strip_prefix(name))
             .is_some_and(|rest| rest.is_empty() || rest == "/")
     };
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not found", None);
+    let not_found = || ApiError::not_found("not found", format!("no such path: {path}"));
     let known = match route {
         Route::Health => exact("health"),
         Route::Ogr2ogr => exact("ogr2ogr"),
@@ -166,11 +166,14 @@ async fn answer(
         return Err(not_found());
     }
     if !route.any_method() && method != Method::GET && method != Method::HEAD {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            None,
-        ));
+        return Err(ApiError {
+            allow: Some("GET, HEAD"),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                Some(format!("{path} answers GET and HEAD, not {method}")),
+            )
+        });
     }
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());

@@ -135,7 +135,11 @@ impl Pipeline {
             };
             future.unwrap_or_else(|_| panicked(&method, &path))
         };
-        let mut response = response;
+        let mut response = if method == http::Method::HEAD {
+            without_body(response)
+        } else {
+            response
+        };
         self.site.cors.decorate(origin.as_ref(), &mut response);
         self.log(&conn, &method, host.as_ref(), path, &response, started);
         Ok(response)
@@ -178,6 +182,24 @@ impl Pipeline {
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
     }
+}
+
+/// A HEAD answer: the GET answer's headers, with its length when it is known, and no body
+/// (HTTP/2 treats body bytes on a HEAD answer as a protocol error). A streamed body dropped
+/// here stops the query or file read behind it.
+fn without_body(response: Response) -> Response {
+    use http_body::Body as _;
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = body.size_hint().exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && parts.status != StatusCode::NOT_MODIFIED
+        && parts.status != StatusCode::NO_CONTENT
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(parts, crate::api::reply::Body::empty())
 }
 
 /// The answer to a request whose handler panicked (the panic hook has logged the message and

@@ -158,6 +158,18 @@ impl Parser<'_> {
     }
 }
 
+/// Refuses a coordinate outside CRS84's range (beyond it, products of coordinates lose all
+/// precision and tests give wrong answers).
+fn in_crs84(x: f64, y: f64) -> Result<(), String> {
+    if (-180.0..=180.0).contains(&x) && (-90.0..=90.0).contains(&y) {
+        Ok(())
+    } else {
+        Err(format!(
+            "({x} {y}) is outside CRS84: longitude -180 to 180, latitude -90 to 90"
+        ))
+    }
+}
+
 /// Most coordinates in the geometries of one filter: each feature tested against a geometry
 /// costs in proportion to its vertices times the feature's.
 pub const MAX_COORDINATES: usize = 1_000;
@@ -247,6 +259,8 @@ impl Parser<'_> {
                         );
                     }
                 };
+                in_crs84(w, s)?;
+                in_crs84(e, north)?;
                 let rect = |w: f64, e: f64| geo::Rect::new((w, s), (e, north)).to_polygon();
                 // West greater than east crosses the antimeridian, as OGC API bboxes do.
                 if w <= e {
@@ -334,6 +348,7 @@ impl Parser<'_> {
             return Err(format!("more than {MAX_COORDINATES} coordinates"));
         }
         let (x, y) = (self.number()?, self.number()?);
+        in_crs84(x, y)?;
         if matches!(self.tokens.get(self.at), Some(Token::Number(_)))
             || (self.peek_symbol("-")
                 && matches!(self.tokens.get(self.at + 1), Some(Token::Number(_))))
