@@ -854,7 +854,11 @@ async fn routes_answer_as_documented() {
         let (get_status, get_length) = (get.status(), get.bytes().await.unwrap().len());
         let head = client.head(server.url(path)).send().await.unwrap();
         let version = head.version();
-        assert_eq!(version, reqwest::Version::HTTP_2, "the client negotiates HTTP/2");
+        assert_eq!(
+            version,
+            reqwest::Version::HTTP_2,
+            "the client negotiates HTTP/2"
+        );
         assert_eq!(head.status(), get_status, "HEAD {path} over {version:?}");
         assert_eq!(
             head.headers().get("content-length").and_then(|v| v

@@ -382,6 +382,11 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
             Ok(None) => break,
             Err(e) => return sink.fail(watch.error(&e)),
         };
+        // The progress handler sees SQLite's steps, every few thousand of them; a row whose
+        // values are costly to make (a client's `-sql`) can take seconds within that many.
+        if watch.must_stop() {
+            return sink.fail(watch.stopped_error());
+        }
         if limit.is_some_and(|l| writer.count() >= l) {
             break;
         }
@@ -688,7 +693,7 @@ pub async fn box_page(
         while let Some(row) = rows.next().map_err(|e| watch.error(&e))? {
             // Testing a geometry is work between SQLite's steps, which the progress handler
             // does not see.
-            if !matching.shapes.is_empty() && watch.must_stop() {
+            if watch.must_stop() {
                 return Err(watch.stopped_error());
             }
             let fid: i64 = row.get(0).map_err(|e| watch.error(&e))?;
