@@ -160,11 +160,14 @@ impl<'c> Intersects<'c> {
                 | FunctionFlags::SQLITE_DETERMINISTIC
                 | FunctionFlags::SQLITE_DIRECTONLY,
             move |context| {
-                if watch.must_stop() {
-                    return Err(rusqlite::Error::SqliteFailure(
+                let interrupted = || {
+                    rusqlite::Error::SqliteFailure(
                         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
                         None,
-                    ));
+                    )
+                };
+                if watch.must_stop() {
+                    return Err(interrupted());
                 }
                 let shape = context
                     .get::<i64>(1)
@@ -173,12 +176,13 @@ impl<'c> Intersects<'c> {
                     .and_then(|k| shapes.get(k));
                 // No geometry (or one that cannot be read) is unknown, as SQL has NULL: `NOT`
                 // does not turn it into a match.
-                Ok(match (context.get_raw(0), shape) {
+                match (context.get_raw(0), shape) {
                     (ValueRef::Blob(blob), Some((shape, bounds))) => {
-                        blob_meets_shape(blob, shape, *bounds)
+                        blob_meets_shape(blob, shape, *bounds, &watch)
+                            .map_err(|Stopped| interrupted())
                     }
-                    _ => None,
-                })
+                    _ => Ok(None),
+                }
             },
         )?;
         Ok(Self(Some(connection)))
@@ -199,19 +203,21 @@ fn blob_meets_shape(
     blob: &[u8],
     shape: &geo::Geometry<f64>,
     bounds: Option<geo::Rect<f64>>,
-) -> Option<bool> {
-    use geo::Intersects;
+    watch: &Watch,
+) -> Result<Option<bool>, Stopped> {
     use geozero::ToGeo;
     if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
-        return None;
+        return Ok(None);
     }
     if let (Some(envelope), Some(bounds)) = (gpkg_envelope(blob), bounds)
         && by_bounds(envelope, bounds) == Some(false)
     {
-        return Some(false);
+        return Ok(Some(false));
     }
-    let geometry = geozero::wkb::GpkgWkb(blob).to_geo().ok()?;
-    Some(geometry.intersects(shape))
+    let Ok(geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+        return Ok(None);
+    };
+    meets(&geometry, shape, watch).map(Some)
 }
 
 /// The geometry type names a GeoPackage declares geometry columns with.
@@ -600,22 +606,100 @@ pub async fn count(
     .await
 }
 
+/// Feature vertices times shape vertices tested in one call; past this a feature is tested
+/// segment by segment, with the query's watch asked between batches.
+const DIRECT_TEST: usize = 1 << 22;
+/// Segments tested between two looks at the watch.
+const SEGMENTS_BETWEEN_CHECKS: usize = 4096;
+
+/// Why a geometry test stopped before its answer: the query must stop.
+struct Stopped;
+
+/// Whether `feature` meets `shape`. A costly test (a feature of millions of vertices) goes
+/// segment by segment so that the query's deadline, client and stop are seen during it.
+fn meets(
+    feature: &geo::Geometry<f64>,
+    shape: &geo::Geometry<f64>,
+    watch: &Watch,
+) -> Result<bool, Stopped> {
+    use geo::{CoordsIter, Geometry, Intersects, LinesIter};
+    let cost = feature
+        .coords_count()
+        .saturating_mul(shape.coords_count().max(1));
+    if cost <= DIRECT_TEST {
+        return Ok(feature.intersects(shape));
+    }
+    let check = |i: usize| {
+        if i.is_multiple_of(SEGMENTS_BETWEEN_CHECKS) && watch.must_stop() {
+            Err(Stopped)
+        } else {
+            Ok(())
+        }
+    };
+    let segments: Box<dyn Iterator<Item = geo::Line<f64>> + '_> = match feature {
+        Geometry::Point(_) | Geometry::MultiPoint(_) => {
+            for (i, coord) in feature.coords_iter().enumerate() {
+                check(i)?;
+                if shape.intersects(&coord) {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        Geometry::GeometryCollection(parts) => {
+            for part in parts {
+                if meets(part, shape, watch)? {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        Geometry::Line(g) => Box::new(g.lines_iter()),
+        Geometry::LineString(g) => Box::new(g.lines_iter()),
+        Geometry::MultiLineString(g) => Box::new(g.lines_iter()),
+        Geometry::Polygon(g) => Box::new(g.lines_iter()),
+        Geometry::MultiPolygon(g) => Box::new(g.lines_iter()),
+        Geometry::Rect(g) => Box::new(g.lines_iter()),
+        Geometry::Triangle(g) => Box::new(g.lines_iter()),
+    };
+    // A segment of the feature (a polygon's boundary) meets the shape...
+    for (i, segment) in segments.enumerate() {
+        check(i)?;
+        if shape.intersects(&segment) {
+            return Ok(true);
+        }
+    }
+    // ...or the shape lies wholly inside the feature, away from its boundary.
+    Ok(shape
+        .coords_iter()
+        .next()
+        .is_some_and(|coord| feature.intersects(&coord)))
+}
+
 impl BoxMatch {
-    /// Whether a geometry blob meets a box; `None` for a blob that fails the structural check.
-    fn blob_meets(&self, blob: &[u8]) -> Option<bool> {
+    /// Whether a geometry blob meets the boxes and shapes; `None` for a blob that fails the
+    /// structural check. `Err` when the query must stop.
+    fn blob_meets(&self, blob: &[u8], watch: &Watch) -> Result<Option<bool>, Stopped> {
         use geo::Intersects;
         use geozero::ToGeo;
         if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
-            return None;
+            return Ok(None);
         }
         if let Some(decided) = gpkg_envelope(blob).and_then(|e| self.by_bounds(e)) {
-            return Some(decided);
+            return Ok(Some(decided));
         }
-        let geometry = geozero::wkb::GpkgWkb(blob).to_geo().ok()?;
-        Some(
-            (self.rects.is_empty() || self.rects.iter().any(|r| geometry.intersects(r)))
-                && self.shapes.iter().all(|s| geometry.intersects(s)),
-        )
+        let Ok(geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+            return Ok(None);
+        };
+        if !(self.rects.is_empty() || self.rects.iter().any(|r| geometry.intersects(r))) {
+            return Ok(Some(false));
+        }
+        for shape in &self.shapes {
+            if !meets(&geometry, shape, watch)? {
+                return Ok(Some(false));
+            }
+        }
+        Ok(Some(true))
     }
 
     /// What bounds alone tell: whether they meet any of the boxes, and that they miss a shape's
@@ -708,12 +792,21 @@ pub async fn box_page(
                             let blob: Option<Vec<u8>> = lookup
                                 .query_row([fid], |r| r.get(0))
                                 .map_err(|e| watch.error(&e))?;
-                            blob.and_then(|b| matching.blob_meets(&b)).unwrap_or(false)
+                            match blob {
+                                Some(b) => matching
+                                    .blob_meets(&b, watch)
+                                    .map_err(|Stopped| watch.stopped_error())?
+                                    .unwrap_or(false),
+                                None => false,
+                            }
                         }
                     }
                 }
                 None => match row.get_ref(1).map_err(|e| watch.error(&e))? {
-                    ValueRef::Blob(blob) => matching.blob_meets(blob).unwrap_or(false),
+                    ValueRef::Blob(blob) => matching
+                        .blob_meets(blob, watch)
+                        .map_err(|Stopped| watch.stopped_error())?
+                        .unwrap_or(false),
                     _ => false,
                 },
             };
@@ -724,4 +817,83 @@ pub async fn box_page(
         Ok((matched, page))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use geo::{Coord, Geometry, Intersects, LineString, MultiPoint, Point, Polygon};
+
+    use super::{DIRECT_TEST, Stopped, meets};
+    use crate::gis::query::limits::{QueryLimits, Watch};
+
+    /// A ring of `n` vertices around (`cx`, `cy`).
+    fn ring(n: usize, cx: f64, cy: f64, r: f64) -> LineString<f64> {
+        let mut points: Vec<Coord<f64>> = (0..n)
+            .map(|i| {
+                let a = i as f64 / n as f64 * std::f64::consts::TAU;
+                Coord {
+                    x: cx + r * a.cos(),
+                    y: cy + r * a.sin(),
+                }
+            })
+            .collect();
+        points.push(points[0]);
+        LineString(points)
+    }
+
+    /// A zig-zag line of `n` vertices from (`x0`, `y`) to (`x1`, `y`).
+    fn zigzag(n: usize, x0: f64, x1: f64, y: f64) -> Geometry<f64> {
+        Geometry::LineString(LineString(
+            (0..n)
+                .map(|i| Coord {
+                    x: x0 + (x1 - x0) * i as f64 / (n - 1) as f64,
+                    y: y + if i % 2 == 0 { 0.01 } else { -0.01 },
+                })
+                .collect(),
+        ))
+    }
+
+    /// The segment-by-segment test of a huge feature gives the same answers as the direct
+    /// one, and stops when the query must.
+    #[test]
+    fn huge_features_are_tested_piecewise_with_the_same_answers() {
+        let watch = Watch::new(QueryLimits::default(), None, Default::default());
+        // A polygon of 20,000 vertices with a hole, and points of the same count.
+        let polygon = Geometry::Polygon(Polygon::new(
+            ring(20_000, 0.0, 0.0, 10.0),
+            vec![ring(20_000, 0.0, 0.0, 3.0)],
+        ));
+        let points = Geometry::MultiPoint(MultiPoint(
+            (0..20_000)
+                .map(|i| Point::new(i as f64 * 0.001, 50.0))
+                .collect(),
+        ));
+        let shapes = [
+            ("crossing the boundary", zigzag(400, -20.0, 0.0, 5.0)),
+            ("inside, away from the boundary", zigzag(400, 4.0, 8.0, 0.0)),
+            ("in the hole", zigzag(400, -1.0, 1.0, 0.0)),
+            ("outside", zigzag(400, 20.0, 30.0, 0.0)),
+            (
+                "around it all",
+                Geometry::Polygon(Polygon::new(ring(400, 0.0, 0.0, 50.0), vec![])),
+            ),
+            ("through the points", zigzag(400, 5.0, 15.0, 50.0)),
+        ];
+        for feature in [&polygon, &points] {
+            for (what, shape) in &shapes {
+                use geo::CoordsIter;
+                assert!(feature.coords_count() * shape.coords_count() > DIRECT_TEST);
+                let piecewise = meets(feature, shape, &watch).unwrap_or_else(|Stopped| panic!());
+                assert_eq!(piecewise, feature.intersects(shape), "{what}");
+            }
+        }
+        // The answers are not all the same.
+        assert!(meets(&polygon, &shapes[1].1, &watch).is_ok_and(|m| m));
+        assert!(meets(&polygon, &shapes[2].1, &watch).is_ok_and(|m| !m));
+        // A query that must stop stops the test.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = Watch::new(QueryLimits::default(), None, stop.clone());
+        stop.cancel();
+        assert!(meets(&polygon, &shapes[3].1, &stopped).is_err());
+    }
 }
