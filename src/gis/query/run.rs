@@ -857,7 +857,12 @@ mod tests {
     /// one, and stops when the query must.
     #[test]
     fn huge_features_are_tested_piecewise_with_the_same_answers() {
-        let watch = Watch::new(QueryLimits::default(), None, Default::default());
+        // A deadline far off: the direct tests below take seconds in a debug build.
+        let limits = QueryLimits {
+            timeout: std::time::Duration::from_secs(24 * 3600),
+            ..QueryLimits::default()
+        };
+        let watch = Watch::new(limits, None, Default::default());
         // A polygon of 20,000 vertices with a hole, and points of the same count.
         let polygon = Geometry::Polygon(Polygon::new(
             ring(20_000, 0.0, 0.0, 10.0),
