@@ -313,7 +313,15 @@ impl Plan {
                             fields: layer.fields.join(", "),
                         })
                 })
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<String>, _>>()?
+                .into_iter()
+                // A field named twice is written once (a JSON object's keys are unique).
+                .fold(Vec::new(), |mut kept, field| {
+                    if !kept.contains(&field) {
+                        kept.push(field);
+                    }
+                    kept
+                }),
             None => layer.fields.clone(),
         };
         let mut sql = format!("SELECT {} FROM ", layer.select_list(Some(&fields)));
