@@ -392,6 +392,32 @@ async fn a_layer_in_mga_is_served_in_wgs84_with_bbox_in_wgs84() {
     )
     .await;
     assert_eq!(elsewhere["numberMatched"], 0, "{elsewhere}");
+    // The same for a CQL2 box, whose edges are also bent into the projection.
+    for (filter, wanted) in [
+        (
+            "S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90))",
+            &all["numberMatched"],
+        ),
+        (
+            "S_INTERSECTS(geometry, BBOX(-20, 10, -10, 20))",
+            &serde_json::json!(0),
+        ),
+        (
+            "NOT S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90))",
+            &serde_json::json!(0),
+        ),
+    ] {
+        let (status, _, body) = get(
+            &server,
+            &format!(
+                "/features/collections/mga55/items?filter={}",
+                url_encode(filter)
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {body}");
+        assert_eq!(&body["numberMatched"], wanted, "{filter}: {body}");
+    }
     server.stop().await;
 }
 

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::reply::geojson;
 use super::reply::{Response, json};
 use crate::gis::query::limits::QueryError;
-use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Members, Plan};
+use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Members, Plan, crs84_extent};
 use crate::gis::query::reproject::Reprojector;
 use crate::gis::query::run::{box_page, count, execute, lookup};
 use crate::gis::store::{Catalog, Dataset, Layer};
@@ -386,11 +386,7 @@ async fn items(
     let bbox = match &reproject {
         Some(r) => match asked.bbox {
             Some(boxes) => {
-                // With a margin: the recorded extent may lag behind edits.
-                let extent = layer.extent.and_then(|e| r.bbox_to_wgs84(e).ok()).map(|e| {
-                    let (dx, dy) = ((e[2] - e[0]) * 0.1, (e[3] - e[1]) * 0.1);
-                    [e[0] - dx, e[1] - dy, e[2] + dx, e[3] + dy]
-                });
+                let extent = crs84_extent(layer, r);
                 let cut: Vec<[f64; 4]> = boxes
                     .into_iter()
                     .filter_map(|b| match extent {

@@ -261,12 +261,17 @@ impl Parser<'_> {
                 };
                 in_crs84(w, s)?;
                 in_crs84(e, north)?;
-                let rect = |w: f64, e: f64| geo::Rect::new((w, s), (e, north)).to_polygon();
+                // Kept as boxes (not polygons), so that a projected layer can cut them to its
+                // extent and bend their edges before moving them into its system.
+                let rect = |w: f64, e: f64| Geometry::Rect(geo::Rect::new((w, s), (e, north)));
                 // West greater than east crosses the antimeridian, as OGC API bboxes do.
                 if w <= e {
-                    Geometry::Polygon(rect(w, e))
+                    rect(w, e)
                 } else {
-                    Geometry::MultiPolygon(MultiPolygon(vec![rect(w, 180.0), rect(-180.0, e)]))
+                    Geometry::GeometryCollection(geo::GeometryCollection(vec![
+                        rect(w, 180.0),
+                        rect(-180.0, e),
+                    ]))
                 }
             }
             "POINT" => Geometry::Point(Point(self.coordinate()?)),
@@ -766,7 +771,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // West greater than east: two boxes, either side of the antimeridian.
-        assert!(matches!(&cql2.shapes[1], geo::Geometry::MultiPolygon(m) if m.0.len() == 2));
+        assert!(matches!(&cql2.shapes[1], geo::Geometry::GeometryCollection(c) if c.0.len() == 2));
         // Elsewhere than the top level: a call of the per-query function, by place.
         let nested = to_sql(
             "S_INTERSECTS(geometry, POINT(1 2)) OR NOT (name = 'x' AND S_INTERSECTS(geometry, POINT(3 4)))",

@@ -181,8 +181,9 @@ impl Filter {
         let Storage::Sqlite = layer.storage;
         let mut filter = Self::default();
         let mut tested = Vec::new();
+        let extent = reproject.and_then(|r| crs84_extent(layer, r));
         let into_layer = |shape: geo::Geometry<f64>| match reproject {
-            Some(r) => r.from_wgs84(&shape),
+            Some(r) => r.from_wgs84(&boxes_for_projection(shape, extent)),
             None => Ok(shape),
         };
         let geometry = layer.geometry.as_deref().map_or("NULL".to_owned(), quote);
@@ -241,6 +242,60 @@ impl Filter {
         } else {
             format!(" WHERE {}", self.conditions.join(" AND "))
         }
+    }
+}
+
+/// The layer's extent in CRS84 with a tenth of its size around it (the recorded extent may
+/// lag behind edits), when it is known: what of a CRS84 box a projected layer can use.
+#[must_use]
+pub fn crs84_extent(layer: &Layer, reproject: &Reprojector) -> Option<[f64; 4]> {
+    let e = reproject.bbox_to_wgs84(layer.extent?).ok()?;
+    let (dx, dy) = ((e[2] - e[0]) * 0.1, (e[3] - e[1]) * 0.1);
+    Some([e[0] - dx, e[1] - dy, e[2] + dx, e[3] + dy])
+}
+
+/// Points along each edge of a CRS84 box moved into a projected system.
+const BOX_EDGE_POINTS: usize = 16;
+
+/// A CQL2 geometry ready to be moved into a projected layer's system: its boxes (`BBOX`) cut
+/// to the layer's extent (a projection holds only near its zone) and turned into polygons
+/// with points along their edges (which bend in the projection); a box missing the extent
+/// becomes an empty collection, which meets nothing. Other geometries are left as they are.
+fn boxes_for_projection(shape: geo::Geometry<f64>, extent: Option<[f64; 4]>) -> geo::Geometry<f64> {
+    use geo::Geometry;
+    match shape {
+        Geometry::Rect(r) => {
+            let [mut w, mut s, mut e, mut n] = [r.min().x, r.min().y, r.max().x, r.max().y];
+            if let Some(x) = extent {
+                [w, s, e, n] = [w.max(x[0]), s.max(x[1]), e.min(x[2]), n.min(x[3])];
+                if w > e || s > n {
+                    return Geometry::GeometryCollection(geo::GeometryCollection(Vec::new()));
+                }
+            }
+            let along = |from: (f64, f64), to: (f64, f64)| {
+                (0..BOX_EDGE_POINTS).map(move |i| {
+                    let t = i as f64 / BOX_EDGE_POINTS as f64;
+                    geo::coord! { x: from.0 + (to.0 - from.0) * t, y: from.1 + (to.1 - from.1) * t }
+                })
+            };
+            let mut ring: Vec<geo::Coord<f64>> = along((w, s), (e, s))
+                .chain(along((e, s), (e, n)))
+                .chain(along((e, n), (w, n)))
+                .chain(along((w, n), (w, s)))
+                .collect();
+            ring.push(geo::coord! { x: w, y: s });
+            Geometry::Polygon(geo::Polygon::new(geo::LineString(ring), Vec::new()))
+        }
+        Geometry::GeometryCollection(parts) => {
+            Geometry::GeometryCollection(geo::GeometryCollection(
+                parts
+                    .0
+                    .into_iter()
+                    .map(|p| boxes_for_projection(p, extent))
+                    .collect(),
+            ))
+        }
+        other => other,
     }
 }
 
