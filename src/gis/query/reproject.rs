@@ -26,7 +26,7 @@ impl std::fmt::Debug for Reprojector {
 
 /// Why a layer cannot be reprojected.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot reproject from EPSG:{code}: {reason}")]
+#[error("cannot reproject between EPSG:{code} and WGS 84: {reason}")]
 pub struct ReprojectError {
     /// The source system.
     pub code: i64,
@@ -111,14 +111,7 @@ impl Reprojector {
         &self,
         geometry: &geo::Geometry<f64>,
     ) -> Result<geo::Geometry<f64>, ReprojectError> {
-        geometry.try_map_coords(|c| {
-            Self::convert(&self.source, &self.wgs84, c.x, c.y)
-                .map(|(x, y)| geo::coord! { x: x, y: y })
-                .map_err(|e| ReprojectError {
-                    code: self.code,
-                    reason: e.to_string(),
-                })
-        })
+        self.map(&self.source, &self.wgs84, geometry)
     }
 
     /// A WGS 84 longitude/latitude geometry in the source system.
@@ -129,8 +122,18 @@ impl Reprojector {
         &self,
         geometry: &geo::Geometry<f64>,
     ) -> Result<geo::Geometry<f64>, ReprojectError> {
+        self.map(&self.wgs84, &self.source, geometry)
+    }
+
+    /// Every coordinate of `geometry` moved from `from` to `to`.
+    fn map(
+        &self,
+        from: &Proj,
+        to: &Proj,
+        geometry: &geo::Geometry<f64>,
+    ) -> Result<geo::Geometry<f64>, ReprojectError> {
         geometry.try_map_coords(|c| {
-            Self::convert(&self.wgs84, &self.source, c.x, c.y)
+            Self::convert(from, to, c.x, c.y)
                 .map(|(x, y)| geo::coord! { x: x, y: y })
                 .map_err(|e| ReprojectError {
                     code: self.code,
