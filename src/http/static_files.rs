@@ -75,31 +75,11 @@ struct Entry {
     compressed: [OnceLock<Bytes>; 2],
 }
 
-/// The memory cache of small files. Each shard holds its share of [`MAX_CACHE_BYTES`] and no
-/// entry heavier than that share, so the shards are set (not left to quick_cache's default
-/// of four per core) for the heaviest entry to fit in one: a file of [`MAX_CACHED_FILE`] with
-/// its compressed forms.
+/// The memory cache of small files, with shards large enough for the heaviest entry: a file
+/// of [`MAX_CACHED_FILE`] with its compressed forms (and a long path).
 fn file_cache() -> quick_cache::sync::Cache<PathBuf, Arc<Entry>, EntryWeight> {
     let heaviest = 3 * MAX_CACHED_FILE + ENTRY_OVERHEAD + 4096;
-    let shards = usize::try_from(MAX_CACHE_BYTES / (2 * heaviest))
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let built = quick_cache::OptionsBuilder::new()
-        .estimated_items_capacity(4096)
-        .weight_capacity(MAX_CACHE_BYTES)
-        .shards(shards)
-        .build();
-    match built {
-        Ok(options) => quick_cache::sync::Cache::with_options(
-            options,
-            EntryWeight,
-            quick_cache::DefaultHashBuilder::default(),
-            quick_cache::sync::DefaultLifecycle::default(),
-        ),
-        // Every option is set above, so building does not fail; were it to, the defaults
-        // still bound the cache.
-        Err(_) => quick_cache::sync::Cache::with_weighter(4096, MAX_CACHE_BYTES, EntryWeight),
-    }
+    crate::gis::cache::weighted(MAX_CACHE_BYTES, heaviest, 4096, EntryWeight)
 }
 
 /// What a cached file costs: its contents, room for its two compressed forms when it is

@@ -51,30 +51,13 @@ impl ResponseCache {
     /// A cache holding up to `budget` bytes (0 disables it).
     #[must_use]
     pub fn new(budget: usize) -> Self {
-        // Each shard holds a share of the budget and no entry larger than its share: enough
-        // shards to spread the locks, few enough that the largest answer fits in one.
-        let shards = (budget / (2 * (MAX_ENTRY + ENTRY_OVERHEAD))).clamp(1, 8);
         let entries = (budget > 0).then(|| {
-            let options = quick_cache::OptionsBuilder::new()
-                .estimated_items_capacity((budget / (16 * 1024)).max(16))
-                .weight_capacity(budget as u64)
-                .shards(shards)
-                .build();
-            match options {
-                Ok(options) => quick_cache::sync::Cache::with_options(
-                    options,
-                    Cost,
-                    quick_cache::DefaultHashBuilder::default(),
-                    quick_cache::sync::DefaultLifecycle::default(),
-                ),
-                // Every option above is set: building cannot fail; if it ever did, the
-                // defaults still bound the cache by its budget.
-                Err(_) => quick_cache::sync::Cache::with_weighter(
-                    (budget / (16 * 1024)).max(16),
-                    budget as u64,
-                    Cost,
-                ),
-            }
+            super::weighted(
+                budget as u64,
+                (MAX_ENTRY + ENTRY_OVERHEAD) as u64,
+                (budget / (16 * 1024)).max(16),
+                Cost,
+            )
         });
         Self {
             budget,
