@@ -221,9 +221,7 @@ impl Parser<'_> {
     /// A CQL2 geometry literal: WKT (`POINT`, `LINESTRING`, `POLYGON` and their `MULTI`
     /// forms) or `BBOX(west, south, east, north)`, in CRS84.
     fn literal(&mut self) -> Result<geo::Geometry<f64>, String> {
-        use geo::{
-            Geometry, LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon,
-        };
+        use geo::{Geometry, MultiLineString, MultiPoint, MultiPolygon, Point};
         let Some(Token::Word(kind)) = self.tokens.get(self.at).cloned() else {
             return Err("expected a geometry (POINT, POLYGON, BBOX…)".to_owned());
         };
@@ -247,10 +245,7 @@ impl Parser<'_> {
         self.expect_symbol("(")?;
         let shape = match kind.as_str() {
             "BBOX" => {
-                let mut n = vec![self.number()?];
-                while self.symbol(",") {
-                    n.push(self.number()?);
-                }
+                let n = self.list(Self::number)?;
                 let (w, s, e, north) = match n.as_slice() {
                     [w, s, e, north] | [w, s, _, e, north, _] if s <= north => (*w, *s, *e, *north),
                     _ => {
@@ -277,43 +272,19 @@ impl Parser<'_> {
             "POINT" => Geometry::Point(Point(self.coordinate()?)),
             "LINESTRING" => Geometry::LineString(self.coordinates()?),
             "POLYGON" => Geometry::Polygon(self.rings()?),
-            "MULTIPOINT" => {
-                let mut points = Vec::new();
-                loop {
-                    let wrapped = self.symbol("(");
-                    points.push(Point(self.coordinate()?));
-                    if wrapped {
-                        self.expect_symbol(")")?;
-                    }
-                    if !self.symbol(",") {
-                        break;
-                    }
+            // A multipoint's points may be written bare or in parentheses.
+            "MULTIPOINT" => Geometry::MultiPoint(MultiPoint(self.list(|p| {
+                if p.peek_symbol("(") {
+                    p.enclosed(|p| p.coordinate().map(Point))
+                } else {
+                    p.coordinate().map(Point)
                 }
-                Geometry::MultiPoint(MultiPoint(points))
-            }
-            "MULTILINESTRING" => {
-                let mut lines: Vec<LineString<f64>> = Vec::new();
-                loop {
-                    self.expect_symbol("(")?;
-                    lines.push(self.coordinates()?);
-                    self.expect_symbol(")")?;
-                    if !self.symbol(",") {
-                        break;
-                    }
-                }
-                Geometry::MultiLineString(MultiLineString(lines))
-            }
+            })?)),
+            "MULTILINESTRING" => Geometry::MultiLineString(MultiLineString(
+                self.list(|p| p.enclosed(Self::coordinates))?,
+            )),
             "MULTIPOLYGON" => {
-                let mut polygons: Vec<Polygon<f64>> = Vec::new();
-                loop {
-                    self.expect_symbol("(")?;
-                    polygons.push(self.rings()?);
-                    self.expect_symbol(")")?;
-                    if !self.symbol(",") {
-                        break;
-                    }
-                }
-                Geometry::MultiPolygon(MultiPolygon(polygons))
+                Geometry::MultiPolygon(MultiPolygon(self.list(|p| p.enclosed(Self::rings))?))
             }
             other => return Err(format!("{other} is not a geometry this server reads")),
         };
@@ -323,27 +294,37 @@ impl Parser<'_> {
 
     /// Rings `(x y, …), (x y, …)`: the first the exterior, the rest holes.
     fn rings(&mut self) -> Result<geo::Polygon<f64>, String> {
-        let mut rings = Vec::new();
-        loop {
-            self.expect_symbol("(")?;
-            rings.push(self.coordinates()?);
-            self.expect_symbol(")")?;
-            if !self.symbol(",") {
-                break;
-            }
-        }
-        let mut rings = rings.into_iter();
+        let mut rings = self.list(|p| p.enclosed(Self::coordinates))?.into_iter();
         let exterior = rings.next().unwrap_or_else(|| geo::LineString(Vec::new()));
         Ok(geo::Polygon::new(exterior, rings.collect()))
     }
 
     /// `x y, x y, …`.
     fn coordinates(&mut self) -> Result<geo::LineString<f64>, String> {
-        let mut coordinates = vec![self.coordinate()?];
+        self.list(Self::coordinate).map(geo::LineString)
+    }
+
+    /// One or more `item`s separated by commas.
+    fn list<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
+        let mut items = vec![item(self)?];
         while self.symbol(",") {
-            coordinates.push(self.coordinate()?);
+            items.push(item(self)?);
         }
-        Ok(geo::LineString(coordinates))
+        Ok(items)
+    }
+
+    /// `item` in parentheses.
+    fn enclosed<T>(
+        &mut self,
+        item: impl FnOnce(&mut Self) -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.expect_symbol("(")?;
+        let value = item(self)?;
+        self.expect_symbol(")")?;
+        Ok(value)
     }
 
     /// `x y` (a third number, a height, is read and left out).
