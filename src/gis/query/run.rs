@@ -12,9 +12,9 @@ use crate::gis::query::filter::INTERSECTS_FUNCTION;
 use crate::gis::query::geojson::{
     FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry,
 };
-pub use crate::gis::query::limits::Chunk;
+use crate::gis::query::limits::Chunk;
 use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
-pub use crate::gis::query::plan::{BoxMatch, Count, Plan, Reuse, Tested};
+use crate::gis::query::plan::{BoxMatch, Count, Plan, Tested};
 use crate::gis::store::{Catalog, Dataset};
 
 /// The box `[xmin, ymin, xmax, ymax]` as a geometry.
