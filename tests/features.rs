@@ -861,9 +861,8 @@ async fn layers_without_a_spatial_index_answer_boxes() {
     server.stop().await;
 }
 
-/// The route table: a trailing slash on the single-path APIs, 404 for what an API does not
-/// have (before the method is looked at), 405 for another method on a path it has, and a
-/// doubled leading slash is not an API path (the static server refuses it as a path).
+/// The route table: HEAD as GET without a body, `Allow` on a 405, a trailing slash on the
+/// single-path APIs (its error cases are in `tests/https.rs`, with the other error answers).
 #[tokio::test]
 async fn routes_answer_as_documented() {
     let server = server().await;
@@ -908,40 +907,10 @@ async fn routes_answer_as_documented() {
             .and_then(|v| v.to_str().ok()),
         Some("GET, HEAD")
     );
-    for (method, path, status) in [
-        (reqwest::Method::GET, "/health", StatusCode::OK),
-        (reqwest::Method::GET, "/health/", StatusCode::OK),
-        (reqwest::Method::GET, "/features/", StatusCode::OK),
-        (reqwest::Method::GET, "/health/x", StatusCode::NOT_FOUND),
-        (reqwest::Method::POST, "/health/x", StatusCode::NOT_FOUND),
-        (
-            reqwest::Method::POST,
-            "/health",
-            StatusCode::METHOD_NOT_ALLOWED,
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/ogr2ogr",
-            StatusCode::METHOD_NOT_ALLOWED,
-        ),
-        (
-            reqwest::Method::GET,
-            "//features/collections",
-            StatusCode::BAD_REQUEST,
-        ),
-        (reqwest::Method::GET, "/search/", StatusCode::BAD_REQUEST),
-    ] {
-        let response = client
-            .request(method.clone(), server.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), status, "{method} {path}");
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            assert_eq!(body["status"], status.as_u16(), "{method} {path}: {body}");
-            assert!(body["detail"].is_string(), "{method} {path}: {body}");
-        }
+    // A trailing slash on the single-path APIs, and the landing page with one.
+    for path in ["/health", "/health/", "/features/"] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
     server.stop().await;
 }

@@ -388,6 +388,27 @@ async fn errors_are_json_and_folders_are_never_listed() {
             "/resourcecheck/local.json",
             StatusCode::METHOD_NOT_ALLOWED,
         ),
+        // The route table: a path an API does not have is 404 before the method is looked
+        // at; another method on one it has is 405; a doubled leading slash is not an API path
+        // (the static server refuses it as a path); `/search/` is `/search`, missing its `q`.
+        (reqwest::Method::GET, "/health/x", StatusCode::NOT_FOUND),
+        (reqwest::Method::POST, "/health/x", StatusCode::NOT_FOUND),
+        (
+            reqwest::Method::POST,
+            "/health",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/ogr2ogr",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            "//features/collections",
+            StatusCode::BAD_REQUEST,
+        ),
+        (reqwest::Method::GET, "/search/", StatusCode::BAD_REQUEST),
     ] {
         let response = client
             .request(method.clone(), server.url(path))
@@ -402,6 +423,7 @@ async fn errors_are_json_and_folders_are_never_listed() {
         );
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["status"], status.as_u16(), "{method} {path}");
+        assert!(body["detail"].is_string(), "{method} {path}: {body}");
     }
     server.stop().await;
 }

@@ -24,6 +24,15 @@ pub fn test_data(name: &str) -> PathBuf {
 
 /// `/ogr2ogr?source=…&options=…` on the server: status and parsed body.
 pub async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCode, Value) {
+    let (status, body) = ours_text(server, source, options).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// This server's `/ogr2ogr` answer as the text it sent.
+pub async fn ours_text(server: &TestServer, source: &str, options: &str) -> (StatusCode, String) {
     let response = server
         .client()
         .get(server.url("/ogr2ogr"))
@@ -32,11 +41,7 @@ pub async fn ours(server: &TestServer, source: &str, options: &str) -> (StatusCo
         .await
         .unwrap();
     let status = response.status();
-    let body = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
+    (status, response.text().await.unwrap())
 }
 
 /// GDAL's answer to the same request (`|` becoming argument breaks), as RFC 7946 GeoJSON (7
