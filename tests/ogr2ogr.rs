@@ -568,6 +568,48 @@ async fn a_geopackage_written_by_qgis_reads_as_gdal_reads_it() {
     for layer in ["qgis.countries", "qgis.assets"] {
         assert!(ids.contains(&layer), "{layer} not in {ids:?}");
     }
+    // The feature without a geometry is neither inside nor outside a CQL2 geometry: `NOT`
+    // does not select it (SQL's NULL), while every feature with one meets the world.
+    let (_, all) = server
+        .get_json("/features/collections/qgis.assets/items")
+        .await;
+    let with_geometry = features(&all)
+        .iter()
+        .filter(|f| !f["geometry"].is_null())
+        .count();
+    assert!(
+        with_geometry < features(&all).len(),
+        "the fixture lost its feature without geometry"
+    );
+    for (filter, wanted) in [
+        (
+            "S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90))",
+            with_geometry,
+        ),
+        ("NOT S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90))", 0),
+        (
+            "S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90)) OR NOT S_INTERSECTS(geometry, BBOX(-180, -90, 180, 90))",
+            with_geometry,
+        ),
+    ] {
+        let encoded: String = filter
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = server
+            .get_json(&format!(
+                "/features/collections/qgis.assets/items?filter={encoded}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {body}");
+        assert_eq!(body["numberMatched"], wanted, "{filter}: {body}");
+    }
     server.stop().await;
 }
 
