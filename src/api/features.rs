@@ -14,7 +14,9 @@ use super::error::ApiError;
 use super::reply::geojson;
 use super::reply::{Response, json};
 use crate::gis::query::limits::QueryError;
-use crate::gis::query::plan::{BoxMatch, Condition, Count, Filter, Members, Plan, crs84_extent};
+use crate::gis::query::plan::{
+    BoxMatch, Condition, Count, Filter, Members, Plan, crs84_extent, cut,
+};
 use crate::gis::query::reproject::Reprojector;
 use crate::gis::query::run::{box_page, count, execute, lookup};
 use crate::gis::store::{Catalog, Dataset, Layer};
@@ -387,27 +389,15 @@ async fn items(
         Some(r) => match asked.bbox {
             Some(boxes) => {
                 let extent = crs84_extent(layer, r);
-                let cut: Vec<[f64; 4]> = boxes
-                    .into_iter()
-                    .filter_map(|b| match extent {
-                        Some(e) => {
-                            let c = [
-                                b[0].max(e[0]),
-                                b[1].max(e[1]),
-                                b[2].min(e[2]),
-                                b[3].min(e[3]),
-                            ];
-                            (c[0] <= c[2] && c[1] <= c[3]).then_some(c)
-                        }
-                        None => Some(b),
-                    })
-                    .collect();
-                if cut.is_empty() {
+                let inside: Vec<[f64; 4]> =
+                    boxes.into_iter().filter_map(|b| cut(b, extent)).collect();
+                if inside.is_empty() {
                     // An empty page: no box of the request meets the layer.
                     Some(Vec::new())
                 } else {
                     Some(
-                        cut.into_iter()
+                        inside
+                            .into_iter()
                             .map(|b| r.bbox_from_wgs84(b))
                             .collect::<Result<Vec<_>, _>>()
                             .map_err(|e| bad(e.to_string()))?,

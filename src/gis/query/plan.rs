@@ -254,7 +254,23 @@ pub fn crs84_extent(layer: &Layer, reproject: &Reprojector) -> Option<[f64; 4]> 
     Some([e[0] - dx, e[1] - dy, e[2] + dx, e[3] + dy])
 }
 
-/// Points along each edge of a CRS84 box moved into a projected system.
+/// The part of box `b` inside `extent` (all of it when the extent is not known), or `None`
+/// when they do not meet; boxes are `[xmin, ymin, xmax, ymax]`.
+#[must_use]
+pub fn cut(b: [f64; 4], extent: Option<[f64; 4]>) -> Option<[f64; 4]> {
+    let Some(e) = extent else {
+        return Some(b);
+    };
+    let c = [
+        b[0].max(e[0]),
+        b[1].max(e[1]),
+        b[2].min(e[2]),
+        b[3].min(e[3]),
+    ];
+    (c[0] <= c[2] && c[1] <= c[3]).then_some(c)
+}
+
+/// Points along the longer edge of a CRS84 box moved into a projected system.
 const BOX_EDGE_POINTS: usize = 16;
 
 /// A CQL2 geometry ready to be moved into a projected layer's system: its boxes (`BBOX`) cut
@@ -262,29 +278,20 @@ const BOX_EDGE_POINTS: usize = 16;
 /// with points along their edges (which bend in the projection); a box missing the extent
 /// becomes an empty collection, which meets nothing. Other geometries are left as they are.
 fn boxes_for_projection(shape: geo::Geometry<f64>, extent: Option<[f64; 4]>) -> geo::Geometry<f64> {
-    use geo::Geometry;
+    use geo::{Densify, Geometry};
     match shape {
         Geometry::Rect(r) => {
-            let [mut w, mut s, mut e, mut n] = [r.min().x, r.min().y, r.max().x, r.max().y];
-            if let Some(x) = extent {
-                [w, s, e, n] = [w.max(x[0]), s.max(x[1]), e.min(x[2]), n.min(x[3])];
-                if w > e || s > n {
-                    return Geometry::GeometryCollection(geo::GeometryCollection(Vec::new()));
-                }
-            }
-            let along = |from: (f64, f64), to: (f64, f64)| {
-                (0..BOX_EDGE_POINTS).map(move |i| {
-                    let t = i as f64 / BOX_EDGE_POINTS as f64;
-                    geo::coord! { x: from.0 + (to.0 - from.0) * t, y: from.1 + (to.1 - from.1) * t }
-                })
+            let bounds = [r.min().x, r.min().y, r.max().x, r.max().y];
+            let Some([w, s, e, n]) = cut(bounds, extent) else {
+                return Geometry::GeometryCollection(geo::GeometryCollection(Vec::new()));
             };
-            let mut ring: Vec<geo::Coord<f64>> = along((w, s), (e, s))
-                .chain(along((e, s), (e, n)))
-                .chain(along((e, n), (w, n)))
-                .chain(along((w, n), (w, s)))
-                .collect();
-            ring.push(geo::coord! { x: w, y: s });
-            Geometry::Polygon(geo::Polygon::new(geo::LineString(ring), Vec::new()))
+            let polygon = geo::Rect::new((w, s), (e, n)).to_polygon();
+            let step = (e - w).max(n - s) / BOX_EDGE_POINTS as f64;
+            Geometry::Polygon(if step > 0.0 {
+                geo::Euclidean.densify(&polygon, step)
+            } else {
+                polygon
+            })
         }
         Geometry::GeometryCollection(parts) => {
             Geometry::GeometryCollection(geo::GeometryCollection(
