@@ -55,6 +55,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sync jobs: list them, run one now, read its runs, or put its previous version back.
+    Sync {
+        /// What to do.
+        #[command(subcommand)]
+        action: SyncAction,
+        /// Config file [default: <root>/config.json]
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// Installation root (default: the current folder)
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "POZI_ROOT",
+            default_value = ".",
+            global = true
+        )]
+        root: PathBuf,
+    },
     /// Print the JSON Schema of config.json (committed as docs/config.schema.json).
     ConfigSchema,
     /// Describe the commands, or one command and its flags.
@@ -63,6 +81,35 @@ pub enum Command {
         #[arg(value_name = "COMMAND")]
         command: Option<String>,
     },
+}
+
+/// What `sync` does.
+#[derive(Debug, Subcommand)]
+pub enum SyncAction {
+    /// Each job: its source, schedule, last run and target.
+    List,
+    /// Run a job now: in the running server when there is one (asked over loopback), else in
+    /// this process. Exits non-zero when the run fails.
+    Run {
+        /// The job's name.
+        job: String,
+    },
+    /// A job's runs, newest first.
+    History {
+        /// The job's name.
+        job: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Publish a job's previous version again (a second rollback undoes the first).
+    Rollback {
+        /// The job's name.
+        job: String,
+    },
+    /// Runs one job handed over on standard input (the server's worker process).
+    #[command(hide = true)]
+    Worker,
 }
 
 /// Parses the command line and runs the command.
@@ -77,6 +124,21 @@ pub fn main() -> ExitCode {
         } => run(config.as_deref(), &root, listen),
         Command::CheckConfig { file } => check_config(&file),
         Command::Version { json } => version(json),
+        Command::Sync {
+            action,
+            config,
+            root,
+        } => {
+            use crate::sync::command;
+            let config = config.as_deref();
+            match action {
+                SyncAction::List => command::list(&root, config),
+                SyncAction::Run { job } => command::run(&root, config, &job),
+                SyncAction::History { job, limit } => command::history(&root, config, &job, limit),
+                SyncAction::Rollback { job } => command::rollback(&root, config, &job),
+                SyncAction::Worker => crate::sync::worker::child_main(&root),
+            }
+        }
         Command::ConfigSchema => {
             let text = serde_json::to_string_pretty(&config::schema()).unwrap_or_default();
             out(&format!("{text}\n"))

@@ -18,3 +18,4 @@ pub mod root;
 pub mod runtime;
 pub mod safe_path;
 pub mod scheduler;
+pub mod sync;

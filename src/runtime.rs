@@ -85,6 +85,71 @@ fn planned_jobs(config: &Config) -> Result<Vec<PlannedJob>, RuntimeError> {
         .collect()
 }
 
+/// The `sync` supervisor for the configured jobs (`None` without jobs). A journal that cannot
+/// be opened leaves the jobs out, loudly, rather than stopping the server.
+fn sync_jobs(
+    config: &Config,
+    root: &Root,
+    registry: &HealthRegistry,
+    marks: &Arc<MarkStore>,
+) -> Option<actors::ChildSpec> {
+    use crate::sync::component::{JobArgs, Shared, supervisor};
+    if config.sync.jobs.is_empty() {
+        return None;
+    }
+    let journal = match crate::sync::journal::Journal::open(
+        &root.state_dir().join("sync.sqlite"),
+        config.sync.keep_runs,
+    ) {
+        Ok(journal) => journal,
+        Err(e) => {
+            tracing::error!(error = %e, "sync jobs are not started: the journal cannot be opened");
+            return None;
+        }
+    };
+    match journal.close_interrupted() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "runs cut short by the last stop journaled as cancelled"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot close interrupted runs in the journal"),
+    }
+    let shared = Arc::new(Shared {
+        root: root.path().to_owned(),
+        journal: Arc::new(journal),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.sync.max_concurrent_runs.max(1),
+        )),
+        marks: marks.clone(),
+        registry: registry.clone(),
+        webhook: config.sync.webhook.clone(),
+    });
+    let jobs = config
+        .sync
+        .jobs
+        .iter()
+        .map(|job| JobArgs {
+            job: job.clone(),
+            schedule: job_schedule(config, job),
+            shared: shared.clone(),
+        })
+        .collect();
+    Some(supervisor(registry, jobs))
+}
+
+/// A job's schedule in its zone (validation has checked both).
+pub fn job_schedule(config: &Config, job: &crate::config::sync::SyncJob) -> Option<Schedule> {
+    let zone = job
+        .time_zone
+        .as_deref()
+        .and_then(|z| parse_zone(z).ok())
+        .unwrap_or_else(|| config.zone());
+    job.schedule
+        .as_deref()
+        .and_then(|s| Schedule::parse(s, zone).ok())
+}
+
 /// Runs the server until `shutdown` completes (then stops every component in reverse order
 /// within the configured time) or the root supervisor gives up.
 ///
@@ -103,7 +168,7 @@ pub async fn run(
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
     let scheduler = SchedulerArgs {
         jobs: planned_jobs(config)?,
-        marks,
+        marks: marks.clone(),
     };
     let search_zone = match &config.search.time_zone {
         Some(name) => {
@@ -152,6 +217,10 @@ pub async fn run(
             RestartType::Permanent,
             move || (SearchIndexer, search.clone()),
         ));
+    let spec = match sync_jobs(config, root, &registry, &marks) {
+        Some(child) => spec.child(child),
+        None => spec,
+    };
     let handle = Supervisor::start_root(spec).await?;
     tracing::info!(root = %root.path().display(), "server started");
     let actor = handle.actor.clone();

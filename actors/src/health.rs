@@ -129,6 +129,22 @@ impl HealthRegistry {
         });
     }
 
+    /// Records a failure a component handled itself (a sync run that failed, say) as its last
+    /// error, without changing its state.
+    pub fn report_error(&self, name: &str, message: impl Into<String>) {
+        let message = message.into();
+        self.inner.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            if let Some(entry) = map.get_mut(name) {
+                entry.last_error = Some(LastError {
+                    message: message.clone(),
+                    at: SystemTime::now(),
+                });
+            }
+            map
+        });
+    }
+
     pub(crate) fn set_state(&self, name: &str, window: Duration, state: ComponentState) {
         self.update(name, window, |h| h.state = state);
     }

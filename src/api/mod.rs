@@ -7,9 +7,11 @@
 //! - `features`: OGC API Features (Parts 1 and 3) under `/features/`.
 //! - `search`: `/search?q=…` over the unified search index.
 //! - `health`: `/health` from the health registry.
+//! - `admin`: `/admin/` for operators (sync jobs), loopback only for now.
 //! - `reply`: the response and body types every route answers with.
 //! - `error`: [`error::ApiError`], the one place an error becomes a JSON response.
 
+pub mod admin;
 pub mod error;
 pub mod features;
 pub mod health;

@@ -5,6 +5,7 @@
 //! JSON Schema, then meaning (schedules, time zones, component names).
 
 mod locate;
+pub mod sync;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 pub use locate::Segment;
 use locate::{dotted, from_pointer, line_column};
+pub use sync::SyncConfig;
 
 /// The components a planned restart may name.
-pub const COMPONENTS: &[&str] = &["http", "scheduler", "search"];
+pub const COMPONENTS: &[&str] = &["http", "scheduler", "search", "sync"];
 
 /// Default listen address: HTTPS on every IPv4 interface.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
@@ -48,6 +50,8 @@ pub struct Config {
     /// Planned restarts of components on cron schedules (the in-process replacement for a
     /// nightly `Restart-Service` scheduled task).
     pub restarts: Vec<PlannedRestart>,
+    /// Scheduled refreshes of datasets from files, web services and databases.
+    pub sync: SyncConfig,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             restarts: Vec::new(),
             search: SearchConfig::default(),
             data: DataConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -760,6 +765,7 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
         report(&[key("log"), key("level")], e);
     }
     search_issues(value, default_zone, report);
+    sync::issues(value, default_zone, report);
     http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();
@@ -867,7 +873,7 @@ fn search_issues(
 }
 
 /// Checks a cron expression in `zone` (UTC when the zone itself was bad and is reported apart).
-fn check_schedule(
+pub(crate) fn check_schedule(
     expression: &str,
     zone: Option<Tz>,
     at: &[Segment],

@@ -70,10 +70,32 @@ pub struct HttpState {
     tracker: TaskTracker,
     drain: Duration,
     listening: Listening,
+    /// `state/server.json`, removed when the listener stops.
+    note: std::path::PathBuf,
     /// Interrupts the queries still running after the drain.
     queries: CancellationToken,
     /// The same when the state is dropped by a kill.
     _queries_on_drop: tokio_util::sync::DropGuard,
+}
+
+/// The file (in `state/`) naming the running server's process and addresses, which the
+/// command line reads to reach it (`poziserver sync run` asks a running server to run a job).
+pub const SERVER_NOTE: &str = "server.json";
+
+/// Writes [`SERVER_NOTE`]; a failure only costs the command line its way to this server.
+fn write_server_note(root: &crate::root::Root, scheme: &str, bound: &[SocketAddr]) {
+    let note = serde_json::json!({
+        "pid": std::process::id(),
+        "scheme": scheme,
+        "listen": bound,
+    });
+    let path = root.state_dir().join(SERVER_NOTE);
+    let temporary = path.with_extension("json.tmp");
+    let written = std::fs::write(&temporary, note.to_string())
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot note the listening addresses for the command line");
+    }
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
@@ -123,6 +145,10 @@ impl Actor for HttpComponent {
             ),
             gdal: crate::api::ogr2ogr::gdal::Gdal::new(&args.config.data.gdal),
             search_index: args.root.state_dir().join("search.sqlite"),
+            admin: crate::api::admin::Admin {
+                config: args.config.clone(),
+                journal: args.root.state_dir().join("sync.sqlite"),
+            },
             refused: http
                 .refused_extensions
                 .iter()
@@ -220,12 +246,14 @@ impl Actor for HttpComponent {
                 }
             });
         }
+        write_server_note(&args.root, scheme, &bound);
         args.listening.0.store(Arc::new(bound));
         Ok(HttpState {
             stop,
             tracker,
             drain: Duration::from_secs(limits.drain_timeout_secs),
             listening: args.listening,
+            note: args.root.state_dir().join(SERVER_NOTE),
             _queries_on_drop: queries.clone().drop_guard(),
             queries,
         })
@@ -238,6 +266,7 @@ impl Actor for HttpComponent {
         state: &mut HttpState,
     ) -> Result<(), ActorProcessingErr> {
         state.listening.0.store(Arc::new(Vec::new()));
+        let _ = std::fs::remove_file(state.note.as_path());
         state.stop.cancel();
         state.tracker.close();
         if tokio::time::timeout(state.drain, state.tracker.wait())

@@ -7,6 +7,7 @@
 //! | `/ogr2ogr`                    | `/ogr2ogr`   | GET, HEAD        |
 //! | `/features`, `/features/…`    | OGC API      | GET, HEAD        |
 //! | `/search`                     | search       | GET, HEAD        |
+//! | `/admin/…`                    | admin        | GET, HEAD, POST (loopback only) |
 //! | a configured proxy prefix     | proxy        | any              |
 //! | anything else                 | static files | GET, HEAD        |
 //!
@@ -49,6 +50,8 @@ pub struct Site {
     pub gdal: crate::api::ogr2ogr::gdal::Gdal,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
+    /// The operators' API.
+    pub admin: crate::api::admin::Admin,
     /// Extensions never served as static files, lower case without the dot.
     pub refused: Vec<String>,
 }
@@ -82,6 +85,8 @@ pub enum Route {
     Features,
     /// `/search`.
     Search,
+    /// `/admin/` and below.
+    Admin,
     /// A reverse-proxy prefix.
     Proxy,
     /// A static file.
@@ -94,6 +99,7 @@ const API_ROUTES: &[(&str, Route)] = &[
     ("ogr2ogr", Route::Ogr2ogr),
     ("features", Route::Features),
     ("search", Route::Search),
+    ("admin", Route::Admin),
 ];
 
 impl Route {
@@ -117,7 +123,7 @@ impl Route {
 
     /// Whether the route takes any method; the others take GET and HEAD only.
     fn any_method(self) -> bool {
-        self == Self::Proxy
+        matches!(self, Self::Proxy | Self::Admin)
     }
 }
 
@@ -160,7 +166,7 @@ async fn answer(
         Route::Health => exact("health"),
         Route::Ogr2ogr => exact("ogr2ogr"),
         Route::Search => exact("search"),
-        Route::Features | Route::Proxy | Route::File => true,
+        Route::Features | Route::Admin | Route::Proxy | Route::File => true,
     };
     if !known {
         return Err(not_found());
@@ -211,6 +217,17 @@ async fn answer(
                 query.remove("q"),
                 query.remove("limit"),
                 crate::encoding::accepted(headers),
+            )
+            .await
+        }
+        Route::Admin => {
+            let query = query(&request);
+            crate::api::admin::answer(
+                &site.admin,
+                conn.peer.ip(),
+                method,
+                path,
+                query.get("limit").map(String::as_str),
             )
             .await
         }

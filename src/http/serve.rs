@@ -654,6 +654,10 @@ mod tests {
             catalog: Arc::default(),
             gdal: crate::api::ogr2ogr::gdal::Gdal::new(&crate::config::GdalConfig::default()),
             search_index: dir.join("search.sqlite"),
+            admin: crate::api::admin::Admin {
+                config: Arc::default(),
+                journal: dir.join("sync.sqlite"),
+            },
             refused: Vec::new(),
         });
         let acceptor = Acceptor {

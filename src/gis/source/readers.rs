@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use geozero::ToGeo;
 use rusqlite::types::Value;
@@ -173,12 +174,28 @@ pub fn convert(
     layer: &str,
     options: &OpenOptions,
 ) -> Result<u64, ReadError> {
+    convert_counting(source, destination, layer, options, &AtomicU64::new(0))
+}
+
+/// [`convert`], adding one to `rows` for every feature read (a progress bar's count).
+///
+/// # Errors
+/// As [`convert`].
+pub fn convert_counting(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+    options: &OpenOptions,
+    rows: &AtomicU64,
+) -> Result<u64, ReadError> {
     match Format::of(source) {
-        Some(Format::GeoJson | Format::GeoJsonSeq) => geojson_to_gpkg(source, destination, layer),
-        Some(Format::Csv) => csv_to_gpkg(source, destination, layer, options),
-        Some(Format::Shapefile) => shapefile_to_gpkg(source, destination, layer, options),
+        Some(Format::GeoJson | Format::GeoJsonSeq) => {
+            geojson_to_gpkg(source, destination, layer, rows)
+        }
+        Some(Format::Csv) => csv_to_gpkg(source, destination, layer, options, rows),
+        Some(Format::Shapefile) => shapefile_to_gpkg(source, destination, layer, options, rows),
         Some(Format::ZippedShapefile) => {
-            zipped_shapefile_to_gpkg(source, destination, layer, options)
+            zipped_shapefile_to_gpkg(source, destination, layer, options, rows)
         }
         None => Err(ReadError::Format {
             path: source.display().to_string(),
@@ -269,7 +286,12 @@ fn to_sql(value: Option<&serde_json::Value>, kind: FieldType) -> Value {
     }
 }
 
-fn geojson_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64, ReadError> {
+fn geojson_to_gpkg(
+    source: &Path,
+    destination: &Path,
+    layer: &str,
+    rows: &AtomicU64,
+) -> Result<u64, ReadError> {
     let shown = source.display().to_string();
     let bad = |reason: String| ReadError::Format {
         path: shown.clone(),
@@ -311,6 +333,7 @@ fn geojson_to_gpkg(source: &Path, destination: &Path, layer: &str) -> Result<u64
             None => None,
         };
         writer.add(values, geometry.as_ref())?;
+        rows.fetch_add(1, Ordering::Relaxed);
     }
     Ok(writer.finish()?)
 }
@@ -334,6 +357,7 @@ fn csv_to_gpkg(
     destination: &Path,
     layer: &str,
     options: &OpenOptions,
+    rows: &AtomicU64,
 ) -> Result<u64, ReadError> {
     let shown = source.display().to_string();
     let bad = |reason: String| ReadError::Format {
@@ -445,6 +469,7 @@ fn csv_to_gpkg(
             _ => None,
         };
         writer.add(values, geometry.as_ref())?;
+        rows.fetch_add(1, Ordering::Relaxed);
     }
     Ok(writer.finish()?)
 }
@@ -480,6 +505,7 @@ fn shapefile_to_gpkg(
     destination: &Path,
     layer: &str,
     options: &OpenOptions,
+    rows: &AtomicU64,
 ) -> Result<u64, ReadError> {
     let projection = shapefile_projection(source)?;
     let mut table = crate::gis::source::dbf::Table::open(source, options.encoding)
@@ -513,6 +539,7 @@ fn shapefile_to_gpkg(
             (g, _) => g,
         };
         writer.add(values, geometry.as_ref())?;
+        rows.fetch_add(1, Ordering::Relaxed);
     }
     Ok(writer.finish()?)
 }
@@ -545,6 +572,7 @@ fn zipped_shapefile_to_gpkg(
     destination: &Path,
     layer: &str,
     options: &OpenOptions,
+    rows: &AtomicU64,
 ) -> Result<u64, ReadError> {
     let bad = |e: String| shapefile_error(source, e);
     let mut archive = zip::ZipArchive::new(File::open(source).map_err(|e| bad(e.to_string()))?)
@@ -574,5 +602,11 @@ fn zipped_shapefile_to_gpkg(
             .map_err(|e| bad(e.to_string()))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
     }
-    shapefile_to_gpkg(&scratch.0.join("layer.shp"), destination, layer, options)
+    shapefile_to_gpkg(
+        &scratch.0.join("layer.shp"),
+        destination,
+        layer,
+        options,
+        rows,
+    )
 }

@@ -246,9 +246,10 @@ impl Listings {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if path.is_dir() && prefix.is_empty() && !name.starts_with('.') {
                     dirs.push((path, format!("{name}.")));
-                } else if path
-                    .extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("gpkg"))
+                } else if !name.starts_with('.')
+                    && path
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("gpkg"))
                 {
                     let stem = path
                         .file_stem()

@@ -1,0 +1,237 @@
+//! `/admin/`: the operators' API. Until access tokens and address lists exist, it answers only
+//! requests from loopback addresses (a browser on another machine gets 403), so the server's
+//! own command line (`poziserver sync run`) and a local operator can use it.
+//!
+//! - `GET /admin/jobs`: each sync job, its schedule, next run, and last run.
+//! - `GET /admin/jobs/{name}/runs`: the job's journaled runs, newest first (`?limit=`).
+//! - `POST /admin/jobs/{name}/run`: start a run now; 202 with its id, 409 while one runs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use http::{Method, StatusCode};
+use ractor::{ActorRef, RpcReplyPort};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::reply::{Response, json};
+use crate::config::Config;
+use crate::sync::component::{JobMsg, actor_name};
+use crate::sync::journal::Journal;
+
+/// What the admin API reads.
+#[derive(Debug)]
+pub struct Admin {
+    /// The running config (jobs and their schedules).
+    pub config: Arc<Config>,
+    /// `state/sync.sqlite`.
+    pub journal: std::path::PathBuf,
+}
+
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
+#[must_use]
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn method_not_allowed(allow: &'static str, path: &str, method: &Method) -> ApiError {
+    ApiError {
+        allow: Some(allow),
+        ..ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            Some(format!("{path} answers {allow}, not {method}")),
+        )
+    }
+}
+
+/// Answers an `/admin/` request from `peer`.
+///
+/// # Errors
+/// 403 for a peer that is not loopback, 404 for an unknown path or job, 405, 409 for a job
+/// already running, 503 when the job's actor does not answer.
+pub async fn answer(
+    admin: &Admin,
+    peer: IpAddr,
+    method: &Method,
+    path: &str,
+    limit: Option<&str>,
+) -> Result<Response, ApiError> {
+    if !is_loopback(peer) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            Some("the admin API answers only requests from this machine (loopback)".to_owned()),
+        ));
+    }
+    let rest = path.trim_start_matches("/admin").trim_end_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match parts.as_slice() {
+        ["jobs"] if read => Ok(no_store(json(
+            StatusCode::OK,
+            &jobs(admin)?,
+            "application/json",
+        ))),
+        ["jobs"] => Err(method_not_allowed("GET, HEAD", path, method)),
+        ["jobs", name, "runs"] if read => {
+            job(admin, name)?;
+            let limit = match limit {
+                None => 50,
+                Some(text) => text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("bad limit", "limit must be 1 to 10000")
+                    })?,
+            };
+            let runs = open(admin)?
+                .map(|j| j.runs(name, limit))
+                .transpose()
+                .map_err(journal_error)?
+                .unwrap_or_default();
+            Ok(no_store(json(
+                StatusCode::OK,
+                &json!({ "job": name, "runs": runs }),
+                "application/json",
+            )))
+        }
+        ["jobs", _, "runs"] => Err(method_not_allowed("GET, HEAD", path, method)),
+        ["jobs", name, "run"] if *method == Method::POST => {
+            job(admin, name)?;
+            run_now(name).await
+        }
+        ["jobs", _, "run"] => Err(method_not_allowed("POST", path, method)),
+        _ => Err(ApiError::not_found(
+            "not found",
+            format!("no such path: {path}"),
+        )),
+    }
+}
+
+fn journal_error(e: crate::sync::journal::JournalError) -> ApiError {
+    tracing::error!(error = %e, "cannot read the sync journal");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "journal unavailable",
+        Some("the sync journal cannot be read; see the server log".to_owned()),
+    )
+}
+
+/// The journal, when one exists yet.
+fn open(admin: &Admin) -> Result<Option<Journal>, ApiError> {
+    if !admin.journal.is_file() {
+        return Ok(None);
+    }
+    Journal::open(&admin.journal, admin.config.sync.keep_runs)
+        .map(Some)
+        .map_err(journal_error)
+}
+
+fn job<'a>(admin: &'a Admin, name: &str) -> Result<&'a crate::config::sync::SyncJob, ApiError> {
+    admin
+        .config
+        .sync
+        .jobs
+        .iter()
+        .find(|j| j.name == name)
+        .ok_or_else(|| ApiError::not_found("no such job", format!("no sync job named {name:?}")))
+}
+
+fn jobs(admin: &Admin) -> Result<serde_json::Value, ApiError> {
+    let journal = open(admin)?;
+    let now = Utc::now();
+    let list: Vec<serde_json::Value> = admin
+        .config
+        .sync
+        .jobs
+        .iter()
+        .map(|job| {
+            let next = job
+                .enabled
+                .then(|| crate::runtime::job_schedule(&admin.config, job))
+                .flatten()
+                .and_then(|s| s.next_after(now));
+            let last = journal
+                .as_ref()
+                .and_then(|j| j.runs(&job.name, 1).ok())
+                .and_then(|r| r.into_iter().next());
+            json!({
+                "name": job.name,
+                "enabled": job.enabled,
+                "schedule": job.schedule,
+                "source": source_kind(&job.source),
+                "target": job.target.dataset,
+                "next_run": next.map(|t| t.to_rfc3339()),
+                "last_run": last,
+            })
+        })
+        .collect();
+    Ok(json!({ "jobs": list }))
+}
+
+/// The source type's name, as the config writes it.
+#[must_use]
+pub fn source_kind(source: &crate::config::sync::SyncSource) -> &'static str {
+    use crate::config::sync::SyncSource;
+    match source {
+        SyncSource::File { .. } => "file",
+        SyncSource::Http { .. } => "http",
+        SyncSource::Arcgis { .. } => "arcgis",
+        SyncSource::Wfs { .. } => "wfs",
+        SyncSource::Sqlite { .. } => "sqlite",
+        SyncSource::Ogr { .. } => "ogr",
+    }
+}
+
+async fn run_now(name: &str) -> Result<Response, ApiError> {
+    let unavailable = |detail: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "job unavailable",
+            Some(detail),
+        )
+    };
+    let Some(cell) = ractor::registry::where_is(actor_name(name)) else {
+        return Err(unavailable(format!(
+            "job {name:?} is not running in this server (restarting, or sync is stopped)"
+        )));
+    };
+    let actor: ActorRef<JobMsg> = cell.into();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    actor
+        .send_message(JobMsg::Run {
+            trigger: crate::sync::Trigger::Manual,
+            reply: Some(RpcReplyPort::from(tx)),
+        })
+        .map_err(|_| unavailable(format!("job {name:?} is stopping")))?;
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok(id))) => Ok(no_store(json(
+            StatusCode::ACCEPTED,
+            &json!({ "job": name, "run": id, "status": "running" }),
+            "application/json",
+        ))),
+        Ok(Ok(Err(reason))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not started",
+            Some(reason),
+        )),
+        _ => Err(unavailable(format!("job {name:?} did not answer"))),
+    }
+}

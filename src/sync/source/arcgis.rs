@@ -1,0 +1,478 @@
+//! `arcgis` sources: an ArcGIS REST FeatureServer or MapServer layer. The layer's metadata
+//! says its fields, page size and whether it pages; pages are fetched several at once (in
+//! order) with `resultOffset`/`resultRecordCount`, or, where the server does not page, by
+//! batches of object ids. Features are asked for in WGS 84 (`outSR=4326`), as GeoJSON where
+//! the server offers it, else as Esri JSON and converted here. They are written as
+//! newline-delimited GeoJSON in the job's state folder and staged from there.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use super::Staged;
+use crate::config::sync::{SyncJob, SyncSource};
+use crate::sync::{JobPaths, Progress, SyncError};
+
+/// Largest answer read for one page or metadata request.
+const MAX_PAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// A layer's metadata, as far as paging needs it.
+struct Layer {
+    max_records: u64,
+    paginates: bool,
+    geojson: bool,
+    /// The object id field, which pages are ordered by.
+    oid: Option<String>,
+    /// Fields holding dates (epoch milliseconds), written as ISO 8601 text.
+    dates: Vec<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// GETs `url/<path>` with `params` (and the token, `f` as given) and reads the JSON,
+    /// refusing an ArcGIS error document inside a 200.
+    async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Value, SyncError> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.url.trim_end_matches('/')))
+            .query(params);
+        if let Some(token) = &self.token {
+            request = request.query(&[("token", token)]);
+        }
+        let response = request.send().await.map_err(super::request_error)?;
+        read_json(response).await
+    }
+
+    /// POSTs a query form (used for object-id batches, which may be long).
+    async fn post(&self, path: &str, params: &[(&str, String)]) -> Result<Value, SyncError> {
+        let mut form: Vec<(&str, String)> = params.to_vec();
+        if let Some(token) = &self.token {
+            form.push(("token", token.clone()));
+        }
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url.trim_end_matches('/')))
+            .form(&form)
+            .send()
+            .await
+            .map_err(super::request_error)?;
+        read_json(response).await
+    }
+}
+
+async fn read_json(response: reqwest::Response) -> Result<Value, SyncError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(SyncError::Source(format!("the server answered {status}")));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(super::request_error)?;
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(SyncError::Source(format!(
+                "an answer passed {MAX_PAGE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| SyncError::Source(format!("the answer is not JSON: {e}")))?;
+    if let Some(error) = value.get("error") {
+        let code = error.get("code").map(Value::to_string).unwrap_or_default();
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        let details = error
+            .get("details")
+            .and_then(Value::as_array)
+            .map(|d| {
+                d.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        return Err(SyncError::Source(format!(
+            "ArcGIS error {code}: {message}{details}"
+        )));
+    }
+    Ok(value)
+}
+
+fn layer_of(meta: &Value) -> Layer {
+    let formats = meta
+        .get("supportedQueryFormats")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let paginates = meta
+        .pointer("/advancedQueryCapabilities/supportsPagination")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let dates = meta
+        .get("fields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("esriFieldTypeDate"))
+        .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    Layer {
+        max_records: meta
+            .get("maxRecordCount")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+            .unwrap_or(1000),
+        paginates,
+        oid: meta
+            .get("objectIdField")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        geojson: formats.split(',').any(|f| f.trim() == "geojson"),
+        dates,
+    }
+}
+
+/// Reads an ArcGIS layer into the stage.
+pub(super) fn stage(
+    job: &SyncJob,
+    paths: &JobPaths,
+    layer: &str,
+    progress: &Progress,
+) -> Result<Staged, SyncError> {
+    let SyncSource::Arcgis {
+        url,
+        token_env,
+        concurrency,
+        page_size,
+        r#where,
+    } = &job.source
+    else {
+        return Err(SyncError::Source("not an arcgis source".to_owned()));
+    };
+    let client = Client {
+        http: super::client()?,
+        url: url.clone(),
+        token: token_env.as_deref().map(super::secret).transpose()?,
+    };
+    let lines = paths.state.join("arcgis.ndjson");
+    let written = super::runtime()?.block_on(fetch_all(
+        &client,
+        (*concurrency).max(1),
+        *page_size,
+        r#where.as_deref().unwrap_or("1=1"),
+        &lines,
+        progress,
+    ));
+    let result = written.and_then(|bytes| {
+        // Staged from the lines: rows are counted again as the stage is written.
+        progress.rows.store(0, Ordering::Relaxed);
+        let rows = super::stage_file(
+            &lines,
+            None,
+            &std::collections::BTreeMap::new(),
+            false,
+            &paths.beside("stage"),
+            layer,
+            progress,
+        )?;
+        Ok(Staged::Rows {
+            rows,
+            bytes,
+            validators: None,
+        })
+    });
+    let _ = std::fs::remove_file(&lines);
+    result
+}
+
+async fn fetch_all(
+    client: &Client,
+    concurrency: usize,
+    page_size: Option<u64>,
+    filter: &str,
+    lines: &std::path::Path,
+    progress: &Progress,
+) -> Result<u64, SyncError> {
+    let meta = client.get("", &[("f", "json".to_owned())]).await?;
+    let layer = layer_of(&meta);
+    let size = page_size
+        .unwrap_or(layer.max_records)
+        .min(layer.max_records)
+        .max(1);
+    let format = if layer.geojson { "geojson" } else { "json" };
+    let base = |extra: Vec<(&'static str, String)>| {
+        let mut params = vec![
+            ("where", filter.to_owned()),
+            ("outFields", "*".to_owned()),
+            ("outSR", "4326".to_owned()),
+            ("returnGeometry", "true".to_owned()),
+            ("f", format.to_owned()),
+        ];
+        params.extend(extra);
+        params
+    };
+    let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
+    let mut bytes = 0u64;
+    let mut write = |page: &Value| -> Result<(usize, bool), SyncError> {
+        let features = page
+            .get("features")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
+        for feature in features {
+            let line = if layer.geojson {
+                geojson_feature(feature, &layer.dates)
+            } else {
+                esri_feature(feature, &layer.dates)?
+            };
+            let text = line.to_string();
+            bytes += text.len() as u64 + 1;
+            writeln!(out, "{text}").map_err(fail)?;
+        }
+        progress.row(features.len() as u64);
+        progress.bytes.store(bytes, Ordering::Relaxed);
+        progress.check()?;
+        let more = page
+            .get("exceededTransferLimit")
+            .or_else(|| page.pointer("/properties/exceededTransferLimit"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok((features.len(), more))
+    };
+    if layer.paginates {
+        let count = client
+            .get(
+                "/query",
+                &[
+                    ("where", filter.to_owned()),
+                    ("returnCountOnly", "true".to_owned()),
+                    ("f", "json".to_owned()),
+                ],
+            )
+            .await?
+            .get("count")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| SyncError::Source("the count answer has no `count`".to_owned()))?;
+        let pages = count.div_ceil(size);
+        let mut offset = pages * size;
+        let mut stream = futures::stream::iter(0..pages)
+            .map(|n| {
+                let mut extra = vec![
+                    ("resultOffset", (n * size).to_string()),
+                    ("resultRecordCount", size.to_string()),
+                ];
+                // A stable order, so that pages neither overlap nor skip rows.
+                if let Some(oid) = &layer.oid {
+                    extra.push(("orderByFields", oid.clone()));
+                }
+                let params = base(extra);
+                async move { client.get("/query", &params).await }
+            })
+            .buffered(concurrency);
+        let mut more = false;
+        while let Some(page) = stream.next().await {
+            more = write(&page?)?.1;
+        }
+        // Rows added since the count: go on one page at a time while the server says so.
+        while more {
+            let page = client
+                .get(
+                    "/query",
+                    &base(vec![
+                        ("resultOffset", offset.to_string()),
+                        ("resultRecordCount", size.to_string()),
+                    ]),
+                )
+                .await?;
+            let (n, again) = write(&page)?;
+            more = again && n > 0;
+            offset += size;
+        }
+    } else {
+        let ids = client
+            .get(
+                "/query",
+                &[
+                    ("where", filter.to_owned()),
+                    ("returnIdsOnly", "true".to_owned()),
+                    ("f", "json".to_owned()),
+                ],
+            )
+            .await?;
+        let mut ids: Vec<i64> = ids
+            .get("objectIds")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        let batches: Vec<String> = ids
+            .chunks(usize::try_from(size).unwrap_or(1000))
+            .map(|c| {
+                c.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        let mut stream = futures::stream::iter(batches)
+            .map(|batch| {
+                let params = base(vec![("objectIds", batch)]);
+                async move { client.post("/query", &params).await }
+            })
+            .buffered(concurrency);
+        while let Some(page) = stream.next().await {
+            write(&page?)?;
+        }
+    }
+    out.flush().map_err(fail)?;
+    Ok(bytes)
+}
+
+/// An ISO 8601 UTC time for epoch milliseconds.
+fn date(value: &Value) -> Value {
+    value
+        .as_i64()
+        .or_else(|| value.as_f64().map(|f| f as i64))
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or(Value::Null, |t| {
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        })
+}
+
+fn with_dates(properties: Option<&Value>, dates: &[String]) -> Value {
+    let mut properties: Map<String, Value> = properties
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for name in dates {
+        if let Some(v) = properties.get_mut(name) {
+            *v = date(v);
+        }
+    }
+    Value::Object(properties)
+}
+
+fn geojson_feature(feature: &Value, dates: &[String]) -> Value {
+    json!({
+        "type": "Feature",
+        "properties": with_dates(feature.get("properties"), dates),
+        "geometry": feature.get("geometry").cloned().unwrap_or(Value::Null),
+    })
+}
+
+fn esri_feature(feature: &Value, dates: &[String]) -> Result<Value, SyncError> {
+    let geometry = match feature.get("geometry") {
+        Some(g) if !g.is_null() => esri_geometry(g)?
+            .and_then(|g| serde_json::to_value(geojson::Geometry::from(&g)).ok())
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Ok(json!({
+        "type": "Feature",
+        "properties": with_dates(feature.get("attributes"), dates),
+        "geometry": geometry,
+    }))
+}
+
+fn coords(value: &Value) -> Option<Vec<geo::Coord<f64>>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|p| {
+            let p = p.as_array()?;
+            Some(geo::coord! { x: p.first()?.as_f64()?, y: p.get(1)?.as_f64()? })
+        })
+        .collect()
+}
+
+fn parts(value: Option<&Value>) -> Option<Vec<Vec<geo::Coord<f64>>>> {
+    value?.as_array()?.iter().map(coords).collect()
+}
+
+/// An Esri JSON geometry as a `geo` geometry: points, multipoints, paths and rings (clockwise
+/// rings are exterior, counter-clockwise ones holes of the exterior that holds them).
+pub(crate) fn esri_geometry(g: &Value) -> Result<Option<geo::Geometry<f64>>, SyncError> {
+    use geo::{Contains, Geometry, LineString, MultiLineString, MultiPoint, Point, Polygon};
+    let bad = || {
+        SyncError::Source(
+            format!("not an Esri JSON geometry: {g}")
+                .chars()
+                .take(300)
+                .collect(),
+        )
+    };
+    if let Some(x) = g.get("x") {
+        return match (x.as_f64(), g.get("y").and_then(Value::as_f64)) {
+            (Some(x), Some(y)) => Ok(Some(Geometry::Point(Point::new(x, y)))),
+            _ => Ok(None), // "NaN" or null: an empty point
+        };
+    }
+    if let Some(points) = g.get("points") {
+        let points = coords(points).ok_or_else(bad)?;
+        return Ok(Some(Geometry::MultiPoint(MultiPoint(
+            points.into_iter().map(Point::from).collect(),
+        ))));
+    }
+    if g.get("paths").is_some() {
+        let mut lines: Vec<LineString<f64>> = parts(g.get("paths"))
+            .ok_or_else(bad)?
+            .into_iter()
+            .map(LineString::from)
+            .collect();
+        return Ok(match lines.len() {
+            0 => None,
+            1 => lines.pop().map(Geometry::LineString),
+            _ => Some(Geometry::MultiLineString(MultiLineString(lines))),
+        });
+    }
+    if g.get("rings").is_some() {
+        let rings = parts(g.get("rings")).ok_or_else(bad)?;
+        let mut shells: Vec<Polygon<f64>> = Vec::new();
+        let mut holes: Vec<LineString<f64>> = Vec::new();
+        for ring in rings {
+            let ring = LineString::from(ring);
+            if ring.0.len() < 4 {
+                continue;
+            }
+            // Shoelace: negative area is clockwise (in x-east, y-north coordinates).
+            let twice_area: f64 = ring
+                .lines()
+                .map(|l| l.start.x * l.end.y - l.end.x * l.start.y)
+                .sum();
+            if twice_area <= 0.0 {
+                shells.push(Polygon::new(ring, Vec::new()));
+            } else {
+                holes.push(ring);
+            }
+        }
+        for hole in holes {
+            let inside = hole.0.first().copied();
+            match shells
+                .iter_mut()
+                .find(|s| inside.is_some_and(|p| s.contains(&Point::from(p))))
+            {
+                Some(shell) => shell.interiors_push(hole),
+                // A hole in no shell: kept as a shell of its own, as GDAL does.
+                None => shells.push(Polygon::new(hole, Vec::new())),
+            }
+        }
+        return Ok(match shells.len() {
+            0 => None,
+            1 => shells.pop().map(Geometry::Polygon),
+            _ => Some(Geometry::MultiPolygon(geo::MultiPolygon(shells))),
+        });
+    }
+    Err(bad())
+}

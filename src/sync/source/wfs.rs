@@ -1,0 +1,190 @@
+//! `wfs` sources: a WFS 2.0.0 (or 1.1.0) feature type read as GeoJSON with `GetFeature`, paged
+//! with `startIndex` and `count` (`maxFeatures` in 1.1.0) in a stable `sortBy` order, asked in
+//! EPSG:4326. Pages are written as newline-delimited GeoJSON, then staged.
+//!
+//! Axis order: GeoJSON is longitude, latitude; a server that labels its answer with the
+//! `urn:ogc:def:crs:EPSG::4326` name (latitude first, as some do for WFS 2.0) has its
+//! coordinates swapped back.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::Staged;
+use crate::config::sync::{SyncJob, SyncSource};
+use crate::sync::{JobPaths, Progress, SyncError};
+
+/// Largest page read.
+const MAX_PAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Reads a WFS feature type into the stage.
+pub(super) fn stage(
+    job: &SyncJob,
+    paths: &JobPaths,
+    layer: &str,
+    progress: &Progress,
+) -> Result<Staged, SyncError> {
+    let lines = paths.state.join("wfs.ndjson");
+    let written = super::runtime()?.block_on(fetch_all(job, &lines, progress));
+    let result = written.and_then(|bytes| {
+        progress.rows.store(0, Ordering::Relaxed);
+        let rows = super::stage_file(
+            &lines,
+            None,
+            &std::collections::BTreeMap::new(),
+            false,
+            &paths.beside("stage"),
+            layer,
+            progress,
+        )?;
+        Ok(Staged::Rows {
+            rows,
+            bytes,
+            validators: None,
+        })
+    });
+    let _ = std::fs::remove_file(&lines);
+    result
+}
+
+async fn fetch_all(
+    job: &SyncJob,
+    lines: &std::path::Path,
+    progress: &Progress,
+) -> Result<u64, SyncError> {
+    let SyncSource::Wfs {
+        url,
+        type_name,
+        version,
+        sort_by,
+        page_size,
+        output_format,
+        params,
+    } = &job.source
+    else {
+        return Err(SyncError::Source("not a wfs source".to_owned()));
+    };
+    let client = super::client()?;
+    let two = version != "1.1.0";
+    let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
+    let (mut start, mut bytes) = (0u64, 0u64);
+    loop {
+        let mut query: Vec<(String, String)> = vec![
+            ("service".into(), "WFS".into()),
+            ("version".into(), version.clone()),
+            ("request".into(), "GetFeature".into()),
+            (
+                if two { "typeNames" } else { "typeName" }.into(),
+                type_name.clone(),
+            ),
+            ("outputFormat".into(), output_format.clone()),
+            ("srsName".into(), "EPSG:4326".into()),
+            (
+                if two { "count" } else { "maxFeatures" }.into(),
+                page_size.to_string(),
+            ),
+            ("startIndex".into(), start.to_string()),
+        ];
+        if let Some(sort) = sort_by {
+            query.push(("sortBy".into(), sort.clone()));
+        }
+        query.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let response = client
+            .get(url)
+            .query(&query)
+            .send()
+            .await
+            .map_err(super::request_error)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(super::request_error)?;
+            if body.len() + chunk.len() > MAX_PAGE_BYTES {
+                return Err(SyncError::Source(format!(
+                    "a page passed {MAX_PAGE_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if let Some(report) = exception(&body) {
+            return Err(SyncError::Source(format!("WFS exception: {report}")));
+        }
+        if !status.is_success() {
+            return Err(SyncError::Source(format!("the server answered {status}")));
+        }
+        let page: Value = serde_json::from_slice(&body)
+            .map_err(|e| SyncError::Source(format!("a page is not GeoJSON: {e}")))?;
+        let features = page
+            .get("features")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
+        let swap = page
+            .pointer("/crs/properties/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.contains("urn:ogc:def:crs:EPSG::4326"));
+        for feature in features {
+            let mut feature = feature.clone();
+            if swap && let Some(g) = feature.get_mut("geometry") {
+                swap_axes(g);
+            }
+            let text = feature.to_string();
+            bytes += text.len() as u64 + 1;
+            writeln!(out, "{text}").map_err(fail)?;
+        }
+        progress.row(features.len() as u64);
+        progress.bytes.store(bytes, Ordering::Relaxed);
+        progress.check()?;
+        let matched = page
+            .get("numberMatched")
+            .or_else(|| page.get("totalFeatures"))
+            .and_then(Value::as_u64);
+        start += features.len() as u64;
+        let done = features.is_empty()
+            || (features.len() as u64) < *page_size
+            || matched.is_some_and(|m| start >= m);
+        if done {
+            break;
+        }
+    }
+    out.flush().map_err(fail)?;
+    Ok(bytes)
+}
+
+/// The text of an OWS exception report, when `body` is one.
+fn exception(body: &[u8]) -> Option<String> {
+    let head = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+    if !head.contains("ExceptionReport") {
+        return None;
+    }
+    let text = head
+        .split_once("ExceptionText>")
+        .and_then(|(_, rest)| rest.split_once("</"))
+        .map_or_else(
+            || head.chars().take(300).collect(),
+            |(t, _)| t.trim().to_owned(),
+        );
+    Some(text)
+}
+
+/// Swaps x and y in every position of a GeoJSON geometry.
+fn swap_axes(geometry: &mut Value) {
+    fn walk(v: &mut Value) {
+        if let Some(a) = v.as_array_mut() {
+            if a.len() >= 2 && a.iter().all(Value::is_number) {
+                a.swap(0, 1);
+            } else {
+                a.iter_mut().for_each(walk);
+            }
+        }
+    }
+    if let Some(c) = geometry.get_mut("coordinates") {
+        walk(c);
+    }
+    if let Some(Value::Array(members)) = geometry.get_mut("geometries") {
+        members.iter_mut().for_each(swap_axes);
+    }
+}
