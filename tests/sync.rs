@@ -1,0 +1,851 @@
+//! Sync jobs through the real binary: `poziserver sync run` on a temporary root (in its own
+//! process, and through a running server's admin API), against local files and loopback HTTP
+//! servers shaped like a plain web server, ArcGIS REST and WFS 2.0, compared with what GDAL
+//! reads from the same data. Failures must publish nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::gis::{flatten, test_data};
+use common::process::{BIN, Process};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// What a loopback handler sees of a request.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    query: HashMap<String, String>,
+    headers: HashMap<String, String>,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
+
+/// A loopback HTTP server answering with `handler`; every request it saw is kept.
+async fn loopback(handler: Handler) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let (handler, log) = (handler.clone(), log.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (handler, log) = (handler.clone(), log.clone());
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let mut query: HashMap<String, String> = request
+                            .uri()
+                            .query()
+                            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                            .unwrap_or_default();
+                        let headers = request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), v.to_str().unwrap_or_default().to_owned())
+                            })
+                            .collect();
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        query.extend(form_urlencoded::parse(&body).into_owned());
+                        let seen = Seen {
+                            path,
+                            query,
+                            headers,
+                        };
+                        log.lock().unwrap().push(seen.clone());
+                        let (status, headers, body) = handler(&seen);
+                        let mut response = Response::builder().status(status);
+                        for (k, v) in headers {
+                            response = response.header(k, v);
+                        }
+                        Ok::<_, Infallible>(response.body(Full::new(Bytes::from(body))).unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A root with `config` (its `sync.jobs`), and the test data under `data/`.
+fn root_with(config: &Value) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("userdata/local")).unwrap();
+    for name in [
+        "naturalearth_cities.geojson",
+        "naturalearth_lowres.gpkg",
+        "naturalearth_cities.csv",
+    ] {
+        std::fs::copy(test_data(name), root.join("data").join(name)).unwrap();
+    }
+    std::fs::write(root.join("config.json"), config.to_string()).unwrap();
+    (dir, root)
+}
+
+fn config(jobs: Value) -> Value {
+    json!({ "listen": ["127.0.0.1:0"], "sync": { "jobs": jobs } })
+}
+
+/// `poziserver sync <args> --root <root>`: exit success, stdout, stderr.
+async fn sync(root: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(BIN)
+        .arg("sync")
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env("PARCELS_KEY", "s3cret-value")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// GDAL's reading of a file's first layer (or `layer`), as GeoJSON at full precision.
+fn gdal_read(file: &Path, layer: Option<&str>) -> Value {
+    let mut command = std::process::Command::new("ogr2ogr");
+    command.args(["-f", "GeoJSON", "/vsistdout/"]).arg(file);
+    if let Some(layer) = layer {
+        command.arg(layer);
+    }
+    let output = command
+        .output()
+        .expect("ogr2ogr (gdal-bin) is needed by the tests");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Features keyed by `key`.
+fn by_key(collection: &Value, key: &str) -> HashMap<String, Value> {
+    collection["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["properties"][key].to_string(), f.clone()))
+        .collect()
+}
+
+/// The same features (matched by `key`): the same properties, and the same vertices within
+/// 1e-9 (as sorted sets: a ring may start elsewhere or turn the other way).
+fn assert_same_data(ours: &Value, theirs: &Value, key: &str, what: &str) {
+    let (a, b) = (by_key(ours, key), by_key(theirs, key));
+    assert_eq!(a.len(), b.len(), "{what}: feature count");
+    assert!(!a.is_empty(), "{what}: no features");
+    for (k, x) in &a {
+        let y = b.get(k).unwrap_or_else(|| panic!("{what}: {k} missing"));
+        for (name, value) in y["properties"].as_object().unwrap() {
+            let mine = &x["properties"][name];
+            let equal = match (mine.as_f64(), value.as_f64()) {
+                (Some(p), Some(q)) => (p - q).abs() <= 1e-9 * p.abs().max(1.0),
+                _ => mine == value,
+            };
+            assert!(equal, "{what}: {k}.{name}: {mine} vs {value}");
+        }
+        let points = |g: &Value| {
+            let mut v = Vec::new();
+            flatten(&g["coordinates"], &mut v);
+            v.sort_by(|p, q| p.partial_cmp(q).unwrap());
+            v.dedup();
+            v
+        };
+        let (p, q) = (points(&x["geometry"]), points(&y["geometry"]));
+        assert_eq!(p.len(), q.len(), "{what}: {k}: vertex count");
+        for (s, t) in p.iter().zip(&q) {
+            assert!(
+                (s.0 - t.0).abs() <= 1e-9 && (s.1 - t.1).abs() <= 1e-9,
+                "{what}: {k}: {s:?} vs {t:?}"
+            );
+        }
+    }
+}
+
+fn journal_runs(root: &Path, job: &str) -> Vec<(String, Option<String>)> {
+    let c = rusqlite::Connection::open(root.join("state/sync.sqlite")).unwrap();
+    let mut s = c
+        .prepare("SELECT status, error FROM runs WHERE job = ?1 ORDER BY id")
+        .unwrap();
+    s.query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_jobs_publish_what_gdal_reads_and_roll_back() {
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "cities", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "cities-csv", "source": {"type": "file", "path": "data/naturalearth_cities.csv",
+           "open_options": {"X_POSSIBLE_NAMES": "X", "Y_POSSIBLE_NAMES": "Y"}},
+         "target": {"dataset": "local/cities_csv.gpkg"}},
+        {"name": "oceania", "source": {"type": "file", "path": "data/naturalearth_lowres.gpkg"},
+         "transform": {"sql": "SELECT geom, name, iso_a3, pop_est * 2 AS double_pop FROM source WHERE continent = 'Oceania'"},
+         "target": {"dataset": "local/oceania.gpkg", "layer": "oceania"}},
+        {"name": "by-query", "source": {"type": "sqlite", "path": "data/naturalearth_lowres.gpkg",
+           "query": "SELECT geom, name FROM naturalearth_lowres WHERE continent = 'Africa'"},
+         "target": {"dataset": "local/africa.gpkg"}}
+    ])));
+    for job in ["cities", "cities-csv", "oceania", "by-query"] {
+        let (ok, out, err) = sync(&root, &["run", job]).await;
+        assert!(ok, "{job}: {out}{err}");
+        assert!(
+            out.contains(&format!("{job}: run")) && out.contains(" ok: "),
+            "{out}"
+        );
+    }
+    let cities = root.join("userdata/local/cities.gpkg");
+    assert_same_data(
+        &gdal_read(&cities, None),
+        &gdal_read(&test_data("naturalearth_cities.geojson"), None),
+        "name",
+        "geojson file job",
+    );
+    let csv = gdal_read(&root.join("userdata/local/cities_csv.gpkg"), None);
+    assert_eq!(csv["features"].as_array().unwrap().len(), 243);
+    let oceania = gdal_read(&root.join("userdata/local/oceania.gpkg"), None);
+    let expected = gdal_read(&test_data("naturalearth_lowres.gpkg"), None);
+    let expected_oceania: Vec<&Value> = expected["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["properties"]["continent"] == "Oceania")
+        .collect();
+    let mine = by_key(&oceania, "iso_a3");
+    assert_eq!(mine.len(), expected_oceania.len());
+    for f in expected_oceania {
+        let m = &mine[&f["properties"]["iso_a3"].to_string()];
+        assert_eq!(m["properties"]["name"], f["properties"]["name"]);
+        assert_eq!(
+            m["properties"]["double_pop"].as_f64().unwrap(),
+            f["properties"]["pop_est"].as_f64().unwrap() * 2.0
+        );
+    }
+    let c = rusqlite::Connection::open(root.join("userdata/local/oceania.gpkg")).unwrap();
+    let columns: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('oceania')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        columns,
+        vec!["fid", "geom", "name", "iso_a3", "double_pop"],
+        "the transform's columns, in its order"
+    );
+    let africa = gdal_read(&root.join("userdata/local/africa.gpkg"), None);
+    assert!(africa["features"].as_array().unwrap().len() > 40);
+
+    // A second run keeps the first version; rollback puts it back, and a second rollback
+    // undoes the first.
+    let first = std::fs::read(&cities).unwrap();
+    std::fs::write(
+        root.join("data/naturalearth_cities.geojson"),
+        json!({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {"name": "Only"}, "geometry": {"type": "Point", "coordinates": [1, 2]}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out, err) = sync(&root, &["run", "cities"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        gdal_read(&cities, None)["features"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (ok, out, _) = sync(&root, &["rollback", "cities"]).await;
+    assert!(ok && out.contains("previous version"), "{out}");
+    assert_eq!(
+        std::fs::read(&cities).unwrap(),
+        first,
+        "rollback restores the bytes"
+    );
+    let (ok, _, _) = sync(&root, &["rollback", "cities"]).await;
+    assert!(ok);
+    assert_eq!(
+        gdal_read(&cities, None)["features"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let (ok, out, _) = sync(&root, &["history", "cities"]).await;
+    assert!(ok);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" ok ")).count(),
+        2,
+        "{out}"
+    );
+    let (ok, out, _) = sync(&root, &["list"]).await;
+    assert!(
+        ok && out.contains("oceania") && out.contains("local/africa.gpkg"),
+        "{out}"
+    );
+    // No work files are left beside the targets.
+    let left: Vec<String> = std::fs::read_dir(root.join("userdata/local"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_run_publishes_nothing_and_says_why() {
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "cities", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "too-few", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "min_features": 1000, "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "bad-sql", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "transform": {"sql": "SELECT geom, nosuchcolumn FROM source"}, "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "lost-column", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "transform": {"sql": "SELECT geom FROM source"}, "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "not-geojson", "source": {"type": "file", "path": "data/fake.geojson"},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "not-gpkg", "source": {"type": "file", "path": "data/fake.gpkg"},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "missing", "source": {"type": "file", "path": "data/nothing.geojson"},
+         "target": {"dataset": "local/cities.gpkg"}}
+    ])));
+    std::fs::write(root.join("data/fake.geojson"), "<html>not json</html>").unwrap();
+    std::fs::write(
+        root.join("data/fake.gpkg"),
+        "PK\u{3}\u{4} a zip, not SQLite",
+    )
+    .unwrap();
+    let (ok, out, err) = sync(&root, &["run", "cities"]).await;
+    assert!(ok, "{out}{err}");
+    let published = std::fs::read(root.join("userdata/local/cities.gpkg")).unwrap();
+    for (job, expected) in [
+        ("too-few", "fewer than min_features (1000)"),
+        ("bad-sql", "no such column: nosuchcolumn"),
+        ("lost-column", "would be lost"),
+        ("not-geojson", "fake.geojson"),
+        ("not-gpkg", "not a database"),
+        ("missing", "no such file"),
+    ] {
+        let (ok, out, err) = sync(&root, &["run", job]).await;
+        assert!(!ok, "{job} should fail: {out}");
+        assert!(err.contains(expected), "{job}: {err}");
+        let runs = journal_runs(&root, job);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].0, "failed");
+        assert!(
+            runs[0].1.as_deref().unwrap_or_default().contains(expected),
+            "{runs:?}"
+        );
+        assert_eq!(
+            std::fs::read(root.join("userdata/local/cities.gpkg")).unwrap(),
+            published,
+            "{job} changed the published file"
+        );
+    }
+    let (ok, _, err) = sync(&root, &["run", "nosuchjob"]).await;
+    assert!(!ok && err.contains("no sync job \"nosuchjob\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_source_downloads_once_then_is_unchanged() {
+    let cities = std::fs::read(test_data("naturalearth_cities.geojson")).unwrap();
+    let handler: Handler = Arc::new(move |seen: &Seen| match seen.path.as_str() {
+        "/cities.geojson" => {
+            if seen.headers.get("x-api-key").map(String::as_str) != Some("s3cret-value") {
+                return (401, vec![], b"no key".to_vec());
+            }
+            if seen.headers.get("if-none-match").map(String::as_str) == Some("\"v1\"") {
+                return (304, vec![], Vec::new());
+            }
+            (
+                200,
+                vec![
+                    ("etag".into(), "\"v1\"".into()),
+                    ("content-type".into(), "application/geo+json".into()),
+                ],
+                cities.clone(),
+            )
+        }
+        "/error" => (500, vec![], b"oops".to_vec()),
+        _ => (404, vec![], Vec::new()),
+    });
+    let (addr, seen) = loopback(handler).await;
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "web", "source": {"type": "http", "url": format!("http://{addr}/cities.geojson"),
+           "headers_from_env": {"X-Api-Key": "PARCELS_KEY"}},
+         "target": {"dataset": "local/web.gpkg"}},
+        {"name": "small", "source": {"type": "http", "url": format!("http://{addr}/cities.geojson"),
+           "headers_from_env": {"X-Api-Key": "PARCELS_KEY"}, "max_bytes": 1000},
+         "target": {"dataset": "local/small.gpkg"}},
+        {"name": "broken", "source": {"type": "http", "url": format!("http://{addr}/error"), "format": "geojson"},
+         "target": {"dataset": "local/broken.gpkg"}},
+        {"name": "no-env", "source": {"type": "http", "url": format!("http://{addr}/cities.geojson"),
+           "headers_from_env": {"X-Api-Key": "NOT_SET_ANYWHERE"}},
+         "target": {"dataset": "local/none.gpkg"}}
+    ])));
+    let (ok, out, err) = sync(&root, &["run", "web"]).await;
+    assert!(ok, "{out}{err}");
+    let target = root.join("userdata/local/web.gpkg");
+    let before = std::fs::metadata(&target).unwrap().modified().unwrap();
+    assert_eq!(
+        gdal_read(&target, None)["features"]
+            .as_array()
+            .unwrap()
+            .len(),
+        243
+    );
+    let (ok, out, err) = sync(&root, &["run", "web"]).await;
+    assert!(ok && out.contains("unchanged"), "{out}{err}");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().modified().unwrap(),
+        before,
+        "a 304 leaves the dataset untouched"
+    );
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .headers
+            .get("if-none-match")
+            .map(String::as_str),
+        Some("\"v1\"")
+    );
+    for (job, expected) in [
+        ("small", "max_bytes (1000)"),
+        ("broken", "500"),
+        ("no-env", "environment variable NOT_SET_ANYWHERE is not set"),
+    ] {
+        let (ok, _, err) = sync(&root, &["run", job]).await;
+        assert!(!ok && err.contains(expected), "{job}: {err}");
+        assert!(!root.join(format!("userdata/local/{job}.gpkg")).exists());
+    }
+    // The secret never reaches the journal or the command's output.
+    let journal = std::fs::read(root.join("state/sync.sqlite")).unwrap();
+    assert!(!String::from_utf8_lossy(&journal).contains("s3cret"));
+}
+
+/// A download cut short (fewer bytes than its Content-Length) fails the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_download_fails() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: application/geo+json\r\n\r\n{\"type\": \"FeatureCollection\", \"features\": [")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "cut", "source": {"type": "http", "url": format!("http://{addr}/x.geojson")},
+         "target": {"dataset": "local/cut.gpkg"}}
+    ])));
+    let (ok, _, err) = sync(&root, &["run", "cut"]).await;
+    assert!(!ok, "{err}");
+    assert!(!root.join("userdata/local/cut.gpkg").exists());
+    assert_eq!(journal_runs(&root, "cut")[0].0, "failed");
+}
+
+/// The Natural Earth countries as GeoJSON features (read by GDAL from the test GeoPackage).
+fn countries() -> Vec<Value> {
+    gdal_read(&test_data("naturalearth_lowres.gpkg"), None)["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut f = f.clone();
+            f["properties"]["OBJECTID"] = json!(i + 1);
+            f["properties"]["updated"] = json!(1_700_000_000_000_i64 + i as i64 * 86_400_000);
+            f
+        })
+        .collect()
+}
+
+/// A GeoJSON ring as Esri wants it: exterior rings clockwise, holes counter-clockwise.
+fn esri_ring(ring: &Value, exterior: bool) -> Value {
+    let mut points: Vec<Value> = ring.as_array().unwrap().clone();
+    let twice_area: f64 = points
+        .windows(2)
+        .map(|w| {
+            w[0][0].as_f64().unwrap() * w[1][1].as_f64().unwrap()
+                - w[1][0].as_f64().unwrap() * w[0][1].as_f64().unwrap()
+        })
+        .sum();
+    if (twice_area > 0.0) == exterior {
+        points.reverse();
+    }
+    Value::Array(points)
+}
+
+fn esri_geometry(g: &Value) -> Value {
+    let polygons: Vec<&Value> = match g["type"].as_str().unwrap() {
+        "Polygon" => vec![&g["coordinates"]],
+        "MultiPolygon" => g["coordinates"].as_array().unwrap().iter().collect(),
+        other => panic!("{other}"),
+    };
+    let rings: Vec<Value> = polygons
+        .into_iter()
+        .flat_map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| esri_ring(r, i == 0))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    json!({ "rings": rings, "spatialReference": {"wkid": 4326} })
+}
+
+/// An ArcGIS-REST-shaped layer over `features`: pages of `max` with `exceededTransferLimit`
+/// when `pages`, else only object ids and batches of them; GeoJSON when `geojson`, else
+/// Esri JSON.
+fn arcgis(features: Vec<Value>, max: usize, pages: bool, geojson: bool) -> Handler {
+    Arc::new(move |seen: &Seen| {
+        let q = &seen.query;
+        let ok = |v: Value| {
+            (
+                200,
+                vec![("content-type".to_owned(), "application/json".to_owned())],
+                v.to_string().into_bytes(),
+            )
+        };
+        if seen.path.ends_with("/FeatureServer/0") {
+            return ok(json!({
+                "name": "countries", "type": "Feature Layer", "geometryType": "esriGeometryPolygon",
+                "objectIdField": "OBJECTID", "maxRecordCount": max,
+                "supportedQueryFormats": if geojson { "JSON, geoJSON, PBF" } else { "JSON" },
+                "advancedQueryCapabilities": {"supportsPagination": pages},
+                "fields": [{"name": "OBJECTID", "type": "esriFieldTypeOID"}, {"name": "name", "type": "esriFieldTypeString"},
+                           {"name": "updated", "type": "esriFieldTypeDate"}]
+            }));
+        }
+        if !seen.path.ends_with("/FeatureServer/0/query") {
+            return (404, vec![], Vec::new());
+        }
+        if q.get("outSR").is_some_and(|s| s != "4326") {
+            return ok(json!({"error": {"code": 400, "message": "bad outSR", "details": []}}));
+        }
+        if q.get("returnCountOnly").is_some_and(|v| v == "true") {
+            return ok(json!({"count": features.len()}));
+        }
+        if q.get("returnIdsOnly").is_some_and(|v| v == "true") {
+            let ids: Vec<Value> = features
+                .iter()
+                .map(|f| f["properties"]["OBJECTID"].clone())
+                .collect();
+            return ok(json!({"objectIdFieldName": "OBJECTID", "objectIds": ids}));
+        }
+        let chosen: Vec<&Value> = if let Some(ids) = q.get("objectIds") {
+            let ids: Vec<i64> = ids.split(',').map(|i| i.parse().unwrap()).collect();
+            assert!(ids.len() <= max, "a batch larger than maxRecordCount");
+            features
+                .iter()
+                .filter(|f| ids.contains(&f["properties"]["OBJECTID"].as_i64().unwrap()))
+                .collect()
+        } else {
+            if !pages {
+                return ok(
+                    json!({"error": {"code": 400, "message": "Pagination is not supported.", "details": []}}),
+                );
+            }
+            let offset: usize = q.get("resultOffset").map_or(0, |o| o.parse().unwrap());
+            let count: usize = q
+                .get("resultRecordCount")
+                .map_or(max, |o| o.parse().unwrap())
+                .min(max);
+            features.iter().skip(offset).take(count).collect()
+        };
+        let more = q
+            .get("resultOffset")
+            .is_some_and(|o| o.parse::<usize>().unwrap() + chosen.len() < features.len());
+        if q.get("f").map(String::as_str) == Some("geojson") {
+            assert!(geojson, "GeoJSON asked of a server that does not offer it");
+            ok(
+                json!({"type": "FeatureCollection", "features": chosen, "properties": {"exceededTransferLimit": more}}),
+            )
+        } else {
+            let esri: Vec<Value> = chosen
+                .iter()
+                .map(|f| json!({"attributes": f["properties"], "geometry": esri_geometry(&f["geometry"])}))
+                .collect();
+            ok(
+                json!({"geometryType": "esriGeometryPolygon", "features": esri, "exceededTransferLimit": more}),
+            )
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn arcgis_layers_page_or_batch_object_ids_and_match_the_source() {
+    let all = countries();
+    let expected = json!({"type": "FeatureCollection", "features": all.clone()});
+    let mut jobs = Vec::new();
+    let mut servers = Vec::new();
+    for (name, pages, geojson) in [
+        ("paged-geojson", true, true),
+        ("paged-esri", true, false),
+        ("ids-esri", false, false),
+    ] {
+        let (addr, seen) = loopback(arcgis(all.clone(), 50, pages, geojson)).await;
+        jobs.push(json!({"name": name, "source": {"type": "arcgis", "url": format!("http://{addr}/arcgis/rest/services/x/FeatureServer/0")},
+                         "target": {"dataset": format!("local/{name}.gpkg")}}));
+        servers.push((name, seen));
+    }
+    let (addr, _) = loopback(Arc::new(|_: &Seen| {
+        (
+            200,
+            vec![],
+            json!({"error": {"code": 498, "message": "Invalid token.", "details": []}})
+                .to_string()
+                .into_bytes(),
+        )
+    }))
+    .await;
+    jobs.push(json!({"name": "refused", "source": {"type": "arcgis", "url": format!("http://{addr}/FeatureServer/0")},
+                     "target": {"dataset": "local/refused.gpkg"}}));
+    let (_dir, root) = root_with(&config(Value::Array(jobs)));
+    for (name, seen) in &servers {
+        let (ok, out, err) = sync(&root, &["run", name]).await;
+        assert!(ok, "{name}: {out}{err}");
+        let ours = gdal_read(&root.join(format!("userdata/local/{name}.gpkg")), None);
+        // Dates come as ISO 8601 text; compare the rest with the source.
+        let mut theirs = expected.clone();
+        for f in theirs["features"].as_array_mut().unwrap() {
+            let ms = f["properties"]["updated"].as_i64().unwrap();
+            f["properties"]["updated"] = json!(
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+        }
+        assert_same_data(&ours, &theirs, "OBJECTID", name);
+        let queries: Vec<Seen> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path.ends_with("/query"))
+            .cloned()
+            .collect();
+        if name.starts_with("paged") {
+            let pages = queries
+                .iter()
+                .filter(|s| s.query.contains_key("resultOffset"))
+                .count();
+            assert_eq!(
+                pages,
+                all.len().div_ceil(50),
+                "{name}: one request per page"
+            );
+        } else {
+            assert!(
+                queries.iter().any(|s| s.query.contains_key("objectIds")),
+                "{name}: object id batches"
+            );
+        }
+    }
+    let (ok, _, err) = sync(&root, &["run", "refused"]).await;
+    assert!(
+        !ok && err.contains("ArcGIS error 498: Invalid token."),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wfs_feature_types_page_with_start_index() {
+    let all = countries();
+    let pages = Arc::new(Mutex::new(0usize));
+    let counter = pages.clone();
+    let features = all.clone();
+    let (addr, seen) = loopback(Arc::new(move |seen: &Seen| {
+        let q = &seen.query;
+        if q.get("typeNames").map(String::as_str) == Some("ns:missing") {
+            return (400, vec![], br#"<?xml version="1.0"?><ows:ExceptionReport xmlns:ows="http://www.opengis.net/ows/1.1"><ows:Exception exceptionCode="InvalidParameterValue"><ows:ExceptionText>Feature type ns:missing unknown</ows:ExceptionText></ows:Exception></ows:ExceptionReport>"#.to_vec());
+        }
+        assert_eq!(q.get("request").map(String::as_str), Some("GetFeature"));
+        assert_eq!(q.get("sortBy").map(String::as_str), Some("name"));
+        *counter.lock().unwrap() += 1;
+        let start: usize = q["startIndex"].parse().unwrap();
+        let count: usize = q["count"].parse().unwrap();
+        let chosen: Vec<&Value> = features.iter().skip(start).take(count).collect();
+        let body = json!({"type": "FeatureCollection", "numberMatched": features.len(), "numberReturned": chosen.len(), "features": chosen});
+        (200, vec![("content-type".into(), "application/json".into())], body.to_string().into_bytes())
+    }))
+    .await;
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "wfs", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:countries",
+           "sort_by": "name", "page_size": 40, "params": {"cql_filter": "1=1"}},
+         "target": {"dataset": "local/wfs.gpkg"}},
+        {"name": "wfs-missing", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:missing"},
+         "target": {"dataset": "local/missing.gpkg"}}
+    ])));
+    let (ok, out, err) = sync(&root, &["run", "wfs"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(*pages.lock().unwrap(), all.len().div_ceil(40));
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.query.get("cql_filter").map(String::as_str) == Some("1=1"))
+    );
+    let ours = gdal_read(&root.join("userdata/local/wfs.gpkg"), None);
+    assert_same_data(&ours, &json!({"features": all}), "OBJECTID", "wfs");
+    let (ok, _, err) = sync(&root, &["run", "wfs-missing"]).await;
+    assert!(
+        !ok && err.contains("Feature type ns:missing unknown"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_runs_jobs_on_schedule_and_when_asked() {
+    let config = config(json!([
+        {"name": "cities", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "ticking", "schedule": "*/2 * * * * *", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+         "target": {"dataset": "local/ticking.gpkg"}},
+        {"name": "failing", "schedule": "*/2 * * * * *", "retries": {"count": 0, "backoff_secs": 1},
+         "source": {"type": "file", "path": "data/nothing.geojson"}, "target": {"dataset": "local/failing.gpkg"}}
+    ]));
+    let server = Process::start(&config.to_string(), |root| {
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::copy(
+            test_data("naturalearth_cities.geojson"),
+            root.join("data/naturalearth_cities.geojson"),
+        )
+        .unwrap();
+    })
+    .await;
+    // `sync run` with the server up asks the server.
+    let (ok, out, err) = sync(&server.root, &["run", "cities"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+    assert!(
+        server.log().contains("sync run published a new version"),
+        "the server ran it"
+    );
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let items: Value = client
+        .get(server.url("/features/collections/cities/items?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items["numberMatched"], 243, "{items}");
+    // The scheduled jobs ran: one publishing, one failing into the journal and health,
+    // neither stopping the other or the listener.
+    common::process::eventually("scheduled runs", Duration::from_secs(20), || {
+        root_runs(&server.root, "ticking") >= 2 && root_runs(&server.root, "failing") >= 2
+    })
+    .await;
+    let jobs: Value = client
+        .get(server.url("/admin/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failing = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "failing")
+        .unwrap();
+    assert_eq!(failing["last_run"]["status"], "failed", "{jobs}");
+    assert!(failing["next_run"].is_string());
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = &health["checks"]["sync/failing:state"][0];
+    assert!(
+        check["lastError"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no such file"),
+        "{health}"
+    );
+    let runs: Value = client
+        .get(server.url("/admin/jobs/ticking/runs?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+    let response = client
+        .post(server.url("/admin/jobs/nosuch/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client
+        .get(server.url("/admin/jobs/cities/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+fn root_runs(root: &Path, job: &str) -> usize {
+    if !root.join("state/sync.sqlite").exists() {
+        return 0;
+    }
+    rusqlite::Connection::open(root.join("state/sync.sqlite"))
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM runs WHERE job = ?1 AND status != 'running'",
+                [job],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+}
