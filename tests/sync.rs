@@ -849,3 +849,114 @@ fn root_runs(root: &Path, job: &str) -> usize {
         })
         .map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
+
+/// Points from the generator kept in the repository, as GeoJSON.
+fn points(count: usize, file: &Path, seed: u64) {
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen_points.py");
+    let status = std::process::Command::new("python3")
+        .arg(generator)
+        .arg(count.to_string())
+        .args(["--seed", &seed.to_string(), "--out"])
+        .arg(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The published layer's row count after SQLite's integrity check passed.
+fn checked_count(file: &Path) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let integrity: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let rtree: i64 = c
+        .query_row("SELECT count(*) FROM rtree_points_geom", [], |r| r.get(0))
+        .unwrap();
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM points", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rtree, rows, "the R*Tree holds every row");
+    rows
+}
+
+/// SIGKILL at 20 moments spread over whole runs (reading, ordering, indexing, publishing):
+/// each time the dataset opens, passes `integrity_check` and holds one complete version, and
+/// the next run removes what the killed one left. (100,000 points: the test binary is
+/// unoptimised; `bench/ingest-vs-ogr2ogr` runs the same loop on a million with `--kill`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_at_any_moment_leaves_a_complete_version() {
+    const BIG: i64 = 100_000;
+    const OTHER: i64 = 80_000;
+    const SMALL: i64 = 1_000;
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "points", "source": {"type": "file", "path": "data/points.geojson"},
+         "target": {"dataset": "local/points.gpkg"}}
+    ])));
+    let (small, big, other) = (
+        root.join("data/small.geojson"),
+        root.join("data/big.geojson"),
+        root.join("data/other.geojson"),
+    );
+    points(SMALL as usize, &small, 1);
+    points(BIG as usize, &big, 2);
+    points(OTHER as usize, &other, 3);
+    let source = root.join("data/points.geojson");
+    let target = root.join("userdata/local/points.gpkg");
+    std::fs::copy(&small, &source).unwrap();
+    assert!(sync(&root, &["run", "points"]).await.0);
+    assert_eq!(checked_count(&target), SMALL);
+    std::fs::copy(&big, &source).unwrap();
+    let started = std::time::Instant::now();
+    assert!(sync(&root, &["run", "points"]).await.0);
+    let full = started.elapsed();
+    assert_eq!(checked_count(&target), BIG);
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut cut_short = 0;
+    for round in 0..20 {
+        std::fs::copy(if round % 2 == 0 { &other } else { &big }, &source).unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = full.mul_f64((seed % 1000) as f64 / 1000.0 * 1.05);
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["sync", "run", "points", "--root"])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(at).await;
+        if child.try_wait().unwrap().is_none() {
+            cut_short += 1;
+        }
+        child.kill().await.unwrap();
+        let count = checked_count(&target);
+        assert!(
+            count == OTHER || count == BIG,
+            "round {round}: {count} rows published"
+        );
+    }
+    assert!(
+        cut_short >= 15,
+        "only {cut_short} of 20 kills came during a run"
+    );
+    // The next run removes the leftovers and publishes.
+    std::fs::copy(&small, &source).unwrap();
+    let (ok, out, err) = sync(&root, &["run", "points"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(checked_count(&target), SMALL);
+    let left: Vec<String> = std::fs::read_dir(root.join("userdata/local"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "points.gpkg")
+        .collect();
+    assert!(left.is_empty(), "left beside the target: {left:?}");
+    let statuses: Vec<String> = journal_runs(&root, "points")
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert!(!statuses.iter().any(|s| s == "running"), "{statuses:?}");
+}

@@ -214,10 +214,17 @@ pub fn run(root: &Path, config: Option<&Path>, name: &str) -> ExitCode {
         Asked::Done(code) => return code,
         Asked::NoServer => {}
     }
+    let _lock = match JobPaths::new(root.path(), &job).lock() {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return fail(&format!("job {name} is already running in another process")),
+        Err(e) => return fail(&e.to_string()),
+    };
     let journal = match journal(&root, &config) {
         Ok(j) => j,
         Err(e) => return fail(&e),
     };
+    // Runs of this job still marked running were cut short (their process held the lock).
+    let _ = journal.close_interrupted_job(name);
     let id = match journal.start(name, Trigger::Manual) {
         Ok(id) => id,
         Err(e) => return fail(&e.to_string()),

@@ -247,8 +247,9 @@ async fn run(
         ),
     };
     if matches!(status, Status::TimedOut | Status::Cancelled) {
-        // The worker was killed: what it was writing is removed now.
-        JobPaths::new(&shared.root, job).remove_leftovers();
+        // The worker was killed (its lock went with it): taking the lock removes what it was
+        // writing.
+        let _ = JobPaths::new(&shared.root, job).lock();
     }
     if let Err(e) = shared.journal.finish(id, status, &report, error.as_deref()) {
         tracing::error!(error = %e, "cannot journal the end of the run");
@@ -305,9 +306,10 @@ impl Actor for JobActor {
         args: JobArgs,
     ) -> Result<JobState, ActorProcessingErr> {
         let name = args.job.name.clone();
-        let removed = JobPaths::new(&args.shared.root, &args.job).remove_leftovers();
-        if removed > 0 {
-            tracing::info!(job = %name, files = removed, "removed what an interrupted run left");
+        // Taking the job's lock (when no other process runs the job) removes what an
+        // interrupted run left.
+        if let Err(e) = JobPaths::new(&args.shared.root, &args.job).lock() {
+            tracing::warn!(job = %name, error = %e, "cannot take the job's lock");
         }
         let now = Utc::now();
         let failing = args

@@ -121,6 +121,19 @@ impl Journal {
             .map_err(|e| self.fail(e))
     }
 
+    /// [`Journal::close_interrupted`] for one job's runs (whose lock this process now holds).
+    ///
+    /// # Errors
+    /// When the journal cannot be written.
+    pub fn close_interrupted_job(&self, job: &str) -> Result<usize, JournalError> {
+        self.lock()
+            .execute(
+                "UPDATE runs SET status = 'cancelled', ended = ?1, error = 'the run was stopped before it finished' WHERE status = 'running' AND job = ?2",
+                [now(), job.to_owned()],
+            )
+            .map_err(|e| self.fail(e))
+    }
+
     /// Journals the start of a run; returns its id.
     ///
     /// # Errors

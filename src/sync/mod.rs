@@ -247,7 +247,47 @@ impl JobPaths {
         if let Some(dir) = self.target.parent() {
             sweep(dir, &|file| !file.starts_with(&prefix));
         }
-        sweep(&self.state, &|file| file == "previous.gpkg");
+        sweep(&self.state, &|file| file == "previous.gpkg" || file == LOCK);
         removed
     }
+
+    /// Takes the job's lock (`state/sync/<job>/lock`, an operating-system file lock, freed
+    /// when the process ends however it ends), so that two processes never run the same job at
+    /// once, then removes what an interrupted run left. `None` when another process holds it.
+    ///
+    /// # Errors
+    /// [`SyncError::Publish`] when the lock file cannot be made.
+    pub fn lock(&self) -> Result<Option<JobLock>, SyncError> {
+        std::fs::create_dir_all(&self.state)
+            .map_err(|e| SyncError::Publish(format!("{}: {e}", self.state.display())))?;
+        let path = self.state.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SyncError::Publish(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let removed = self.remove_leftovers();
+                if removed > 0 {
+                    tracing::info!(target_file = %self.target.display(), files = removed, "removed what an interrupted run left");
+                }
+                Ok(Some(JobLock { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(SyncError::Publish(format!("{}: {e}", path.display())))
+            }
+        }
+    }
+}
+
+/// The lock file's name in a job's state folder.
+const LOCK: &str = "lock";
+
+/// A held job lock, released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct JobLock {
+    _file: std::fs::File,
 }

@@ -97,6 +97,21 @@ pub fn child_main(root: &Path) -> ExitCode {
             });
         }
     });
+    let paths = crate::sync::JobPaths::new(root, &input.job);
+    let _lock = match paths.lock() {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            emit(&Line::Failed(format!(
+                "job {} is already running in another process (poziserver sync run?)",
+                input.job.name
+            )));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            emit(&Line::Failed(e.to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
     match crate::sync::execute::execute(&input.job, root, input.validators.as_ref(), &progress) {
         Ok(report) => {
             emit(&Line::Done(report));
