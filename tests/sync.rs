@@ -960,3 +960,134 @@ async fn a_run_killed_at_any_moment_leaves_a_complete_version() {
         .collect();
     assert!(!statuses.iter().any(|s| s == "running"), "{statuses:?}");
 }
+
+/// A job whose runs panic every time: its failures are journaled and reported in health; the
+/// other job keeps its schedule and the server keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_panics_harms_nothing_else() {
+    let config = config(json!([
+        {"name": "panicky", "schedule": "*/2 * * * * *", "retries": {"count": 0, "backoff_secs": 1},
+         "source": {"type": "file", "path": "data/naturalearth_cities.geojson"}, "target": {"dataset": "local/panicky.gpkg"}},
+        {"name": "steady", "schedule": "*/2 * * * * *",
+         "source": {"type": "file", "path": "data/naturalearth_cities.geojson"}, "target": {"dataset": "local/steady.gpkg"}}
+    ]));
+    let server = Process::start_with(
+        &config.to_string(),
+        &[("POZI_FAILPOINT", "sync-panic:panicky")],
+        |root| {
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::copy(
+                test_data("naturalearth_cities.geojson"),
+                root.join("data/naturalearth_cities.geojson"),
+            )
+            .unwrap();
+        },
+    )
+    .await;
+    common::process::eventually("three runs of each", Duration::from_secs(30), || {
+        root_runs(&server.root, "panicky") >= 3 && root_runs(&server.root, "steady") >= 3
+    })
+    .await;
+    let runs = journal_runs(&server.root, "panicky");
+    assert!(
+        runs.iter().filter(|r| r.0 == "failed").count() >= 3,
+        "{runs:?}"
+    );
+    assert!(
+        runs.iter().all(|r| r
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .contains("failpoint sync-panic:panicky")
+            || r.0 == "running"),
+        "{runs:?}"
+    );
+    assert!(
+        journal_runs(&server.root, "steady")
+            .iter()
+            .filter(|r| r.0 == "ok")
+            .count()
+            >= 3
+    );
+    assert!(!server.root.join("userdata/local/panicky.gpkg").exists());
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        health["checks"]["sync/panicky:state"][0]["lastError"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("panicked"),
+        "{health}"
+    );
+    assert_eq!(
+        health["checks"]["sync/steady:state"][0]["observedValue"],
+        "running"
+    );
+    let response = client
+        .get(server.url("/features/collections/steady/items?limit=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// An `ogr` source: a VRT over the cities CSV converted by the real `ogr2ogr`; without GDAL
+/// the run fails saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn ogr_sources_go_through_gdal() {
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "vrt", "source": {"type": "ogr", "source": "data/cities.vrt"},
+         "target": {"dataset": "local/vrt.gpkg"}}
+    ])));
+    let vrt = format!(
+        r#"<OGRVRTDataSource><OGRVRTLayer name="cities"><SrcDataSource>{}</SrcDataSource><SrcLayer>naturalearth_cities</SrcLayer>
+           <GeometryType>wkbPoint</GeometryType><LayerSRS>EPSG:4326</LayerSRS>
+           <GeometryField encoding="PointFromColumns" x="X" y="Y"/></OGRVRTLayer></OGRVRTDataSource>"#,
+        root.join("data/naturalearth_cities.csv").display()
+    );
+    std::fs::write(root.join("data/cities.vrt"), vrt).unwrap();
+    // A relative source string is under the root, as a `file` source's path.
+    let output = tokio::process::Command::new(BIN)
+        .args(["sync", "run", "vrt", "--root"])
+        .arg(&root)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours = gdal_read(&root.join("userdata/local/vrt.gpkg"), None);
+    assert_same_data(
+        &ours,
+        &gdal_read(&root.join("data/cities.vrt"), None),
+        "name",
+        "vrt",
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(BIN)
+        .args(["sync", "run", "vrt", "--root"])
+        .arg(&root)
+        .env("PATH", empty.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("job vrt: ogr2ogr was not found; install GDAL"),
+        "{err}"
+    );
+}

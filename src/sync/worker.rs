@@ -86,6 +86,12 @@ pub fn child_main(root: &Path) -> ExitCode {
         let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut rest);
         std::process::exit(3);
     });
+    // A failure injected by the tests: `POZI_FAILPOINT=sync-panic:<job>` makes that job's
+    // runs panic, as a bug in a reader would.
+    if std::env::var("POZI_FAILPOINT").is_ok_and(|f| f == format!("sync-panic:{}", input.job.name))
+    {
+        panic!("failpoint sync-panic:{}", input.job.name);
+    }
     let progress = Arc::new(Progress::default());
     let reporter = progress.clone();
     std::thread::spawn(move || {
@@ -202,10 +208,15 @@ pub async fn run(
         return result;
     }
     let stderr = errors.await.unwrap_or_default();
-    let detail = stderr
-        .lines()
-        .find(|l| l.contains("panicked"))
-        .map_or_else(|| stderr.trim().to_owned(), str::to_owned);
+    // A panic prints `thread '…' panicked at file:line:` and its message on the next line.
+    let lines: Vec<&str> = stderr.lines().collect();
+    let detail = lines
+        .iter()
+        .position(|l| l.contains("panicked at"))
+        .map_or_else(
+            || stderr.trim().to_owned(),
+            |at| lines[at..(at + 2).min(lines.len())].join(" "),
+        );
     match status {
         Ok(status) => Outcome::Failed(format!(
             "the worker process ended ({status}) without a result: {detail}"

@@ -75,6 +75,28 @@ impl Process {
 
     /// Runs the binary on the root in `dir` (as left by an earlier process), after `prepare`.
     pub async fn start_in(dir: tempfile::TempDir, prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_in_with(dir, &[], prepare).await
+    }
+
+    /// [`Process::start`] with extra environment variables.
+    pub async fn start_with(
+        config: &str,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("userdata/local")).unwrap();
+        std::fs::create_dir_all(root.join("state")).unwrap();
+        std::fs::write(root.join("config.json"), config).unwrap();
+        Self::start_in_with(dir, env, prepare).await
+    }
+
+    async fn start_in_with(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let root = dir.path().join("root");
         prepare(&root);
         // The earlier process's lines are not this one's.
@@ -84,6 +106,7 @@ impl Process {
             .arg(&root)
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -21,6 +21,8 @@ pub fn stage(
     let converted = paths.state.join("ogr.gpkg");
     let _ = std::fs::remove_file(&converted);
     let mut command = Command::new("ogr2ogr");
+    // Relative paths in the source string are under the root, as for `file` sources.
+    command.current_dir(&paths.root);
     command.args(["-f", "GPKG", "-nln", "source"]);
     if !job.transform.keep_crs {
         command.args(["-t_srs", "EPSG:4326"]);
