@@ -132,6 +132,9 @@ fn sync_jobs(
         .map(|job| JobArgs {
             job: job.clone(),
             schedule: job_schedule(config, job),
+            reindex: config.search.sources.iter().any(|s| {
+                s.source.trim_start_matches('/') == job.target.dataset.trim_start_matches('/')
+            }),
             shared: shared.clone(),
         })
         .collect();
@@ -212,10 +215,23 @@ pub async fn run(
             RestartType::Permanent,
             move || (Scheduler, scheduler.clone()),
         ))
-        .child(ChildSpec::actor(
+        .child(ChildSpec::new(
             "search",
             RestartType::Permanent,
-            move || (SearchIndexer, search.clone()),
+            // Registered by name, so that a sync job can ask for a rebuild after it publishes.
+            move |supervisor| {
+                let search = search.clone();
+                async move {
+                    let (actor, _) = ractor::Actor::spawn_linked(
+                        Some(crate::gis::search::ACTOR_NAME.to_owned()),
+                        SearchIndexer,
+                        search,
+                        supervisor,
+                    )
+                    .await?;
+                    Ok(actor.get_cell())
+                }
+            },
         ));
     let spec = match sync_jobs(config, root, &registry, &marks) {
         Some(child) => spec.child(child),

@@ -736,14 +736,15 @@ async fn wfs_feature_types_page_with_start_index() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_runs_jobs_on_schedule_and_when_asked() {
-    let config = config(json!([
+    let mut config = config(json!([
         {"name": "cities", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
-         "target": {"dataset": "local/cities.gpkg"}},
+         "target": {"dataset": "local/cities.gpkg", "geojson": true}},
         {"name": "ticking", "schedule": "*/2 * * * * *", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
          "target": {"dataset": "local/ticking.gpkg"}},
         {"name": "failing", "schedule": "*/2 * * * * *", "retries": {"count": 0, "backoff_secs": 1},
          "source": {"type": "file", "path": "data/nothing.geojson"}, "target": {"dataset": "local/failing.gpkg"}}
     ]));
+    config["search"] = json!({"sources": [{"source": "local/cities.gpkg", "category": "City", "search_field": "name"}]});
     let server = Process::start(&config.to_string(), |root| {
         std::fs::create_dir_all(root.join("data")).unwrap();
         std::fs::copy(
@@ -774,6 +775,39 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
         .await
         .unwrap();
     assert_eq!(items["numberMatched"], 243, "{items}");
+    // The GeoJSON copy and its compressed siblings are served; the search index, which reads
+    // the dataset, was rebuilt after the publish.
+    let plain: Value = client
+        .get(server.url("/cities.geojson"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["features"].as_array().unwrap().len(), 243);
+    let gz = client
+        .get(server.url("/cities.geojson"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    common::process::wait_for_log(
+        &server.root,
+        "search index rebuilt entries=243",
+        Duration::from_secs(20),
+    )
+    .await;
+    let found = client
+        .get(server.url("/search?q=Vatican"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(found.contains("Vatican City"), "{found}");
     // The scheduled jobs ran: one publishing, one failing into the journal and health,
     // neither stopping the other or the listener.
     common::process::eventually("scheduled runs", Duration::from_secs(20), || {

@@ -38,6 +38,9 @@ pub struct SearchArgs {
     pub catalog: Arc<Catalog>,
 }
 
+/// The name the index builder is registered under.
+pub const ACTOR_NAME: &str = "search";
+
 /// The index builder actor.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchIndexer;

@@ -49,6 +49,8 @@ pub struct JobArgs {
     pub job: SyncJob,
     /// Its schedule, if it is scheduled.
     pub schedule: Option<Schedule>,
+    /// Whether the search index reads its target (and is rebuilt after each publish).
+    pub reindex: bool,
     /// What every job shares.
     pub shared: Arc<Shared>,
 }
@@ -178,10 +180,23 @@ impl JobState {
         let token = cancel.clone();
         let me = myself.clone();
         let failing = self.failing;
+        let reindex = self.args.reindex;
         let span = tracing::info_span!("sync", job = %job.name, run = id);
         let task = tokio::spawn(
             async move {
                 let status = run(&shared, &job, id, trigger, token, failing).await;
+                if reindex && status == Status::Ok {
+                    match ractor::registry::where_is(crate::gis::search::ACTOR_NAME.to_owned()) {
+                        Some(cell) => {
+                            tracing::info!("the search index reads this dataset; rebuilding it");
+                            let _ = ActorRef::<crate::gis::search::SearchMsg>::from(cell)
+                                .send_message(crate::gis::search::SearchMsg::Rebuild);
+                        }
+                        None => tracing::warn!(
+                            "the search index is not running; it is rebuilt on its schedule"
+                        ),
+                    }
+                }
                 let _ = me.send_message(JobMsg::Finished { status });
             }
             .instrument(span),

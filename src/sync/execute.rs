@@ -13,7 +13,7 @@ struct WorkFiles<'a>(&'a JobPaths);
 
 impl Drop for WorkFiles<'_> {
     fn drop(&mut self) {
-        for part in ["stage", "new"] {
+        for part in ["stage", "new", "geojson", "geojson.gz", "geojson.br"] {
             let _ = std::fs::remove_file(self.0.beside(part));
         }
     }
@@ -65,6 +65,9 @@ pub fn execute(
     let rows_written = publish::validate(&candidate, &layer, job, &paths)?;
     progress.check()?;
     publish::publish(&candidate, &paths)?;
+    if job.target.geojson {
+        crate::sync::extras::write_geojson(&paths, &layer)?;
+    }
     Ok(Report {
         published: true,
         rows_read,

@@ -7,6 +7,7 @@
 //! |---------------|---------------------------------------------------------------------|
 //! | `source/`     | one reader per source type, each staging a GeoPackage               |
 //! | `write`       | rows of an SQL query into a GeoPackage (transforms, SQLite sources) |
+//! | `extras`      | a GeoJSON copy (with `.gz` and `.br`) beside the target             |
 //! | `publish`     | validation, the atomic rename, the kept previous version, rollback  |
 //! | `execute`     | one run, start to finish, in this process                            |
 //! | `worker`      | a run in a child process, which a timeout or shutdown can kill       |
@@ -17,6 +18,7 @@
 pub mod command;
 pub mod component;
 pub mod execute;
+pub mod extras;
 pub mod journal;
 pub mod publish;
 pub mod source;
