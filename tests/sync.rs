@@ -1125,3 +1125,49 @@ async fn ogr_sources_go_through_gdal() {
         "{err}"
     );
 }
+
+/// Every problem in `sync` is reported with its JSON path, line and column.
+#[tokio::test]
+async fn bad_jobs_are_refused_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    std::fs::write(
+        &file,
+        r#"{
+  "sync": {
+    "jobs": [
+      {"name": "a b", "schedule": "61 * * * *", "source": {"type": "file", "path": "x.geojson"},
+       "target": {"dataset": "../etc/passwd.gpkg"}},
+      {"name": "dup", "source": {"type": "http", "url": "ftp://example.org/x", "format": "kml"},
+       "target": {"dataset": "local/x.shp"}},
+      {"name": "dup", "source": {"type": "wfs", "url": "http://127.0.0.1/wfs", "type_name": "x", "version": "3.0"},
+       "transform": {"sql": "DELETE FROM source"}, "target": {"dataset": "local/y.gpkg"}},
+      {"name": "bad-source", "source": {"type": "carrier-pigeon"}, "target": {"dataset": "local/z.gpkg"}}
+    ]
+  }
+}"#,
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "4:16: sync.jobs[0].name: \"a b\": use 1 to 64 letters",
+        "4:35: sync.jobs[0].schedule: 61 is out of range 0-59",
+        "5:30: sync.jobs[0].target.dataset: \"../etc/passwd.gpkg\" is not a path under userdata",
+        "6:57: sync.jobs[1].source.url: \"ftp://example.org/x\" is not an http or https URL",
+        "sync.jobs[1].source.format: \"kml\": use one of geojson, ndjson, csv, zip, gpkg",
+        "sync.jobs[1].target.dataset: \"local/x.shp\": name a GeoPackage",
+        "sync.jobs[2].name: a job named \"dup\" already exists",
+        "sync.jobs[2].source.version: \"3.0\"",
+        "sync.jobs[2].transform.sql: must be a SELECT",
+        "sync.jobs[3].source.type: unknown source type \"carrier-pigeon\"; use file, http, arcgis, wfs, sqlite or ogr",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

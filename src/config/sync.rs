@@ -362,6 +362,13 @@ pub(super) fn issues(
             );
         }
         let kind = text("/source/type").unwrap_or_default();
+        const KINDS: [&str; 6] = ["file", "http", "arcgis", "wfs", "sqlite", "ogr"];
+        if job.pointer("/source/type").is_some() && !KINDS.contains(&kind) {
+            report(
+                &at(&["source", "type"]),
+                format!("unknown source type {kind:?}; use file, http, arcgis, wfs, sqlite or ogr"),
+            );
+        }
         if matches!(kind, "http" | "arcgis" | "wfs")
             && let Some(url) = text("/source/url")
             && !url_ok(url)

@@ -186,7 +186,7 @@ impl JobState {
             async move {
                 let status = run(&shared, &job, id, trigger, token, failing).await;
                 if reindex && status == Status::Ok {
-                    match ractor::registry::where_is(crate::gis::search::ACTOR_NAME.to_owned()) {
+                    match ractor::registry::where_is(crate::gis::search::ACTOR_NAME) {
                         Some(cell) => {
                             tracing::info!("the search index reads this dataset; rebuilding it");
                             let _ = ActorRef::<crate::gis::search::SearchMsg>::from(cell)
