@@ -1166,8 +1166,165 @@ async fn bad_jobs_are_refused_with_their_path() {
         "sync.jobs[2].name: a job named \"dup\" already exists",
         "sync.jobs[2].source.version: \"3.0\"",
         "sync.jobs[2].transform.sql: must be a SELECT",
-        "sync.jobs[3].source.type: unknown source type \"carrier-pigeon\"; use file, http, arcgis, wfs, sqlite or ogr",
+        "sync.jobs[3].source.type: unknown source type \"carrier-pigeon\"; use file, http, arcgis, wfs, sqlite, ogr or catalogue",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+/// A real map server on loopback: MapServer's `mapserv` run as a CGI program for each request,
+/// over a mapfile with three layers of the test data.
+async fn mapserver(dir: &Path) -> SocketAddr {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let layer = |name: &str, kind: &str, title: &str, connection: String| {
+        format!(
+            "LAYER NAME \"{name}\" TYPE {kind} STATUS ON CONNECTIONTYPE OGR CONNECTION \"{connection}\"\n  METADATA \"wms_title\" \"{title}\" END\n  PROJECTION \"init=epsg:4326\" END\nEND\n"
+        )
+    };
+    let mapfile = format!(
+        "MAP\nNAME \"pozi\"\nEXTENT -180 -90 180 90\nSIZE 400 300\nPROJECTION \"init=epsg:4326\" END\nWEB METADATA \"wms_title\" \"Pozi test\" \"wms_srs\" \"EPSG:4326\" \"wms_enable_request\" \"*\" END END\n{}{}{}END\n",
+        layer(
+            "countries",
+            "POLYGON",
+            "Countries (old)",
+            data.join("naturalearth_lowres.gpkg").display().to_string()
+        ),
+        layer(
+            "cities",
+            "POINT",
+            "Cities & Towns",
+            data.join("naturalearth_cities.geojson")
+                .display()
+                .to_string()
+        ),
+        layer(
+            "boroughs",
+            "POLYGON",
+            "NYC Boroughs",
+            data.join("nybb/nybb.shp").display().to_string()
+        ),
+    );
+    std::fs::write(dir.join("test.map"), mapfile).unwrap();
+    std::fs::write(
+        dir.join("mapserver.conf"),
+        "CONFIG\n ENV\n  MS_MAP_PATTERN \".\"\n END\nEND\n",
+    )
+    .unwrap();
+    let dir = dir.to_owned();
+    let (addr, _) = loopback(Arc::new(move |seen: &Seen| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(seen.query.iter())
+            .finish();
+        let output = std::process::Command::new("mapserv")
+            .env("MAPSERVER_CONFIG_FILE", dir.join("mapserver.conf"))
+            .env("MS_MAPFILE", dir.join("test.map"))
+            .env("REQUEST_METHOD", "GET")
+            .env("QUERY_STRING", query)
+            // As a web server runs a CGI program: MapServer builds its online resource from these.
+            .env(
+                "HTTP_HOST",
+                seen.headers.get("host").cloned().unwrap_or_default(),
+            )
+            .env("SERVER_NAME", "127.0.0.1")
+            .env(
+                "SERVER_PORT",
+                seen.headers
+                    .get("host")
+                    .and_then(|h| h.rsplit(':').next())
+                    .unwrap_or("80"),
+            )
+            .env("SCRIPT_NAME", &seen.path)
+            .output()
+            .expect("mapserv (mapserver-bin) is needed by the tests");
+        let text = output.stdout;
+        // A CGI answer: headers, a blank line, the body.
+        let split = text
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| (p, 4))
+            .or_else(|| text.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)))
+            .unwrap();
+        let head = String::from_utf8_lossy(&text[..split.0]).into_owned();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap_or("text/xml")
+            .to_owned();
+        (
+            200,
+            vec![("content-type".into(), content_type)],
+            text[split.0 + split.1..].to_vec(),
+        )
+    }))
+    .await;
+    addr
+}
+
+/// A catalogue job against a real map server: layers dropped, renamed and ordered, the rest of
+/// the document kept, and the published file still read by GDAL's WMS driver.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalogue_jobs_edit_a_map_servers_capabilities() {
+    let scratch = tempfile::tempdir().unwrap();
+    let addr = mapserver(scratch.path()).await;
+    let url =
+        format!("http://{addr}/cgi-bin/mapserv?SERVICE=WMS&REQUEST=GetCapabilities&VERSION=1.3.0");
+    let config = config(json!([
+        {"name": "catalogue", "source": {"type": "catalogue", "url": url,
+           "exclude": ["/\\(old\\)$/"], "rename": [{"from": "Cities & Towns", "to": "Towns"}],
+           "order": ["NYC Boroughs", "Towns"]},
+         "target": {"dataset": "local/catalogue.xml"}},
+        {"name": "empty", "source": {"type": "catalogue", "url": url, "include": ["Nothing"]},
+         "target": {"dataset": "local/empty.xml"}}
+    ]));
+    let (_dir, root) = root_with(&config);
+    let (ok, out, err) = sync(&root, &["run", "catalogue"]).await;
+    assert!(ok, "{out}{err}");
+    let published = std::fs::read_to_string(root.join("userdata/local/catalogue.xml")).unwrap();
+    assert!(!published.contains("Countries"), "{published}");
+    assert!(published.contains("<Title>Towns</Title>"), "{published}");
+    assert!(
+        published.find("<Name>boroughs</Name>") < published.find("<Name>cities</Name>"),
+        "{published}"
+    );
+    assert!(
+        published.contains("xmlns:xlink=\"http://www.w3.org/1999/xlink\""),
+        "namespaces kept"
+    );
+    let (ok, _, err) = sync(&root, &["run", "empty"]).await;
+    assert!(
+        !ok && err.contains("0 layers left, fewer than min_features (1)"),
+        "{err}"
+    );
+    assert!(!root.join("userdata/local/empty.xml").exists());
+
+    // GDAL's WMS driver reads the published catalogue from this server.
+    let server = Process::start(&config.to_string(), |root| {
+        std::fs::copy(
+            _dir.path().join("root/userdata/local/catalogue.xml"),
+            root.join("userdata/local/catalogue.xml"),
+        )
+        .unwrap();
+    })
+    .await;
+    let output = tokio::process::Command::new("gdalinfo")
+        .arg(format!("WMS:{}", server.url("/catalogue.xml")))
+        .env("GDAL_HTTP_UNSAFESSL", "YES")
+        .output()
+        .await
+        .unwrap();
+    let info = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{info}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        info.contains("LAYERS=boroughs") && info.contains("LAYERS=cities"),
+        "{info}"
+    );
+    assert!(!info.contains("LAYERS=countries"), "{info}");
+    assert!(
+        info.contains("SUBDATASET_2_DESC=Towns") || info.contains("DESC=Towns"),
+        "{info}"
+    );
 }

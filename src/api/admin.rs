@@ -197,6 +197,7 @@ pub fn source_kind(source: &crate::config::sync::SyncSource) -> &'static str {
         SyncSource::Wfs { .. } => "wfs",
         SyncSource::Sqlite { .. } => "sqlite",
         SyncSource::Ogr { .. } => "ogr",
+        SyncSource::Catalogue { .. } => "catalogue",
     }
 }
 

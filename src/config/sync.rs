@@ -195,6 +195,32 @@ pub enum SyncSource {
         /// A `SELECT`; a geometry column named `geom` (GeoPackage binary) becomes the geometry.
         query: String,
     },
+    /// A map catalogue: a WMS or WFS `GetCapabilities` (or QGIS Server `GetProjectSettings`)
+    /// document, its layers kept, dropped, renamed and ordered by title, published as a static
+    /// XML file (the target's `dataset` then names an `.xml` file).
+    Catalogue {
+        /// The document's URL, with its request parameters.
+        url: String,
+        /// Titles kept (literal, or `/regular expression/`); empty keeps every layer.
+        #[serde(default)]
+        include: Vec<String>,
+        /// Titles dropped (literal, or `/regular expression/`).
+        #[serde(default)]
+        exclude: Vec<String>,
+        /// Title replacements, in order.
+        #[serde(default)]
+        rename: Vec<TitleRename>,
+        /// Titles (after renaming) put first, in this order; the others follow as they came.
+        #[serde(default)]
+        order: Vec<String>,
+        /// Extra request headers, each value taken from the environment variable named.
+        #[serde(default)]
+        headers_from_env: BTreeMap<String, String>,
+        /// Largest document accepted, in bytes.
+        #[serde(default = "default_catalogue_bytes")]
+        #[schemars(range(min = 1, max = 1073741824))]
+        max_bytes: u64,
+    },
     /// Any GDAL source (a VRT, SQL Server, ODBC…) converted by the real `ogr2ogr`.
     Ogr {
         /// The source string as `ogr2ogr` takes it.
@@ -207,6 +233,35 @@ pub enum SyncSource {
 
 fn default_max_bytes() -> u64 {
     2 * 1024 * 1024 * 1024
+}
+
+fn default_catalogue_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
+/// One title replacement of a catalogue job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TitleRename {
+    /// The title replaced (literal), or `/regular expression/` matched anywhere in it.
+    pub from: String,
+    /// The replacement; with a regular expression, `$1`… name its groups.
+    pub to: String,
+}
+
+/// A title pattern: `/regular expression/`, or a literal title.
+///
+/// # Errors
+/// The regular expression's error.
+pub fn title_pattern(text: &str) -> Result<regex::Regex, String> {
+    let source = match text.strip_prefix('/').and_then(|t| t.strip_suffix('/')) {
+        Some(expression) if text.len() >= 2 => expression.to_owned(),
+        _ => format!("^{}$", regex::escape(text)),
+    };
+    regex::RegexBuilder::new(&source)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn default_concurrency() -> usize {
@@ -330,6 +385,35 @@ pub(super) fn issues(
                 format!("{webhook:?} is not an http or https URL"),
             );
         }
+        let extension = if text("/source/type") == Some("catalogue") {
+            ".xml"
+        } else {
+            ".gpkg"
+        };
+        for list in ["include", "exclude", "order"] {
+            let items = job
+                .pointer(&format!("/source/{list}"))
+                .and_then(|v| v.as_array());
+            for (n, item) in items.into_iter().flatten().enumerate() {
+                if let Some(pattern) = item.as_str()
+                    && let Err(e) = title_pattern(pattern)
+                {
+                    let mut path = at(&["source", list]);
+                    path.push(Segment::Index(n));
+                    report(&path, format!("not a regular expression: {e}"));
+                }
+            }
+        }
+        let renames = job.pointer("/source/rename").and_then(|v| v.as_array());
+        for (n, item) in renames.into_iter().flatten().enumerate() {
+            if let Some(pattern) = item.get("from").and_then(|v| v.as_str())
+                && let Err(e) = title_pattern(pattern)
+            {
+                let mut path = at(&["source", "rename"]);
+                path.extend([Segment::Index(n), key("from")]);
+                report(&path, format!("not a regular expression: {e}"));
+            }
+        }
         if let Some(dataset) = text("/target/dataset") {
             let safe = crate::safe_path::segments(&format!("/{}", dataset.trim_start_matches('/')));
             match safe {
@@ -341,13 +425,19 @@ pub(super) fn issues(
                     if segments.len() < 2
                         || !segments
                             .last()
-                            .is_some_and(|n| n.to_ascii_lowercase().ends_with(".gpkg")) =>
+                            .is_some_and(|n| n.to_ascii_lowercase().ends_with(extension)) =>
                 {
                     report(
                         &at(&["target", "dataset"]),
-                        format!(
-                            "{dataset:?}: name a GeoPackage in a host folder, such as \"local/parcels.gpkg\""
-                        ),
+                        if extension == ".xml" {
+                            format!(
+                                "{dataset:?}: a catalogue job publishes an XML file in a host folder, such as \"local/catalogue.xml\""
+                            )
+                        } else {
+                            format!(
+                                "{dataset:?}: name a GeoPackage in a host folder, such as \"local/parcels.gpkg\""
+                            )
+                        },
                     );
                 }
                 Ok(_) => {}
@@ -362,14 +452,24 @@ pub(super) fn issues(
             );
         }
         let kind = text("/source/type").unwrap_or_default();
-        const KINDS: [&str; 6] = ["file", "http", "arcgis", "wfs", "sqlite", "ogr"];
+        const KINDS: [&str; 7] = [
+            "file",
+            "http",
+            "arcgis",
+            "wfs",
+            "sqlite",
+            "ogr",
+            "catalogue",
+        ];
         if job.pointer("/source/type").is_some() && !KINDS.contains(&kind) {
             report(
                 &at(&["source", "type"]),
-                format!("unknown source type {kind:?}; use file, http, arcgis, wfs, sqlite or ogr"),
+                format!(
+                    "unknown source type {kind:?}; use file, http, arcgis, wfs, sqlite, ogr or catalogue"
+                ),
             );
         }
-        if matches!(kind, "http" | "arcgis" | "wfs")
+        if matches!(kind, "http" | "arcgis" | "wfs" | "catalogue")
             && let Some(url) = text("/source/url")
             && !url_ok(url)
         {

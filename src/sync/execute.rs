@@ -13,7 +13,14 @@ struct WorkFiles<'a>(&'a JobPaths);
 
 impl Drop for WorkFiles<'_> {
     fn drop(&mut self) {
-        for part in ["stage", "new", "geojson", "geojson.gz", "geojson.br"] {
+        for part in [
+            "stage",
+            "new",
+            "geojson",
+            "geojson.gz",
+            "geojson.br",
+            "catalogue",
+        ] {
             let _ = std::fs::remove_file(self.0.beside(part));
         }
     }
@@ -36,6 +43,9 @@ pub fn execute(
             .map_err(|e| SyncError::Publish(format!("{}: {e}", dir.display())))?;
     }
     let _work = WorkFiles(&paths);
+    if let crate::config::sync::SyncSource::Catalogue { .. } = &job.source {
+        return crate::sync::source::catalogue::run(job, &paths, previous, progress);
+    }
     let layer = source::layer_name(job, &paths);
     let (rows_read, bytes, validators) = match source::stage(job, &paths, previous, progress)? {
         Staged::Unchanged(validators) => {

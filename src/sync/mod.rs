@@ -209,13 +209,20 @@ impl JobPaths {
         }
     }
 
-    /// A work GeoPackage beside the target (`.<stem>.sync-<part>.gpkg`): on the same file
+    /// A work file beside the target (`.<stem>.sync-<part>.<extension>`): on the same file
     /// system, so it can be renamed over the target, and hidden (a leading dot) from listings
     /// and the static server.
     #[must_use]
     pub fn beside(&self, part: &str) -> PathBuf {
         self.target
-            .with_file_name(format!("{}{part}.gpkg", self.work_prefix()))
+            .with_file_name(format!("{}{part}.{}", self.work_prefix(), self.extension()))
+    }
+
+    /// The target's extension (`gpkg`, or `xml` for a catalogue).
+    fn extension(&self) -> String {
+        self.target
+            .extension()
+            .map_or_else(|| "gpkg".to_owned(), |e| e.to_string_lossy().into_owned())
     }
 
     fn work_prefix(&self) -> String {
@@ -230,7 +237,7 @@ impl JobPaths {
     /// The version kept for rollback.
     #[must_use]
     pub fn previous(&self) -> PathBuf {
-        self.state.join("previous.gpkg")
+        self.state.join(format!("previous.{}", self.extension()))
     }
 
     /// Removes what an interrupted run left: work files beside the target and downloads.
@@ -249,7 +256,9 @@ impl JobPaths {
         if let Some(dir) = self.target.parent() {
             sweep(dir, &|file| !file.starts_with(&prefix));
         }
-        sweep(&self.state, &|file| file == "previous.gpkg" || file == LOCK);
+        sweep(&self.state, &|file| {
+            file.starts_with("previous.") || file == LOCK
+        });
         removed
     }
 

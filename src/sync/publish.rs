@@ -130,7 +130,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// A second name for `from` at `to` (a hard link, or a copy across file systems), made under
 /// a temporary name first and renamed, so `to` is always whole.
 fn keep_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    let temporary = to.with_extension("gpkg.tmp");
+    let mut name = to.as_os_str().to_owned();
+    name.push(".tmp");
+    let temporary = std::path::PathBuf::from(name);
     let _ = std::fs::remove_file(&temporary);
     if std::fs::hard_link(from, &temporary).is_err() {
         std::fs::copy(from, &temporary)?;
@@ -180,7 +182,7 @@ pub fn rollback(paths: &JobPaths) -> Result<(), SyncError> {
         |path: &Path, e: std::io::Error| SyncError::Publish(format!("{}: {e}", path.display()));
     let back = paths.beside("rollback");
     keep_copy(&previous, &back).map_err(|e| fail(&back, e))?;
-    let replaced = paths.state.join("replaced.gpkg");
+    let replaced = paths.state.join("replaced");
     if paths.target.is_file() {
         keep_copy(&paths.target, &replaced).map_err(|e| fail(&replaced, e))?;
     }

@@ -2,8 +2,9 @@
 //! target's layer in spatial order (WGS 84 unless the job keeps the source's system).
 
 mod arcgis;
+pub mod catalogue;
 mod file;
-mod http;
+pub(crate) mod http;
 mod ogr;
 mod wfs;
 
@@ -123,6 +124,9 @@ pub fn stage(
         SyncSource::Http { .. } => http::stage(job, paths, previous, &layer, progress),
         SyncSource::Arcgis { .. } => arcgis::stage(job, paths, &layer, progress),
         SyncSource::Wfs { .. } => wfs::stage(job, paths, &layer, progress),
+        SyncSource::Catalogue { .. } => Err(SyncError::Source(
+            "a catalogue is not staged as a dataset".to_owned(),
+        )),
     }
 }
 
