@@ -45,6 +45,8 @@ pub struct Handles {
     pub registry: HealthRegistry,
     /// The addresses the HTTP component is listening on.
     pub listening: Listening,
+    /// The tree's named actors (sync jobs, the search indexer).
+    pub directory: actors::Directory,
 }
 
 /// The root supervisor's policy from the config.
@@ -92,6 +94,7 @@ fn sync_jobs(
     root: &Root,
     registry: &HealthRegistry,
     marks: &Arc<MarkStore>,
+    directory: &actors::Directory,
 ) -> Option<actors::ChildSpec> {
     use crate::sync::component::{JobArgs, Shared, supervisor};
     if config.sync.jobs.is_empty() {
@@ -124,6 +127,7 @@ fn sync_jobs(
         marks: marks.clone(),
         registry: registry.clone(),
         webhook: config.sync.webhook.clone(),
+        directory: directory.clone(),
     });
     let jobs = config
         .sync
@@ -167,7 +171,9 @@ pub async fn run(
     let Handles {
         registry,
         listening,
+        directory,
     } = handles;
+    let search_directory = directory.clone();
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
     let scheduler = SchedulerArgs {
         jobs: planned_jobs(config)?,
@@ -199,6 +205,7 @@ pub async fn run(
         root: root.clone(),
         registry: registry.clone(),
         listening,
+        directory: directory.clone(),
     };
     let drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
     let spec = root_spec(config, &registry)
@@ -218,22 +225,19 @@ pub async fn run(
         .child(ChildSpec::new(
             "search",
             RestartType::Permanent,
-            // Registered by name, so that a sync job can ask for a rebuild after it publishes.
+            // In the directory, so that a sync job can ask for a rebuild after it publishes.
             move |supervisor| {
-                let search = search.clone();
+                let (search, directory) = (search.clone(), search_directory.clone());
                 async move {
-                    let (actor, _) = ractor::Actor::spawn_linked(
-                        Some(crate::gis::search::ACTOR_NAME.to_owned()),
-                        SearchIndexer,
-                        search,
-                        supervisor,
-                    )
-                    .await?;
+                    let (actor, _) =
+                        ractor::Actor::spawn_linked(None, SearchIndexer, search, supervisor)
+                            .await?;
+                    directory.register(crate::gis::search::ACTOR_NAME, actor.get_cell());
                     Ok(actor.get_cell())
                 }
             },
         ));
-    let spec = match sync_jobs(config, root, &registry, &marks) {
+    let spec = match sync_jobs(config, root, &registry, &marks, &directory) {
         Some(child) => spec.child(child),
         None => spec,
     };

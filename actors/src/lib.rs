@@ -8,11 +8,13 @@
 //! It knows nothing of HTTP, GIS data or configuration files: the server builds its tree from
 //! these parts.
 
+mod directory;
 mod health;
 mod policy;
 mod spec;
 mod supervisor;
 
+pub use directory::Directory;
 pub use health::{ComponentHealth, ComponentState, HealthRegistry, LastError};
 pub use policy::{Backoff, Intensity, RestartType, Strategy};
 pub use spec::{ChildSpec, StartFuture};

@@ -28,6 +28,8 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// `state/sync.sqlite`.
     pub journal: std::path::PathBuf,
+    /// The tree's named actors, where each job's actor is found.
+    pub directory: actors::Directory,
 }
 
 /// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
@@ -115,7 +117,7 @@ pub async fn answer(
         ["jobs", _, "runs"] => Err(method_not_allowed("GET, HEAD", path, method)),
         ["jobs", name, "run"] if *method == Method::POST => {
             job(admin, name)?;
-            run_now(name).await
+            run_now(&admin.directory, name).await
         }
         ["jobs", _, "run"] => Err(method_not_allowed("POST", path, method)),
         _ => Err(ApiError::not_found(
@@ -201,7 +203,7 @@ pub fn source_kind(source: &crate::config::sync::SyncSource) -> &'static str {
     }
 }
 
-async fn run_now(name: &str) -> Result<Response, ApiError> {
+async fn run_now(directory: &actors::Directory, name: &str) -> Result<Response, ApiError> {
     let unavailable = |detail: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -209,7 +211,7 @@ async fn run_now(name: &str) -> Result<Response, ApiError> {
             Some(detail),
         )
     };
-    let Some(cell) = ractor::registry::where_is(actor_name(name)) else {
+    let Some(cell) = directory.get(&actor_name(name)) else {
         return Err(unavailable(format!(
             "job {name:?} is not running in this server (restarting, or sync is stopped)"
         )));

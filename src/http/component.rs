@@ -57,6 +57,8 @@ pub struct HttpArgs {
     pub registry: HealthRegistry,
     /// Where the bound addresses are published.
     pub listening: Listening,
+    /// The tree's named actors (the admin API finds sync jobs here).
+    pub directory: actors::Directory,
 }
 
 /// The listener actor.
@@ -148,6 +150,7 @@ impl Actor for HttpComponent {
             admin: crate::api::admin::Admin {
                 config: args.config.clone(),
                 journal: args.root.state_dir().join("sync.sqlite"),
+                directory: args.directory.clone(),
             },
             refused: http
                 .refused_extensions

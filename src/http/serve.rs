@@ -657,6 +657,7 @@ mod tests {
             admin: crate::api::admin::Admin {
                 config: Arc::default(),
                 journal: dir.join("sync.sqlite"),
+                directory: actors::Directory::new(),
             },
             refused: Vec::new(),
         });

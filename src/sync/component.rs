@@ -40,6 +40,8 @@ pub struct Shared {
     pub registry: HealthRegistry,
     /// `sync.webhook`.
     pub webhook: Option<String>,
+    /// The tree's named actors: each job registers itself; the search indexer is found here.
+    pub directory: actors::Directory,
 }
 
 /// One job's actor arguments.
@@ -55,7 +57,7 @@ pub struct JobArgs {
     pub shared: Arc<Shared>,
 }
 
-/// The name a job's actor is registered under (for the admin API).
+/// The name a job's actor has in the tree's directory (for the admin API).
 #[must_use]
 pub fn actor_name(job: &str) -> String {
     format!("sync/{job}")
@@ -71,8 +73,9 @@ pub fn supervisor(registry: &HealthRegistry, jobs: Vec<JobArgs>) -> ChildSpec {
             let args = args.clone();
             let name = actor_name(&args.job.name);
             async move {
-                let (actor, _) =
-                    Actor::spawn_linked(Some(name), JobActor, args, supervisor).await?;
+                let directory = args.shared.directory.clone();
+                let (actor, _) = Actor::spawn_linked(None, JobActor, args, supervisor).await?;
+                directory.register(name, actor.get_cell());
                 Ok(actor.get_cell())
             }
         })
@@ -181,12 +184,13 @@ impl JobState {
         let me = myself.clone();
         let failing = self.failing;
         let reindex = self.args.reindex;
+        let directory = self.args.shared.directory.clone();
         let span = tracing::info_span!("sync", job = %job.name, run = id);
         let task = tokio::spawn(
             async move {
                 let status = run(&shared, &job, id, trigger, token, failing).await;
                 if reindex && status == Status::Ok {
-                    match ractor::registry::where_is(crate::gis::search::ACTOR_NAME) {
+                    match directory.get(crate::gis::search::ACTOR_NAME) {
                         Some(cell) => {
                             tracing::info!("the search index reads this dataset; rebuilding it");
                             let _ = ActorRef::<crate::gis::search::SearchMsg>::from(cell)

@@ -324,8 +324,8 @@ const STAGING: &str = "pozi_staging";
 const ORDER: u8 = 16;
 
 impl LayerWriter {
-    /// Writes the staged rows into the layer and its R*Tree, fids in Hilbert order of their
-    /// bounds' centres.
+    /// Writes the staged rows into the layer, fids in Hilbert order of their bounds' centres,
+    /// then packs its R*Tree from them.
     fn write_in_spatial_order(&self) -> rusqlite::Result<()> {
         let c = &self.connection;
         let mut keys: Vec<(u64, i64)> = Vec::new();
@@ -361,19 +361,35 @@ impl LayerWriter {
         let staged: Vec<String> = self.columns.iter().map(|c| format!("s.{c}")).collect();
         c.execute_batch(&format!(
             "INSERT INTO main.{t} (fid, {columns}) SELECT o.new, {staged} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.{seq} = o.old ORDER BY o.new;
-             INSERT INTO main.{r} SELECT o.new, s.{minx}, s.{maxx}, s.{miny}, s.{maxy} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.{seq} = o.old WHERE s.{minx} IS NOT NULL ORDER BY o.new;
              DROP TABLE temp.pozi_order;
              DROP TABLE temp.{STAGING};",
             t = quote(&self.table),
-            r = quote(&format!("rtree_{}_geom", self.table)),
             columns = self.columns.join(", "),
             staged = staged.join(", "),
             seq = quote(&self.staging[0]),
-            minx = quote(&self.staging[1]),
-            maxx = quote(&self.staging[2]),
-            miny = quote(&self.staging[3]),
-            maxy = quote(&self.staging[4]),
-        ))
+        ))?;
+        // The R*Tree, packed from the rows as they now lie: in Hilbert order.
+        let mut rows = c.prepare(&format!(
+            "SELECT fid, geom FROM main.{} WHERE geom IS NOT NULL ORDER BY fid",
+            quote(&self.table)
+        ))?;
+        let entries = rows
+            .query_map([], |r| {
+                let fid: i64 = r.get(0)?;
+                let bounds = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Blob(b) => {
+                        crate::gis::source::rtree_pack::blob_bounds(b)
+                    }
+                    _ => None,
+                };
+                Ok((fid, bounds))
+            })?
+            .filter_map(|row| match row {
+                Ok((fid, Some(b))) if b.iter().all(|v| v.is_finite()) => Some(Ok((fid, b))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            });
+        crate::gis::source::rtree_pack::pack(c, &format!("rtree_{}_geom", self.table), entries)
     }
 }
 

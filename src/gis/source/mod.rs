@@ -7,3 +7,4 @@ pub mod dbf;
 pub mod gpkg_write;
 pub mod prj;
 pub mod readers;
+pub mod rtree_pack;
