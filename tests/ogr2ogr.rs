@@ -242,7 +242,7 @@ async fn bad_requests_get_clear_json_errors() {
             "resourcecheck/local.json",
             "",
             StatusCode::BAD_REQUEST,
-            "feature 1",
+            "not a FeatureCollection: no \"features\" array",
         ),
         (
             "roads.tab",

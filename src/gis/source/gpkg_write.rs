@@ -58,6 +58,39 @@ pub struct WriteError {
     pub reason: String,
 }
 
+/// A geometry as it is written: its GeoPackage blob and its bounds (`[min x, max x, min y,
+/// max y]`).
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    /// The GeoPackage binary geometry (`None`: no geometry).
+    pub blob: Option<Vec<u8>>,
+    /// Its bounds, when it has any.
+    pub bounds: Option<[f64; 4]>,
+}
+
+/// Encodes a geometry for a layer in `srs_id`: the blob with an envelope (but for points) and
+/// the bounds.
+///
+/// # Errors
+/// When the geometry cannot be encoded.
+pub fn encode(geometry: Option<&geo::Geometry<f64>>, srs_id: i64) -> Result<Encoded, String> {
+    let Some(g) = geometry else {
+        return Ok(Encoded::default());
+    };
+    let rect = g.bounding_rect();
+    let envelope = match (g, rect) {
+        (geo::Geometry::Point(_), _) | (_, None) => Vec::new(),
+        (_, Some(r)) => vec![r.min().x, r.max().x, r.min().y, r.max().y],
+    };
+    let blob = g
+        .to_gpkg_wkb(CoordDimensions::xy(), i32::try_from(srs_id).ok(), envelope)
+        .map_err(|e| e.to_string())?;
+    Ok(Encoded {
+        blob: Some(blob),
+        bounds: rect.map(|r| [r.min().x, r.max().x, r.min().y, r.max().y]),
+    })
+}
+
 const WGS84_WKT: &str = r#"GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]"#;
 
 /// Writes one feature layer into a new GeoPackage.
@@ -226,42 +259,42 @@ impl LayerWriter {
     /// When the row cannot be written.
     pub fn add(
         &mut self,
-        mut values: Vec<Value>,
+        values: Vec<Value>,
         geometry: Option<&geo::Geometry<f64>>,
     ) -> Result<(), WriteError> {
-        let bounds = geometry.and_then(BoundingRect::bounding_rect);
-        let blob = match geometry {
-            Some(g) => {
-                let envelope = match (g, bounds) {
-                    (geo::Geometry::Point(_), _) | (_, None) => Vec::new(),
-                    (_, Some(r)) => vec![r.min().x, r.max().x, r.min().y, r.max().y],
-                };
-                let srid = i32::try_from(self.srs_id).ok();
-                Value::Blob(
-                    g.to_gpkg_wkb(CoordDimensions::xy(), srid, envelope)
-                        .map_err(|e| self.fail(e))?,
-                )
-            }
-            None => Value::Null,
-        };
-        values.insert(0, blob);
+        let encoded = encode(geometry, self.srs_id).map_err(|e| self.fail(e))?;
+        self.add_encoded(values, encoded)
+    }
+
+    /// [`LayerWriter::add`] with the geometry already encoded (by [`encode`], perhaps on
+    /// another thread).
+    ///
+    /// # Errors
+    /// When the row cannot be written.
+    pub fn add_encoded(
+        &mut self,
+        mut values: Vec<Value>,
+        encoded: Encoded,
+    ) -> Result<(), WriteError> {
+        let Encoded { blob, bounds } = encoded;
+        values.insert(0, blob.map_or(Value::Null, Value::Blob));
         match bounds {
-            Some(r) => values.extend([r.min().x, r.max().x, r.min().y, r.max().y].map(Value::Real)),
+            Some([minx, maxx, miny, maxy]) => {
+                values.extend([minx, maxx, miny, maxy].map(Value::Real));
+            }
             None => values.extend([Value::Null, Value::Null, Value::Null, Value::Null]),
         }
         self.connection
             .prepare_cached(&self.insert)
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
             .map_err(|e| self.fail(e))?;
-        if let Some(r) = bounds {
-            let e = self
-                .extent
-                .get_or_insert([r.min().x, r.min().y, r.max().x, r.max().y]);
+        if let Some([minx, maxx, miny, maxy]) = bounds {
+            let e = self.extent.get_or_insert([minx, miny, maxx, maxy]);
             *e = [
-                e[0].min(r.min().x),
-                e[1].min(r.min().y),
-                e[2].max(r.max().x),
-                e[3].max(r.max().y),
+                e[0].min(minx),
+                e[1].min(miny),
+                e[2].max(maxx),
+                e[3].max(maxy),
             ];
         }
         self.count += 1;

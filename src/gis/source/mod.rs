@@ -5,6 +5,7 @@
 pub mod conversions;
 pub mod dbf;
 pub mod gpkg_write;
+pub mod json_split;
 pub mod prj;
 pub mod readers;
 pub mod rtree_pack;

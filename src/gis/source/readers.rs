@@ -225,39 +225,136 @@ fn open(path: &Path) -> Result<BufReader<File>, ReadError> {
         })
 }
 
-/// Every feature of a GeoJSON file, one at a time.
-fn features(
-    path: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<geojson::Feature, String>>>, ReadError> {
+/// The bytes of each feature, or why they could not be read.
+type FeatureBytesIter = Box<dyn Iterator<Item = Result<Vec<u8>, String>>>;
+
+/// The bytes of every feature of a GeoJSON file (a FeatureCollection, or one feature per
+/// line), one at a time, each with its place for errors.
+fn feature_bytes(path: &Path) -> Result<FeatureBytesIter, ReadError> {
     let reader = open(path)?;
     Ok(match Format::of(path) {
         Some(Format::GeoJsonSeq) => Box::new(
             reader
-                .lines()
+                .split(b'\n')
                 .enumerate()
-                .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                .filter(|(_, line)| {
+                    line.as_ref()
+                        .map_or(true, |l| l.iter().any(|b| !b.is_ascii_whitespace()))
+                })
                 .map(|(n, line)| {
-                    let line = line.map_err(|e| e.to_string())?;
-                    serde_json::from_str::<geojson::Feature>(line.trim_start_matches('\u{1e}'))
-                        .map_err(|e| format!("line {}: {e}", n + 1))
+                    let mut line = line.map_err(|e| e.to_string())?;
+                    // RFC 8142 record separators.
+                    line.retain(|b| *b != 0x1e);
+                    Ok(line).map_err(|e: String| format!("line {}: {e}", n + 1))
                 }),
         ),
-        _ => Box::new(
-            geojson::FeatureReader::from_reader(reader)
-                .features()
-                .enumerate()
-                .map(|(n, f)| f.map_err(|e| format!("feature {}: {e}", n + 1))),
-        ),
+        _ => Box::new(crate::gis::source::json_split::FeatureBytes::new(reader)),
     })
 }
 
-fn kind_of(value: &serde_json::Value) -> Option<FieldType> {
-    match value {
-        serde_json::Value::Null => None,
-        serde_json::Value::Bool(_) => Some(FieldType::Integer),
-        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Some(FieldType::Integer),
-        serde_json::Value::Number(_) => Some(FieldType::Real),
-        _ => Some(FieldType::Text),
+/// Where a feature is, for errors.
+fn place(path: &Path, n: usize) -> String {
+    if Format::of(path) == Some(Format::GeoJsonSeq) {
+        format!("line {}", n + 1)
+    } else {
+        format!("feature {}", n + 1)
+    }
+}
+
+/// Every feature of a GeoJSON file, one at a time.
+fn features(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<geojson::Feature, String>>, ReadError> {
+    let shown = path.to_owned();
+    Ok(feature_bytes(path)?.enumerate().map(move |(n, bytes)| {
+        serde_json::from_slice::<geojson::Feature>(&bytes?)
+            .map_err(|e| format!("{}: {e}", place(&shown, n)))
+    }))
+}
+
+/// What the first pass reads of a feature: its properties' names and kinds, nothing else.
+#[derive(serde::Deserialize)]
+struct Lite<'a> {
+    #[serde(borrow, default)]
+    properties: Option<Props<'a>>,
+}
+
+/// Properties in their order, each with the kind of its value.
+struct Props<'a>(Vec<(std::borrow::Cow<'a, str>, Option<FieldType>)>);
+
+/// The kind of a JSON value, read without keeping it.
+struct Kind(Option<FieldType>);
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Kind;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind(Some(FieldType::Integer)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind(Some(FieldType::Integer)))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind(Some(FieldType::Integer)))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+                Ok(Kind(Some(FieldType::Real)))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
+                Ok(Kind(Some(FieldType::Text)))
+            }
+            fn visit_unit<E>(self) -> Result<Kind, E> {
+                Ok(Kind(None))
+            }
+            fn visit_none<E>(self) -> Result<Kind, E> {
+                Ok(Kind(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Kind(Some(FieldType::Text)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Kind(Some(FieldType::Text)))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Props<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Props<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of properties")
+            }
+            fn visit_unit<E>(self) -> Result<Props<'a>, E> {
+                Ok(Props(Vec::new()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Props<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, kind)) =
+                    map.next_entry::<std::borrow::Cow<'de, str>, Kind>()?
+                {
+                    out.push((name, kind.0));
+                }
+                Ok(Props(out))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
     }
 }
 
@@ -299,14 +396,16 @@ fn geojson_to_gpkg(
     };
     // Pass 1: the fields and their types, in first-seen order.
     let mut fields: Vec<Field> = Vec::new();
-    for feature in features(source)? {
-        let feature = feature.map_err(&bad)?;
-        for (name, value) in feature.properties.iter().flatten() {
-            let Some(kind) = kind_of(value) else { continue };
-            match fields.iter_mut().find(|f| f.name == *name) {
+    for (n, bytes) in feature_bytes(source)?.enumerate() {
+        let bytes = bytes.map_err(&bad)?;
+        let lite: Lite<'_> = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("{}: {e}", place(source, n))))?;
+        for (name, kind) in lite.properties.map(|p| p.0).unwrap_or_default() {
+            let Some(kind) = kind else { continue };
+            match fields.iter_mut().find(|f| f.name == name) {
                 Some(field) => field.kind = widen(field.kind, kind),
                 None => fields.push(Field {
-                    name: name.clone(),
+                    name: name.into_owned(),
                     kind,
                 }),
             }
