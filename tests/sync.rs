@@ -28,6 +28,7 @@ struct Seen {
     path: String,
     query: HashMap<String, String>,
     headers: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
@@ -67,6 +68,7 @@ async fn loopback(handler: Handler) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                             path,
                             query,
                             headers,
+                            body: body.to_vec(),
                         };
                         log.lock().unwrap().push(seen.clone());
                         let (status, headers, body) = handler(&seen);
@@ -703,7 +705,14 @@ async fn wfs_feature_types_page_with_start_index() {
         assert_eq!(q.get("sortBy").map(String::as_str), Some("name"));
         *counter.lock().unwrap() += 1;
         let start: usize = q["startIndex"].parse().unwrap();
-        let count: usize = q["count"].parse().unwrap();
+        // WFS 2.0.0 says count and typeNames; 1.1.0 maxFeatures and typeName.
+        let count: usize = if q["version"] == "1.1.0" {
+            assert!(q.contains_key("typeName") && !q.contains_key("count"));
+            q["maxFeatures"].parse().unwrap()
+        } else {
+            assert!(q.contains_key("typeNames") && !q.contains_key("maxFeatures"));
+            q["count"].parse().unwrap()
+        };
         let chosen: Vec<&Value> = features.iter().skip(start).take(count).collect();
         let body = json!({"type": "FeatureCollection", "numberMatched": features.len(), "numberReturned": chosen.len(), "features": chosen});
         (200, vec![("content-type".into(), "application/json".into())], body.to_string().into_bytes())
@@ -713,6 +722,9 @@ async fn wfs_feature_types_page_with_start_index() {
         {"name": "wfs", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:countries",
            "sort_by": "name", "page_size": 40, "params": {"cql_filter": "1=1"}},
          "target": {"dataset": "local/wfs.gpkg"}},
+        {"name": "wfs11", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:countries",
+           "version": "1.1.0", "sort_by": "name", "page_size": 100},
+         "target": {"dataset": "local/wfs11.gpkg"}},
         {"name": "wfs-missing", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:missing"},
          "target": {"dataset": "local/missing.gpkg"}}
     ])));
@@ -727,6 +739,10 @@ async fn wfs_feature_types_page_with_start_index() {
     );
     let ours = gdal_read(&root.join("userdata/local/wfs.gpkg"), None);
     assert_same_data(&ours, &json!({"features": all}), "OBJECTID", "wfs");
+    let (ok, out, err) = sync(&root, &["run", "wfs11"]).await;
+    assert!(ok, "{out}{err}");
+    let ours = gdal_read(&root.join("userdata/local/wfs11.gpkg"), None);
+    assert_eq!(ours["features"].as_array().unwrap().len(), all.len());
     let (ok, _, err) = sync(&root, &["run", "wfs-missing"]).await;
     assert!(
         !ok && err.contains("Feature type ns:missing unknown"),
@@ -1326,5 +1342,101 @@ async fn catalogue_jobs_edit_a_map_servers_capabilities() {
     assert!(
         info.contains("SUBDATASET_2_DESC=Towns") || info.contains("DESC=Towns"),
         "{info}"
+    );
+}
+
+/// In the server: a run past `timeout_secs` is killed and journaled `timed_out`; failed runs
+/// are retried with backoff; the webhook hears of the failure and of the recovery.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_retries_and_the_webhook() {
+    // A source that never finishes answering.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = stall.accept().await {
+            held.push(stream);
+        }
+    });
+    let (hook, heard) = loopback(Arc::new(|_: &Seen| (204, vec![], Vec::new()))).await;
+    let config = config(json!([
+        {"name": "slow", "timeout_secs": 1, "retries": {"count": 0, "backoff_secs": 1},
+         "source": {"type": "http", "url": format!("http://{stall_addr}/x.geojson")},
+         "target": {"dataset": "local/slow.gpkg"}},
+        {"name": "flaky", "schedule": "*/2 * * * * *", "retries": {"count": 1, "backoff_secs": 1},
+         "webhook": format!("http://{hook}/hook"),
+         "source": {"type": "file", "path": "data/later.geojson"}, "target": {"dataset": "local/flaky.gpkg"}}
+    ]));
+    let server = Process::start(&config.to_string(), |root| {
+        std::fs::create_dir_all(root.join("data")).unwrap();
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let started = client
+        .post(server.url("/admin/jobs/slow/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let again = client
+        .post(server.url("/admin/jobs/slow/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "one run of a job at a time");
+    common::process::eventually("the slow run timed out", Duration::from_secs(20), || {
+        journal_runs(&server.root, "slow")
+            .first()
+            .is_some_and(|r| r.0 == "timed_out")
+    })
+    .await;
+    // The flaky job fails, is retried once, and the webhook is told.
+    common::process::eventually("a retry", Duration::from_secs(20), || {
+        let c = rusqlite::Connection::open(server.root.join("state/sync.sqlite")).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM runs WHERE job = 'flaky' AND trigger = 'retry'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    common::process::eventually("the failure webhook", Duration::from_secs(20), || {
+        heard.lock().unwrap().iter().any(|s| s.path == "/hook")
+    })
+    .await;
+    // The source appears: the next run recovers, and the webhook hears that too.
+    std::fs::copy(
+        test_data("naturalearth_cities.geojson"),
+        server.root.join("data/later.geojson"),
+    )
+    .unwrap();
+    common::process::eventually("a successful run", Duration::from_secs(20), || {
+        journal_runs(&server.root, "flaky")
+            .iter()
+            .any(|r| r.0 == "ok")
+    })
+    .await;
+    common::process::eventually("the recovery webhook", Duration::from_secs(20), || {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| String::from_utf8_lossy(&s.body).contains("\"recovered\""))
+    })
+    .await;
+    let first: Value = serde_json::from_slice(&heard.lock().unwrap()[0].body).unwrap();
+    assert_eq!(first["event"], "failed", "{first}");
+    assert_eq!(first["job"], "flaky");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no such file"),
+        "{first}"
     );
 }
