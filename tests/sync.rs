@@ -539,7 +539,7 @@ fn esri_geometry(g: &Value) -> Value {
 /// An ArcGIS-REST-shaped layer over `features`: pages of `max` with `exceededTransferLimit`
 /// when `pages`, else only object ids and batches of them; GeoJSON when `geojson`, else
 /// Esri JSON.
-fn arcgis(features: Vec<Value>, max: usize, pages: bool, geojson: bool) -> Handler {
+fn arcgis(features: Vec<Value>, max: usize, pages: bool, geojson: bool, dates: bool) -> Handler {
     Arc::new(move |seen: &Seen| {
         let q = &seen.query;
         let ok = |v: Value| {
@@ -556,7 +556,7 @@ fn arcgis(features: Vec<Value>, max: usize, pages: bool, geojson: bool) -> Handl
                 "supportedQueryFormats": if geojson { "JSON, geoJSON, PBF" } else { "JSON" },
                 "advancedQueryCapabilities": {"supportsPagination": pages},
                 "fields": [{"name": "OBJECTID", "type": "esriFieldTypeOID"}, {"name": "name", "type": "esriFieldTypeString"},
-                           {"name": "updated", "type": "esriFieldTypeDate"}]
+                           {"name": "updated", "type": if dates { "esriFieldTypeDate" } else { "esriFieldTypeDouble" }}]
             }));
         }
         if !seen.path.ends_with("/FeatureServer/0/query") {
@@ -621,12 +621,13 @@ async fn arcgis_layers_page_or_batch_object_ids_and_match_the_source() {
     let expected = json!({"type": "FeatureCollection", "features": all.clone()});
     let mut jobs = Vec::new();
     let mut servers = Vec::new();
-    for (name, pages, geojson) in [
-        ("paged-geojson", true, true),
-        ("paged-esri", true, false),
-        ("ids-esri", false, false),
+    for (name, pages, geojson, dates) in [
+        ("paged-geojson", true, true, true),
+        ("paged-geojson-as-sent", true, true, false),
+        ("paged-esri", true, false, true),
+        ("ids-esri", false, false, true),
     ] {
-        let (addr, seen) = loopback(arcgis(all.clone(), 50, pages, geojson)).await;
+        let (addr, seen) = loopback(arcgis(all.clone(), 50, pages, geojson, dates)).await;
         jobs.push(json!({"name": name, "source": {"type": "arcgis", "url": format!("http://{addr}/arcgis/rest/services/x/FeatureServer/0")},
                          "target": {"dataset": format!("local/{name}.gpkg")}}));
         servers.push((name, seen));
@@ -651,6 +652,9 @@ async fn arcgis_layers_page_or_batch_object_ids_and_match_the_source() {
         // Dates come as ISO 8601 text; compare the rest with the source.
         let mut theirs = expected.clone();
         for f in theirs["features"].as_array_mut().unwrap() {
+            if *name == "paged-geojson-as-sent" {
+                break; // no date fields: the numbers stay numbers
+            }
             let ms = f["properties"]["updated"].as_i64().unwrap();
             f["properties"]["updated"] = json!(
                 chrono::DateTime::from_timestamp_millis(ms)

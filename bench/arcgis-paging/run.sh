@@ -51,5 +51,5 @@ n_ours=$(count "$root/userdata/local/points.gpkg" points); n_gdal=$(count "$work
 echo "both wrote 100000 features"
 python3 -c "
 import statistics
-o, g = statistics.median([${ours[*]// /,}]), statistics.median([${gdal[*]// /,}])
+o, g = statistics.median([$(IFS=,; echo "${ours[*]}")]), statistics.median([$(IFS=,; echo "${gdal[*]}")])
 print(f'median: arcgis job {o:.2f} s, ogr2ogr {g:.2f} s: {g / o:.2f}x faster (floor 3x)')"

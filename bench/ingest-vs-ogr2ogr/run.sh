@@ -71,7 +71,7 @@ print(f"peak RSS: sync job {max(ours_kb) / 1024:.0f} MB, ogr2ogr {max(gdal_kb) /
 PY
 
 if [ "$kills" -gt 0 ]; then
-    full=$(python3 -c "import statistics; print(statistics.median([${ours_s[*]// /,}]))")
+    full=$(python3 -c "import statistics; print(statistics.median([$(IFS=,; echo "${ours_s[*]}")]))")
     cp "$root/data/points.geojson" "$work/a.geojson"
     python3 scripts/gen_points.py "$((points * 9 / 10))" --seed 7 --out "$work/b.geojson"
     for i in $(seq "$kills"); do

@@ -38,7 +38,7 @@ struct Client {
 impl Client {
     /// GETs `url/<path>` with `params` (and the token, `f` as given) and reads the JSON,
     /// refusing an ArcGIS error document inside a 200.
-    async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Value, SyncError> {
+    async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Vec<u8>, SyncError> {
         let mut request = self
             .http
             .get(format!("{}{path}", self.url.trim_end_matches('/')))
@@ -47,11 +47,11 @@ impl Client {
             request = request.query(&[("token", token)]);
         }
         let response = request.send().await.map_err(super::request_error)?;
-        read_json(response).await
+        read_body(response).await
     }
 
     /// POSTs a query form (used for object-id batches, which may be long).
-    async fn post(&self, path: &str, params: &[(&str, String)]) -> Result<Value, SyncError> {
+    async fn post(&self, path: &str, params: &[(&str, String)]) -> Result<Vec<u8>, SyncError> {
         let mut form: Vec<(&str, String)> = params.to_vec();
         if let Some(token) = &self.token {
             form.push(("token", token.clone()));
@@ -63,11 +63,18 @@ impl Client {
             .send()
             .await
             .map_err(super::request_error)?;
-        read_json(response).await
+        read_body(response).await
+    }
+
+    /// [`Client::get`] read as JSON.
+    async fn get_json(&self, path: &str, params: &[(&str, String)]) -> Result<Value, SyncError> {
+        json(&self.get(path, params).await?)
     }
 }
 
-async fn read_json(response: reqwest::Response) -> Result<Value, SyncError> {
+/// An answer's body, within [`MAX_PAGE_BYTES`], refused when it is an ArcGIS error document
+/// (which servers send with status 200).
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, SyncError> {
     let status = response.status();
     if !status.is_success() {
         return Err(SyncError::Source(format!("the server answered {status}")));
@@ -83,9 +90,14 @@ async fn read_json(response: reqwest::Response) -> Result<Value, SyncError> {
         }
         body.extend_from_slice(&chunk);
     }
-    let value: Value = serde_json::from_slice(&body)
+    // Only the `error` member is read here; the rest is skipped.
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Option<Value>,
+    }
+    let envelope: Envelope = serde_json::from_slice(&body)
         .map_err(|e| SyncError::Source(format!("the answer is not JSON: {e}")))?;
-    if let Some(error) = value.get("error") {
+    if let Some(error) = envelope.error {
         let code = error.get("code").map(Value::to_string).unwrap_or_default();
         let message = error
             .get("message")
@@ -107,7 +119,29 @@ async fn read_json(response: reqwest::Response) -> Result<Value, SyncError> {
             "ArcGIS error {code}: {message}{details}"
         )));
     }
-    Ok(value)
+    Ok(body)
+}
+
+fn json(body: &[u8]) -> Result<Value, SyncError> {
+    serde_json::from_slice(body)
+        .map_err(|e| SyncError::Source(format!("the answer is not JSON: {e}")))
+}
+
+/// What a GeoJSON page says besides its features.
+#[derive(serde::Deserialize)]
+struct PageTail {
+    #[serde(default)]
+    features: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "exceededTransferLimit")]
+    exceeded: Option<bool>,
+    #[serde(default)]
+    properties: Option<PageProperties>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageProperties {
+    #[serde(default, rename = "exceededTransferLimit")]
+    exceeded: Option<bool>,
 }
 
 fn layer_of(meta: &Value) -> Layer {
@@ -205,7 +239,7 @@ async fn fetch_all(
     lines: &std::path::Path,
     progress: &Progress,
 ) -> Result<u64, SyncError> {
-    let meta = client.get("", &[("f", "json".to_owned())]).await?;
+    let meta = client.get_json("", &[("f", "json".to_owned())]).await?;
     let layer = layer_of(&meta);
     let size = page_size
         .unwrap_or(layer.max_records)
@@ -226,34 +260,64 @@ async fn fetch_all(
     let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
     let mut bytes = 0u64;
-    let mut write = |page: &Value| -> Result<(usize, bool), SyncError> {
-        let features = page
-            .get("features")
-            .and_then(Value::as_array)
-            .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
-        for feature in features {
-            let line = if layer.geojson {
-                geojson_feature(feature, &layer.dates)
-            } else {
-                esri_feature(feature, &layer.dates)?
-            };
-            let text = line.to_string();
-            bytes += text.len() as u64 + 1;
-            writeln!(out, "{text}").map_err(fail)?;
-        }
-        progress.row(features.len() as u64);
+    let mut write = |page: &[u8]| -> Result<(usize, bool), SyncError> {
+        let (n, more) = if layer.geojson && layer.dates.is_empty() {
+            // GeoJSON features go to the lines as the server wrote them, not parsed here.
+            let tail: PageTail = serde_json::from_slice(page)
+                .map_err(|e| SyncError::Source(format!("a page is not JSON: {e}")))?;
+            if tail.features.is_none() {
+                return Err(SyncError::Source("a page has no `features`".to_owned()));
+            }
+            let mut n = 0;
+            for feature in crate::gis::source::json_split::FeatureBytes::new(page) {
+                let mut feature = feature.map_err(|e| SyncError::Source(format!("a page: {e}")))?;
+                // Line breaks outside strings are white space (inside, JSON escapes them).
+                for b in &mut feature {
+                    if *b == b'\n' || *b == b'\r' {
+                        *b = b' ';
+                    }
+                }
+                feature.push(b'\n');
+                bytes += feature.len() as u64;
+                out.write_all(&feature).map_err(fail)?;
+                n += 1;
+            }
+            let more = tail
+                .exceeded
+                .or(tail.properties.and_then(|p| p.exceeded))
+                .unwrap_or(false);
+            (n, more)
+        } else {
+            let page = json(page)?;
+            let features = page
+                .get("features")
+                .and_then(Value::as_array)
+                .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
+            for feature in features {
+                let line = if layer.geojson {
+                    geojson_feature(feature, &layer.dates)
+                } else {
+                    esri_feature(feature, &layer.dates)?
+                };
+                let text = line.to_string();
+                bytes += text.len() as u64 + 1;
+                writeln!(out, "{text}").map_err(fail)?;
+            }
+            let more = page
+                .get("exceededTransferLimit")
+                .or_else(|| page.pointer("/properties/exceededTransferLimit"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (features.len(), more)
+        };
+        progress.row(n as u64);
         progress.bytes.store(bytes, Ordering::Relaxed);
         progress.check()?;
-        let more = page
-            .get("exceededTransferLimit")
-            .or_else(|| page.pointer("/properties/exceededTransferLimit"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        Ok((features.len(), more))
+        Ok((n, more))
     };
     if layer.paginates {
         let count = client
-            .get(
+            .get_json(
                 "/query",
                 &[
                     ("where", filter.to_owned()),
@@ -302,7 +366,7 @@ async fn fetch_all(
         }
     } else {
         let ids = client
-            .get(
+            .get_json(
                 "/query",
                 &[
                     ("where", filter.to_owned()),
