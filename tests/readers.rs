@@ -115,8 +115,10 @@ async fn csv_sources_with_coordinates_or_wkt() {
     let (_, sites) = ours(&server, "sites.csv", "").await;
     let sites = features(&sites);
     assert_eq!(sites.len(), 3);
-    assert_eq!(sites[0]["geometry"]["type"], "Point");
-    assert_eq!(sites[1]["geometry"]["type"], "LineString");
+    // Converted sources list features in spatial order, those without a geometry last.
+    let site = |id: &str| sites.iter().find(|f| f["properties"]["id"] == id).unwrap();
+    assert_eq!(site("1")["geometry"]["type"], "Point");
+    assert_eq!(site("2")["geometry"]["type"], "LineString");
     assert!(sites[2]["geometry"].is_null());
     assert_eq!(sites[2]["properties"]["name"], "Café");
     let (_, boxed) = ours(&server, "sites.csv", "-spat|144.9|-37.85|145.0|-37.8").await;
@@ -279,11 +281,19 @@ async fn csv_open_options_choose_the_separator_columns_and_encoding() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let list = features(&body);
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["properties"]["site"], "Café");
-    assert_eq!(list[0]["geometry"]["coordinates"][0], 144.96);
-    assert_eq!(list[1]["geometry"]["coordinates"][1], -37.9);
+    // In spatial order: found by name.
+    let cafe = list
+        .iter()
+        .find(|f| f["properties"]["site"] == "Café")
+        .unwrap();
+    let depot = list
+        .iter()
+        .find(|f| f["properties"]["site"] == "Depot")
+        .unwrap();
+    assert_eq!(cafe["geometry"]["coordinates"][0], 144.96);
+    assert_eq!(depot["geometry"]["coordinates"][1], -37.9);
     // Coordinate columns named through the options are numbers, as GDAL reads them.
-    assert_eq!(list[0]["properties"]["east_deg"], 144.96);
+    assert_eq!(cafe["properties"]["east_deg"], 144.96);
     // GDAL 3.6 has no SEPARATOR or ENCODING open option: compared on a plain CSV.
     let plain_csv = server.root.join("userdata/local/assets_plain.csv");
     std::fs::write(
@@ -296,14 +306,18 @@ async fn csv_open_options_choose_the_separator_columns_and_encoding() {
     let argv: Vec<&str> = xy.split('|').collect();
     let gdal_plain = gdal(&plain_csv, &argv);
     // GDAL leaves an empty cell's field out; this server writes it as null.
-    let first_two =
-        |v: &serde_json::Value| serde_json::json!({"features": features(v)[..2].to_vec()});
+    // Sorted by properties: converted sources come in spatial order, GDAL's in file order.
+    let first_two = |v: &serde_json::Value| serde_json::json!({"features": features(&common::gis::sorted(v))[..2].to_vec()});
     assert_same_properties(
         &first_two(&ours_plain),
         &first_two(&gdal_plain),
         "assets_plain.csv",
     );
-    assert_eq!(features(&ours_plain)[0]["properties"]["east_deg"], 144.96);
+    let cafe_plain = features(&ours_plain)
+        .iter()
+        .find(|f| f["properties"]["site"] == "Cafe")
+        .unwrap();
+    assert_eq!(cafe_plain["properties"]["east_deg"], 144.96);
     assert!(features(&ours_plain)[2]["properties"]["east_deg"].is_null());
     assert!(features(&ours_plain)[2]["geometry"].is_null());
     assert!(features(&ours_plain)[2]["properties"].get("geom").is_none());

@@ -3,10 +3,12 @@
 //! A layer is written into a temporary file and published by renaming it over the old one, so
 //! readers see the old version or the new one, never a mix.
 //!
-//! Features are written in spatial order: rows are staged as they come, then written with fids
-//! in the order of their bounds' centres along a Hilbert curve over the layer's extent (rows
-//! without a geometry last, in the order they came). A box query then reads rows that lie
-//! together in the file, not rows scattered through it in the order the source listed them.
+//! Features are written in spatial order: rows are serialised as they come and sorted, in
+//! batches of a few MiB merged at the end (`sorted_runs`), by their bounds' centres along a
+//! Hilbert curve (rows without a geometry last, in the order they came); they are then written
+//! with fids in that order, and the R*Tree is packed from them (`rtree_pack`). A box query then
+//! reads rows that lie together in the file, not rows scattered through it in the order the
+//! source listed them. Memory stays within the batch size whatever the layer's size.
 
 use std::path::{Path, PathBuf};
 
@@ -100,12 +102,12 @@ pub struct LayerWriter {
     destination: PathBuf,
     table: String,
     srs_id: i64,
-    insert: String,
-    /// The layer's columns (`geom`, then the fields, quoted), as staged and as written.
+    /// The layer's columns (`geom`, then the fields, quoted).
     columns: Vec<String>,
-    /// The staging table's own columns (sequence, minx, maxx, miny, maxy), named apart from
-    /// the fields.
-    staging: [String; 5],
+    /// The rows, gathered and sorted by their place along the Hilbert curve.
+    runs: crate::gis::source::sorted_runs::Runs,
+    /// A row being serialised (reused).
+    record: Vec<u8>,
     extent: Option<[f64; 4]>,
     count: u64,
 }
@@ -187,55 +189,21 @@ impl LayerWriter {
             format!(", {}", columns.join(", "))
         };
         let rtree = format!("rtree_{table}_geom");
-        // The staging table's own columns, named so that no field (`rowid`, `pozi_minx`…)
-        // shadows or collides with them.
-        let taken = |name: &str| {
-            name.eq_ignore_ascii_case("geom")
-                || fields.iter().any(|f| f.name.eq_ignore_ascii_case(name))
-        };
-        let staging = ["seq", "minx", "maxx", "miny", "maxy"].map(|part| {
-            let base = format!("pozi_{part}");
-            let mut name = base.clone();
-            let mut n = 1;
-            while taken(&name) {
-                name = format!("{base}_{n}");
-                n += 1;
-            }
-            name
-        });
         connection
             .execute_batch(&format!(
                 "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{column_list});
-                 CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);
-                 CREATE TEMP TABLE {STAGING} ({seq} INTEGER PRIMARY KEY, geom{column_list}, {minx} REAL, {maxx} REAL, {miny} REAL, {maxy} REAL);",
+                 CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
                 t = quote(table),
                 r = quote(&rtree),
-                seq = quote(&staging[0]),
-                minx = quote(&staging[1]),
-                maxx = quote(&staging[2]),
-                miny = quote(&staging[3]),
-                maxy = quote(&staging[4]),
             ))
             .map_err(fail)?;
         let names: Vec<String> = std::iter::once("geom".to_owned())
             .chain(fields.iter().map(|f| quote(&f.name)))
             .collect();
-        let placeholders: Vec<String> = (0..names.len() + 4)
-            .map(|i| format!("?{}", i + 1))
-            .collect();
         Ok(Self {
-            insert: format!(
-                "INSERT INTO temp.{STAGING} ({}, {}) VALUES ({})",
-                names.join(", "),
-                staging[1..]
-                    .iter()
-                    .map(|c| quote(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                placeholders.join(", ")
-            ),
-            staging,
             columns: names,
+            runs: crate::gis::source::sorted_runs::Runs::new(temporary.clone(), RUN_BYTES),
+            record: Vec::new(),
             connection,
             temporary: Temporary(temporary),
             destination: destination.to_owned(),
@@ -271,23 +239,20 @@ impl LayerWriter {
     ///
     /// # Errors
     /// When the row cannot be written.
-    pub fn add_encoded(
-        &mut self,
-        mut values: Vec<Value>,
-        encoded: Encoded,
-    ) -> Result<(), WriteError> {
+    pub fn add_encoded(&mut self, values: Vec<Value>, encoded: Encoded) -> Result<(), WriteError> {
         let Encoded { blob, bounds } = encoded;
-        values.insert(0, blob.map_or(Value::Null, Value::Blob));
-        match bounds {
-            Some([minx, maxx, miny, maxy]) => {
-                values.extend([minx, maxx, miny, maxy].map(Value::Real));
-            }
-            None => values.extend([Value::Null, Value::Null, Value::Null, Value::Null]),
-        }
-        self.connection
-            .prepare_cached(&self.insert)
-            .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
-            .map_err(|e| self.fail(e))?;
+        let key = bounds.map_or(u64::MAX, |[minx, maxx, miny, maxy]| {
+            hilbert_key(
+                f64::midpoint(minx, maxx),
+                f64::midpoint(miny, maxy),
+                self.srs_id,
+            )
+        });
+        self.record.clear();
+        serialise(&mut self.record, blob.as_deref(), &values);
+        self.runs
+            .push(key, &self.record)
+            .map_err(|e| self.fail(format!("cannot keep a row for sorting: {e}")))?;
         if let Some([minx, maxx, miny, maxy]) = bounds {
             let e = self.extent.get_or_insert([minx, miny, maxx, maxy]);
             *e = [
@@ -306,8 +271,12 @@ impl LayerWriter {
     ///
     /// # Errors
     /// When the metadata cannot be written or the file cannot be published.
-    pub fn finish(self) -> Result<u64, WriteError> {
-        self.write_in_spatial_order()
+    pub fn finish(mut self) -> Result<u64, WriteError> {
+        let runs = std::mem::replace(
+            &mut self.runs,
+            crate::gis::source::sorted_runs::Runs::new(PathBuf::new(), 0),
+        );
+        self.write_in_spatial_order(runs)
             .map_err(|e| self.fail(format!("writing the rows in spatial order: {e}")))?;
         let t = &self.table;
         let [min_x, min_y, max_x, max_y] = self.extent.map_or([None; 4], |e| e.map(Some));
@@ -349,58 +318,122 @@ impl LayerWriter {
     }
 }
 
-/// The staging table rows are written to before they are ordered (in SQLite's temporary
-/// database, not the published file).
-const STAGING: &str = "pozi_staging";
+/// Bytes of rows gathered in memory before a sorted batch is written out.
+const RUN_BYTES: usize = 8 * 1024 * 1024;
 
 /// Cells per axis of the Hilbert curve's grid (2^ORDER).
-const ORDER: u8 = 16;
+const ORDER: u8 = 32;
+
+/// A row as it waits to be sorted: the geometry blob, then each value.
+fn serialise(out: &mut Vec<u8>, blob: Option<&[u8]>, values: &[Value]) {
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    match blob {
+        Some(b) => {
+            out.push(1);
+            bytes(out, b);
+        }
+        None => out.push(0),
+    }
+    for value in values {
+        match value {
+            Value::Null => out.push(0),
+            Value::Integer(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::Real(r) => {
+                out.push(2);
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+            Value::Text(t) => {
+                out.push(3);
+                bytes(out, t.as_bytes());
+            }
+            Value::Blob(b) => {
+                out.push(4);
+                bytes(out, b);
+            }
+        }
+    }
+}
+
+/// Binds a serialised row (after the fid) to `statement`'s parameters from 2 on.
+fn bind(statement: &mut rusqlite::Statement<'_>, mut record: &[u8]) -> rusqlite::Result<()> {
+    let corrupt = || rusqlite::Error::InvalidQuery;
+    let mut take = |n: usize| -> rusqlite::Result<&[u8]> {
+        if record.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = record.split_at(n);
+        record = rest;
+        Ok(head)
+    };
+    let mut index = 2;
+    loop {
+        let Ok(tag) = take(1) else { break };
+        match tag[0] {
+            0 => statement.raw_bind_parameter(index, rusqlite::types::Null)?,
+            1 if index == 2 => {
+                let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
+                statement.raw_bind_parameter(index, take(length as usize)?)?;
+            }
+            1 => statement.raw_bind_parameter(
+                index,
+                i64::from_le_bytes(take(8)?.try_into().map_err(|_| corrupt())?),
+            )?,
+            2 => statement.raw_bind_parameter(
+                index,
+                f64::from_le_bytes(take(8)?.try_into().map_err(|_| corrupt())?),
+            )?,
+            3 => {
+                let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
+                let text = std::str::from_utf8(take(length as usize)?).map_err(|_| corrupt())?;
+                statement.raw_bind_parameter(index, text)?;
+            }
+            4 => {
+                let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
+                statement.raw_bind_parameter(index, take(length as usize)?)?;
+            }
+            _ => return Err(corrupt()),
+        }
+        index += 1;
+    }
+    Ok(())
+}
 
 impl LayerWriter {
-    /// Writes the staged rows into the layer, fids in Hilbert order of their bounds' centres,
-    /// then packs its R*Tree from them.
-    fn write_in_spatial_order(&self) -> rusqlite::Result<()> {
+    /// Writes the gathered rows into the layer, fids in Hilbert order of their bounds' centres
+    /// (rows without a geometry last, as they came), then packs its R*Tree from them.
+    fn write_in_spatial_order(
+        &self,
+        runs: crate::gis::source::sorted_runs::Runs,
+    ) -> rusqlite::Result<()> {
         let c = &self.connection;
-        let mut keys: Vec<(u64, i64)> = Vec::new();
-        {
-            let [seq, minx, maxx, miny, maxy] = self.staging.each_ref().map(|c| quote(c));
-            let mut rows = c.prepare(&format!(
-                "SELECT {seq}, {minx}, {maxx}, {miny}, {maxy} FROM temp.{STAGING}"
-            ))?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                let rowid: i64 = row.get(0)?;
-                let bounds: [Option<f64>; 4] = [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?];
-                let key = match (bounds, self.extent) {
-                    ([Some(minx), Some(maxx), Some(miny), Some(maxy)], Some(extent)) => {
-                        hilbert_key(f64::midpoint(minx, maxx), f64::midpoint(miny, maxy), extent)
-                    }
-                    _ => u64::MAX,
-                };
-                keys.push((key, rowid));
-            }
-        }
-        keys.sort_unstable();
-        c.execute_batch(
-            "CREATE TEMP TABLE pozi_order (new INTEGER PRIMARY KEY, old INTEGER NOT NULL)",
-        )?;
-        {
-            let mut insert = c.prepare("INSERT INTO temp.pozi_order VALUES (?1, ?2)")?;
-            for (new, (_, old)) in (1i64..).zip(&keys) {
-                insert.execute([new, *old])?;
-            }
-        }
-        drop(keys);
-        let staged: Vec<String> = self.columns.iter().map(|c| format!("s.{c}")).collect();
-        c.execute_batch(&format!(
-            "INSERT INTO main.{t} (fid, {columns}) SELECT o.new, {staged} FROM temp.pozi_order o JOIN temp.{STAGING} s ON s.{seq} = o.old ORDER BY o.new;
-             DROP TABLE temp.pozi_order;
-             DROP TABLE temp.{STAGING};",
-            t = quote(&self.table),
-            columns = self.columns.join(", "),
-            staged = staged.join(", "),
-            seq = quote(&self.staging[0]),
+        let placeholders: Vec<String> = (0..=self.columns.len())
+            .map(|i| format!("?{}", i + 1))
+            .collect();
+        let mut insert = c.prepare(&format!(
+            "INSERT INTO main.{} (fid, {}) VALUES ({})",
+            quote(&self.table),
+            self.columns.join(", "),
+            placeholders.join(", ")
         ))?;
+        let mut fid = 0i64;
+        runs.drain(|record| -> Result<(), RunError> {
+            fid += 1;
+            insert.raw_bind_parameter(1, fid)?;
+            bind(&mut insert, record)?;
+            insert.raw_execute()?;
+            Ok(())
+        })
+        .map_err(|e| match e {
+            RunError::Sqlite(e) => e,
+            RunError::Io(e) => rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        drop(insert);
         // The R*Tree, packed from the rows as they now lie: in Hilbert order.
         let mut rows = c.prepare(&format!(
             "SELECT fid, geom FROM main.{} WHERE geom IS NOT NULL ORDER BY fid",
@@ -426,24 +459,48 @@ impl LayerWriter {
     }
 }
 
-/// The place of point (`x`, `y`) along a Hilbert curve over `extent` (`[xmin, ymin, xmax,
-/// ymax]`), on a grid of 2^16 cells per axis.
-fn hilbert_key(x: f64, y: f64, extent: [f64; 4]) -> u64 {
-    let cell = |value: f64, min: f64, max: f64| -> u16 {
-        let span = max - min;
-        if span > 0.0 && value.is_finite() {
-            let scaled = ((value - min) / span * f64::from(u16::MAX)).round();
-            // Within 0..=u16::MAX by construction; the clamp guards rounding at the edges.
-            scaled.clamp(0.0, f64::from(u16::MAX)) as u16
+/// A failure while the sorted rows are written.
+enum RunError {
+    Sqlite(rusqlite::Error),
+    Io(std::io::Error),
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for RunError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// The place of point (`x`, `y`) along a Hilbert curve over the layer's system's whole range
+/// (longitude and latitude for EPSG:4326; ±10^9 units for projected systems), on a grid of 2^32
+/// cells per axis: fine enough that neighbours on the ground are neighbours on the curve at
+/// any scale, and known before the layer's extent is.
+fn hilbert_key(x: f64, y: f64, srs_id: i64) -> u64 {
+    let frame = if srs_id == 4326 || srs_id == 0 {
+        [-180.0, -90.0, 180.0, 90.0]
+    } else {
+        [-1e9, -1e9, 1e9, 1e9]
+    };
+    let cell = |value: f64, min: f64, max: f64| -> u32 {
+        if value.is_finite() {
+            let scaled = ((value - min) / (max - min) * f64::from(u32::MAX)).round();
+            // Within 0..=u32::MAX by the clamp.
+            scaled.clamp(0.0, f64::from(u32::MAX)) as u32
         } else {
             0
         }
     };
-    u64::from(fast_hilbert::xy2h::<u16>(
-        cell(x, extent[0], extent[2]),
-        cell(y, extent[1], extent[3]),
+    fast_hilbert::xy2h::<u32>(
+        cell(x, frame[0], frame[2]),
+        cell(y, frame[1], frame[3]),
         ORDER,
-    ))
+    )
 }
 
 /// The temporary file, removed unless it was published.

@@ -9,3 +9,4 @@ pub mod json_split;
 pub mod prj;
 pub mod readers;
 pub mod rtree_pack;
+pub mod sorted_runs;
