@@ -705,6 +705,16 @@ async fn wfs_feature_types_page_with_start_index() {
         if q.get("typeNames").map(String::as_str) == Some("ns:missing") {
             return (400, vec![], br#"<?xml version="1.0"?><ows:ExceptionReport xmlns:ows="http://www.opengis.net/ows/1.1"><ows:Exception exceptionCode="InvalidParameterValue"><ows:ExceptionText>Feature type ns:missing unknown</ows:ExceptionText></ows:Exception></ows:ExceptionReport>"#.to_vec());
         }
+        if q.get("request").map(String::as_str) == Some("DescribeFeatureType") {
+            let xsd = r#"<?xml version="1.0"?><xsd:schema xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:gml="http://www.opengis.net/gml/3.2">
+              <xsd:complexType name="countriesType"><xsd:complexContent><xsd:extension base="gml:AbstractFeatureType"><xsd:sequence>
+                <xsd:element name="the_geom" type="gml:MultiSurfacePropertyType"/>
+                <xsd:element name="name" type="xsd:string"/>
+                <xsd:element name="pop_est" type="xsd:double"/>
+              </xsd:sequence></xsd:extension></xsd:complexContent></xsd:complexType>
+              <xsd:element name="countries" type="ns:countriesType" substitutionGroup="gml:AbstractFeature"/></xsd:schema>"#;
+            return (200, vec![("content-type".into(), "text/xml".into())], xsd.as_bytes().to_vec());
+        }
         assert_eq!(q.get("request").map(String::as_str), Some("GetFeature"));
         assert_eq!(q.get("sortBy").map(String::as_str), Some("name"));
         *counter.lock().unwrap() += 1;
@@ -726,6 +736,9 @@ async fn wfs_feature_types_page_with_start_index() {
         {"name": "wfs", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:countries",
            "sort_by": "name", "page_size": 40, "params": {"cql_filter": "1=1"}},
          "target": {"dataset": "local/wfs.gpkg"}},
+        {"name": "wfs-default-sort", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"),
+           "type_name": "ns:countries", "page_size": 100},
+         "target": {"dataset": "local/wfs_default_sort.gpkg"}},
         {"name": "wfs11", "source": {"type": "wfs", "url": format!("http://{addr}/geoserver/wfs"), "type_name": "ns:countries",
            "version": "1.1.0", "sort_by": "name", "page_size": 100},
          "target": {"dataset": "local/wfs11.gpkg"}},
@@ -743,6 +756,16 @@ async fn wfs_feature_types_page_with_start_index() {
     );
     let ours = gdal_read(&root.join("userdata/local/wfs.gpkg"), None);
     assert_same_data(&ours, &json!({"features": all}), "OBJECTID", "wfs");
+    // Without sort_by, the pages are sorted by the first property that is not a geometry
+    // (the server asserts sortBy=name).
+    let (ok, out, err) = sync(&root, &["run", "wfs-default-sort"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.query.get("request").map(String::as_str) == Some("DescribeFeatureType"))
+    );
     let (ok, out, err) = sync(&root, &["run", "wfs11"]).await;
     assert!(ok, "{out}{err}");
     let ours = gdal_read(&root.join("userdata/local/wfs11.gpkg"), None);

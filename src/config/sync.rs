@@ -173,8 +173,9 @@ pub enum SyncSource {
         /// `2.0.0` (default) or `1.1.0`.
         #[serde(default = "default_wfs_version")]
         version: String,
-        /// Property the pages are sorted by, so that paging is stable; default the service's
-        /// key (no `sortBy`) only when `null` and the server pages without one.
+        /// Property the pages are sorted by, so that paging is stable (many servers refuse to
+        /// page without one); default the feature type's first property that is not a
+        /// geometry, from `DescribeFeatureType`.
         #[serde(default)]
         sort_by: Option<String>,
         /// Features per page.

@@ -68,6 +68,12 @@ async fn fetch_all(
     };
     let client = super::client()?;
     let two = version != "1.1.0";
+    // Many servers page only in a stable order: without `sort_by`, the feature type's first
+    // property that is not a geometry.
+    let sort_by = match sort_by {
+        Some(sort) => Some(sort.clone()),
+        None => first_property(&client, url, version, type_name).await,
+    };
     let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
     let (mut start, mut bytes) = (0u64, 0u64);
@@ -88,7 +94,7 @@ async fn fetch_all(
             ),
             ("startIndex".into(), start.to_string()),
         ];
-        if let Some(sort) = sort_by {
+        if let Some(sort) = &sort_by {
             query.push(("sortBy".into(), sort.clone()));
         }
         query.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -152,6 +158,65 @@ async fn fetch_all(
     }
     out.flush().map_err(fail)?;
     Ok(bytes)
+}
+
+/// The first non-geometry property of a feature type, from `DescribeFeatureType` (`None` when
+/// the server does not say).
+async fn first_property(
+    client: &reqwest::Client,
+    url: &str,
+    version: &str,
+    type_name: &str,
+) -> Option<String> {
+    let two = version != "1.1.0";
+    let response = client
+        .get(url)
+        .query(&[
+            ("service", "WFS"),
+            ("version", version),
+            ("request", "DescribeFeatureType"),
+            (if two { "typeNames" } else { "typeName" }, type_name),
+        ])
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    if text.len() > MAX_PAGE_BYTES {
+        return None;
+    }
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut in_sequence = 0usize;
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) if e.local_name().as_ref() == b"sequence" => {
+                in_sequence += 1;
+            }
+            quick_xml::events::Event::End(e) if e.local_name().as_ref() == b"sequence" => {
+                in_sequence = in_sequence.saturating_sub(1);
+            }
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)
+                if in_sequence > 0 && e.local_name().as_ref() == b"element" =>
+            {
+                let attribute = |name: &[u8]| {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.local_name().as_ref() == name)
+                        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+                };
+                let kind = attribute(b"type").unwrap_or_default();
+                if let Some(name) = attribute(b"name")
+                    && !kind.starts_with("gml:")
+                {
+                    return Some(name);
+                }
+            }
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
 }
 
 /// The text of an OWS exception report, when `body` is one.
