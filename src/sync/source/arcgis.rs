@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::Staged;
 use crate::config::sync::{SyncJob, SyncSource};
+use crate::gis::source::gpkg_write::{Field, FieldType, LayerWriter};
 use crate::sync::{JobPaths, Progress, SyncError};
 
 /// Largest answer read for one page or metadata request.
@@ -27,6 +28,9 @@ struct Layer {
     oid: Option<String>,
     /// Fields holding dates (epoch milliseconds), written as ISO 8601 text.
     dates: Vec<String>,
+    /// The attribute fields the metadata lists (name, type, whether a date), geometry and
+    /// binary fields left out.
+    fields: Vec<(String, FieldType, bool)>,
 }
 
 struct Client {
@@ -175,6 +179,28 @@ fn layer_of(meta: &Value) -> Layer {
             .map(str::to_owned),
         geojson: formats.split(',').any(|f| f.trim() == "geojson"),
         dates,
+        fields: meta
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                let name = f.get("name")?.as_str()?.to_owned();
+                let (kind, date) = match f.get("type")?.as_str()? {
+                    "esriFieldTypeOID"
+                    | "esriFieldTypeInteger"
+                    | "esriFieldTypeSmallInteger"
+                    | "esriFieldTypeBigInteger" => (FieldType::Integer, false),
+                    "esriFieldTypeDouble" | "esriFieldTypeSingle" => (FieldType::Real, false),
+                    "esriFieldTypeDate" => (FieldType::Text, true),
+                    "esriFieldTypeGeometry" | "esriFieldTypeBlob" | "esriFieldTypeRaster" => {
+                        return None;
+                    }
+                    _ => (FieldType::Text, false),
+                };
+                Some((name, kind, date))
+            })
+            .collect(),
     }
 }
 
@@ -200,12 +226,57 @@ pub(super) fn stage(
         url: url.clone(),
         token: token_env.as_deref().map(super::secret).transpose()?,
     };
+    let filter = r#where.as_deref().unwrap_or("1=1");
+    let runtime = super::runtime()?;
+    let meta = runtime.block_on(client.get_json("", &[("f", "json".to_owned())]))?;
+    let info = layer_of(&meta);
+    let concurrency = (*concurrency).max(1);
+    if !info.fields.is_empty() {
+        // The fields are known: pages are written into the stage as they arrive, in order.
+        let fields: Vec<Field> = info
+            .fields
+            .iter()
+            .map(|(name, kind, _)| Field {
+                name: name.clone(),
+                kind: *kind,
+            })
+            .collect();
+        let publish =
+            |e: crate::gis::source::gpkg_write::WriteError| SyncError::Publish(e.to_string());
+        let mut writer =
+            LayerWriter::create(&paths.beside("stage"), layer, 4326, &fields).map_err(publish)?;
+        let mut bytes = 0u64;
+        runtime.block_on(fetch_all(
+            &client,
+            &info,
+            concurrency,
+            *page_size,
+            filter,
+            |page| {
+                bytes += page.len() as u64;
+                progress.bytes.store(bytes, Ordering::Relaxed);
+                let (n, more) = rows_into(&mut writer, &info, page)?;
+                progress.row(n as u64);
+                progress.check()?;
+                Ok((n, more))
+            },
+        ))?;
+        let rows = writer.finish().map_err(publish)?;
+        return Ok(Staged::Rows {
+            rows,
+            bytes,
+            validators: None,
+        });
+    }
+    // Without a field list, the features go to newline-delimited GeoJSON and are staged from
+    // there (the reader finds the columns).
     let lines = paths.state.join("arcgis.ndjson");
-    let written = super::runtime()?.block_on(fetch_all(
+    let written = runtime.block_on(lines_of(
         &client,
-        (*concurrency).max(1),
+        &info,
+        concurrency,
         *page_size,
-        r#where.as_deref().unwrap_or("1=1"),
+        filter,
         &lines,
         progress,
     ));
@@ -231,16 +302,16 @@ pub(super) fn stage(
     result
 }
 
+/// Fetches every feature of the layer, page by page in order, handing each page (the body as
+/// sent) to `write`, which says how many features it held and whether the server has more.
 async fn fetch_all(
     client: &Client,
+    layer: &Layer,
     concurrency: usize,
     page_size: Option<u64>,
     filter: &str,
-    lines: &std::path::Path,
-    progress: &Progress,
-) -> Result<u64, SyncError> {
-    let meta = client.get_json("", &[("f", "json".to_owned())]).await?;
-    let layer = layer_of(&meta);
+    mut write: impl FnMut(&[u8]) -> Result<(usize, bool), SyncError>,
+) -> Result<(), SyncError> {
     let size = page_size
         .unwrap_or(layer.max_records)
         .min(layer.max_records)
@@ -256,64 +327,6 @@ async fn fetch_all(
         ];
         params.extend(extra);
         params
-    };
-    let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
-    let mut bytes = 0u64;
-    let mut write = |page: &[u8]| -> Result<(usize, bool), SyncError> {
-        let (n, more) = if layer.geojson && layer.dates.is_empty() {
-            // GeoJSON features go to the lines as the server wrote them, not parsed here.
-            let tail: PageTail = serde_json::from_slice(page)
-                .map_err(|e| SyncError::Source(format!("a page is not JSON: {e}")))?;
-            if tail.features.is_none() {
-                return Err(SyncError::Source("a page has no `features`".to_owned()));
-            }
-            let mut n = 0;
-            for feature in crate::gis::source::json_split::FeatureBytes::new(page) {
-                let mut feature = feature.map_err(|e| SyncError::Source(format!("a page: {e}")))?;
-                // Line breaks outside strings are white space (inside, JSON escapes them).
-                for b in &mut feature {
-                    if *b == b'\n' || *b == b'\r' {
-                        *b = b' ';
-                    }
-                }
-                feature.push(b'\n');
-                bytes += feature.len() as u64;
-                out.write_all(&feature).map_err(fail)?;
-                n += 1;
-            }
-            let more = tail
-                .exceeded
-                .or(tail.properties.and_then(|p| p.exceeded))
-                .unwrap_or(false);
-            (n, more)
-        } else {
-            let page = json(page)?;
-            let features = page
-                .get("features")
-                .and_then(Value::as_array)
-                .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
-            for feature in features {
-                let line = if layer.geojson {
-                    geojson_feature(feature, &layer.dates)
-                } else {
-                    esri_feature(feature, &layer.dates)?
-                };
-                let text = line.to_string();
-                bytes += text.len() as u64 + 1;
-                writeln!(out, "{text}").map_err(fail)?;
-            }
-            let more = page
-                .get("exceededTransferLimit")
-                .or_else(|| page.pointer("/properties/exceededTransferLimit"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            (features.len(), more)
-        };
-        progress.row(n as u64);
-        progress.bytes.store(bytes, Ordering::Relaxed);
-        progress.check()?;
-        Ok((n, more))
     };
     if layer.paginates {
         let count = client
@@ -400,8 +413,163 @@ async fn fetch_all(
             write(&page?)?;
         }
     }
+    Ok(())
+}
+
+/// Fetches every feature into newline-delimited GeoJSON at `lines`; returns the bytes written.
+async fn lines_of(
+    client: &Client,
+    layer: &Layer,
+    concurrency: usize,
+    page_size: Option<u64>,
+    filter: &str,
+    lines: &std::path::Path,
+    progress: &Progress,
+) -> Result<u64, SyncError> {
+    let fail = |e: std::io::Error| SyncError::Source(format!("{}: {e}", lines.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(lines).map_err(fail)?);
+    let mut bytes = 0u64;
+    let mut write = |page: &[u8]| -> Result<(usize, bool), SyncError> {
+        let (n, more) = if layer.geojson && layer.dates.is_empty() {
+            // GeoJSON features go to the lines as the server wrote them, not parsed here.
+            let tail: PageTail = serde_json::from_slice(page)
+                .map_err(|e| SyncError::Source(format!("a page is not JSON: {e}")))?;
+            if tail.features.is_none() {
+                return Err(SyncError::Source("a page has no `features`".to_owned()));
+            }
+            let mut n = 0;
+            for feature in crate::gis::source::json_split::FeatureBytes::new(page) {
+                let mut feature = feature.map_err(|e| SyncError::Source(format!("a page: {e}")))?;
+                // Line breaks outside strings are white space (inside, JSON escapes them).
+                for b in &mut feature {
+                    if *b == b'\n' || *b == b'\r' {
+                        *b = b' ';
+                    }
+                }
+                feature.push(b'\n');
+                bytes += feature.len() as u64;
+                out.write_all(&feature).map_err(fail)?;
+                n += 1;
+            }
+            let more = tail
+                .exceeded
+                .or(tail.properties.and_then(|p| p.exceeded))
+                .unwrap_or(false);
+            (n, more)
+        } else {
+            let page = json(page)?;
+            let features = page
+                .get("features")
+                .and_then(Value::as_array)
+                .ok_or_else(|| SyncError::Source("a page has no `features`".to_owned()))?;
+            for feature in features {
+                let line = if layer.geojson {
+                    geojson_feature(feature, &layer.dates)
+                } else {
+                    esri_feature(feature, &layer.dates)?
+                };
+                let text = line.to_string();
+                bytes += text.len() as u64 + 1;
+                writeln!(out, "{text}").map_err(fail)?;
+            }
+            let more = page
+                .get("exceededTransferLimit")
+                .or_else(|| page.pointer("/properties/exceededTransferLimit"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (features.len(), more)
+        };
+        progress.row(n as u64);
+        progress.bytes.store(bytes, Ordering::Relaxed);
+        progress.check()?;
+        Ok((n, more))
+    };
+    fetch_all(client, layer, concurrency, page_size, filter, &mut write).await?;
     out.flush().map_err(fail)?;
     Ok(bytes)
+}
+
+/// Writes a page's features into the stage: attributes by the metadata's fields (dates as
+/// ISO 8601 text), geometries from GeoJSON or Esri JSON. Returns how many, and whether the
+/// server has more.
+fn rows_into(
+    writer: &mut LayerWriter,
+    layer: &Layer,
+    page: &[u8],
+) -> Result<(usize, bool), SyncError> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        features: Vec<Feature>,
+        #[serde(default, rename = "exceededTransferLimit")]
+        exceeded: Option<bool>,
+        #[serde(default)]
+        properties: Option<PageProperties>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Feature {
+        #[serde(default)]
+        properties: Option<serde_json::Map<String, Value>>,
+        #[serde(default)]
+        attributes: Option<serde_json::Map<String, Value>>,
+        #[serde(default)]
+        geometry: Option<Value>,
+    }
+    let page: Page = serde_json::from_slice(page)
+        .map_err(|e| SyncError::Source(format!("a page is not a feature collection: {e}")))?;
+    let n = page.features.len();
+    for feature in page.features {
+        let attributes = if layer.geojson {
+            feature.properties
+        } else {
+            feature.attributes
+        }
+        .unwrap_or_default();
+        let values = layer
+            .fields
+            .iter()
+            .map(|(name, kind, is_date)| {
+                let value = attributes.get(name).unwrap_or(&Value::Null);
+                match (value, kind) {
+                    (Value::Null, _) => rusqlite::types::Value::Null,
+                    (v, _) if *is_date => match date(v) {
+                        Value::String(t) => rusqlite::types::Value::Text(t),
+                        _ => rusqlite::types::Value::Null,
+                    },
+                    (Value::Bool(b), _) => rusqlite::types::Value::Integer(i64::from(*b)),
+                    (Value::Number(n), FieldType::Integer) => n
+                        .as_i64()
+                        .map(rusqlite::types::Value::Integer)
+                        .or_else(|| n.as_f64().map(rusqlite::types::Value::Real))
+                        .unwrap_or(rusqlite::types::Value::Null),
+                    (Value::Number(n), FieldType::Real) => n
+                        .as_f64()
+                        .map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Real),
+                    (Value::String(t), _) => rusqlite::types::Value::Text(t.clone()),
+                    (other, _) => rusqlite::types::Value::Text(other.to_string()),
+                }
+            })
+            .collect();
+        let geometry = match feature.geometry {
+            None | Some(Value::Null) => None,
+            Some(g) if layer.geojson => {
+                let g: geojson::Geometry = serde_json::from_value(g)
+                    .map_err(|e| SyncError::Source(format!("a feature's geometry: {e}")))?;
+                Some(
+                    geo::Geometry::<f64>::try_from(g.value)
+                        .map_err(|e| SyncError::Source(format!("a feature's geometry: {e}")))?,
+                )
+            }
+            Some(g) => esri_geometry(&g)?,
+        };
+        writer
+            .add(values, geometry.as_ref())
+            .map_err(|e| SyncError::Publish(e.to_string()))?;
+    }
+    let more = page
+        .exceeded
+        .or(page.properties.and_then(|p| p.exceeded))
+        .unwrap_or(false);
+    Ok((n, more))
 }
 
 /// An ISO 8601 UTC time for epoch milliseconds.
