@@ -1502,3 +1502,84 @@ async fn timeouts_retries_and_the_webhook() {
         "{first}"
     );
 }
+
+/// A stall that never answers, on a free loopback port.
+async fn stalling_server() -> SocketAddr {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = stall.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// Whether process `pid` is gone (or only a zombie).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A shutdown cancels a running job within the shutdown timeout and journals it; a server
+/// killed outright leaves no worker behind (the worker ends when its standard input closes).
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_cancels_runs_and_workers_never_outlive_their_server() {
+    let addr = stalling_server().await;
+    let config = config(json!([
+        {"name": "slow", "source": {"type": "http", "url": format!("http://{addr}/x.geojson")},
+         "target": {"dataset": "local/slow.gpkg"}}
+    ]));
+    for kill in [false, true] {
+        let server = Process::start(&config.to_string(), |_| {}).await;
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let started = client
+            .post(server.url("/admin/jobs/slow/run"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 202);
+        let mut worker = None;
+        common::process::eventually("a worker process", Duration::from_secs(20), || {
+            worker = server.children().into_iter().map(|(pid, _)| pid).next();
+            worker.is_some()
+        })
+        .await;
+        let worker = worker.unwrap();
+        let root = server.root.clone();
+        if kill {
+            let pid = server.pid();
+            std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap();
+            common::process::eventually(
+                "the orphaned worker to end",
+                Duration::from_secs(20),
+                || gone(worker),
+            )
+            .await;
+            drop(server);
+        } else {
+            let (status, _dir) = server.terminate_keeping(Duration::from_secs(20)).await;
+            assert!(status.is_some_and(|s| s.success()), "{status:?}");
+            assert!(gone(worker), "the worker outlived the server");
+            let runs = journal_runs(&root, "slow");
+            assert_eq!(runs[0].0, "cancelled", "{runs:?}");
+            assert!(
+                runs[0]
+                    .1
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("stopping"),
+                "{runs:?}"
+            );
+        }
+    }
+}
