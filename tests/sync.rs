@@ -1583,3 +1583,66 @@ async fn shutdown_cancels_runs_and_workers_never_outlive_their_server() {
         }
     }
 }
+
+/// A GeoPackage in a projected system (New York's boroughs in EPSG:2263, US feet) is published
+/// in WGS 84 by default, as GDAL reprojects it, or as it is with `keep_crs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn projected_sources_are_reprojected_unless_kept() {
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "wgs84", "source": {"type": "file", "path": "data/nybb.gpkg"}, "target": {"dataset": "local/nybb.gpkg"}},
+        {"name": "kept", "source": {"type": "file", "path": "data/nybb.gpkg"}, "transform": {"keep_crs": true},
+         "target": {"dataset": "local/nybb_2263.gpkg"}}
+    ])));
+    let projected = root.join("data/nybb.gpkg");
+    let status = std::process::Command::new("ogr2ogr")
+        .args(["-f", "GPKG"])
+        .arg(&projected)
+        .arg(test_data("nybb/nybb.shp"))
+        .args(["-nln", "nybb"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for job in ["wgs84", "kept"] {
+        let (ok, out, err) = sync(&root, &["run", job]).await;
+        assert!(ok, "{job}: {out}{err}");
+    }
+    let srs = |file: &str| -> i64 {
+        rusqlite::Connection::open(root.join("userdata/local").join(file))
+            .unwrap()
+            .query_row("SELECT srs_id FROM gpkg_geometry_columns", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(srs("nybb.gpkg"), 4326);
+    assert_eq!(srs("nybb_2263.gpkg"), 2263);
+    // Reprojected as GDAL reprojects (within a millimetre or so); kept exactly as stored.
+    let reprojected = |file: &Path| -> Value {
+        let output = std::process::Command::new("ogr2ogr")
+            .args(["-f", "GeoJSON", "/vsistdout/", "-t_srs", "EPSG:4326"])
+            .arg(file)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let ours = gdal_read(&root.join("userdata/local/nybb.gpkg"), None);
+    let theirs = reprojected(&projected);
+    let (a, b) = (by_key(&ours, "BoroCode"), by_key(&theirs, "BoroCode"));
+    assert_eq!(a.len(), 5);
+    for (code, feature) in &a {
+        let (mut p, mut q) = (Vec::new(), Vec::new());
+        flatten(&feature["geometry"]["coordinates"], &mut p);
+        flatten(&b[code]["geometry"]["coordinates"], &mut q);
+        assert_eq!(p.len(), q.len(), "{code}");
+        let worst = p
+            .iter()
+            .zip(&q)
+            .map(|(s, t)| (s.0 - t.0).abs().max((s.1 - t.1).abs()))
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-7, "{code}: {worst} degrees from GDAL");
+    }
+    assert_same_data(
+        &gdal_read(&root.join("userdata/local/nybb_2263.gpkg"), None),
+        &gdal_read(&projected, None),
+        "BoroCode",
+        "kept",
+    );
+}
