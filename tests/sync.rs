@@ -940,6 +940,25 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    // A POST without the admin header (what a web page could send) is refused.
+    let response = client
+        .post(server.url("/admin/jobs/cities/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("X-Pozi-Admin: 1")
+            || body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("x-pozi-admin: 1"),
+        "{body}"
+    );
 }
 
 fn root_runs(root: &Path, job: &str) -> usize {
@@ -1439,12 +1458,14 @@ async fn timeouts_retries_and_the_webhook() {
         .unwrap();
     let started = client
         .post(server.url("/admin/jobs/slow/run"))
+        .header("x-pozi-admin", "1")
         .send()
         .await
         .unwrap();
     assert_eq!(started.status(), 202);
     let again = client
         .post(server.url("/admin/jobs/slow/run"))
+        .header("x-pozi-admin", "1")
         .send()
         .await
         .unwrap();
@@ -1541,6 +1562,8 @@ async fn shutdown_cancels_runs_and_workers_never_outlive_their_server() {
             .unwrap();
         let started = client
             .post(server.url("/admin/jobs/slow/run"))
+            .header("x-pozi-admin", "1")
+            .header("x-pozi-admin", "1")
             .send()
             .await
             .unwrap();

@@ -4,7 +4,8 @@
 //!
 //! - `GET /admin/jobs`: each sync job, its schedule, next run, and last run.
 //! - `GET /admin/jobs/{name}/runs`: the job's journaled runs, newest first (`?limit=`).
-//! - `POST /admin/jobs/{name}/run`: start a run now; 202 with its id, 409 while one runs.
+//! - `POST /admin/jobs/{name}/run`: start a run now; 202 with its id, 409 while one runs. A
+//!   POST must carry `X-Pozi-Admin: 1`, which a web page cannot add without a CORS preflight.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use super::reply::{Response, json};
 use crate::config::Config;
 use crate::sync::component::{JobMsg, actor_name};
 use crate::sync::journal::Journal;
+
+/// The header every `POST` to `/admin/` must carry (`X-Pozi-Admin: 1`).
+pub const ADMIN_HEADER: &str = "x-pozi-admin";
 
 /// What the admin API reads.
 #[derive(Debug)]
@@ -73,6 +77,7 @@ pub async fn answer(
     method: &Method,
     path: &str,
     limit: Option<&str>,
+    marked: bool,
 ) -> Result<Response, ApiError> {
     if !is_loopback(peer) {
         return Err(ApiError::new(
@@ -117,6 +122,18 @@ pub async fn answer(
         ["jobs", _, "runs"] => Err(method_not_allowed("GET, HEAD", path, method)),
         ["jobs", name, "run"] if *method == Method::POST => {
             job(admin, name)?;
+            // A web page open in a browser on this machine can send a plain POST here; it
+            // cannot add a header without the CORS preflight that the server refuses it.
+            if !marked {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    Some(
+                        "a POST to /admin/ needs the header X-Pozi-Admin: 1 (so that no web page can start a run)"
+                            .to_owned(),
+                    ),
+                ));
+            }
             run_now(&admin.directory, name).await
         }
         ["jobs", _, "run"] => Err(method_not_allowed("POST", path, method)),

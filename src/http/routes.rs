@@ -228,6 +228,9 @@ async fn answer(
                 method,
                 path,
                 query.get("limit").map(String::as_str),
+                headers
+                    .get(crate::api::admin::ADMIN_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"1"),
             )
             .await
         }

@@ -357,7 +357,10 @@ fn ask_server(root: &Root, name: &str) -> Asked {
         };
         for (scheme, address) in addresses {
             let base = format!("{scheme}://{address}/admin/jobs/{name}");
-            let Ok(response) = client.post(format!("{base}/run")).send().await else {
+            let request = client
+                .post(format!("{base}/run"))
+                .header(crate::api::admin::ADMIN_HEADER, "1");
+            let Ok(response) = request.send().await else {
                 continue;
             };
             let status = response.status();
