@@ -8,6 +8,9 @@
 
 use std::io::BufRead;
 
+/// The largest feature read (one feature is held in memory while it is parsed).
+pub const MAX_FEATURE_BYTES: usize = 256 * 1024 * 1024;
+
 /// An iterator over the feature objects of a FeatureCollection.
 pub struct FeatureBytes<R> {
     reader: R,
@@ -30,12 +33,20 @@ pub struct FeatureBytes<R> {
     done: bool,
     /// The offset in the file, for errors.
     offset: u64,
+    /// The largest feature accepted, in bytes.
+    limit: usize,
 }
 
 impl<R: BufRead> FeatureBytes<R> {
-    /// Features from `reader`.
+    /// Features from `reader`, each at most [`MAX_FEATURE_BYTES`].
     pub fn new(reader: R) -> Self {
+        Self::with_limit(reader, MAX_FEATURE_BYTES)
+    }
+
+    /// Features from `reader`, each at most `limit` bytes.
+    pub fn with_limit(reader: R, limit: usize) -> Self {
         Self {
+            limit,
             reader,
             depth: 0,
             in_string: false,
@@ -200,6 +211,12 @@ impl<R: BufRead> Iterator for FeatureBytes<R> {
                 && let Some(current) = self.current.as_mut()
             {
                 current.extend_from_slice(&buffer[start..used]);
+                if current.len() > self.limit {
+                    self.current = None;
+                    self.reader.consume(used);
+                    self.offset += used as u64;
+                    return self.fail("a feature is larger than the largest read (256 MiB)");
+                }
             }
             self.reader.consume(used);
             self.offset += used as u64;
@@ -264,5 +281,22 @@ mod tests {
             assert!(found.iter().any(Result::is_err), "{bad}: {found:?}");
         }
         assert!(split(r#"{"type": "FeatureCollection", "features": []}"#).is_empty());
+    }
+
+    #[test]
+    fn a_feature_past_the_limit_is_refused_without_being_held() {
+        let big = format!(
+            r#"{{"features": [{{"a": 1}}, {{"properties": {{"text": "{}"}}}}]}}"#,
+            "x".repeat(1000)
+        );
+        let found: Vec<_> =
+            FeatureBytes::with_limit(std::io::BufReader::with_capacity(64, big.as_bytes()), 100)
+                .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].is_ok());
+        assert!(
+            found[1].as_ref().is_err_and(|e| e.contains("larger than")),
+            "{found:?}"
+        );
     }
 }
