@@ -1669,3 +1669,66 @@ async fn projected_sources_are_reprojected_unless_kept() {
         "kept",
     );
 }
+
+/// The other download formats: a zipped Shapefile, a CSV and a GeoPackage, each named by its
+/// `format` (the URLs say nothing), compared with what GDAL reads from the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_sources_in_every_download_format() {
+    let scratch = tempfile::tempdir().unwrap();
+    let zip = scratch.path().join("nybb.zip");
+    let status = std::process::Command::new("zip")
+        .arg("-j")
+        .arg(&zip)
+        .args(["nybb.shp", "nybb.shx", "nybb.dbf", "nybb.prj"].map(|f| test_data("nybb").join(f)))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("zip is needed by the tests");
+    assert!(status.success());
+    let files: HashMap<&str, Vec<u8>> = HashMap::from([
+        ("/a", std::fs::read(&zip).unwrap()),
+        (
+            "/b",
+            std::fs::read(test_data("naturalearth_cities.csv")).unwrap(),
+        ),
+        (
+            "/c",
+            std::fs::read(test_data("naturalearth_lowres.gpkg")).unwrap(),
+        ),
+    ]);
+    let (addr, _) = loopback(Arc::new(move |seen: &Seen| {
+        match files.get(seen.path.as_str()) {
+            Some(bytes) => (200, vec![], bytes.clone()),
+            None => (404, vec![], Vec::new()),
+        }
+    }))
+    .await;
+    let (_dir, root) = root_with(&config(json!([
+        {"name": "zip", "source": {"type": "http", "url": format!("http://{addr}/a"), "format": "zip"},
+         "target": {"dataset": "local/nybb.gpkg"}},
+        {"name": "csv", "source": {"type": "http", "url": format!("http://{addr}/b"), "format": "csv",
+           "open_options": {"X_POSSIBLE_NAMES": "X", "Y_POSSIBLE_NAMES": "Y"}},
+         "target": {"dataset": "local/cities.gpkg"}},
+        {"name": "gpkg", "source": {"type": "http", "url": format!("http://{addr}/c"), "format": "gpkg"},
+         "target": {"dataset": "local/countries.gpkg"}},
+        {"name": "guess", "source": {"type": "http", "url": format!("http://{addr}/b")},
+         "target": {"dataset": "local/guess.gpkg"}}
+    ])));
+    for job in ["zip", "csv", "gpkg"] {
+        let (ok, out, err) = sync(&root, &["run", job]).await;
+        assert!(ok, "{job}: {out}{err}");
+    }
+    let count = |file: &str| {
+        gdal_read(&root.join("userdata/local").join(file), None)["features"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count("nybb.gpkg"), 5);
+    assert_eq!(count("cities.gpkg"), 243);
+    assert_eq!(count("countries.gpkg"), 177);
+    let nybb = gdal_read(&root.join("userdata/local/nybb.gpkg"), None);
+    assert!(by_key(&nybb, "BoroName").contains_key("\"Manhattan\""));
+    // Without a format or an extension in the URL, the run says what to set.
+    let (ok, _, err) = sync(&root, &["run", "guess"]).await;
+    assert!(!ok && err.contains("set the source's `format`"), "{err}");
+}
