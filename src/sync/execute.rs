@@ -61,7 +61,6 @@ pub fn execute(
             validators,
         } => (rows, bytes, validators),
     };
-    progress.check()?;
     let stage = paths.beside("stage");
     let candidate = match &job.transform.sql {
         None => stage,
@@ -73,7 +72,6 @@ pub fn execute(
         }
     };
     let rows_written = publish::validate(&candidate, &layer, job, &paths)?;
-    progress.check()?;
     publish::publish(&candidate, &paths)?;
     if job.target.geojson {
         crate::sync::extras::write_geojson(&paths, &layer)?;

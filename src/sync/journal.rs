@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -225,44 +225,6 @@ impl Journal {
             })
             .and_then(Iterator::collect)
             .map_err(|e| self.fail(e))
-    }
-
-    /// One run by id.
-    ///
-    /// # Errors
-    /// When the journal cannot be read.
-    pub fn run(&self, id: i64) -> Result<Option<Run>, JournalError> {
-        let job: Option<String> = self
-            .lock()
-            .query_row("SELECT job FROM runs WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.fail(e))?;
-        let Some(job) = job else { return Ok(None) };
-        Ok(self.runs(&job, self.keep)?.into_iter().find(|r| r.id == id))
-    }
-
-    /// When `job` last ended with `status`.
-    ///
-    /// # Errors
-    /// When the journal cannot be read.
-    pub fn last_with(
-        &self,
-        job: &str,
-        status: Status,
-    ) -> Result<Option<DateTime<Utc>>, JournalError> {
-        let at: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT ended FROM runs WHERE job = ?1 AND status = ?2 ORDER BY id DESC LIMIT 1",
-                params![job, status.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?
-            .flatten();
-        Ok(at
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc)))
     }
 
     /// The validators kept for `job`.

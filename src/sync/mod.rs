@@ -27,7 +27,7 @@ pub mod worker;
 pub mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +64,6 @@ impl Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// Still going.
-    Running,
     /// A new version was published.
     Ok,
     /// The source had not changed; nothing was published.
@@ -83,28 +81,12 @@ impl Status {
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Running => "running",
             Self::Ok => "ok",
             Self::Unchanged => "unchanged",
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
         }
-    }
-
-    /// The status a journaled name stands for.
-    #[must_use]
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Running,
-            Self::Ok,
-            Self::Unchanged,
-            Self::Failed,
-            Self::TimedOut,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
     }
 }
 
@@ -123,9 +105,6 @@ pub enum SyncError {
     /// The new version could not be written or put in place.
     #[error("publish: {0}")]
     Publish(String),
-    /// The run was stopped before it finished.
-    #[error("cancelled")]
-    Cancelled,
 }
 
 /// What a source's last answer said, for a conditional GET next time.
@@ -148,26 +127,12 @@ pub struct Progress {
     pub bytes: AtomicU64,
     /// Bytes expected in all (0: unknown).
     pub total_bytes: AtomicU64,
-    /// Set to stop the run at its next check.
-    pub cancel: AtomicBool,
 }
 
 impl Progress {
     /// Adds `n` rows.
     pub fn row(&self, n: u64) {
         self.rows.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Fails with [`SyncError::Cancelled`] once the run was asked to stop.
-    ///
-    /// # Errors
-    /// When it was.
-    pub fn check(&self) -> Result<(), SyncError> {
-        if self.cancel.load(Ordering::Relaxed) {
-            Err(SyncError::Cancelled)
-        } else {
-            Ok(())
-        }
     }
 }
 

@@ -27,7 +27,7 @@ pub struct GeometryColumn {
 ///
 /// # Errors
 /// [`SyncError::Transform`] when the query fails or a geometry cannot be read or reprojected;
-/// [`SyncError::Publish`] when the file cannot be written; [`SyncError::Cancelled`].
+/// [`SyncError::Publish`] when the file cannot be written.
 pub fn query_to_gpkg(
     connection: &Connection,
     sql: &str,
@@ -62,7 +62,6 @@ pub fn query_to_gpkg(
     {
         let mut rows = statement.query([]).map_err(fail)?;
         while let Some(row) = rows.next().map_err(fail)? {
-            progress.check()?;
             for (i, kind) in kinds.iter_mut().enumerate() {
                 if declared[i].is_some() || Some(i) == geometry_at {
                     continue;
@@ -117,9 +116,6 @@ pub fn query_to_gpkg(
     let mut n = 0u64;
     while let Some(row) = rows.next().map_err(fail)? {
         n += 1;
-        if n.is_multiple_of(1024) {
-            progress.check()?;
-        }
         let values = columns
             .iter()
             .map(|(i, field)| {

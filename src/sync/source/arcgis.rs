@@ -257,7 +257,6 @@ pub(super) fn stage(
                 progress.bytes.store(bytes, Ordering::Relaxed);
                 let (n, more) = rows_into(&mut writer, &info, page)?;
                 progress.row(n as u64);
-                progress.check()?;
                 Ok((n, more))
             },
         ))?;
@@ -481,7 +480,6 @@ async fn lines_of(
         };
         progress.row(n as u64);
         progress.bytes.store(bytes, Ordering::Relaxed);
-        progress.check()?;
         Ok((n, more))
     };
     fetch_all(client, layer, concurrency, page_size, filter, &mut write).await?;

@@ -91,7 +91,6 @@ pub(super) async fn download(
             )));
         }
         progress.bytes.store(total, Ordering::Relaxed);
-        progress.check()?;
         out.write_all(&chunk).map_err(fail)?;
     }
     out.flush().map_err(fail)?;

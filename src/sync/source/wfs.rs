@@ -143,7 +143,6 @@ async fn fetch_all(
         }
         progress.row(features.len() as u64);
         progress.bytes.store(bytes, Ordering::Relaxed);
-        progress.check()?;
         let matched = page
             .get("numberMatched")
             .or_else(|| page.get("totalFeatures"))
