@@ -16,8 +16,7 @@ use crate::config::sync::{SyncJob, SyncSource};
 use crate::gis::source::gpkg_write::{Field, FieldType, LayerWriter};
 use crate::sync::{JobPaths, Progress, SyncError};
 
-/// Largest answer read for one page or metadata request.
-const MAX_PAGE_BYTES: usize = 512 * 1024 * 1024;
+use super::MAX_PAGE_BYTES;
 
 /// A layer's metadata, as far as paging needs it.
 struct Layer {
@@ -83,17 +82,7 @@ async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, SyncError> {
     if !status.is_success() {
         return Err(SyncError::Source(format!("the server answered {status}")));
     }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(super::request_error)?;
-        if body.len() + chunk.len() > MAX_PAGE_BYTES {
-            return Err(SyncError::Source(format!(
-                "an answer passed {MAX_PAGE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = super::body_within(response, MAX_PAGE_BYTES).await?;
     // Only the `error` member is read here; the rest is skipped.
     #[derive(serde::Deserialize)]
     struct Envelope {

@@ -306,19 +306,7 @@ pub fn run(
             .collect::<Result<_, SyncError>>()?,
         order: patterns(order)?,
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (name, variable) in headers_from_env {
-        let value = super::secret(variable)?;
-        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| SyncError::Source(format!("{name:?} is not a header name")))?;
-        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
-            SyncError::Source(format!(
-                "environment variable {variable} is not a header value"
-            ))
-        })?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
+    let headers = super::headers_from(headers_from_env)?;
     std::fs::create_dir_all(&paths.state)
         .map_err(|e| SyncError::Publish(format!("{}: {e}", paths.state.display())))?;
     let download = paths.state.join("download.xml");

@@ -1,4 +1,4 @@
-//! `file` sources (and downloaded files): native formats through the readers, GeoPackage and
+//! `file` sources (and downloaded or converted files): native formats through the readers, GeoPackage and
 //! SQLite through an SQL copy.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::gis::source::readers::{self, Format, OpenOptions};
-use crate::sync::write::{GeometryColumn, gpkg_layer, query_to_gpkg};
+use crate::sync::write::{gpkg_layer, query_to_gpkg};
 use crate::sync::{Progress, SyncError};
 
 /// Stages the file at `file` (its layer `source_layer` for GeoPackages) as layer `layer` of a
@@ -106,29 +106,4 @@ pub fn srs_of_query(connection: &Connection) -> Option<i64> {
         )
         .ok()
         .and_then(|(a, b)| if a == b { a } else { None })
-}
-
-/// Stages a downloaded or converted GeoPackage's first layer (used by `http` and `ogr`).
-///
-/// # Errors
-/// As [`stage_file`].
-pub fn stage_gpkg(
-    file: &Path,
-    keep_crs: bool,
-    destination: &Path,
-    layer: &str,
-    progress: &Progress,
-) -> Result<u64, SyncError> {
-    let connection = open_read_only(file)?;
-    let (table, geometry): (String, GeometryColumn) = gpkg_layer(&connection, None)?;
-    let sql = format!("SELECT * FROM {}", crate::gis::quote(&table));
-    query_to_gpkg(
-        &connection,
-        &sql,
-        &geometry,
-        keep_crs,
-        destination,
-        layer,
-        progress,
-    )
 }

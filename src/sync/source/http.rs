@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use reqwest::header::{
-    ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
 
 use super::Staged;
@@ -150,19 +150,7 @@ pub(super) fn stage(
     else {
         return Err(SyncError::Source("not an http source".to_owned()));
     };
-    let mut headers = HeaderMap::new();
-    for (name, variable) in headers_from_env {
-        let value = super::secret(variable)?;
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| SyncError::Source(format!("{name:?} is not a header name")))?;
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            SyncError::Source(format!(
-                "environment variable {variable} is not a header value"
-            ))
-        })?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
+    let headers = super::headers_from(headers_from_env)?;
     let extension = extension(format.as_deref(), url)?;
     let file = paths.state.join(format!("download.{extension}"));
     let client = super::client()?;
@@ -177,20 +165,16 @@ pub(super) fn stage(
             return Err(e);
         }
     };
-    let destination = paths.beside("stage");
-    let rows = if extension == "gpkg" {
-        super::file::stage_gpkg(&file, job.transform.keep_crs, &destination, layer, progress)
-    } else {
-        super::stage_file(
-            &file,
-            None,
-            open_options,
-            job.transform.keep_crs,
-            &destination,
-            layer,
-            progress,
-        )
-    };
+    // A downloaded GeoPackage is staged like any file: by its extension.
+    let rows = super::stage_file(
+        &file,
+        None,
+        open_options,
+        job.transform.keep_crs,
+        &paths.beside("stage"),
+        layer,
+        progress,
+    );
     let _ = std::fs::remove_file(&file);
     Ok(Staged::Rows {
         rows: rows?,

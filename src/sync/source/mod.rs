@@ -155,6 +155,57 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, SyncError> {
         .map_err(|e| SyncError::Source(format!("cannot start a runtime for downloads: {e}")))
 }
 
+/// Largest answer a source reads into memory (an ArcGIS or WFS page, a capabilities
+/// document is bounded by its own `max_bytes`).
+pub(crate) const MAX_PAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// An answer's body, refused past `limit` bytes.
+///
+/// # Errors
+/// [`SyncError::Source`] for a network error or a body over the limit.
+pub(crate) async fn body_within(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, SyncError> {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(request_error)?;
+        if body.len() + chunk.len() > limit {
+            return Err(SyncError::Source(format!("an answer passed {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Request headers whose values come from the environment variables named
+/// (`{"X-Api-Key": "PARCELS_KEY"}`), marked sensitive so that no debug output shows them.
+///
+/// # Errors
+/// [`SyncError::Source`] naming a variable that is not set, or a bad name or value (never the
+/// value itself).
+pub(crate) fn headers_from(
+    names: &std::collections::BTreeMap<String, String>,
+) -> Result<reqwest::header::HeaderMap, SyncError> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, variable) in names {
+        let value = secret(variable)?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| SyncError::Source(format!("{name:?} is not a header name")))?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            SyncError::Source(format!(
+                "environment variable {variable} is not a header value"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
 /// A request error without its URL (which may carry a token).
 pub(crate) fn request_error(e: reqwest::Error) -> SyncError {
     SyncError::Source(e.without_url().to_string())

@@ -53,8 +53,10 @@ pub fn stage(
         )));
     }
     let bytes = std::fs::metadata(&converted).map(|m| m.len()).unwrap_or(0);
-    let rows = super::file::stage_gpkg(
+    let rows = super::stage_file(
         &converted,
+        None,
+        &std::collections::BTreeMap::new(),
         job.transform.keep_crs,
         &paths.beside("stage"),
         layer,

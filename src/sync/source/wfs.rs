@@ -9,15 +9,13 @@
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
-use futures::StreamExt;
 use serde_json::Value;
 
 use super::Staged;
 use crate::config::sync::{SyncJob, SyncSource};
 use crate::sync::{JobPaths, Progress, SyncError};
 
-/// Largest page read.
-const MAX_PAGE_BYTES: usize = 512 * 1024 * 1024;
+use super::MAX_PAGE_BYTES;
 
 /// Reads a WFS feature type into the stage.
 pub(super) fn stage(
@@ -105,17 +103,7 @@ async fn fetch_all(
             .await
             .map_err(super::request_error)?;
         let status = response.status();
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(super::request_error)?;
-            if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(SyncError::Source(format!(
-                    "a page passed {MAX_PAGE_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = super::body_within(response, MAX_PAGE_BYTES).await?;
         if let Some(report) = exception(&body) {
             return Err(SyncError::Source(format!("WFS exception: {report}")));
         }
@@ -182,10 +170,8 @@ async fn first_property(
     if !response.status().is_success() {
         return None;
     }
-    let text = response.text().await.ok()?;
-    if text.len() > MAX_PAGE_BYTES {
-        return None;
-    }
+    let bytes = super::body_within(response, MAX_PAGE_BYTES).await.ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let mut reader = quick_xml::Reader::from_str(&text);
     let mut in_sequence = 0usize;
     loop {
