@@ -87,16 +87,10 @@ fn planned_jobs(config: &Config) -> Result<Vec<PlannedJob>, RuntimeError> {
         .collect()
 }
 
-/// The `sync` supervisor for the configured jobs (`None` without jobs). A journal that cannot
-/// be opened leaves the jobs out, loudly, rather than stopping the server.
-fn sync_jobs(
-    config: &Config,
-    root: &Root,
-    registry: &HealthRegistry,
-    marks: &Arc<MarkStore>,
-    directory: &actors::Directory,
-) -> Option<actors::ChildSpec> {
-    use crate::sync::component::{JobArgs, Shared, supervisor};
+/// The sync journal (`state/sync.sqlite`), opened once for the jobs and the admin API, with
+/// the runs a killed server left `running` closed as cancelled. `None` without jobs, or when it
+/// cannot be opened (loudly: the jobs are then left out rather than the server stopped).
+fn open_journal(config: &Config, root: &Root) -> Option<Arc<crate::sync::journal::Journal>> {
     if config.sync.jobs.is_empty() {
         return None;
     }
@@ -118,9 +112,24 @@ fn sync_jobs(
         ),
         Err(e) => tracing::warn!(error = %e, "cannot close interrupted runs in the journal"),
     }
+    Some(Arc::new(journal))
+}
+
+/// The `sync` supervisor for the configured jobs (`None` without a journal, that is without
+/// jobs or when it could not be opened).
+fn sync_jobs(
+    config: &Config,
+    root: &Root,
+    registry: &HealthRegistry,
+    marks: &Arc<MarkStore>,
+    directory: &actors::Directory,
+    journal: Option<Arc<crate::sync::journal::Journal>>,
+) -> Option<actors::ChildSpec> {
+    use crate::sync::component::{JobArgs, Shared, supervisor};
+    let journal = journal?;
     let shared = Arc::new(Shared {
         root: root.path().to_owned(),
-        journal: Arc::new(journal),
+        journal,
         slots: Arc::new(tokio::sync::Semaphore::new(
             config.sync.max_concurrent_runs.max(1),
         )),
@@ -200,12 +209,14 @@ pub async fn run(
                 .with_cache(root.state_dir().join("cache"), &config.data),
         ),
     };
+    let journal = open_journal(config, root);
     let http = HttpArgs {
         config: Arc::new(config.clone()),
         root: root.clone(),
         registry: registry.clone(),
         listening,
         directory: directory.clone(),
+        journal: journal.clone(),
     };
     let drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
     let spec = root_spec(config, &registry)
@@ -237,7 +248,7 @@ pub async fn run(
                 }
             },
         ));
-    let spec = match sync_jobs(config, root, &registry, &marks, &directory) {
+    let spec = match sync_jobs(config, root, &registry, &marks, &directory, journal) {
         Some(child) => spec.child(child),
         None => spec,
     };

@@ -30,8 +30,8 @@ pub const ADMIN_HEADER: &str = "x-pozi-admin";
 pub struct Admin {
     /// The running config (jobs and their schedules).
     pub config: Arc<Config>,
-    /// `state/sync.sqlite`.
-    pub journal: std::path::PathBuf,
+    /// The sync journal, opened once at start (`None` without jobs).
+    pub journal: Option<std::sync::Arc<Journal>>,
     /// The tree's named actors, where each job's actor is found.
     pub directory: actors::Directory,
 }
@@ -108,7 +108,9 @@ pub async fn answer(
                         ApiError::bad_request("bad limit", "limit must be 1 to 10000")
                     })?,
             };
-            let runs = open(admin)?
+            let runs = admin
+                .journal
+                .as_ref()
                 .map(|j| j.runs(name, limit))
                 .transpose()
                 .map_err(journal_error)?
@@ -153,16 +155,6 @@ fn journal_error(e: crate::sync::journal::JournalError) -> ApiError {
     )
 }
 
-/// The journal, when one exists yet.
-fn open(admin: &Admin) -> Result<Option<Journal>, ApiError> {
-    if !admin.journal.is_file() {
-        return Ok(None);
-    }
-    Journal::open(&admin.journal, admin.config.sync.keep_runs)
-        .map(Some)
-        .map_err(journal_error)
-}
-
 fn job<'a>(admin: &'a Admin, name: &str) -> Result<&'a crate::config::sync::SyncJob, ApiError> {
     admin
         .config
@@ -174,7 +166,7 @@ fn job<'a>(admin: &'a Admin, name: &str) -> Result<&'a crate::config::sync::Sync
 }
 
 fn jobs(admin: &Admin) -> Result<serde_json::Value, ApiError> {
-    let journal = open(admin)?;
+    let journal = admin.journal.as_deref();
     let now = Utc::now();
     let list: Vec<serde_json::Value> = admin
         .config
@@ -188,7 +180,6 @@ fn jobs(admin: &Admin) -> Result<serde_json::Value, ApiError> {
                 .flatten()
                 .and_then(|s| s.next_after(now));
             let last = journal
-                .as_ref()
                 .and_then(|j| j.runs(&job.name, 1).ok())
                 .and_then(|r| r.into_iter().next());
             json!({

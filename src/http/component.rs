@@ -59,6 +59,8 @@ pub struct HttpArgs {
     pub listening: Listening,
     /// The tree's named actors (the admin API finds sync jobs here).
     pub directory: actors::Directory,
+    /// The sync journal, when there are jobs.
+    pub journal: Option<Arc<crate::sync::journal::Journal>>,
 }
 
 /// The listener actor.
@@ -149,7 +151,7 @@ impl Actor for HttpComponent {
             search_index: args.root.state_dir().join("search.sqlite"),
             admin: crate::api::admin::Admin {
                 config: args.config.clone(),
-                journal: args.root.state_dir().join("sync.sqlite"),
+                journal: args.journal.clone(),
                 directory: args.directory.clone(),
             },
             refused: http

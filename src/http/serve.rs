@@ -656,7 +656,7 @@ mod tests {
             search_index: dir.join("search.sqlite"),
             admin: crate::api::admin::Admin {
                 config: Arc::default(),
-                journal: dir.join("sync.sqlite"),
+                journal: None,
                 directory: actors::Directory::new(),
             },
             refused: Vec::new(),
