@@ -418,6 +418,10 @@ async fn an_http_source_downloads_once_then_is_unchanged() {
     ])));
     let (ok, out, err) = sync(&root, &["run", "web"]).await;
     assert!(ok, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("s3cret"),
+        "the secret was printed"
+    );
     let target = root.join("userdata/local/web.gpkg");
     let before = std::fs::metadata(&target).unwrap().modified().unwrap();
     assert_eq!(
@@ -835,29 +839,16 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
         server.log().contains("sync run published a new version"),
         "the server ran it"
     );
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let items: Value = client
-        .get(server.url("/features/collections/cities/items?limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let client = server.client();
+    let items: Value = get_json(
+        &client,
+        server.url("/features/collections/cities/items?limit=1"),
+    )
+    .await;
     assert_eq!(items["numberMatched"], 243, "{items}");
     // The GeoJSON copy and its compressed siblings are served; the search index, which reads
     // the dataset, was rebuilt after the publish.
-    let plain: Value = client
-        .get(server.url("/cities.geojson"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain: Value = get_json(&client, server.url("/cities.geojson")).await;
     assert_eq!(plain["features"].as_array().unwrap().len(), 243);
     let gz = client
         .get(server.url("/cities.geojson"))
@@ -887,14 +878,7 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
         root_runs(&server.root, "ticking") >= 2 && root_runs(&server.root, "failing") >= 2
     })
     .await;
-    let jobs: Value = client
-        .get(server.url("/admin/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs: Value = get_json(&client, server.url("/admin/jobs")).await;
     let failing = jobs["jobs"]
         .as_array()
         .unwrap()
@@ -903,14 +887,7 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
         .unwrap();
     assert_eq!(failing["last_run"]["status"], "failed", "{jobs}");
     assert!(failing["next_run"].is_string());
-    let health: Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&client, server.url("/health")).await;
     let check = &health["checks"]["sync/failing:state"][0];
     assert!(
         check["lastError"]["message"]
@@ -919,14 +896,7 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
             .contains("no such file"),
         "{health}"
     );
-    let runs: Value = client
-        .get(server.url("/admin/jobs/ticking/runs?limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: Value = get_json(&client, server.url("/admin/jobs/ticking/runs?limit=1")).await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
     let response = client
         .post(server.url("/admin/jobs/nosuch/run"))
@@ -959,6 +929,11 @@ async fn the_server_runs_jobs_on_schedule_and_when_asked() {
                 .contains("x-pozi-admin: 1"),
         "{body}"
     );
+}
+
+/// A GET answered with JSON.
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn root_runs(root: &Path, job: &str) -> usize {
@@ -1141,18 +1116,8 @@ async fn a_job_that_panics_harms_nothing_else() {
             >= 3
     );
     assert!(!server.root.join("userdata/local/panicky.gpkg").exists());
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let health: Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let client = server.client();
+    let health: Value = get_json(&client, server.url("/health")).await;
     assert!(
         health["checks"]["sync/panicky:state"][0]["lastError"]["message"]
             .as_str()
@@ -1452,10 +1417,7 @@ async fn timeouts_retries_and_the_webhook() {
         std::fs::create_dir_all(root.join("data")).unwrap();
     })
     .await;
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
+    let client = server.client();
     let started = client
         .post(server.url("/admin/jobs/slow/run"))
         .header("x-pozi-admin", "1")
@@ -1556,10 +1518,7 @@ async fn shutdown_cancels_runs_and_workers_never_outlive_their_server() {
     ]));
     for kill in [false, true] {
         let server = Process::start(&config.to_string(), |_| {}).await;
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap();
+        let client = server.client();
         let started = client
             .post(server.url("/admin/jobs/slow/run"))
             .header("x-pozi-admin", "1")
