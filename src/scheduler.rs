@@ -7,7 +7,7 @@ use std::time::Duration;
 use actors::SupervisorMsg;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use schedules::{CatchUp, MarkStore, Schedule};
+use schedules::{AtStart, CatchUp, MarkStore, Schedule};
 
 /// Longest single timer: schedules are re-checked against the wall clock at least this often,
 /// so a clock change or a suspended machine cannot make a run late by more than this.
@@ -134,14 +134,14 @@ impl Actor for Scheduler {
                 tracing::warn!(job = %job.name, error = %e, "cannot read the last run");
                 None
             });
-            match last.and_then(|last| job.schedule.missed_since(last, now)) {
-                None if last.is_none() => state.mark(job, now),
-                None => {}
-                Some(missed) if job.catch_up == CatchUp::RunOnce => {
+            match job.schedule.at_start(last, now, job.catch_up) {
+                AtStart::FirstStart => state.mark(job, now),
+                AtStart::UpToDate => {}
+                AtStart::RunMissed(missed) => {
                     tracing::info!(job = %job.name, missed = %missed, "run missed while down; running it once now");
                     let _ = myself.send_message(SchedulerMsg::RunNow(n));
                 }
-                Some(missed) => {
+                AtStart::SkipMissed(missed) => {
                     tracing::info!(job = %job.name, missed = %missed, "run missed while down; skipped (catch_up = skip)");
                     state.mark(job, now);
                 }

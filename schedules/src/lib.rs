@@ -16,4 +16,4 @@ mod schedule;
 
 pub use crontab::ScheduleError;
 pub use marks::{MarkError, MarkStore};
-pub use schedule::{CatchUp, Schedule, local_zone};
+pub use schedule::{AtStart, CatchUp, Schedule, local_zone};

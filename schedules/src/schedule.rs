@@ -153,4 +153,36 @@ impl Schedule {
     pub fn missed_since(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.next_after(last).filter(|t| *t <= now)
     }
+
+    /// What a job on this schedule does when its component starts at `now`, given its last
+    /// mark and its catch-up policy.
+    #[must_use]
+    pub fn at_start(
+        &self,
+        last: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        catch_up: CatchUp,
+    ) -> AtStart {
+        let Some(last) = last else {
+            return AtStart::FirstStart;
+        };
+        match (self.missed_since(last, now), catch_up) {
+            (None, _) => AtStart::UpToDate,
+            (Some(missed), CatchUp::RunOnce) => AtStart::RunMissed(missed),
+            (Some(missed), CatchUp::Skip) => AtStart::SkipMissed(missed),
+        }
+    }
+}
+
+/// What a scheduled job does at start ([`Schedule::at_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtStart {
+    /// Never marked: mark now, so that the next start knows where it stands.
+    FirstStart,
+    /// Nothing was missed.
+    UpToDate,
+    /// A run was missed (the first at this time) and the policy runs it once now.
+    RunMissed(DateTime<Utc>),
+    /// A run was missed and the policy skips it: mark now.
+    SkipMissed(DateTime<Utc>),
 }

@@ -256,3 +256,27 @@ fn invalid_expressions_are_rejected_with_position_and_reason() {
         );
     }
 }
+
+#[test]
+fn at_start_says_whether_a_missed_run_is_run_or_skipped() {
+    use chrono::TimeZone;
+    use schedules::{AtStart, CatchUp, Schedule};
+    let daily = Schedule::parse("0 3 * * *", chrono_tz::UTC).unwrap();
+    let at = |d: u32, h: u32| chrono::Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0).unwrap();
+    assert_eq!(
+        daily.at_start(None, at(2, 4), CatchUp::RunOnce),
+        AtStart::FirstStart
+    );
+    assert_eq!(
+        daily.at_start(Some(at(2, 3)), at(2, 4), CatchUp::RunOnce),
+        AtStart::UpToDate
+    );
+    assert_eq!(
+        daily.at_start(Some(at(1, 3)), at(2, 4), CatchUp::RunOnce),
+        AtStart::RunMissed(at(2, 3))
+    );
+    assert_eq!(
+        daily.at_start(Some(at(1, 3)), at(2, 4), CatchUp::Skip),
+        AtStart::SkipMissed(at(2, 3))
+    );
+}

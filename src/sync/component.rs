@@ -10,7 +10,7 @@ use std::time::Duration;
 use actors::{ChildSpec, HealthRegistry, RestartType, SupervisorSpec};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use schedules::{CatchUp, MarkStore, Schedule};
+use schedules::{AtStart, MarkStore, Schedule};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
@@ -359,10 +359,10 @@ impl Actor for JobActor {
                     tracing::warn!(job = %name, error = %e, "cannot read the last run");
                     None
                 });
-            match last.and_then(|last| schedule.missed_since(last, now)) {
-                None if last.is_none() => state.mark(now),
-                None => {}
-                Some(missed) if state.args.job.catch_up == CatchUp::RunOnce => {
+            match schedule.at_start(last, now, state.args.job.catch_up) {
+                AtStart::FirstStart => state.mark(now),
+                AtStart::UpToDate => {}
+                AtStart::RunMissed(missed) => {
                     tracing::info!(job = %name, missed = %missed, "run missed while down; running it once now");
                     let _ = myself.send_message(JobMsg::Run {
                         trigger: Trigger::CatchUp,
@@ -370,7 +370,7 @@ impl Actor for JobActor {
                     });
                     state.mark(now);
                 }
-                Some(missed) => {
+                AtStart::SkipMissed(missed) => {
                     tracing::info!(job = %name, missed = %missed, "run missed while down; skipped (catch_up = skip)");
                     state.mark(now);
                 }
