@@ -1547,7 +1547,19 @@ async fn shutdown_cancels_runs_and_workers_never_outlive_their_server() {
                 || gone(worker),
             )
             .await;
-            drop(server);
+            // The run the killed server left `running` is closed as cancelled at the next start.
+            assert_eq!(journal_runs(&root, "slow")[0].0, "running");
+            let again = Process::start_in(server.into_dir(), |_| {}).await;
+            let runs = journal_runs(&again.root, "slow");
+            assert_eq!(runs[0].0, "cancelled", "{runs:?}");
+            assert!(
+                runs[0]
+                    .1
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("server stopped"),
+                "{runs:?}"
+            );
         } else {
             let (status, _dir) = server.terminate_keeping(Duration::from_secs(20)).await;
             assert!(status.is_some_and(|s| s.success()), "{status:?}");
@@ -1690,4 +1702,51 @@ async fn http_sources_in_every_download_format() {
     // Without a format or an extension in the URL, the run says what to set.
     let (ok, _, err) = sync(&root, &["run", "guess"]).await;
     assert!(!ok && err.contains("set the source's `format`"), "{err}");
+}
+
+/// At most `max_concurrent_runs` run at once (the others wait their turn), and the journal
+/// keeps the newest `keep_runs` of each job.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_are_limited_at_once_and_the_journal_keeps_the_newest() {
+    let addr = stalling_server().await;
+    let mut config = config(json!([
+        {"name": "a", "source": {"type": "http", "url": format!("http://{addr}/a.geojson")},
+         "target": {"dataset": "local/a.gpkg"}},
+        {"name": "b", "source": {"type": "http", "url": format!("http://{addr}/b.geojson")},
+         "target": {"dataset": "local/b.gpkg"}}
+    ]));
+    config["sync"]["max_concurrent_runs"] = json!(1);
+    let server = Process::start(&config.to_string(), |_| {}).await;
+    let client = server.client();
+    for job in ["a", "b"] {
+        let started = client
+            .post(server.url(&format!("/admin/jobs/{job}/run")))
+            .header("x-pozi-admin", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 202);
+    }
+    common::process::eventually("one worker", Duration::from_secs(20), || {
+        server.children().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.children().len(),
+        1,
+        "a second run started past the limit"
+    );
+    drop(server);
+
+    let (_dir, root) = root_with(
+        &json!({"listen": ["127.0.0.1:0"], "sync": {"keep_runs": 2, "jobs": [
+            {"name": "cities", "source": {"type": "file", "path": "data/naturalearth_cities.geojson"},
+             "target": {"dataset": "local/cities.gpkg"}}
+        ]}}),
+    );
+    for _ in 0..3 {
+        assert!(sync(&root, &["run", "cities"]).await.0);
+    }
+    assert_eq!(journal_runs(&root, "cities").len(), 2);
 }
