@@ -268,26 +268,7 @@ pub(super) fn stage(
         &lines,
         progress,
     ));
-    let result = written.and_then(|bytes| {
-        // Staged from the lines: rows are counted again as the stage is written.
-        progress.rows.store(0, Ordering::Relaxed);
-        let rows = super::stage_file(
-            &lines,
-            None,
-            &std::collections::BTreeMap::new(),
-            false,
-            &paths.beside("stage"),
-            layer,
-            progress,
-        )?;
-        Ok(Staged::Rows {
-            rows,
-            bytes,
-            validators: None,
-        })
-    });
-    let _ = std::fs::remove_file(&lines);
-    result
+    super::stage_lines(written, &lines, paths, layer, progress)
 }
 
 /// Fetches every feature of the layer, page by page in order, handing each page (the body as

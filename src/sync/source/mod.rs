@@ -130,6 +130,40 @@ pub fn stage(
     }
 }
 
+/// Stages features fetched as newline-delimited GeoJSON into `lines` (`written`: the bytes
+/// fetched, or why fetching failed), then removes the lines.
+///
+/// # Errors
+/// The fetch's error, or staging's.
+pub(crate) fn stage_lines(
+    written: Result<u64, SyncError>,
+    lines: &std::path::Path,
+    paths: &JobPaths,
+    layer: &str,
+    progress: &Progress,
+) -> Result<Staged, SyncError> {
+    let result = written.and_then(|bytes| {
+        // Rows are counted again as the stage is written.
+        progress.rows.store(0, std::sync::atomic::Ordering::Relaxed);
+        let rows = stage_file(
+            lines,
+            None,
+            &std::collections::BTreeMap::new(),
+            false,
+            &paths.beside("stage"),
+            layer,
+            progress,
+        )?;
+        Ok(Staged::Rows {
+            rows,
+            bytes,
+            validators: None,
+        })
+    });
+    let _ = std::fs::remove_file(lines);
+    result
+}
+
 /// The HTTP client sources use: bounded connect and read times, our own user agent.
 ///
 /// # Errors

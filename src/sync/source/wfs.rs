@@ -26,25 +26,7 @@ pub(super) fn stage(
 ) -> Result<Staged, SyncError> {
     let lines = paths.state.join("wfs.ndjson");
     let written = super::runtime()?.block_on(fetch_all(job, &lines, progress));
-    let result = written.and_then(|bytes| {
-        progress.rows.store(0, Ordering::Relaxed);
-        let rows = super::stage_file(
-            &lines,
-            None,
-            &std::collections::BTreeMap::new(),
-            false,
-            &paths.beside("stage"),
-            layer,
-            progress,
-        )?;
-        Ok(Staged::Rows {
-            rows,
-            bytes,
-            validators: None,
-        })
-    });
-    let _ = std::fs::remove_file(&lines);
-    result
+    super::stage_lines(written, &lines, paths, layer, progress)
 }
 
 async fn fetch_all(
