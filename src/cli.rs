@@ -73,6 +73,24 @@ pub enum Command {
         )]
         root: PathBuf,
     },
+    /// The updater: check the release channel, install now, or show what happened.
+    Update {
+        /// What to do.
+        #[command(subcommand)]
+        action: UpdateAction,
+        /// Config file [default: <root>/config.json]
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// Installation root (default: the current folder)
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "POZI_ROOT",
+            default_value = ".",
+            global = true
+        )]
+        root: PathBuf,
+    },
     /// Print the JSON Schema of config.json (committed as docs/config.schema.json).
     ConfigSchema,
     /// Describe the commands, or one command and its flags.
@@ -112,6 +130,26 @@ pub enum SyncAction {
     Worker,
 }
 
+/// What `update` does.
+#[derive(Debug, Subcommand)]
+pub enum UpdateAction {
+    /// Check the channel now and say what it offers (never installs): through the running
+    /// server when there is one, else in this process.
+    Check,
+    /// Check and install what the channel offers, switching the running server to it (the
+    /// server must be running: it health-checks the new version and rolls back by itself).
+    Apply,
+    /// The running and current versions, the channel, and the latest updater events.
+    Status {
+        /// How many events.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print the JSON Schema of a release manifest (committed as
+    /// docs/update-manifest.schema.json).
+    ManifestSchema,
+}
+
 /// Parses the command line and runs the command.
 #[must_use]
 pub fn main() -> ExitCode {
@@ -137,6 +175,24 @@ pub fn main() -> ExitCode {
                 SyncAction::History { job, limit } => command::history(&root, config, &job, limit),
                 SyncAction::Rollback { job } => command::rollback(&root, config, &job),
                 SyncAction::Worker => crate::sync::worker::child_main(&root),
+            }
+        }
+        Command::Update {
+            action,
+            config,
+            root,
+        } => {
+            use crate::update::command;
+            let config = config.as_deref();
+            match action {
+                UpdateAction::Check => command::check(&root, config),
+                UpdateAction::Apply => command::apply(&root, config),
+                UpdateAction::Status { limit } => command::status(&root, config, limit),
+                UpdateAction::ManifestSchema => {
+                    let text = serde_json::to_string_pretty(&crate::update::manifest::schema())
+                        .unwrap_or_default();
+                    out(&format!("{text}\n"))
+                }
             }
         }
         Command::ConfigSchema => {
@@ -190,39 +246,43 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-/// The build's identity, as `version --json` prints it.
-#[derive(Debug, serde::Serialize)]
-pub struct VersionInfo {
-    /// Package version.
-    pub version: &'static str,
-    /// Git commit the binary was built from.
-    pub commit: &'static str,
-    /// When it was built (RFC 3339, UTC).
-    pub build_date: &'static str,
-    /// Target triple.
-    pub target: &'static str,
-}
-
-/// This binary's version information.
-pub const VERSION: VersionInfo = VersionInfo {
-    version: env!("CARGO_PKG_VERSION"),
-    commit: env!("POZI_GIT_COMMIT"),
-    build_date: env!("POZI_BUILD_DATE"),
-    target: env!("POZI_TARGET"),
-};
-
 fn version(json: bool) -> ExitCode {
     if json {
         out(&format!(
             "{}\n",
-            serde_json::to_string(&VERSION).unwrap_or_default()
+            serde_json::to_string(crate::version::current()).unwrap_or_default()
         ))
     } else {
-        let v = &VERSION;
+        let v = crate::version::current();
         out(&format!(
-            "poziserver {} (commit {}, built {}, {})\n",
-            v.version, v.commit, v.build_date, v.target
+            "poziserver {} (commit {}, built {}, {}, {})\n",
+            v.version, v.commit, v.build_date, v.target, v.platform
         ))
+    }
+}
+
+/// The update journal, for the switch's events (`None` when it cannot be opened).
+fn update_journal(root: &Root) -> Option<crate::update::journal::Journal> {
+    crate::update::journal::Journal::open(&root.state_dir().join("update.sqlite")).ok()
+}
+
+/// Completes on SIGINT or SIGTERM, or, for a new version on trial, when the process that
+/// started it closes its standard input.
+async fn stop_signal() {
+    if !crate::update::on_trial() {
+        return crate::runtime::shutdown_signal().await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 256];
+        while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        () = crate::runtime::shutdown_signal() => {}
+        _ = rx => tracing::info!("standard input closed: the trial run stops"),
     }
 }
 
@@ -254,14 +314,26 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
             log_dir.display()
         ));
     }
-    let _guard = match crate::logging::init(&config.log, &log_dir) {
+    let guard = match crate::logging::init(&config.log, &log_dir) {
         Ok(guard) => guard,
         Err(e) => return fail(&e.to_string()),
     };
     for file in &written {
         tracing::info!(file = %file.display(), "laid out sample file in new root");
     }
-    tracing::info!(version = VERSION.version, commit = VERSION.commit, config = %config_file.display(), "starting");
+    if !crate::update::on_trial()
+        && let Some(current) = crate::update::switch::boot(&root)
+    {
+        tracing::info!(binary = %current.display(), "versions/current names another binary: running it");
+        drop(guard);
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let error = crate::update::switch::exec(&current, &args);
+        return fail(&format!(
+            "cannot execute the current version {}: {error}",
+            current.display()
+        ));
+    }
+    tracing::info!(version = crate::version::current().version, commit = crate::version::current().commit, config = %config_file.display(), "starting");
     // On one core (a small VM, or pinned with taskset) a single-threaded scheduler avoids the
     // work-stealing machinery; otherwise one worker per core.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -278,12 +350,79 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    let result = runtime.block_on(crate::runtime::run(
-        &config,
-        &root,
-        crate::runtime::Handles::default(),
-        crate::runtime::shutdown_signal(),
-    ));
+    match crate::version::misbehaviour() {
+        Some(crate::version::Misbehaviour::Exit) => {
+            tracing::error!("test copy built to exit at once: exiting");
+            return ExitCode::from(3);
+        }
+        Some(crate::version::Misbehaviour::NoBind) => {
+            tracing::warn!("test copy built never to bind: waiting to be stopped");
+            runtime.block_on(stop_signal());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let switch = crate::update::SwitchRequest::default();
+    let result = loop {
+        let handles = crate::runtime::Handles {
+            switch: switch.clone(),
+            config_file: Some(config_file.clone()),
+            ..crate::runtime::Handles::default()
+        };
+        let result = runtime.block_on(crate::runtime::run(&config, &root, handles, stop_signal()));
+        let Some(plan) = switch.take() else {
+            break result;
+        };
+        if !matches!(result, Ok(RootOutcome::Stopped)) {
+            tracing::error!(
+                "the tree did not stop cleanly for the switch; the switch is abandoned"
+            );
+            crate::update::switch::conclude(
+                &plan,
+                &root,
+                update_journal(&root).as_ref(),
+                &crate::update::switch::Trial::Failed("the tree did not stop cleanly".to_owned()),
+            );
+            break result;
+        }
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let outcome = runtime.block_on(crate::update::switch::trial(
+            &plan,
+            &root,
+            &args,
+            stop_signal(),
+        ));
+        let journal = update_journal(&root);
+        crate::update::switch::conclude(&plan, &root, journal.as_ref(), &outcome);
+        if let crate::update::switch::Trial::Failed(reason) = &outcome {
+            if reason.contains("asked to stop") {
+                break Ok(RootOutcome::Stopped);
+            }
+            // The previous version (this one) starts its tree again.
+            continue;
+        }
+        tracing::info!(version = %plan.version, "re-executing as the new version");
+        drop(journal);
+        runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+        // Flushes the log before the process image is replaced.
+        drop(guard);
+        let error = crate::update::switch::exec(&plan.binary, &args);
+        // Only reached when the new binary could not be executed after its trial: put the
+        // previous version back and exit non-zero so the service manager starts it.
+        let journal = update_journal(&root);
+        crate::update::switch::conclude(
+            &plan,
+            &root,
+            journal.as_ref(),
+            &crate::update::switch::Trial::Failed(format!(
+                "cannot execute it after its trial: {error}"
+            )),
+        );
+        return fail(&format!(
+            "cannot execute {}: {error}",
+            plan.binary.display()
+        ));
+    };
     // Work still on blocking threads (a query being interrupted, a file being read) gets a
     // moment to end; the process does not wait on it longer.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

@@ -19,3 +19,5 @@ pub mod runtime;
 pub mod safe_path;
 pub mod scheduler;
 pub mod sync;
+pub mod update;
+pub mod version;

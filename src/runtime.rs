@@ -45,8 +45,14 @@ pub struct Handles {
     pub registry: HealthRegistry,
     /// The addresses the HTTP component is listening on.
     pub listening: Listening,
-    /// The tree's named actors (sync jobs, the search indexer).
+    /// The tree's named actors (sync jobs, the search indexer, the updater).
     pub directory: actors::Directory,
+    /// Where the updater asks for a switch to a new version; the tree then stops and the
+    /// caller carries the switch out.
+    pub switch: crate::update::SwitchRequest,
+    /// The config file the server was started with (default `<root>/config.json`), which a
+    /// new version's self-test checks.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// The root supervisor's policy from the config.
@@ -154,6 +160,36 @@ fn sync_jobs(
     Some(supervisor(registry, jobs))
 }
 
+/// The updater's context, when the config turns it on and this process is not itself a new
+/// version on trial (whose updater stays off). `None`, loudly, when its journal cannot be opened.
+fn updater(
+    config: &Config,
+    root: &Root,
+    config_file: std::path::PathBuf,
+    switch: &crate::update::SwitchRequest,
+) -> Option<crate::update::component::Context> {
+    if !config.update.enabled() || crate::update::on_trial() {
+        return None;
+    }
+    let journal = match crate::update::journal::Journal::open(
+        &root.state_dir().join("update.sqlite"),
+    ) {
+        Ok(journal) => Arc::new(journal),
+        Err(e) => {
+            tracing::error!(error = %e, "the updater is not started: its journal cannot be opened");
+            return None;
+        }
+    };
+    Some(crate::update::component::Context {
+        root: root.path().to_owned(),
+        config_file,
+        config: config.update.clone(),
+        journal,
+        switch: Some(switch.clone()),
+        view: crate::update::component::View::default(),
+    })
+}
+
 /// A job's schedule in its zone (validation has checked both).
 pub fn job_schedule(config: &Config, job: &crate::config::sync::SyncJob) -> Option<Schedule> {
     let zone = job
@@ -181,7 +217,15 @@ pub async fn run(
         registry,
         listening,
         directory,
+        switch,
+        config_file,
     } = handles;
+    let updater = updater(
+        config,
+        root,
+        config_file.unwrap_or_else(|| root.config_file()),
+        &switch,
+    );
     let search_directory = directory.clone();
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
     let scheduler = SchedulerArgs {
@@ -217,6 +261,11 @@ pub async fn run(
         listening,
         directory: directory.clone(),
         journal: journal.clone(),
+        update: updater.as_ref().map(|u| crate::api::admin::UpdateAdmin {
+            journal: u.journal.clone(),
+            view: u.view.clone(),
+            root: root.path().to_owned(),
+        }),
     };
     let drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
     let spec = root_spec(config, &registry)
@@ -252,13 +301,42 @@ pub async fn run(
         Some(child) => spec.child(child),
         None => spec,
     };
+    let spec = match updater {
+        Some(ctx) => {
+            let directory = directory.clone();
+            spec.child(ChildSpec::new(
+                "updater",
+                RestartType::Permanent,
+                move |supervisor| {
+                    let (ctx, directory) = (ctx.clone(), directory.clone());
+                    async move {
+                        use crate::update::component::{ACTOR_NAME, Updater};
+                        let (actor, _) =
+                            ractor::Actor::spawn_linked(None, Updater, ctx, supervisor).await?;
+                        directory.register(ACTOR_NAME, actor.get_cell());
+                        Ok(actor.get_cell())
+                    }
+                },
+            ))
+        }
+        None => spec,
+    };
     let handle = Supervisor::start_root(spec).await?;
     tracing::info!(root = %root.path().display(), "server started");
     let actor = handle.actor.clone();
     let finished = handle.wait();
     tokio::pin!(finished);
+    let asked = switch.asked();
     tokio::select! {
         outcome = &mut finished => Ok(outcome),
+        () = asked => {
+            let limit = Duration::from_secs(config.supervisor.shutdown_timeout_secs);
+            tracing::info!(timeout_secs = limit.as_secs(), "stopping for a switch to a new version");
+            actor.stop(Some("switch".to_owned()));
+            tokio::time::timeout(limit, finished)
+                .await
+                .map_err(|_| RuntimeError::ShutdownTimeout(limit))
+        }
         () = shutdown => {
             let limit = Duration::from_secs(config.supervisor.shutdown_timeout_secs);
             tracing::info!(timeout_secs = limit.as_secs(), "shutting down");

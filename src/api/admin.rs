@@ -6,6 +6,10 @@
 //! - `GET /admin/jobs/{name}/runs`: the job's journaled runs, newest first (`?limit=`).
 //! - `POST /admin/jobs/{name}/run`: start a run now; 202 with its id, 409 while one runs. A
 //!   POST must carry `X-Pozi-Admin: 1`, which a web page cannot add without a CORS preflight.
+//! - `GET /admin/update`: running version, channel, installed pointer, the poller's view and
+//!   the latest updater events.
+//! - `POST /admin/update/check`: check the channel now (never installs); `POST
+//!   /admin/update/apply`: check and install what is found, then switch to it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,8 +36,10 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// The sync journal, opened once at start (`None` without jobs).
     pub journal: Option<std::sync::Arc<Journal>>,
-    /// The tree's named actors, where each job's actor is found.
+    /// The tree's named actors, where each job's actor (and the updater) is found.
     pub directory: actors::Directory,
+    /// The updater, when it is configured.
+    pub update: Option<UpdateAdmin>,
 }
 
 /// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
@@ -124,26 +130,123 @@ pub async fn answer(
         ["jobs", _, "runs"] => Err(method_not_allowed("GET, HEAD", path, method)),
         ["jobs", name, "run"] if *method == Method::POST => {
             job(admin, name)?;
-            // A web page open in a browser on this machine can send a plain POST here; it
-            // cannot add a header without the CORS preflight that the server refuses it.
-            if !marked {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    Some(
-                        "a POST to /admin/ needs the header X-Pozi-Admin: 1 (so that no web page can start a run)"
-                            .to_owned(),
-                    ),
-                ));
-            }
+            require_mark(marked)?;
             run_now(&admin.directory, name).await
         }
         ["jobs", _, "run"] => Err(method_not_allowed("POST", path, method)),
+        ["update"] if read => Ok(no_store(json(
+            StatusCode::OK,
+            &update_status(admin)?,
+            "application/json",
+        ))),
+        ["update"] => Err(method_not_allowed("GET, HEAD", path, method)),
+        ["update", action @ ("check" | "apply")] if *method == Method::POST => {
+            require_mark(marked)?;
+            update_check(admin, *action == "apply").await
+        }
+        ["update", "check" | "apply"] => Err(method_not_allowed("POST", path, method)),
         _ => Err(ApiError::not_found(
             "not found",
             format!("no such path: {path}"),
         )),
     }
+}
+
+/// A web page open in a browser on this machine can send a plain POST to `/admin/`; it cannot
+/// add a header without the CORS preflight that the server refuses it.
+fn require_mark(marked: bool) -> Result<(), ApiError> {
+    if marked {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        Some(
+            "a POST to /admin/ needs the header X-Pozi-Admin: 1 (so that no web page can start a run or an update)"
+                .to_owned(),
+        ),
+    ))
+}
+
+/// The updater's parts the admin API reads.
+#[derive(Debug, Clone)]
+pub struct UpdateAdmin {
+    /// `state/update.sqlite`.
+    pub journal: Arc<crate::update::journal::Journal>,
+    /// What the poller last saw.
+    pub view: crate::update::component::View,
+    /// The installation root (for `versions/` and the channel file).
+    pub root: std::path::PathBuf,
+}
+
+fn updater_off() -> ApiError {
+    ApiError::not_found(
+        "updater off",
+        "the updater is off: set update.manifest_base_url and update.public_keys in config.json"
+            .to_owned(),
+    )
+}
+
+/// `GET /admin/update`: versions, channel, what the poller saw, and the latest events.
+fn update_status(admin: &Admin) -> Result<serde_json::Value, ApiError> {
+    let update = admin.update.as_ref().ok_or_else(updater_off)?;
+    let events = update.journal.events(50).map_err(|e| {
+        tracing::error!(error = %e, "cannot read the update journal");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal unavailable",
+            Some("the update journal cannot be read; see the server log".to_owned()),
+        )
+    })?;
+    let view = update.view.lock().map(|v| v.clone()).unwrap_or_default();
+    let channel = crate::update::channel::read(&update.root)
+        .map(|c| json!({"name": c.name, "manifest": c.file}))
+        .unwrap_or_else(|e| json!({"error": e.to_string()}));
+    let version = crate::version::current();
+    Ok(json!({
+        "running": version.version,
+        "platform": version.platform,
+        "current": crate::update::install::Versions::new(&update.root).current(),
+        "channel": channel,
+        "poller": view,
+        "events": events,
+    }))
+}
+
+/// `POST /admin/update/check` and `…/apply`: asks the updater to check (and install) now.
+async fn update_check(admin: &Admin, apply: bool) -> Result<Response, ApiError> {
+    use crate::update::component::{ACTOR_NAME, UpdaterMsg};
+    if admin.update.is_none() {
+        return Err(updater_off());
+    }
+    let unavailable = |detail: &str| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "updater unavailable",
+            Some(detail.to_owned()),
+        )
+    };
+    let cell = admin
+        .directory
+        .get(ACTOR_NAME)
+        .ok_or_else(|| unavailable("the updater is not running (restarting, or on trial)"))?;
+    let actor: ActorRef<UpdaterMsg> = cell.into();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    actor
+        .send_message(UpdaterMsg::Check {
+            apply: Some(apply),
+            reply: RpcReplyPort::from(tx),
+        })
+        .map_err(|_| unavailable("the updater is stopping"))?;
+    // A check waits behind one already running; an apply includes a download.
+    let report = rx
+        .await
+        .map_err(|_| unavailable("the updater stopped before it answered"))?;
+    Ok(no_store(json(
+        StatusCode::OK,
+        &serde_json::to_value(&report).unwrap_or_default(),
+        "application/json",
+    )))
 }
 
 fn journal_error(e: crate::sync::journal::JournalError) -> ApiError {

@@ -6,6 +6,7 @@
 
 mod locate;
 pub mod sync;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use locate::Segment;
 use locate::{dotted, from_pointer, line_column};
 pub use sync::SyncConfig;
+pub use update::UpdateConfig;
 
 /// The components a planned restart may name.
 pub const COMPONENTS: &[&str] = &["http", "scheduler", "search", "sync"];
@@ -52,6 +54,8 @@ pub struct Config {
     pub restarts: Vec<PlannedRestart>,
     /// Scheduled refreshes of datasets from files, web services and databases.
     pub sync: SyncConfig,
+    /// The updater: release manifests, their signing keys, polling and health-gated switches.
+    pub update: UpdateConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             data: DataConfig::default(),
             sync: SyncConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -766,6 +771,7 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
     }
     search_issues(value, default_zone, report);
     sync::issues(value, default_zone, report);
+    update::issues(value, report);
     http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();

@@ -61,6 +61,8 @@ pub struct HttpArgs {
     pub directory: actors::Directory,
     /// The sync journal, when there are jobs.
     pub journal: Option<Arc<crate::sync::journal::Journal>>,
+    /// The updater's journal and view, when it is configured.
+    pub update: Option<crate::api::admin::UpdateAdmin>,
 }
 
 /// The listener actor.
@@ -85,6 +87,61 @@ pub struct HttpState {
 /// The file (in `state/`) naming the running server's process and addresses, which the
 /// command line reads to reach it (`poziserver sync run` asks a running server to run a job).
 pub const SERVER_NOTE: &str = "server.json";
+
+/// A running server's note, as the command line and the updater read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNote {
+    /// Its process id.
+    pub pid: u32,
+    /// `https` or `http`.
+    pub scheme: String,
+    /// The addresses it listens on.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl ServerNote {
+    /// Its addresses reachable over loopback (an unspecified address is asked on loopback), with
+    /// the scheme.
+    #[must_use]
+    pub fn loopback(&self) -> Vec<(String, SocketAddr)> {
+        self.listen
+            .iter()
+            .map(|&address| {
+                let mut address = address;
+                if address.ip().is_unspecified() {
+                    address.set_ip(if address.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                (self.scheme.clone(), address)
+            })
+            .filter(|(_, a)| a.ip().is_loopback())
+            .collect()
+    }
+}
+
+/// The note of the server running on `root`, when there is one.
+#[must_use]
+pub fn running_server(root: &crate::root::Root) -> Option<ServerNote> {
+    let text = std::fs::read(root.state_dir().join(SERVER_NOTE)).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    Some(ServerNote {
+        pid: u32::try_from(value.get("pid")?.as_u64()?).ok()?,
+        scheme: value
+            .get("scheme")
+            .and_then(|s| s.as_str())
+            .unwrap_or("https")
+            .to_owned(),
+        listen: value
+            .get("listen")?
+            .as_array()?
+            .iter()
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect(),
+    })
+}
 
 /// Writes [`SERVER_NOTE`]; a failure only costs the command line its way to this server.
 fn write_server_note(root: &crate::root::Root, scheme: &str, bound: &[SocketAddr]) {
@@ -142,7 +199,13 @@ impl Actor for HttpComponent {
             files: StaticFiles::new(&http.cache_control),
             cors: Cors::new(&http.cors),
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
-            health: Health::new(args.registry.clone(), cert.clone()).with_root(args.root.path()),
+            health: Health::new(args.registry.clone(), cert.clone())
+                .with_root(args.root.path())
+                .with_update(
+                    args.update
+                        .as_ref()
+                        .map(|u| crate::update::component::health_check(u.view.clone())),
+                ),
             catalog: Arc::new(
                 crate::gis::store::Catalog::with_limits(&args.config.data)
                     .with_cache(args.root.state_dir().join("cache"), &args.config.data),
@@ -153,6 +216,7 @@ impl Actor for HttpComponent {
                 config: args.config.clone(),
                 journal: args.journal.clone(),
                 directory: args.directory.clone(),
+                update: args.update.clone(),
             },
             refused: http
                 .refused_extensions

@@ -23,4 +23,4 @@ mod service;
 mod static_files;
 pub mod tls;
 
-pub use component::{HttpArgs, HttpComponent, Listening, SERVER_NOTE};
+pub use component::{HttpArgs, HttpComponent, Listening, SERVER_NOTE, ServerNote, running_server};

@@ -658,6 +658,7 @@ mod tests {
                 config: Arc::default(),
                 journal: None,
                 directory: actors::Directory::new(),
+                update: None,
             },
             refused: Vec::new(),
         });

@@ -8,17 +8,31 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::cli::VERSION;
 use crate::http::tls::CertStore;
 
 /// Builds the health document.
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct Health {
     registry: HealthRegistry,
     cert: Option<Arc<CertStore>>,
     /// The installation root, never shown: paths under it are shown relative to it.
     root: Option<std::path::PathBuf>,
+    /// The updater's check: the release server's reachability and the last update event.
+    update: Option<UpdateCheck>,
 }
+
+/// Whether the updater's check passes or warns (it never fails the server: a release server
+/// out of reach does not make this one unhealthy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateStatus {
+    /// Reachable, or not checked yet.
+    Pass,
+    /// The last check could not reach the release server.
+    Warn,
+}
+
+/// Reads the updater's check (status, and the check's JSON object).
+pub type UpdateCheck = Arc<dyn Fn() -> (UpdateStatus, Value) + Send + Sync>;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Status {
@@ -49,7 +63,15 @@ impl Health {
             registry,
             cert,
             root: None,
+            update: None,
         }
+    }
+
+    /// Adds the updater's check.
+    #[must_use]
+    pub fn with_update(mut self, update: Option<UpdateCheck>) -> Self {
+        self.update = update;
+        self
     }
 
     /// Shows paths under `root` relative to it (a health document is readable by anyone who
@@ -137,10 +159,26 @@ impl Health {
                 }]),
             );
         }
+        if crate::version::misbehaviour() == Some(crate::version::Misbehaviour::Fail) {
+            // A debug test copy built to fail its health gate.
+            overall = Status::Fail;
+            checks.insert(
+                "selftest".to_owned(),
+                json!([{"status": "fail", "output": "test copy reporting fail on purpose"}]),
+            );
+        }
+        if let Some(update) = &self.update {
+            let (status, check) = update();
+            overall = overall.max(match status {
+                UpdateStatus::Pass => Status::Pass,
+                UpdateStatus::Warn => Status::Warn,
+            });
+            checks.insert("updater".to_owned(), json!([check]));
+        }
         let document = json!({
             "status": overall.as_str(),
-            "version": VERSION.version,
-            "releaseId": VERSION.commit,
+            "version": crate::version::current().version,
+            "releaseId": crate::version::current().commit,
             "serviceId": "poziserver",
             "description": "Pozi Server",
             "checks": checks,
@@ -151,6 +189,15 @@ impl Health {
             StatusCode::OK
         };
         (code, document)
+    }
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("root", &self.root)
+            .field("update", &self.update.is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -4,7 +4,6 @@
 //! summary line, exiting non-zero when the run fails.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -297,44 +296,11 @@ enum Asked {
     Done(ExitCode),
 }
 
-/// The running server's loopback addresses, from its note in `state/`.
-fn server_addresses(root: &Root) -> Vec<(String, SocketAddr)> {
-    let note = root.state_dir().join(crate::http::SERVER_NOTE);
-    let Ok(text) = std::fs::read_to_string(note) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    let scheme = value
-        .get("scheme")
-        .and_then(|s| s.as_str())
-        .unwrap_or("https")
-        .to_owned();
-    value
-        .get("listen")
-        .and_then(|l| l.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str()?.parse::<SocketAddr>().ok())
-        .map(|mut address| {
-            // The server may listen on every interface; it is asked over loopback.
-            if address.ip().is_unspecified() {
-                address.set_ip(if address.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            (scheme.clone(), address)
-        })
-        .filter(|(_, a)| a.ip().is_loopback())
-        .collect()
-}
-
 /// Asks a running server to run `name` and follows the run in its journal.
 fn ask_server(root: &Root, name: &str) -> Asked {
-    let addresses = server_addresses(root);
+    let addresses = crate::http::running_server(root)
+        .map(|n| n.loopback())
+        .unwrap_or_default();
     if addresses.is_empty() {
         return Asked::NoServer;
     }

@@ -1,0 +1,268 @@
+//! Carrying out a switch, outside the supervision tree (which has stopped and drained): the new
+//! binary is run on trial with this process's own arguments, against the real listener, until
+//! it answers `/health` with `pass` or `warn`; it is then stopped and this process re-executes
+//! it. If it exits, never answers, or reports `fail`, it is stopped and the previous version is
+//! made current again, and this process starts its tree again.
+//!
+//! At start, [`boot`] finishes what a crash mid-switch left (the trial marker) and runs the
+//! version `versions/current` names when this binary is not it, so a service manager starting
+//! the installed binary always runs the current version.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::install::Versions;
+use super::journal::Journal;
+use super::{SwitchPlan, TRIAL_ENV};
+use crate::root::Root;
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trial {
+    /// The new version answered `/health` with `pass` or `warn`, and was stopped for the
+    /// re-execution.
+    Healthy {
+        /// Milliseconds from its start to its first healthy answer.
+        millis: u128,
+    },
+    /// It did not, and why.
+    Failed(String),
+}
+
+/// How long a trial process has to stop after its standard input closes.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// The health URLs of process `pid`, from the running server note once it has written one.
+fn health_urls(root: &Root, pid: u32) -> Vec<String> {
+    crate::http::running_server(root)
+        .filter(|note| note.pid == pid)
+        .map(|note| note.loopback())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(scheme, address)| format!("{scheme}://{address}/health"))
+        .collect()
+}
+
+/// Runs `plan`'s binary on trial with `args` until it is healthy, fails, or `stop` completes.
+pub async fn trial(
+    plan: &SwitchPlan,
+    root: &Root,
+    args: &[OsString],
+    stop: impl Future<Output = ()>,
+) -> Trial {
+    // The note of this process's own listener is gone with it; a stale one must not be read.
+    let _ = std::fs::remove_file(root.state_dir().join(crate::http::SERVER_NOTE));
+    let mut child = match tokio::process::Command::new(&plan.binary)
+        .args(args)
+        .env(TRIAL_ENV, "1")
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return Trial::Failed(format!("cannot start {}: {e}", plan.binary.display())),
+    };
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(component = "updater", version = %plan.version, pid, "new version started on trial");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(plan.health_timeout_secs);
+    // Its own health: loopback, its own (possibly self-signed) certificate, not verified.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build();
+    let Ok(client) = client else {
+        return end(
+            child,
+            Trial::Failed("cannot make an HTTP client".to_owned()),
+        )
+        .await;
+    };
+    tokio::pin!(stop);
+    let mut last = "it never bound its listener".to_owned();
+    let outcome = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Trial::Failed(format!(
+                "the new version exited ({status}) before answering /health"
+            ));
+        }
+        if Instant::now() >= deadline {
+            break Trial::Failed(format!(
+                "the new version did not answer /health with pass within {} s: {last}",
+                plan.health_timeout_secs
+            ));
+        }
+        for url in health_urls(root, pid) {
+            match client.get(&url).send().await {
+                Err(e) => last = format!("{url}: {e}"),
+                Ok(response) => {
+                    let code = response.status();
+                    let body: serde_json::Value = response
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                    let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                    match status {
+                        "pass" | "warn" if code.is_success() => {
+                            return end(
+                                child,
+                                Trial::Healthy {
+                                    millis: started.elapsed().as_millis(),
+                                },
+                            )
+                            .await;
+                        }
+                        "fail" => {
+                            let failing: Vec<String> = body
+                                .get("checks")
+                                .and_then(|c| c.as_object())
+                                .into_iter()
+                                .flatten()
+                                .filter(|(_, v)| v[0]["status"] == "fail")
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            return end(
+                                child,
+                                Trial::Failed(format!(
+                                    "the new version reports fail on /health ({})",
+                                    failing.join(", ")
+                                )),
+                            )
+                            .await;
+                        }
+                        _ => last = format!("{url} answered {code} {status}"),
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut stop => break Trial::Failed("the server was asked to stop during the trial".to_owned()),
+            () = tokio::time::sleep(Duration::from_millis(25)) => {}
+        }
+    };
+    end(child, outcome).await
+}
+
+/// Stops the trial process (its standard input closes; killed after [`STOP_GRACE`]).
+async fn end(mut child: tokio::process::Child, outcome: Trial) -> Trial {
+    drop(child.stdin.take());
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(
+                component = "updater",
+                "the trial process did not stop in time; killing it"
+            );
+            let _ = child.kill().await;
+        }
+    }
+    outcome
+}
+
+/// After a trial: on success re-executes the new version (only returns when that fails); on
+/// failure restores the previous version and journals why.
+pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outcome: &Trial) {
+    let versions = Versions::new(root.path());
+    let record = |event: &str, detail: &str| {
+        if let Some(journal) = journal {
+            journal.record(event, Some(&plan.channel), Some(&plan.version), detail);
+        } else {
+            tracing::warn!(component = "updater", event, version = %plan.version, "{detail}");
+        }
+    };
+    match outcome {
+        Trial::Healthy { millis } => {
+            record(
+                "healthy",
+                &format!("the new version answered /health {millis} ms after it started"),
+            );
+            versions.end_trial();
+            record(
+                "switched",
+                &format!("re-executing as {}", plan.binary.display()),
+            );
+        }
+        Trial::Failed(reason) => {
+            restore(plan, &versions);
+            if let Some(journal) = journal
+                && let Err(e) = journal.fail(&plan.version, reason)
+            {
+                tracing::warn!(component = "updater", error = %e, "cannot remember the failed version");
+            }
+            record(
+                "rolled-back",
+                &format!("{reason}; the previous version is current again and serving"),
+            );
+            versions.end_trial();
+        }
+    }
+}
+
+/// Makes the previous version current again.
+fn restore(plan: &SwitchPlan, versions: &Versions) {
+    if let Err(e) = versions.set_current(plan.previous.as_deref()) {
+        tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
+    }
+}
+
+/// Replaces this process with `binary` and `args` (Unix). Returns only when that fails.
+#[cfg(unix)]
+#[must_use]
+pub fn exec(binary: &Path, args: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(binary)
+        .args(args)
+        .env_remove(TRIAL_ENV)
+        .exec()
+}
+
+/// Elsewhere (a Windows service) there is no `exec`: the new version runs as a child with the
+/// same arguments and this process exits with its status (the service manager's restart also
+/// lands on it, through [`boot`]).
+#[cfg(not(unix))]
+#[must_use]
+pub fn exec(binary: &Path, args: &[OsString]) -> std::io::Error {
+    match std::process::Command::new(binary)
+        .args(args)
+        .env_remove(TRIAL_ENV)
+        .status()
+    {
+        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+        Err(e) => e,
+    }
+}
+
+/// At start (not on trial): restores the previous version when a switch was cut short, and
+/// returns the binary to run instead of this one when `versions/current` names another.
+#[must_use]
+pub fn boot(root: &Root) -> Option<PathBuf> {
+    let versions = Versions::new(root.path());
+    if let Some(marker) = versions.interrupted_trial() {
+        let detail = format!(
+            "the switch to {} started at {} was cut short (the server stopped during its trial); the previous version is current again",
+            marker.version, marker.started
+        );
+        if let Err(e) = versions.set_current(marker.previous.as_deref()) {
+            tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
+        }
+        match Journal::open(&root.state_dir().join("update.sqlite")) {
+            Ok(journal) => journal.record("rolled-back", None, Some(&marker.version), &detail),
+            Err(_) => tracing::warn!(component = "updater", "{detail}"),
+        }
+        versions.end_trial();
+    }
+    let current = versions.current()?;
+    let target = versions.binary(&current);
+    let me = std::env::current_exe().ok()?;
+    let same = match (std::fs::canonicalize(&me), std::fs::canonicalize(&target)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => true,
+    };
+    (!same).then_some(target)
+}
