@@ -51,15 +51,21 @@ pub async fn wait_for_log(root: &Path, needle: &str, within: Duration) -> String
     }
 }
 
+/// A temporary folder holding `root/` with `config` as its `config.json`.
+fn new_root(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("userdata/local")).unwrap();
+    std::fs::create_dir_all(root.join("state")).unwrap();
+    std::fs::write(root.join("config.json"), config).unwrap();
+    dir
+}
+
 impl Process {
     /// Writes `config` as the root's `config.json`, lets `prepare` put files in the root, and
     /// runs the binary on it listening on a free loopback port.
     pub async fn start(config: &str, prepare: impl FnOnce(&Path)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("userdata/local")).unwrap();
-        std::fs::create_dir_all(root.join("state")).unwrap();
-        std::fs::write(root.join("config.json"), config).unwrap();
+        let dir = new_root(config);
         Self::start_in(dir, prepare).await
     }
 
@@ -75,7 +81,14 @@ impl Process {
 
     /// Runs the binary on the root in `dir` (as left by an earlier process), after `prepare`.
     pub async fn start_in(dir: tempfile::TempDir, prepare: impl FnOnce(&Path)) -> Self {
-        Self::start_in_with(dir, &[], prepare).await
+        Self::start_in_with(dir, &[], "127.0.0.1:0", prepare).await
+    }
+
+    /// [`Process::start`] on a given `listen` address (one that must stay the same across a
+    /// re-execution, as an update's).
+    pub async fn start_listening(config: &str, listen: &str, prepare: impl FnOnce(&Path)) -> Self {
+        let dir = new_root(config);
+        Self::start_in_with(dir, &[], listen, prepare).await
     }
 
     /// [`Process::start`] with extra environment variables.
@@ -84,17 +97,14 @@ impl Process {
         env: &[(&str, &str)],
         prepare: impl FnOnce(&Path),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("userdata/local")).unwrap();
-        std::fs::create_dir_all(root.join("state")).unwrap();
-        std::fs::write(root.join("config.json"), config).unwrap();
-        Self::start_in_with(dir, env, prepare).await
+        let dir = new_root(config);
+        Self::start_in_with(dir, env, "127.0.0.1:0", prepare).await
     }
 
     async fn start_in_with(
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
+        listen: &str,
         prepare: impl FnOnce(&Path),
     ) -> Self {
         let root = dir.path().join("root");
@@ -104,7 +114,7 @@ impl Process {
         let child = Command::new(BIN)
             .args(["run", "--root"])
             .arg(&root)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
