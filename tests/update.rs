@@ -67,6 +67,13 @@ impl Release {
                             return;
                         }
                         head.push(byte[0]);
+                        if head == [0x16] {
+                            // A TLS handshake on this plain HTTP port, answered as nginx does.
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                                .await;
+                            return;
+                        }
                     }
                     let head = String::from_utf8_lossy(&head).to_string();
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
@@ -717,4 +724,46 @@ async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower
     assert!(server.root.join("versions/0.2.0/poziserver").is_file());
     let (ok, text) = cli(&server.root, &["update", "status"]);
     assert!(ok && text.contains("current:  0.2.0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_release_server_is_a_health_warning_that_names_the_step() {
+    let release = Release::start().await;
+    let key = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let closed = free_address();
+    // (base URL, the step the warning must name)
+    let cases = [
+        (format!("http://{closed}/releases/"), "TCP: cannot connect"),
+        // The release server speaks plain HTTP: a TLS client cannot make a connection.
+        (format!("https://{}/releases/", release.addr), "TLS:"),
+        (
+            format!("http://{}/nothing-here/", release.addr),
+            "HTTP status 404",
+        ),
+    ];
+    for (base, words) in cases {
+        let config = json!({"update": {"manifest_base_url": base, "public_keys": [key.pk.to_base64()], "auto_apply": false}});
+        let server = Process::start(&config.to_string(), |_| {}).await;
+        let (_, _, body) = server.get("/health").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            health["checks"]["updater"][0]["status"], "pass",
+            "{base}: {body}"
+        );
+        let report = post(&server, "/admin/update/check").await;
+        assert_eq!(report["outcome"], "unreachable", "{base}: {report}");
+        assert!(
+            report["detail"].as_str().unwrap().contains(words),
+            "{base}: {report}"
+        );
+        let (status, _, body) = server.get("/health").await;
+        assert_eq!(status, 200, "a warning is not a failure: {body}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "warn", "{body}");
+        let check = &health["checks"]["updater"][0];
+        assert_eq!(check["status"], "warn", "{body}");
+        assert!(check["output"].as_str().unwrap().contains(words), "{body}");
+        assert_eq!(check["lastEvent"]["event"], "unreachable", "{body}");
+        assert_eq!(running_version(&server).await.as_deref(), Some("0.1.0"));
+    }
 }
