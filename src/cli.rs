@@ -266,23 +266,74 @@ fn update_journal(root: &Root) -> Option<crate::update::journal::Journal> {
     crate::update::journal::Journal::open(&root.state_dir().join("update.sqlite")).ok()
 }
 
-/// Completes on SIGINT or SIGTERM, or, for a new version on trial, when the process that
-/// started it closes its standard input.
-async fn stop_signal() {
+/// Carries out each switch the updater asks for while the tree serves on: the new version's
+/// trial, then, when it fails, the rollback (and waiting for the next request); returns the plan
+/// and the trial process once one passes.
+async fn drive_switches(
+    switch: &crate::update::SwitchRequest,
+    root: &Root,
+    args: &[std::ffi::OsString],
+) -> (crate::update::SwitchPlan, tokio::process::Child) {
+    use crate::update::switch::{Trial, conclude, trial};
+    loop {
+        switch.asked().await;
+        let Some(plan) = switch.take() else {
+            continue;
+        };
+        let (outcome, child) = trial(&plan, root, args, std::future::pending()).await;
+        conclude(&plan, root, update_journal(root).as_ref(), &outcome);
+        if let (Trial::Healthy { .. }, Some(child)) = (outcome, child) {
+            return (plan, child);
+        }
+    }
+}
+
+/// How long a trial process that was handed over serves on while its successor starts.
+const HANDOVER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Completes on SIGINT or SIGTERM; for a new version on trial, also on `stop` from the process
+/// that started it, or, when that process is gone (it re-executed into this version, or died),
+/// once a successor has taken over the listeners or [`HANDOVER`] has passed. A `serve` line
+/// makes it listen on the configured addresses.
+async fn stop_signal(root: &Root) {
     if !crate::update::on_trial() {
         return crate::runtime::shutdown_signal().await;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin();
-        let mut buffer = [0u8; 256];
-        while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
-        let _ = tx.send(());
+        use std::io::BufRead;
+        let mut line = String::new();
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            line.clear();
+            match stdin.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.trim() == "serve" => crate::update::request_public(),
+                Ok(_) if line.trim() == "stop" => {
+                    let _ = tx.send(true);
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+        let _ = tx.send(false);
     });
     tokio::select! {
         () = crate::runtime::shutdown_signal() => {}
-        _ = rx => tracing::info!("standard input closed: the trial run stops"),
+        told = rx => {
+            if told.unwrap_or(false) {
+                tracing::info!("on trial: told to stop");
+                return;
+            }
+            tracing::info!("on trial: the old version is gone; serving until a successor listens");
+            let me = std::process::id();
+            let deadline = std::time::Instant::now() + HANDOVER;
+            while std::time::Instant::now() < deadline
+                && !crate::http::running_server(root).is_some_and(|n| n.pid != me && n.public)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 
@@ -327,7 +378,7 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         tracing::info!(binary = %current.display(), "versions/current names another binary: running it");
         drop(guard);
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let error = crate::update::switch::exec(&current, &args);
+        let error = crate::update::switch::exec(&current, &args, None);
         return fail(&format!(
             "cannot execute the current version {}: {error}",
             current.display()
@@ -357,63 +408,57 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         }
         Some(crate::version::Misbehaviour::NoBind) => {
             tracing::warn!("test copy built never to bind: waiting to be stopped");
-            runtime.block_on(stop_signal());
+            runtime.block_on(stop_signal(&root));
             return ExitCode::SUCCESS;
         }
         _ => {}
     }
+    crate::update::switch::reap_predecessor();
     let switch = crate::update::SwitchRequest::default();
-    let result = loop {
-        let handles = crate::runtime::Handles {
-            switch: switch.clone(),
-            config_file: Some(config_file.clone()),
-            ..crate::runtime::Handles::default()
-        };
-        let result = runtime.block_on(crate::runtime::run(&config, &root, handles, stop_signal()));
-        let Some(plan) = switch.take() else {
-            break result;
-        };
-        if !matches!(result, Ok(RootOutcome::Stopped)) {
-            tracing::error!(
-                "the tree did not stop cleanly for the switch; the switch is abandoned"
-            );
-            crate::update::switch::conclude(
-                &plan,
-                &root,
-                update_journal(&root).as_ref(),
-                &crate::update::switch::Trial::Failed("the tree did not stop cleanly".to_owned()),
-            );
-            break result;
-        }
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let outcome = runtime.block_on(crate::update::switch::trial(
-            &plan,
-            &root,
-            &args,
-            stop_signal(),
-        ));
-        let journal = update_journal(&root);
-        crate::update::switch::conclude(&plan, &root, journal.as_ref(), &outcome);
-        if let crate::update::switch::Trial::Failed(reason) = &outcome {
-            if reason.contains("asked to stop") {
-                break Ok(RootOutcome::Stopped);
+    let handles = crate::runtime::Handles {
+        switch: switch.clone(),
+        config_file: Some(config_file.clone()),
+        ..crate::runtime::Handles::default()
+    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // The tree runs until a signal, a give-up, or a new version passes its trial (the switch
+    // driver then stops the tree and hands the still-running trial process back).
+    let tree_stop = tokio_util::sync::CancellationToken::new();
+    let (result, passed) = runtime.block_on(async {
+        let stop = {
+            let tree_stop = tree_stop.clone();
+            let root = root.clone();
+            async move {
+                tokio::select! {
+                    () = stop_signal(&root) => {}
+                    () = tree_stop.cancelled() => tracing::info!("stopping for the switch to a new version"),
+                }
             }
-            // The previous version (this one) starts its tree again.
-            continue;
+        };
+        let tree = crate::runtime::run(&config, &root, handles, stop);
+        tokio::pin!(tree);
+        tokio::select! {
+            result = &mut tree => (result, None),
+            passed = drive_switches(&switch, &root, &args) => {
+                tree_stop.cancel();
+                (tree.await, Some(passed))
+            }
         }
+    });
+    if let Some((plan, trial)) = passed {
         tracing::info!(version = %plan.version, "re-executing as the new version");
-        drop(journal);
         runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
         // Flushes the log before the process image is replaced.
         drop(guard);
-        let error = crate::update::switch::exec(&plan.binary, &args);
+        let error = crate::update::switch::exec(&plan.binary, &args, trial.id());
         // Only reached when the new binary could not be executed after its trial: put the
-        // previous version back and exit non-zero so the service manager starts it.
-        let journal = update_journal(&root);
+        // previous version back (the trial process is killed as its handle drops) and exit
+        // non-zero so that the service manager starts it.
+        drop(trial);
         crate::update::switch::conclude(
             &plan,
             &root,
-            journal.as_ref(),
+            update_journal(&root).as_ref(),
             &crate::update::switch::Trial::Failed(format!(
                 "cannot execute it after its trial: {error}"
             )),
@@ -422,7 +467,7 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
             "cannot execute {}: {error}",
             plan.binary.display()
         ));
-    };
+    }
     // Work still on blocking threads (a query being interrupted, a file being read) gets a
     // moment to end; the process does not wait on it longer.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

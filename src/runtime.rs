@@ -47,8 +47,8 @@ pub struct Handles {
     pub listening: Listening,
     /// The tree's named actors (sync jobs, the search indexer, the updater).
     pub directory: actors::Directory,
-    /// Where the updater asks for a switch to a new version; the tree then stops and the
-    /// caller carries the switch out.
+    /// Where the updater asks for a switch to a new version, which the caller carries out
+    /// (running the new version on trial while this tree serves on).
     pub switch: crate::update::SwitchRequest,
     /// The config file the server was started with (default `<root>/config.json`), which a
     /// new version's self-test checks.
@@ -326,17 +326,8 @@ pub async fn run(
     let actor = handle.actor.clone();
     let finished = handle.wait();
     tokio::pin!(finished);
-    let asked = switch.asked();
     tokio::select! {
         outcome = &mut finished => Ok(outcome),
-        () = asked => {
-            let limit = Duration::from_secs(config.supervisor.shutdown_timeout_secs);
-            tracing::info!(timeout_secs = limit.as_secs(), "stopping for a switch to a new version");
-            actor.stop(Some("switch".to_owned()));
-            tokio::time::timeout(limit, finished)
-                .await
-                .map_err(|_| RuntimeError::ShutdownTimeout(limit))
-        }
         () = shutdown => {
             let limit = Duration::from_secs(config.supervisor.shutdown_timeout_secs);
             tracing::info!(timeout_secs = limit.as_secs(), "shutting down");

@@ -612,6 +612,19 @@ async fn load(
     (sent, answered, seen)
 }
 
+/// Processes whose parent is `pid`, zombies included.
+fn child_processes(pid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            rest.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower_production_release()
  {
@@ -681,6 +694,13 @@ async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower
     );
     // The same process, re-executed.
     assert_eq!(server.pid(), pid);
+    // The trial process stops once its successor listens, and is reaped.
+    common::process::eventually(
+        "the trial process stopped and was reaped",
+        Duration::from_secs(40),
+        || child_processes(pid) == 0,
+    )
+    .await;
     assert_eq!(
         std::fs::read_to_string(server.root.join("versions/current"))
             .unwrap()

@@ -10,7 +10,6 @@ use std::time::Duration;
 use actors::HealthRegistry;
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::cors::Cors;
 use super::host::HostFolders;
+use super::listen::{ServerNote, bind, check_free, remove_own_note, taking_over};
 use super::proxy::Proxy;
 use super::routes::Site;
 use super::serve::{Acceptor, redirect};
@@ -76,100 +76,66 @@ pub struct HttpState {
     tracker: TaskTracker,
     drain: Duration,
     listening: Listening,
-    /// `state/server.json`, removed when the listener stops.
-    note: std::path::PathBuf,
+    /// The root whose `state/server.json` names this process until the listener stops.
+    root: Root,
     /// Interrupts the queries still running after the drain.
     queries: CancellationToken,
     /// The same when the state is dropped by a kill.
     _queries_on_drop: tokio_util::sync::DropGuard,
 }
 
-/// The file (in `state/`) naming the running server's process and addresses, which the
-/// command line reads to reach it (`poziserver sync run` asks a running server to run a job).
-pub const SERVER_NOTE: &str = "server.json";
-
-/// A running server's note, as the command line and the updater read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerNote {
-    /// Its process id.
-    pub pid: u32,
-    /// `https` or `http`.
-    pub scheme: String,
-    /// The addresses it listens on.
-    pub listen: Vec<SocketAddr>,
-}
-
-impl ServerNote {
-    /// Its addresses reachable over loopback (an unspecified address is asked on loopback), with
-    /// the scheme.
-    #[must_use]
-    pub fn loopback(&self) -> Vec<(String, SocketAddr)> {
-        self.listen
-            .iter()
-            .map(|&address| {
-                let mut address = address;
-                if address.ip().is_unspecified() {
-                    address.set_ip(if address.is_ipv4() {
-                        std::net::Ipv4Addr::LOCALHOST.into()
-                    } else {
-                        std::net::Ipv6Addr::LOCALHOST.into()
-                    });
-                }
-                (self.scheme.clone(), address)
-            })
-            .filter(|(_, a)| a.ip().is_loopback())
-            .collect()
+/// On trial: once the old version asks (it has seen this one healthy), binds the configured
+/// addresses beside it and notes them; a bind that fails is noted for the old version to read.
+async fn serve_when_asked(
+    acceptor: Acceptor,
+    mut note: ServerNote,
+    args: HttpArgs,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut asked = crate::update::public_requested();
+    tokio::select! {
+        () = stop.cancelled() => return,
+        _ = asked.wait_for(|yes| *yes) => {}
     }
-}
-
-/// The note of the server running on `root`, when there is one.
-#[must_use]
-pub fn running_server(root: &crate::root::Root) -> Option<ServerNote> {
-    let text = std::fs::read(root.state_dir().join(SERVER_NOTE)).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    Some(ServerNote {
-        pid: u32::try_from(value.get("pid")?.as_u64()?).ok()?,
-        scheme: value
-            .get("scheme")
-            .and_then(|s| s.as_str())
-            .unwrap_or("https")
-            .to_owned(),
-        listen: value
-            .get("listen")?
-            .as_array()?
-            .iter()
-            .filter_map(|a| a.as_str()?.parse().ok())
-            .collect(),
-    })
-}
-
-/// Writes [`SERVER_NOTE`]; a failure only costs the command line its way to this server.
-fn write_server_note(root: &crate::root::Root, scheme: &str, bound: &[SocketAddr]) {
-    let note = serde_json::json!({
-        "pid": std::process::id(),
-        "scheme": scheme,
-        "listen": bound,
-    });
-    let path = root.state_dir().join(SERVER_NOTE);
-    let temporary = path.with_extension("json.tmp");
-    let written = std::fs::write(&temporary, note.to_string())
-        .and_then(|()| std::fs::rename(&temporary, &path));
-    if let Err(e) = written {
-        tracing::warn!(file = %path.display(), error = %e, "cannot note the listening addresses for the command line");
-    }
-}
-
-async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(address).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => " (another program is using this port)",
-            std::io::ErrorKind::PermissionDenied if address.port() < 1024 => {
-                " (ports below 1024 need administrator rights or CAP_NET_BIND_SERVICE)"
+    let mut bound = note.listen.clone();
+    let mut https_port = None;
+    let mut listeners = Vec::new();
+    let mut redirects = Vec::new();
+    let addresses = args.config.listen.iter().map(|a| (a, false));
+    let redirect_addresses = args.config.http.redirect_listen.iter().map(|a| (a, true));
+    for (address, is_redirect) in addresses.chain(redirect_addresses) {
+        match bind(*address).await {
+            Ok(listener) if is_redirect => redirects.push(listener),
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                tracing::error!(error = %e, "on trial: cannot listen on the configured address");
+                note.bind_error = Some(e);
+                note.write(&args.root);
+                return;
             }
-            _ => "",
-        };
-        format!("cannot listen on {address}: {e}{hint}")
-    })
+        }
+    }
+    for listener in listeners {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(address = %address, "on trial: listening on {}://{address} too", note.scheme);
+            https_port = https_port.or(Some(address.port()));
+            bound.push(address);
+        }
+        tracker.spawn(acceptor.clone().run(listener));
+    }
+    for listener in redirects {
+        tracker.spawn(redirect(
+            listener,
+            https_port,
+            stop.clone(),
+            tracker.clone(),
+        ));
+    }
+    note.listen = bound.clone();
+    note.public = true;
+    note.write(&args.root);
+    args.listening.0.store(Arc::new(bound));
 }
 
 impl Actor for HttpComponent {
@@ -229,13 +195,25 @@ impl Actor for HttpComponent {
             None => None,
         };
 
+        // A new version on trial listens on a private loopback port until it is asked to serve.
+        let on_trial = crate::update::on_trial();
+        let public: Vec<SocketAddr> = args.config.listen.clone();
         let mut listeners = Vec::new();
-        for address in &args.config.listen {
-            listeners.push(bind(*address).await?);
-        }
         let mut redirects = Vec::new();
-        for address in &http.redirect_listen {
-            redirects.push(bind(*address).await?);
+        if on_trial {
+            listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        } else {
+            if !taking_over() {
+                for address in public.iter().chain(&http.redirect_listen) {
+                    check_free(*address)?;
+                }
+            }
+            for address in &public {
+                listeners.push(bind(*address).await?);
+            }
+            for address in &http.redirect_listen {
+                redirects.push(bind(*address).await?);
+            }
         }
 
         let stop = CancellationToken::new();
@@ -315,14 +293,30 @@ impl Actor for HttpComponent {
                 }
             });
         }
-        write_server_note(&args.root, scheme, &bound);
+        let note = ServerNote {
+            pid: std::process::id(),
+            scheme: scheme.to_owned(),
+            listen: bound.clone(),
+            public: !on_trial,
+            bind_error: None,
+        };
+        note.write(&args.root);
         args.listening.0.store(Arc::new(bound));
+        if on_trial {
+            tokio::spawn(serve_when_asked(
+                acceptor.clone(),
+                note,
+                args.clone(),
+                stop.clone(),
+                tracker.clone(),
+            ));
+        }
         Ok(HttpState {
             stop,
             tracker,
             drain: Duration::from_secs(limits.drain_timeout_secs),
             listening: args.listening,
-            note: args.root.state_dir().join(SERVER_NOTE),
+            root: args.root.clone(),
             _queries_on_drop: queries.clone().drop_guard(),
             queries,
         })
@@ -335,7 +329,7 @@ impl Actor for HttpComponent {
         state: &mut HttpState,
     ) -> Result<(), ActorProcessingErr> {
         state.listening.0.store(Arc::new(Vec::new()));
-        let _ = std::fs::remove_file(state.note.as_path());
+        remove_own_note(&state.root);
         state.stop.cancel();
         state.tracker.close();
         if tokio::time::timeout(state.drain, state.tracker.wait())

@@ -12,10 +12,14 @@
 //! 4. `host`: the `Host` header picks `userdata/<folder>`, falling back to `userdata/local`.
 //! 5. `crate::safe_path`: the request path becomes segments that cannot leave the folder.
 //! 6. `static_files`: content type, validators, ranges, compression, caching headers.
+//!
+//! `listen` binds the addresses (shared with a successor during an update) and keeps the note
+//! in `state/` that says which process listens where.
 
 mod component;
 mod cors;
 mod host;
+pub mod listen;
 mod proxy;
 mod routes;
 mod serve;
@@ -23,4 +27,5 @@ mod service;
 mod static_files;
 pub mod tls;
 
-pub use component::{HttpArgs, HttpComponent, Listening, SERVER_NOTE, ServerNote, running_server};
+pub use component::{HttpArgs, HttpComponent, Listening};
+pub use listen::{SERVER_NOTE, ServerNote, running_server};

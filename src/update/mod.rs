@@ -29,6 +29,30 @@ use std::sync::{Arc, Mutex};
 /// closes, and its own updater stays off.
 pub const TRIAL_ENV: &str = "POZI_UPDATE_TRIAL";
 
+/// Environment variable set on the process an old version re-executes into after a
+/// successful trial: it binds beside the trial process (which stops once this one listens)
+/// instead of first checking that its addresses are free. Its value is the trial's process id,
+/// which it reaps.
+pub const SUCCESSOR_ENV: &str = "POZI_UPDATE_SUCCESSOR";
+
+/// Asks a new version on trial to listen on the configured addresses (sent by the old version
+/// once it has seen it healthy).
+pub fn request_public() {
+    let _ = public_sender().send(true);
+}
+
+/// Completes once [`request_public`] has been called (at once if it has).
+#[must_use]
+pub fn public_requested() -> tokio::sync::watch::Receiver<bool> {
+    public_sender().subscribe()
+}
+
+fn public_sender() -> &'static tokio::sync::watch::Sender<bool> {
+    static SENDER: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
+        std::sync::OnceLock::new();
+    SENDER.get_or_init(|| tokio::sync::watch::Sender::new(false))
+}
+
 /// Whether this process is a new version on trial.
 #[must_use]
 pub fn on_trial() -> bool {

@@ -1,8 +1,11 @@
-//! Carrying out a switch, outside the supervision tree (which has stopped and drained): the new
-//! binary is run on trial with this process's own arguments, against the real listener, until
-//! it answers `/health` with `pass` or `warn`; it is then stopped and this process re-executes
-//! it. If it exits, never answers, or reports `fail`, it is stopped and the previous version is
-//! made current again, and this process starts its tree again.
+//! Carrying out a switch while the old version serves on. The new binary runs on trial with
+//! this process's own arguments, listening only on a private loopback port, until it answers
+//! `/health` with `pass` or `warn`; it is then asked (a `serve` line on its standard input) to
+//! listen on the configured addresses beside this process (`SO_REUSEPORT`). This process then
+//! stops its tree (its listener drains) and re-executes the new binary, which binds beside the
+//! trial process; the trial process stops once its successor listens. If the new version exits,
+//! never answers, reports `fail` or cannot bind, it is stopped (a `stop` line), the previous
+//! version is made current again, and this process never stopped serving.
 //!
 //! At start, [`boot`] finishes what a crash mid-switch left (the trial marker) and runs the
 //! version `versions/current` names when this binary is not it, so a service manager starting
@@ -46,27 +49,56 @@ fn health_urls(root: &Root, pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Runs `plan`'s binary on trial with `args` until it is healthy, fails, or `stop` completes.
+/// Runs `plan`'s binary on trial with `args` while this version serves on: it listens on a
+/// private loopback port until it answers `/health` with `pass` or `warn`, is then asked to
+/// listen on the configured addresses too, and, once it does, is handed back still running
+/// (this process then stops its own tree and re-executes). It is stopped on failure, or when
+/// `stop` completes.
 pub async fn trial(
     plan: &SwitchPlan,
     root: &Root,
     args: &[OsString],
     stop: impl Future<Output = ()>,
-) -> Trial {
-    // The note of this process's own listener is gone with it; a stale one must not be read.
-    let _ = std::fs::remove_file(root.state_dir().join(crate::http::SERVER_NOTE));
+) -> (Trial, Option<tokio::process::Child>) {
     let mut child = match tokio::process::Command::new(&plan.binary)
         .args(args)
         .env(TRIAL_ENV, "1")
+        .env_remove(super::SUCCESSOR_ENV)
         .stdin(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
     {
         Ok(child) => child,
-        Err(e) => return Trial::Failed(format!("cannot start {}: {e}", plan.binary.display())),
+        Err(e) => {
+            let reason = format!("cannot start {}: {e}", plan.binary.display());
+            return (Trial::Failed(reason), None);
+        }
     };
     let pid = child.id().unwrap_or(0);
     tracing::info!(component = "updater", version = %plan.version, pid, "new version started on trial");
+    tokio::pin!(stop);
+    let outcome = tokio::select! {
+        outcome = watch(&mut child, plan, root, pid) => outcome,
+        () = &mut stop => Err("the server was asked to stop during the trial".to_owned()),
+    };
+    match outcome {
+        Ok(millis) => (Trial::Healthy { millis }, Some(child)),
+        Err(reason) => {
+            end(child).await;
+            (Trial::Failed(reason), None)
+        }
+    }
+}
+
+/// Follows the trial process: healthy on its private port, then listening on the public
+/// addresses. Milliseconds to healthy, or why it failed.
+async fn watch(
+    child: &mut tokio::process::Child,
+    plan: &SwitchPlan,
+    root: &Root,
+    pid: u32,
+) -> Result<u128, String> {
+    use tokio::io::AsyncWriteExt;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(plan.health_timeout_secs);
     // Its own health: loopback, its own (possibly self-signed) certificate, not verified.
@@ -74,24 +106,17 @@ pub async fn trial(
         .danger_accept_invalid_certs(true)
         .no_proxy()
         .timeout(Duration::from_secs(2))
-        .build();
-    let Ok(client) = client else {
-        return end(
-            child,
-            Trial::Failed("cannot make an HTTP client".to_owned()),
-        )
-        .await;
-    };
-    tokio::pin!(stop);
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
     let mut last = "it never bound its listener".to_owned();
-    let outcome = loop {
+    let millis = 'healthy: loop {
         if let Ok(Some(status)) = child.try_wait() {
-            break Trial::Failed(format!(
+            return Err(format!(
                 "the new version exited ({status}) before answering /health"
             ));
         }
         if Instant::now() >= deadline {
-            break Trial::Failed(format!(
+            return Err(format!(
                 "the new version did not answer /health with pass within {} s: {last}",
                 plan.health_timeout_secs
             ));
@@ -110,13 +135,7 @@ pub async fn trial(
                     let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("");
                     match status {
                         "pass" | "warn" if code.is_success() => {
-                            return end(
-                                child,
-                                Trial::Healthy {
-                                    millis: started.elapsed().as_millis(),
-                                },
-                            )
-                            .await;
+                            break 'healthy started.elapsed().as_millis();
                         }
                         "fail" => {
                             let failing: Vec<String> = body
@@ -127,42 +146,68 @@ pub async fn trial(
                                 .filter(|(_, v)| v[0]["status"] == "fail")
                                 .map(|(k, _)| k.clone())
                                 .collect();
-                            return end(
-                                child,
-                                Trial::Failed(format!(
-                                    "the new version reports fail on /health ({})",
-                                    failing.join(", ")
-                                )),
-                            )
-                            .await;
+                            return Err(format!(
+                                "the new version reports fail on /health ({})",
+                                failing.join(", ")
+                            ));
                         }
                         _ => last = format!("{url} answered {code} {status}"),
                     }
                 }
             }
         }
-        tokio::select! {
-            () = &mut stop => break Trial::Failed("the server was asked to stop during the trial".to_owned()),
-            () = tokio::time::sleep(Duration::from_millis(25)) => {}
-        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    end(child, outcome).await
+    // Healthy: it may now listen beside this version.
+    let asked = match child.stdin.as_mut() {
+        Some(stdin) => stdin.write_all(b"serve\n").await.and(stdin.flush().await),
+        None => Err(std::io::Error::other("no standard input")),
+    };
+    asked.map_err(|e| format!("cannot ask the new version to serve: {e}"))?;
+    let deadline = Instant::now() + BIND_TIME;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the new version exited ({status}) when asked to serve"
+            ));
+        }
+        if let Some(note) = crate::http::running_server(root).filter(|n| n.pid == pid) {
+            if let Some(error) = note.bind_error {
+                return Err(format!("the new version cannot bind: {error}"));
+            }
+            if note.public {
+                return Ok(millis);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the new version did not listen on the configured addresses within {} s",
+                BIND_TIME.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-/// Stops the trial process (its standard input closes; killed after [`STOP_GRACE`]).
-async fn end(mut child: tokio::process::Child, outcome: Trial) -> Trial {
-    drop(child.stdin.take());
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!(
-                component = "updater",
-                "the trial process did not stop in time; killing it"
-            );
-            let _ = child.kill().await;
-        }
+/// How long a healthy trial process has to bind the configured addresses.
+const BIND_TIME: Duration = Duration::from_secs(10);
+
+/// Stops a trial process: `stop` on its standard input, killed after [`STOP_GRACE`].
+pub async fn end(mut child: tokio::process::Child) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"stop\n").await;
     }
-    outcome
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            component = "updater",
+            "the trial process did not stop in time; killing it"
+        );
+        let _ = child.kill().await;
+    }
 }
 
 /// After a trial: on success re-executes the new version (only returns when that fails); on
@@ -211,15 +256,34 @@ fn restore(plan: &SwitchPlan, versions: &Versions) {
     }
 }
 
-/// Replaces this process with `binary` and `args` (Unix). Returns only when that fails.
+/// Replaces this process with `binary` and `args` (Unix), telling it the trial process
+/// `successor_of` it takes over from. Returns only when that fails.
 #[cfg(unix)]
 #[must_use]
-pub fn exec(binary: &Path, args: &[OsString]) -> std::io::Error {
+pub fn exec(binary: &Path, args: &[OsString], successor_of: Option<u32>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(binary)
-        .args(args)
-        .env_remove(TRIAL_ENV)
-        .exec()
+    let mut command = std::process::Command::new(binary);
+    command.args(args).env_remove(TRIAL_ENV);
+    match successor_of {
+        Some(pid) => command.env(super::SUCCESSOR_ENV, pid.to_string()),
+        None => command.env_remove(super::SUCCESSOR_ENV),
+    };
+    command.exec()
+}
+
+/// In a process that took over from a trial process (its child, inherited across the
+/// re-execution), waits for that process to exit so that it does not linger as a zombie.
+pub fn reap_predecessor() {
+    #[cfg(unix)]
+    if let Some(pid) = std::env::var(super::SUCCESSOR_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        std::thread::spawn(move || {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        });
+    }
 }
 
 /// Elsewhere (a Windows service) there is no `exec`: the new version runs as a child with the
@@ -227,10 +291,11 @@ pub fn exec(binary: &Path, args: &[OsString]) -> std::io::Error {
 /// lands on it, through [`boot`]).
 #[cfg(not(unix))]
 #[must_use]
-pub fn exec(binary: &Path, args: &[OsString]) -> std::io::Error {
+pub fn exec(binary: &Path, args: &[OsString], _successor_of: Option<u32>) -> std::io::Error {
     match std::process::Command::new(binary)
         .args(args)
         .env_remove(TRIAL_ENV)
+        .env_remove(super::SUCCESSOR_ENV)
         .status()
     {
         Ok(status) => std::process::exit(status.code().unwrap_or(1)),
