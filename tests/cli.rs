@@ -178,6 +178,20 @@ fn the_committed_schema_matches_the_code() {
 }
 
 #[test]
+fn the_committed_manifest_schema_matches_the_code() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/update-manifest.schema.json"
+    ))
+    .unwrap();
+    let generated = text(&poziserver(&["update", "manifest-schema"]).stdout);
+    assert_eq!(
+        committed, generated,
+        "docs/update-manifest.schema.json is stale: run `cargo run -- update manifest-schema > docs/update-manifest.schema.json`"
+    );
+}
+
+#[test]
 fn the_example_config_spells_out_every_option() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.json"))
         .unwrap();

@@ -711,18 +711,17 @@ async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower
         wait_for_event(&server, event, "0.3.0-dev.1", Duration::from_secs(5)).await;
     }
 
-    // Back to production: its release is lower, and installed all the same.
+    // Back to production (by the command line this time): its release is lower, and installed
+    // all the same.
     std::fs::write(server.root.join("updater/updater-config.json"), "{}").unwrap();
-    let report = post(&server, "/admin/update/apply").await;
-    assert_eq!(report["outcome"], "switching", "{report}");
-    assert_eq!(report["channel"], "production");
-    assert!(
-        report["detail"]
-            .as_str()
-            .unwrap()
-            .contains("the channel changed"),
-        "{report}"
-    );
+    let root = server.root.clone();
+    let (ok, text) = tokio::task::spawn_blocking(move || cli(&root, &["update", "apply"]))
+        .await
+        .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.starts_with("switching:"), "{text}");
+    assert!(text.contains("channel production"), "{text}");
+    assert!(text.contains("the channel changed"), "{text}");
     wait_for_version(&server, "0.2.0", Duration::from_secs(60)).await;
     assert_eq!(server.pid(), pid);
     wait_for_event(&server, "healthy", "0.2.0", Duration::from_secs(5)).await;
@@ -744,6 +743,43 @@ async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower
     assert!(server.root.join("versions/0.2.0/poziserver").is_file());
     let (ok, text) = cli(&server.root, &["update", "status"]);
     assert!(ok && text.contains("current:  0.2.0"), "{text}");
+
+    // A restart by the service manager starts the installed binary, which runs the current
+    // version.
+    let (_, dir) = server.terminate_keeping(Duration::from_secs(30)).await;
+    let again = Process::start_in(dir, |_| {}).await;
+    assert_eq!(running_version(&again).await.as_deref(), Some("0.2.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_after_a_switch_cut_short_puts_the_previous_version_back() {
+    let server = Process::start("{}", |root| {
+        // What a server killed during a trial leaves: the pointer at the new version, and the
+        // trial marker.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(root.join("versions/0.2.0")).unwrap();
+        let binary = root.join("versions/0.2.0/poziserver");
+        std::fs::write(&binary, copy("0.2.0")).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("versions/current"), "0.2.0\n").unwrap();
+        std::fs::write(
+            root.join("state/update-trial.json"),
+            r#"{"version": "0.2.0", "previous": null, "started": "2026-12-03T01:00:00Z"}"#,
+        )
+        .unwrap();
+    })
+    .await;
+    assert_eq!(running_version(&server).await.as_deref(), Some("0.1.0"));
+    assert!(!server.root.join("versions/current").exists());
+    assert!(!server.root.join("state/update-trial.json").exists());
+    let (ok, text) = cli(&server.root, &["update", "status"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("rolled-back") && text.contains("cut short"),
+        "{text}"
+    );
+    // The version itself stays installed.
+    assert!(server.root.join("versions/0.2.0/poziserver").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,4 +822,35 @@ async fn an_unreachable_release_server_is_a_health_warning_that_names_the_step()
         assert_eq!(check["lastEvent"]["event"], "unreachable", "{body}");
         assert_eq!(running_version(&server).await.as_deref(), Some("0.1.0"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_address_is_refused_although_listeners_are_shareable() {
+    let address = free_address();
+    let first = Process::start_listening("{}", &address, |_| {}).await;
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("config.json"), "{}").unwrap();
+    let mut second = std::process::Command::new(BIN)
+        .args(["run", "--root"])
+        .arg(other.path())
+        .args(["--listen", &address])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = common::process::wait_for_log(
+        other.path(),
+        "another program is using this port",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!log.contains("listening on"), "{log}");
+    // Every request still reaches the first server.
+    for _ in 0..20 {
+        let (status, _, _) = first.get("/health").await;
+        assert_eq!(status, 200);
+    }
+    let _ = second.kill();
+    let _ = second.wait();
 }

@@ -410,18 +410,26 @@ impl UpdaterState {
     }
 
     fn after(&mut self, report: &Report) {
-        let interval = Duration::from_secs(self.ctx.config.interval_secs);
-        self.backoff = if report.outcome == "unreachable" {
-            // 1, 2, 4 … minutes, never past the interval.
-            Some(
-                self.backoff
-                    .map_or(Duration::from_secs(60), |b| b * 2)
-                    .min(interval),
-            )
-        } else {
-            None
-        };
+        self.backoff = next_backoff(
+            self.backoff,
+            report.outcome == "unreachable",
+            Duration::from_secs(self.ctx.config.interval_secs),
+        );
     }
+}
+
+/// The wait before the next poll after an unreachable release server: 1, 2, 4 … minutes, never
+/// past the interval; `None` (the interval) once it answers.
+fn next_backoff(
+    previous: Option<Duration>,
+    unreachable: bool,
+    interval: Duration,
+) -> Option<Duration> {
+    unreachable.then(|| {
+        previous
+            .map_or(Duration::from_secs(60), |b| b * 2)
+            .min(interval)
+    })
 }
 
 impl Actor for Updater {
@@ -468,5 +476,34 @@ impl Actor for Updater {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_errors_back_off_up_to_the_interval_and_reset_on_an_answer() {
+        let hour = Duration::from_secs(3600);
+        let mut backoff = None;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            backoff = next_backoff(backoff, true, hour);
+            waits.push(backoff.map(|b| b.as_secs()));
+        }
+        let minutes = [60, 120, 240, 480, 960, 1920, 3600, 3600].map(Some);
+        assert_eq!(waits, minutes);
+        assert_eq!(next_backoff(backoff, false, hour), None);
+    }
+
+    #[test]
+    fn the_manifest_url_is_the_base_and_the_channel_file() {
+        let url =
+            |base: &str| manifest_url(base, "manifest-server-dev.json").map(|u| u.to_string());
+        let expected =
+            Some("https://connect.pozi.com/releases/manifest-server-dev.json".to_owned());
+        assert_eq!(url("https://connect.pozi.com/releases/"), expected);
+        assert_eq!(url("https://connect.pozi.com/releases"), expected);
     }
 }

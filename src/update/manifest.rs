@@ -23,16 +23,19 @@ pub const MAX_SIGNATURE_BYTES: usize = 16 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Format version; this server reads 1.
+    #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     /// The release's version (semver; pre-releases such as `1.4.0-beta.2` allowed).
     pub version: String,
     /// When the release was published (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
     pub date: String,
     /// Release notes, shown to operators.
     #[serde(default)]
     pub notes: String,
     /// After this time (RFC 3339) the manifest is refused, so an old manifest replayed by an
     /// attacker cannot freeze a server on an old release. Publishers re-sign before it.
+    #[schemars(extend("format" = "date-time"))]
     pub expires: String,
     /// Per platform (`linux-x86_64`, `windows-x86_64`, `macos-aarch64`, …): the artifact.
     pub artifacts: BTreeMap<String, Artifact>,
@@ -47,6 +50,7 @@ pub struct Artifact {
     /// Its exact size in bytes.
     pub size: u64,
     /// Its SHA-256, 64 hexadecimal digits.
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: String,
 }
 
