@@ -25,7 +25,7 @@ pub use sync::SyncConfig;
 pub use update::UpdateConfig;
 
 /// The components a planned restart may name.
-pub const COMPONENTS: &[&str] = &["http", "scheduler", "search", "sync"];
+pub const COMPONENTS: &[&str] = &["http", "scheduler", "search", "sync", "updater"];
 
 /// Default listen address: HTTPS on every IPv4 interface.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
