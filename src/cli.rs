@@ -266,6 +266,79 @@ fn update_journal(root: &Root) -> Option<crate::update::journal::Journal> {
     crate::update::journal::Journal::open(&root.state_dir().join("update.sqlite")).ok()
 }
 
+/// How a run of the tree ended.
+enum Ending {
+    /// The tree ended by itself or on a signal.
+    Tree(Result<RootOutcome, crate::runtime::RuntimeError>),
+    /// A new version passed its trial and listens beside this one; the tree has stopped.
+    Passed {
+        /// The switch.
+        plan: crate::update::SwitchPlan,
+        /// The trial process, still serving.
+        trial: tokio::process::Child,
+        /// A stop signal came while the tree drained.
+        signalled: bool,
+        /// How the tree stopped.
+        result: Result<RootOutcome, crate::runtime::RuntimeError>,
+    },
+    /// This re-executed version did not take over; the executable to go back to.
+    Fallback(Option<PathBuf>),
+}
+
+/// Runs the tree until a signal or a give-up, beside the switch driver (a passed trial stops
+/// the tree) and, in a re-executed version, the confirmation of its takeover.
+async fn serve(
+    config: &Config,
+    root: &Root,
+    handles: crate::runtime::Handles,
+    switch: &crate::update::SwitchRequest,
+    args: &[std::ffi::OsString],
+    takeover: Option<crate::update::install::TrialMarker>,
+) -> Ending {
+    let tree_stop = tokio_util::sync::CancellationToken::new();
+    let stop = {
+        let tree_stop = tree_stop.clone();
+        async move {
+            tokio::select! {
+                () = stop_signal(root) => {}
+                () = tree_stop.cancelled() => tracing::info!("stopping for a switch of version"),
+            }
+        }
+    };
+    let tree = crate::runtime::run(config, root, handles, stop);
+    tokio::pin!(tree);
+    let health_timeout = std::time::Duration::from_secs(config.update.health_timeout_secs);
+    let confirmation = async {
+        match takeover {
+            Some(marker) => {
+                match crate::update::switch::confirm_takeover(root, marker, health_timeout).await {
+                    Ok(()) => std::future::pending().await,
+                    Err(binary) => binary,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = &mut tree => Ending::Tree(result),
+        (plan, trial) = drive_switches(switch, root, args) => {
+            tree_stop.cancel();
+            let signal = crate::runtime::shutdown_signal();
+            tokio::pin!(signal);
+            let (result, signalled) = tokio::select! {
+                result = &mut tree => (result, false),
+                () = &mut signal => (tree.await, true),
+            };
+            Ending::Passed { plan, trial, signalled, result }
+        }
+        binary = confirmation => {
+            tree_stop.cancel();
+            let _ = tree.await;
+            Ending::Fallback(binary)
+        }
+    }
+}
+
 /// Carries out each switch the updater asks for while the tree serves on: the new version's
 /// trial, then, when it fails, the rollback (and waiting for the next request); returns the plan
 /// and the trial process once one passes.
@@ -285,6 +358,7 @@ async fn drive_switches(
         if let (Trial::Healthy { .. }, Some(child)) = (outcome, child) {
             return (plan, child);
         }
+        switch.failed();
     }
 }
 
@@ -348,6 +422,15 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
     let written = match root.lay_out() {
         Ok(written) => written,
         Err(e) => return fail(&e.to_string()),
+    };
+    // Held until the process ends or re-executes (the descriptor closes on exec).
+    let _lock = if crate::update::on_trial() {
+        None
+    } else {
+        match root.lock_for_server() {
+            Ok(lock) => Some(lock),
+            Err(e) => return fail(&e),
+        }
     };
     let config_file = config_file.map_or_else(|| root.config_file(), Path::to_owned);
     let mut config = match Config::load(&config_file) {
@@ -423,51 +506,59 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     // The tree runs until a signal, a give-up, or a new version passes its trial (the switch
     // driver then stops the tree and hands the still-running trial process back).
-    let tree_stop = tokio_util::sync::CancellationToken::new();
-    let (result, passed) = runtime.block_on(async {
-        let stop = {
-            let tree_stop = tree_stop.clone();
-            let root = root.clone();
-            async move {
-                tokio::select! {
-                    () = stop_signal(&root) => {}
-                    () = tree_stop.cancelled() => tracing::info!("stopping for the switch to a new version"),
-                }
-            }
-        };
-        let tree = crate::runtime::run(&config, &root, handles, stop);
-        tokio::pin!(tree);
-        tokio::select! {
-            result = &mut tree => (result, None),
-            passed = drive_switches(&switch, &root, &args) => {
-                tree_stop.cancel();
-                (tree.await, Some(passed))
-            }
+    let takeover = crate::update::switch::pending_takeover(&root);
+    let ending = runtime.block_on(serve(&config, &root, handles, &switch, &args, takeover));
+    let result = match ending {
+        Ending::Tree(result) => {
+            crate::update::switch::after_stop(&root);
+            result
         }
-    });
-    if let Some((plan, trial)) = passed {
-        tracing::info!(version = %plan.version, "re-executing as the new version");
-        runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-        // Flushes the log before the process image is replaced.
-        drop(guard);
-        let error = crate::update::switch::exec(&plan.binary, &args, trial.id());
-        // Only reached when the new binary could not be executed after its trial: put the
-        // previous version back (the trial process is killed as its handle drops) and exit
-        // non-zero so that the service manager starts it.
-        drop(trial);
-        crate::update::switch::conclude(
-            &plan,
-            &root,
-            update_journal(&root).as_ref(),
-            &crate::update::switch::Trial::Failed(format!(
-                "cannot execute it after its trial: {error}"
-            )),
-        );
-        return fail(&format!(
-            "cannot execute {}: {error}",
-            plan.binary.display()
-        ));
-    }
+        Ending::Passed {
+            plan,
+            trial,
+            signalled: true,
+            result,
+        } => {
+            runtime.block_on(crate::update::switch::stopped_during_handover(
+                &plan, &root, trial,
+            ));
+            result
+        }
+        Ending::Passed { plan, trial, .. } => {
+            tracing::info!(version = %plan.version, "re-executing as the new version");
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            // Flushes the log before the process image is replaced.
+            drop(guard);
+            let error = crate::update::switch::exec(&plan.binary, &args, trial.id());
+            // Only reached when the new binary could not be executed after its trial: put the
+            // previous version back (the trial process is killed as its handle drops) and exit
+            // non-zero so that the service manager starts it.
+            drop(trial);
+            crate::update::switch::conclude(
+                &plan,
+                &root,
+                update_journal(&root).as_ref(),
+                &crate::update::switch::Trial::Failed(format!(
+                    "cannot execute it after its trial: {error}"
+                )),
+            );
+            return fail(&format!(
+                "cannot execute {}: {error}",
+                plan.binary.display()
+            ));
+        }
+        Ending::Fallback(binary) => {
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            drop(guard);
+            let Some(binary) = binary else {
+                return fail(
+                    "the new version did not take over; exiting so the service manager starts the previous one",
+                );
+            };
+            let error = crate::update::switch::exec(&binary, &args, None);
+            return fail(&format!("cannot go back to {}: {error}", binary.display()));
+        }
+    };
     // Work still on blocking threads (a query being interrupted, a file being read) gets a
     // moment to end; the process does not wait on it longer.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

@@ -80,6 +80,32 @@ impl Root {
         self.path.join("config.json")
     }
 
+    /// Holds `state/server.lock` for as long as the returned file lives: one server per root
+    /// (a new version on trial runs beside the old one without it).
+    ///
+    /// # Errors
+    /// A message when another process holds it, or the file cannot be opened.
+    pub fn lock_for_server(&self) -> Result<std::fs::File, String> {
+        let path = self.state_dir().join("server.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another poziserver is running on the root {} (it holds {}); stop it first",
+                self.path.display(),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+    }
+
     /// Creates the folders, and writes each sample file that is missing. Existing files are
     /// never overwritten. Returns the files written.
     ///

@@ -110,6 +110,10 @@ fn open_journal(config: &Config, root: &Root) -> Option<Arc<crate::sync::journal
             return None;
         }
     };
+    // A new version on trial must not close the runs the old version has under way.
+    if crate::update::on_trial() {
+        return Some(Arc::new(journal));
+    }
     match journal.close_interrupted() {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -277,11 +281,6 @@ pub async fn run(
             .retry_forever()
             .with_shutdown(drain + Duration::from_secs(1)),
         )
-        .child(ChildSpec::actor(
-            "scheduler",
-            RestartType::Permanent,
-            move || (Scheduler, scheduler.clone()),
-        ))
         .child(ChildSpec::new(
             "search",
             RestartType::Permanent,
@@ -297,9 +296,21 @@ pub async fn run(
                 }
             },
         ));
+    // A new version on trial runs beside the old one, which keeps the scheduled work (planned
+    // restarts, sync jobs) until the switch.
+    let on_trial = crate::update::on_trial();
+    let spec = if on_trial {
+        spec
+    } else {
+        spec.child(ChildSpec::actor(
+            "scheduler",
+            RestartType::Permanent,
+            move || (Scheduler, scheduler.clone()),
+        ))
+    };
     let spec = match sync_jobs(config, root, &registry, &marks, &directory, journal) {
-        Some(child) => spec.child(child),
-        None => spec,
+        Some(child) if !on_trial => spec.child(child),
+        _ => spec,
     };
     let spec = match updater {
         Some(ctx) => {

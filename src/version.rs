@@ -48,6 +48,9 @@ pub enum Misbehaviour {
     NoBind,
     /// `/health` reports `fail`.
     Fail,
+    /// `/health` reports `fail` only once an old version has re-executed into it (it passes its
+    /// trial, then fails after the switch).
+    FailAfterSwitch,
 }
 
 /// What a patched test copy says about itself.
@@ -67,7 +70,7 @@ pub fn test_slot() -> Option<&'static TestSlot> {
 }
 
 /// The marker a test finds in a copy of a debug binary, followed by [`SLOT_BYTES`] bytes it
-/// overwrites with `<version>[ exit|nobind|fail]`, padded with NUL bytes.
+/// overwrites with `<version>[ exit|nobind|fail|fail-after-switch]`, padded with NUL bytes.
 #[cfg(debug_assertions)]
 static SLOT_BYTES_WITH_MARKER: [u8; 16 + SLOT_BYTES] = {
     let mut slot = [0u8; 16 + SLOT_BYTES];
@@ -99,6 +102,7 @@ fn read_slot() -> Option<TestSlot> {
         Some("exit") => Some(Misbehaviour::Exit),
         Some("nobind") => Some(Misbehaviour::NoBind),
         Some("fail") => Some(Misbehaviour::Fail),
+        Some("fail-after-switch") => Some(Misbehaviour::FailAfterSwitch),
         _ => None,
     };
     Some(TestSlot {

@@ -166,8 +166,21 @@ fn manifest(
     platform: &str,
     artifact: (&str, usize, &str),
 ) -> Vec<u8> {
+    manifest_on("production", version, date, expires, platform, artifact)
+}
+
+/// [`manifest`] for `channel`.
+fn manifest_on(
+    channel: &str,
+    version: &str,
+    date: &str,
+    expires: &str,
+    platform: &str,
+    artifact: (&str, usize, &str),
+) -> Vec<u8> {
     serde_json::to_vec_pretty(&json!({
         "schema_version": 1,
+        "channel": channel,
         "version": version,
         "date": date,
         "notes": format!("release {version}"),
@@ -403,6 +416,20 @@ async fn bad_manifests_and_artifacts_are_refused_and_the_running_version_keeps_s
             "expired",
         ),
         (
+            "a dev manifest served as production",
+            manifest_on(
+                "dev",
+                "0.2.0",
+                date,
+                LATER,
+                &platform(),
+                ("poziserver-0.2.0", good.len(), &sha),
+            ),
+            Some(&trusted),
+            Body::Whole(good.clone()),
+            "another channel",
+        ),
+        (
             "no artifact for this platform",
             manifest(
                 "0.2.0",
@@ -479,6 +506,16 @@ async fn bad_manifests_and_artifacts_are_refused_and_the_running_version_keeps_s
         assert!(!server.root.join("versions/current").exists(), "{what}");
         assert!(!server.root.join("versions/0.2.0").exists(), "{what}");
     }
+    // The last refusal is a health warning (not a failure), with its reason.
+    let (status, _, body) = server.get("/health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let check = &health["checks"]["updater"][0];
+    assert_eq!(check["status"], "warn", "{body}");
+    assert!(
+        check["output"].as_str().unwrap().contains("larger than"),
+        "{body}"
+    );
     // Nothing half-downloaded is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(server.root.join("versions"))
         .unwrap()
@@ -549,6 +586,13 @@ async fn new_versions_that_exit_never_bind_or_report_fail_are_rolled_back() {
         ("0.2.0", "exit", "exited"),
         ("0.3.0", "nobind", "did not answer /health"),
         ("0.4.0", "fail", "reports fail"),
+        // Passes its trial, then fails once the old version has re-executed into it: the
+        // process goes back to the previous executable by itself.
+        (
+            "0.5.0",
+            "fail-after-switch",
+            "did not listen and answer /health",
+        ),
     ];
     for (n, (version, misbehaviour, words)) in cases.iter().enumerate() {
         let bytes = copy(&format!("{version} {misbehaviour}"));
@@ -571,6 +615,12 @@ async fn new_versions_that_exit_never_bind_or_report_fail_are_rolled_back() {
         assert!(!server.root.join("versions/current").exists(), "{version}");
         assert!(!server.root.join("state/update-trial.json").exists());
     }
+    assert!(
+        events(&server)
+            .await
+            .iter()
+            .any(|e| e["event"] == "healthy" && e["version"] == "0.5.0")
+    );
     // A version that failed is not tried again.
     let report = post(&server, "/admin/update/apply").await;
     assert_eq!(report["outcome"], "refused", "{report}");
@@ -647,7 +697,8 @@ async fn a_running_server_updates_itself_and_a_channel_change_installs_the_lower
     release.put("/releases/dev/poziserver", Body::Whole(dev.clone()));
     release.publish(
         "manifest-server-dev.json",
-        &manifest(
+        &manifest_on(
+            "dev",
             "0.3.0-dev.1",
             "2026-12-01T00:00:00Z",
             LATER,
@@ -775,7 +826,7 @@ async fn a_start_after_a_switch_cut_short_puts_the_previous_version_back() {
     let (ok, text) = cli(&server.root, &["update", "status"]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("rolled-back") && text.contains("cut short"),
+        text.contains("rolled-back") && text.contains("did not finish"),
         "{text}"
     );
     // The version itself stays installed.
@@ -853,4 +904,20 @@ async fn a_second_server_on_the_same_address_is_refused_although_listeners_are_s
     }
     let _ = second.kill();
     let _ = second.wait();
+    // A second server on the same root is refused at once, whatever its address.
+    let output = std::process::Command::new(BIN)
+        .args(["run", "--root"])
+        .arg(&first.root)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("another poziserver is running on the root"),
+        "{text}"
+    );
+    let (status, _, _) = first.get("/health").await;
+    assert_eq!(status, 200);
 }

@@ -17,6 +17,19 @@ use tokio::net::TcpListener;
 /// command line reads to reach it (`poziserver sync run` asks a running server to run a job).
 pub const SERVER_NOTE: &str = "server.json";
 
+/// The note of a new version on trial (in `state/`): its private port, and whether it listens
+/// on the configured addresses yet. The running server's note is not touched by it.
+pub const TRIAL_NOTE: &str = "server-trial.json";
+
+/// This process's note file: the trial's when on trial.
+fn own_note() -> &'static str {
+    if crate::update::on_trial() {
+        TRIAL_NOTE
+    } else {
+        SERVER_NOTE
+    }
+}
+
 /// A running server's note.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerNote {
@@ -61,10 +74,10 @@ impl ServerNote {
             .collect()
     }
 
-    /// Writes the note of this process into `root`'s `state/`; a failure only costs the
-    /// command line its way to this server.
+    /// Writes the note of this process into `root`'s `state/` ([`TRIAL_NOTE`] on trial); a
+    /// failure only costs the command line its way to this server.
     pub fn write(&self, root: &crate::root::Root) {
-        let path = root.state_dir().join(SERVER_NOTE);
+        let path = root.state_dir().join(own_note());
         let temporary = path.with_extension(format!("json.{}.tmp", self.pid));
         let text = serde_json::to_vec(self).unwrap_or_default();
         let written =
@@ -75,17 +88,28 @@ impl ServerNote {
     }
 }
 
-/// The note of the server running on `root`, when there is one.
-#[must_use]
-pub fn running_server(root: &crate::root::Root) -> Option<ServerNote> {
-    let text = std::fs::read(root.state_dir().join(SERVER_NOTE)).ok()?;
+fn read_note(root: &crate::root::Root, file: &str) -> Option<ServerNote> {
+    let text = std::fs::read(root.state_dir().join(file)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
-/// Removes the note when it is this process's own (a successor's is left alone).
+/// The note of the server running on `root`, when there is one.
+#[must_use]
+pub fn running_server(root: &crate::root::Root) -> Option<ServerNote> {
+    read_note(root, SERVER_NOTE)
+}
+
+/// The note of a new version on trial on `root`, when there is one.
+#[must_use]
+pub fn trial_server(root: &crate::root::Root) -> Option<ServerNote> {
+    read_note(root, TRIAL_NOTE)
+}
+
+/// Removes this process's note when it is still its own (a successor's is left alone).
 pub fn remove_own_note(root: &crate::root::Root) {
-    if running_server(root).is_some_and(|note| note.pid == std::process::id()) {
-        let _ = std::fs::remove_file(root.state_dir().join(SERVER_NOTE));
+    let file = own_note();
+    if read_note(root, file).is_some_and(|note| note.pid == std::process::id()) {
+        let _ = std::fs::remove_file(root.state_dir().join(file));
     }
 }
 

@@ -159,7 +159,14 @@ impl Health {
                 }]),
             );
         }
-        if crate::version::misbehaviour() == Some(crate::version::Misbehaviour::Fail) {
+        let failing_on_purpose = match crate::version::misbehaviour() {
+            Some(crate::version::Misbehaviour::Fail) => true,
+            Some(crate::version::Misbehaviour::FailAfterSwitch) => {
+                crate::update::switch::is_successor()
+            }
+            _ => false,
+        };
+        if failing_on_purpose {
             // A debug test copy built to fail its health gate.
             overall = Status::Fail;
             checks.insert(

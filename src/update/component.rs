@@ -45,6 +45,8 @@ pub struct ViewState {
     pub last_poll: Option<String>,
     /// Why it could not be reached at the last poll (`None`: it could, or not tried yet).
     pub unreachable: Option<String>,
+    /// Why the last check refused what it was offered (`None`: it did not).
+    pub refused: Option<String>,
     /// The latest journaled event.
     pub last_event: Option<Event>,
     /// The channel at the last poll.
@@ -76,6 +78,11 @@ impl Context {
     fn record(&self, event: &str, channel: Option<&str>, version: Option<&str>, detail: &str) {
         self.journal.record(event, channel, version, detail);
         if let Ok(mut view) = self.view.lock() {
+            match event {
+                "refused" => view.refused = Some(detail.to_owned()),
+                "checked" | "available" | "switching" => view.refused = None,
+                _ => {}
+            }
             view.last_event = Some(Event {
                 at: Utc::now().to_rfc3339(),
                 event: event.to_owned(),
@@ -104,13 +111,19 @@ impl Context {
 }
 
 /// The health check of the updater: warn when the release server was out of reach at the last
-/// poll (with the reason), else pass; the last event is shown either way.
+/// poll, or when the last check refused what it was offered (a tampered or stale release, or
+/// one that failed), with the reason; else pass. The last event is shown either way.
 #[must_use]
 pub fn health_check(view: View) -> crate::ops::health::UpdateCheck {
     use crate::ops::health::UpdateStatus;
     Arc::new(move || {
         let state = view.lock().map(|v| v.clone()).unwrap_or_default();
-        let status = if state.unreachable.is_some() {
+        let output = match (&state.unreachable, &state.refused) {
+            (Some(reason), _) => Some(format!("release server unreachable: {reason}")),
+            (None, Some(reason)) => Some(format!("the last update check refused: {reason}")),
+            (None, None) => None,
+        };
+        let status = if output.is_some() {
             UpdateStatus::Warn
         } else {
             UpdateStatus::Pass
@@ -119,7 +132,7 @@ pub fn health_check(view: View) -> crate::ops::health::UpdateCheck {
             "componentId": "release server",
             "status": if status == UpdateStatus::Warn { "warn" } else { "pass" },
             "time": state.last_poll,
-            "output": state.unreachable.as_ref().map(|r| format!("release server unreachable: {r}")),
+            "output": output,
             "channel": state.channel,
             "lastEvent": state.last_event,
         });
@@ -233,6 +246,12 @@ async fn check_inner(ctx: &Context, apply: bool) -> Result<Report, Failure> {
         ctx.record("available", Some(&channel.name), Some(&version), &detail);
         return Ok(ctx.report("available", Some(&channel), Some(&version), detail));
     }
+    if ctx.switch.as_ref().is_some_and(SwitchRequest::busy) {
+        let detail =
+            "a switch to a new version is under way; nothing else is installed until it ends"
+                .to_owned();
+        return Ok(ctx.report("switching", Some(&channel), Some(&version), detail));
+    }
     let Some(artifact) = verified.manifest.artifacts.get(platform) else {
         return Ok(refused(format!(
             "release {version} has no artifact for {platform}"
@@ -284,7 +303,9 @@ async fn check_inner(ctx: &Context, apply: bool) -> Result<Report, Failure> {
     );
     let binary = versions.install(&version, &partial).map_err(at)?;
     if let Err(reason) = super::install::self_test(&binary, &version, &ctx.config_file).await {
-        let _ = ctx.journal.fail(&version, &reason);
+        if let Err(e) = ctx.journal.fail(&version, &reason) {
+            tracing::error!(component = "updater", error = %e, "cannot remember the failed version: it will be tried again");
+        }
         return Ok(refused(reason));
     }
     ctx.record(
@@ -299,26 +320,35 @@ async fn check_inner(ctx: &Context, apply: bool) -> Result<Report, Failure> {
         );
         return Ok(ctx.report("available", Some(&channel), Some(&version), detail));
     };
-    let _ = ctx.journal.installed(&version, &channel.name);
+    if let Err(e) = ctx.journal.installed(&version, &channel.name) {
+        tracing::warn!(component = "updater", error = %e, "cannot remember the installed version's channel");
+    }
     let previous = versions.current();
     versions
         .begin_trial(&TrialMarker {
             version: version.clone(),
             previous: previous.clone(),
             started: Utc::now().to_rfc3339(),
+            stage: "trial".to_owned(),
+            previous_binary: std::env::current_exe().ok(),
         })
         .map_err(at)?;
     if let Err(e) = versions.set_current(Some(&version)) {
         versions.end_trial();
         return Err(at(e));
     }
-    let installed = ctx.journal.installed_versions().unwrap_or_default();
+    let installed = ctx.journal.installed_versions().unwrap_or_else(|e| {
+        tracing::warn!(component = "updater", error = %e, "cannot list installed versions; none pruned");
+        Vec::new()
+    });
     for removed in versions.prune(
         &installed,
         ctx.config.keep_versions,
         &[previous.clone(), Some(version.clone())],
     ) {
-        let _ = ctx.journal.forget_installed(&removed);
+        if let Err(e) = ctx.journal.forget_installed(&removed) {
+            tracing::warn!(component = "updater", error = %e, "cannot forget a pruned version");
+        }
         tracing::info!(component = "updater", version = %removed, "removed an old installed version");
     }
     let detail = format!(
@@ -465,9 +495,7 @@ impl Actor for Updater {
             UpdaterMsg::Tick => {
                 let report = check(&state.ctx, state.ctx.config.auto_apply).await;
                 state.after(&report);
-                if report.outcome != "switching" {
-                    state.arm(&myself);
-                }
+                state.arm(&myself);
             }
             UpdaterMsg::Check { apply, reply } => {
                 let report = check(&state.ctx, apply.unwrap_or(state.ctx.config.auto_apply)).await;

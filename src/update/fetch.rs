@@ -12,8 +12,8 @@ use super::UpdateError;
 use super::journal::Cached;
 use super::manifest::{MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES};
 
-/// The updater's HTTP client: bounded connect and request times, no redirects off to other
-/// schemes, our own user agent.
+/// The updater's HTTP client: bounded connect and request times, at most five redirects and
+/// never from `https` to `http`, our own user agent.
 ///
 /// # Errors
 /// When the client cannot be built.
@@ -26,7 +26,17 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, UpdateError> {
         ))
         .connect_timeout(Duration::from_secs(15).min(timeout))
         .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() != "https"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("refused a redirect from https to http")
+            } else if attempt.previous().len() > 5 {
+                attempt.error("more than five redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(|e| UpdateError::Unreachable(format!("cannot make an HTTP client: {e}")))
 }

@@ -33,6 +33,17 @@ pub struct TrialMarker {
     pub previous: Option<String>,
     /// When the trial started (RFC 3339).
     pub started: String,
+    /// `trial` until the new version passed its trial; `handover` once the old process
+    /// re-executes into it, until the new process listens and is healthy.
+    #[serde(default = "trial_stage")]
+    pub stage: String,
+    /// The executable that ran before the switch (where a failed handover goes back to).
+    #[serde(default)]
+    pub previous_binary: Option<PathBuf>,
+}
+
+fn trial_stage() -> String {
+    "trial".to_owned()
 }
 
 /// Whether `name` is a version folder name (semver, so no path separators or dots alone).
@@ -136,9 +147,14 @@ impl Versions {
         write_atomically(&self.marker(), &text)
     }
 
-    /// Removes the trial marker.
+    /// Removes the trial marker (loudly when it cannot: a start would then undo the switch).
     pub fn end_trial(&self) {
-        let _ = std::fs::remove_file(self.marker());
+        match std::fs::remove_file(self.marker()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::error!(component = "updater", file = %self.marker().display(), error = %e, "cannot remove the trial marker: the next start will go back to the previous version");
+            }
+            _ => {}
+        }
     }
 
     /// The marker of a switch cut short, if there is one.
@@ -207,34 +223,42 @@ fn sync_folder(folder: &Path) {
     let _ = folder;
 }
 
-/// Runs `binary` with `args`, bounded in time and output; its exit status and standard output.
+/// Largest output of a self-test command kept.
+const MAX_OUTPUT: u64 = 64 * 1024;
+
+/// Runs `binary` with `args`, bounded in time and output; its exit status, standard output and
+/// standard error.
 async fn run_bounded(
     binary: &Path,
     args: &[&std::ffi::OsStr],
 ) -> Result<(bool, String, String), String> {
-    let child = tokio::process::Command::new(binary)
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(binary)
         .args(args)
         .env_remove(super::TRIAL_ENV)
+        .env_remove(super::SUCCESSOR_ENV)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("no output pipes".to_owned());
+    };
+    let read = |pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
+        let mut text = Vec::new();
+        let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut text).await;
+        String::from_utf8_lossy(&text).trim().to_owned()
+    };
+    let finished = async {
+        let (out, err) = tokio::join!(read(Box::new(stdout)), read(Box::new(stderr)));
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status.success(), out, err))
+    };
+    tokio::time::timeout(Duration::from_secs(30), finished)
         .await
         .map_err(|_| "did not finish within 30 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let text = |bytes: &[u8]| {
-        String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)])
-            .trim()
-            .to_owned()
-    };
-    Ok((
-        output.status.success(),
-        text(&output.stdout),
-        text(&output.stderr),
-    ))
 }
 
 /// The new binary's self-test: `version --json` must report `version` and this platform, and

@@ -25,6 +25,9 @@ pub struct Manifest {
     /// Format version; this server reads 1.
     #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
+    /// The channel it is published on (`production`, `testing`, `dev`, …), signed with it so
+    /// that a manifest of one channel cannot be served as another's.
+    pub channel: String,
     /// The release's version (semver; pre-releases such as `1.4.0-beta.2` allowed).
     pub version: String,
     /// When the release was published (RFC 3339).
@@ -190,6 +193,12 @@ pub fn judge(
     history: &History,
 ) -> Verdict {
     let version = &verified.version;
+    if verified.manifest.channel != channel {
+        return Verdict::Refused(format!(
+            "the manifest is signed for the {:?} channel, but was served as the {channel} channel's (a manifest replayed from another channel)",
+            verified.manifest.channel
+        ));
+    }
     if let Some((last, date)) = &history.last_accepted
         && (version < last || (version == last && verified.date < *date))
     {
@@ -226,9 +235,16 @@ pub fn judge(
     if version > running {
         return Verdict::Install { downgrade: false };
     }
-    match &history.running_channel {
-        Some(installed_from) if installed_from != channel => Verdict::Install { downgrade: true },
-        _ => Verdict::UpToDate,
+    // Lower than the running version: only when going back to production from another channel
+    // (or from a pre-release installed by hand, whose channel is not known).
+    let leaving_other_channel = match &history.running_channel {
+        Some(installed_from) => installed_from != channel,
+        None => !running.pre.is_empty(),
+    };
+    if channel == "production" && leaving_other_channel {
+        Verdict::Install { downgrade: true }
+    } else {
+        Verdict::UpToDate
     }
 }
 
@@ -239,6 +255,7 @@ mod tests {
     fn verified(version: &str, date: &str, platforms: &[&str]) -> Verified {
         let manifest = Manifest {
             schema_version: 1,
+            channel: "production".to_owned(),
             version: version.to_owned(),
             date: date.to_owned(),
             notes: String::new(),
@@ -320,6 +337,35 @@ mod tests {
             judge(&production, "production", p, &v("0.3.0-dev.1"), &from_dev),
             Verdict::Install { downgrade: true }
         );
+        // A pre-release installed by hand, going to production.
+        assert_eq!(
+            judge(
+                &production,
+                "production",
+                p,
+                &v("0.3.0-dev.1"),
+                &History::default()
+            ),
+            Verdict::Install { downgrade: true }
+        );
+        // Never lower when moving to a channel other than production.
+        let mut testing = production.clone();
+        testing.manifest.channel = "testing".to_owned();
+        let from_production = History {
+            running_channel: Some("production".to_owned()),
+            ..History::default()
+        };
+        assert_eq!(
+            judge(&testing, "testing", p, &v("0.3.0"), &from_production),
+            Verdict::UpToDate
+        );
+        // A manifest of another channel served as this one's.
+        let mut dev = production.clone();
+        dev.manifest.channel = "dev".to_owned();
+        assert!(matches!(
+            judge(&dev, "production", p, &v("0.1.0"), &History::default()),
+            Verdict::Refused(r) if r.contains("another channel")
+        ));
         let failed = History {
             failed: [("0.2.0".to_owned(), "exited".to_owned())].into(),
             ..History::default()

@@ -120,11 +120,25 @@ pub struct SwitchPlan {
 #[derive(Debug, Clone, Default)]
 pub struct SwitchRequest {
     inner: Arc<(Mutex<Option<SwitchPlan>>, tokio::sync::Notify)>,
+    /// From [`SwitchRequest::ask`] until the switch has failed (a passed one ends the process).
+    busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SwitchRequest {
+    /// Whether a switch is asked for or under way (no other install starts meanwhile).
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The switch under way has ended without switching.
+    pub fn failed(&self) {
+        self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Asks for a switch.
     pub fn ask(&self, plan: SwitchPlan) {
+        self.busy.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut slot) = self.inner.0.lock() {
             *slot = Some(plan);
         }

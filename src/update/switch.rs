@@ -38,10 +38,10 @@ pub enum Trial {
 /// How long a trial process has to stop after its standard input closes.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// The health URLs of process `pid`, from the running server note once it has written one.
-fn health_urls(root: &Root, pid: u32) -> Vec<String> {
-    crate::http::running_server(root)
-        .filter(|note| note.pid == pid)
+/// The health URLs of process `pid`, from its note (the trial's, or the running server's) once
+/// it has written one.
+fn health_urls(note: Option<crate::http::ServerNote>, pid: u32) -> Vec<String> {
+    note.filter(|note| note.pid == pid)
         .map(|note| note.loopback())
         .unwrap_or_default()
         .into_iter()
@@ -121,39 +121,16 @@ async fn watch(
                 plan.health_timeout_secs
             ));
         }
-        for url in health_urls(root, pid) {
-            match client.get(&url).send().await {
-                Err(e) => last = format!("{url}: {e}"),
-                Ok(response) => {
-                    let code = response.status();
-                    let body: serde_json::Value = response
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
-                    let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("");
-                    match status {
-                        "pass" | "warn" if code.is_success() => {
-                            break 'healthy started.elapsed().as_millis();
-                        }
-                        "fail" => {
-                            let failing: Vec<String> = body
-                                .get("checks")
-                                .and_then(|c| c.as_object())
-                                .into_iter()
-                                .flatten()
-                                .filter(|(_, v)| v[0]["status"] == "fail")
-                                .map(|(k, _)| k.clone())
-                                .collect();
-                            return Err(format!(
-                                "the new version reports fail on /health ({})",
-                                failing.join(", ")
-                            ));
-                        }
-                        _ => last = format!("{url} answered {code} {status}"),
-                    }
+        for url in health_urls(crate::http::listen::trial_server(root), pid) {
+            match health(&client, &url).await {
+                Ok(Answer::Good) => break 'healthy started.elapsed().as_millis(),
+                Ok(Answer::Fail(failing)) => {
+                    return Err(format!(
+                        "the new version reports fail on /health ({})",
+                        failing.join(", ")
+                    ));
                 }
+                Err(e) => last = e,
             }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -171,7 +148,7 @@ async fn watch(
                 "the new version exited ({status}) when asked to serve"
             ));
         }
-        if let Some(note) = crate::http::running_server(root).filter(|n| n.pid == pid) {
+        if let Some(note) = crate::http::listen::trial_server(root).filter(|n| n.pid == pid) {
             if let Some(error) = note.bind_error {
                 return Err(format!("the new version cannot bind: {error}"));
             }
@@ -225,20 +202,25 @@ pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outco
         Trial::Healthy { millis } => {
             record(
                 "healthy",
-                &format!("the new version answered /health {millis} ms after it started"),
+                &format!(
+                    "the new version answered /health {millis} ms after it started, and listens beside this one; re-executing as {}",
+                    plan.binary.display()
+                ),
             );
-            versions.end_trial();
-            record(
-                "switched",
-                &format!("re-executing as {}", plan.binary.display()),
-            );
+            // Until the re-executed process confirms, a start finds the switch unfinished.
+            if let Some(mut marker) = versions.interrupted_trial() {
+                "handover".clone_into(&mut marker.stage);
+                if let Err(e) = versions.begin_trial(&marker) {
+                    tracing::warn!(component = "updater", error = %e, "cannot mark the handover");
+                }
+            }
         }
         Trial::Failed(reason) => {
             restore(plan, &versions);
             if let Some(journal) = journal
                 && let Err(e) = journal.fail(&plan.version, reason)
             {
-                tracing::warn!(component = "updater", error = %e, "cannot remember the failed version");
+                tracing::error!(component = "updater", error = %e, "cannot remember the failed version: it may be tried again");
             }
             record(
                 "rolled-back",
@@ -247,6 +229,178 @@ pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outco
             versions.end_trial();
         }
     }
+}
+
+/// Whether this process was re-executed by an old version after a passed trial.
+#[must_use]
+pub fn is_successor() -> bool {
+    std::env::var_os(super::SUCCESSOR_ENV).is_some()
+}
+
+/// The switch this process completes: in a re-executed process, the handover marker.
+#[must_use]
+pub fn pending_takeover(root: &Root) -> Option<super::install::TrialMarker> {
+    if !is_successor() {
+        return None;
+    }
+    Versions::new(root.path())
+        .interrupted_trial()
+        .filter(|m| m.stage == "handover")
+}
+
+/// In a re-executed process: waits until it listens on the configured addresses and answers
+/// `/health` with `pass` or `warn`, within `timeout`. Then the switch is complete (journaled
+/// `switched`, marker removed); otherwise it is rolled back and the executable to go back to
+/// is returned.
+///
+/// # Errors
+/// The executable to go back to (`None`: unknown, exit for the service manager).
+pub async fn confirm_takeover(
+    root: &Root,
+    marker: super::install::TrialMarker,
+    timeout: Duration,
+) -> Result<(), Option<PathBuf>> {
+    let me = std::process::id();
+    let started = Instant::now();
+    let mut last = "it never listened".to_owned();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok();
+    let versions = Versions::new(root.path());
+    let journal = Journal::open(&root.state_dir().join("update.sqlite")).ok();
+    let record = |event: &str, detail: &str| match &journal {
+        Some(journal) => journal.record(event, None, Some(&marker.version), detail),
+        None => tracing::warn!(component = "updater", event, "{detail}"),
+    };
+    while started.elapsed() < timeout {
+        let urls = health_urls(crate::http::running_server(root).filter(|n| n.public), me);
+        if let Some(client) = &client {
+            for url in urls {
+                match health(client, &url).await {
+                    Ok(Answer::Good) => {
+                        versions.end_trial();
+                        record(
+                            "switched",
+                            &format!(
+                                "{} took over the listeners and answers /health ({} ms after it started)",
+                                marker.version,
+                                started.elapsed().as_millis()
+                            ),
+                        );
+                        return Ok(());
+                    }
+                    Ok(Answer::Fail(failing)) => {
+                        last = format!("{url} reports fail ({})", failing.join(", "));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let reason = format!(
+        "after the re-execution, {} did not listen and answer /health within {} s: {last}",
+        marker.version,
+        timeout.as_secs()
+    );
+    if let Err(e) = versions.set_current(marker.previous.as_deref()) {
+        tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
+    }
+    if let Some(journal) = &journal {
+        let _ = journal.fail(&marker.version, &reason);
+    }
+    record(
+        "rolled-back",
+        &format!("{reason}; going back to the previous version"),
+    );
+    versions.end_trial();
+    Err(marker.previous_binary)
+}
+
+/// A stop signal came while the old version drained after a passed trial: the trial process is
+/// stopped, and the new version (current, and healthy) runs at the next start.
+pub async fn stopped_during_handover(plan: &SwitchPlan, root: &Root, trial: tokio::process::Child) {
+    end(trial).await;
+    Versions::new(root.path()).end_trial();
+    let detail = format!(
+        "the server was stopped during the handover; {} passed its trial and runs at the next start",
+        plan.version
+    );
+    match Journal::open(&root.state_dir().join("update.sqlite")) {
+        Ok(journal) => journal.record("stopped", Some(&plan.channel), Some(&plan.version), &detail),
+        Err(_) => tracing::warn!(component = "updater", "{detail}"),
+    }
+}
+
+/// A `/health` answer that decides: pass or warn, or fail with the failing checks.
+enum Answer {
+    Good,
+    Fail(Vec<String>),
+}
+
+/// Asks `url`; `Err` when it does not answer, or answers neither healthy nor failing.
+async fn health(client: &reqwest::Client, url: &str) -> Result<Answer, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let code = response.status();
+    let body: serde_json::Value = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    match body.get("status").and_then(|s| s.as_str()) {
+        Some("pass" | "warn") if code.is_success() => Ok(Answer::Good),
+        Some("fail") => Ok(Answer::Fail(
+            body.get("checks")
+                .and_then(|c| c.as_object())
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| v[0]["status"] == "fail")
+                .map(|(k, _)| k.clone())
+                .collect(),
+        )),
+        other => Err(format!("{url} answered {code} {}", other.unwrap_or(""))),
+    }
+}
+
+/// After the tree stopped for a signal: a trial that was under way is ended as a rollback (a
+/// passed one that was being handed over is kept: it runs at the next start).
+pub fn after_stop(root: &Root) {
+    let versions = Versions::new(root.path());
+    if let Some(marker) = versions.interrupted_trial()
+        && marker.stage == "trial"
+        && !is_successor()
+    {
+        recover(
+            root,
+            &versions,
+            &marker,
+            "the server was stopped during the trial",
+        );
+    }
+}
+
+/// Restores the version before `marker`'s switch and journals why.
+fn recover(root: &Root, versions: &Versions, marker: &super::install::TrialMarker, why: &str) {
+    let detail = format!(
+        "the switch to {} started at {} did not finish ({why}); the previous version is current again",
+        marker.version, marker.started
+    );
+    if let Err(e) = versions.set_current(marker.previous.as_deref()) {
+        tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
+    }
+    match Journal::open(&root.state_dir().join("update.sqlite")) {
+        Ok(journal) => journal.record("rolled-back", None, Some(&marker.version), &detail),
+        Err(_) => tracing::warn!(component = "updater", "{detail}"),
+    }
+    versions.end_trial();
 }
 
 /// Makes the previous version current again.
@@ -308,19 +462,15 @@ pub fn exec(binary: &Path, args: &[OsString], _successor_of: Option<u32>) -> std
 #[must_use]
 pub fn boot(root: &Root) -> Option<PathBuf> {
     let versions = Versions::new(root.path());
-    if let Some(marker) = versions.interrupted_trial() {
-        let detail = format!(
-            "the switch to {} started at {} was cut short (the server stopped during its trial); the previous version is current again",
-            marker.version, marker.started
+    if let Some(marker) = versions.interrupted_trial()
+        && !(is_successor() && marker.stage == "handover")
+    {
+        recover(
+            root,
+            &versions,
+            &marker,
+            "the server stopped during the switch, or the new version did not start after it",
         );
-        if let Err(e) = versions.set_current(marker.previous.as_deref()) {
-            tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
-        }
-        match Journal::open(&root.state_dir().join("update.sqlite")) {
-            Ok(journal) => journal.record("rolled-back", None, Some(&marker.version), &detail),
-            Err(_) => tracing::warn!(component = "updater", "{detail}"),
-        }
-        versions.end_trial();
     }
     let current = versions.current()?;
     let target = versions.binary(&current);
