@@ -273,7 +273,7 @@ enum Ending {
     /// A new version passed its trial and listens beside this one; the tree has stopped.
     Passed {
         /// The switch.
-        plan: crate::update::SwitchPlan,
+        plan: Box<crate::update::SwitchPlan>,
         /// The trial process, still serving.
         trial: tokio::process::Child,
         /// A stop signal came while the tree drained.
@@ -329,7 +329,7 @@ async fn serve(
                 result = &mut tree => (result, false),
                 () = &mut signal => (tree.await, true),
             };
-            Ending::Passed { plan, trial, signalled, result }
+            Ending::Passed { plan: Box::new(plan), trial, signalled, result }
         }
         binary = confirmation => {
             tree_stop.cancel();
