@@ -266,21 +266,24 @@ fn update_journal(root: &Root) -> Option<crate::update::journal::Journal> {
     crate::update::journal::Journal::open(&root.state_dir().join("update.sqlite")).ok()
 }
 
+/// A passed trial, being handed over.
+struct Handover {
+    /// The switch.
+    plan: crate::update::SwitchPlan,
+    /// The trial process, still serving.
+    trial: tokio::process::Child,
+    /// A stop signal came while the tree drained.
+    signalled: bool,
+    /// How the tree stopped.
+    result: Result<RootOutcome, crate::runtime::RuntimeError>,
+}
+
 /// How a run of the tree ended.
 enum Ending {
     /// The tree ended by itself or on a signal.
     Tree(Result<RootOutcome, crate::runtime::RuntimeError>),
     /// A new version passed its trial and listens beside this one; the tree has stopped.
-    Passed {
-        /// The switch.
-        plan: Box<crate::update::SwitchPlan>,
-        /// The trial process, still serving.
-        trial: tokio::process::Child,
-        /// A stop signal came while the tree drained.
-        signalled: bool,
-        /// How the tree stopped.
-        result: Result<RootOutcome, crate::runtime::RuntimeError>,
-    },
+    Passed(Box<Handover>),
     /// This re-executed version did not take over; the executable to go back to.
     Fallback(Option<PathBuf>),
 }
@@ -329,7 +332,7 @@ async fn serve(
                 result = &mut tree => (result, false),
                 () = &mut signal => (tree.await, true),
             };
-            Ending::Passed { plan: Box::new(plan), trial, signalled, result }
+            Ending::Passed(Box::new(Handover { plan, trial, signalled, result }))
         }
         binary = confirmation => {
             tree_stop.cancel();
@@ -513,18 +516,20 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
             crate::update::switch::after_stop(&root);
             result
         }
-        Ending::Passed {
-            plan,
-            trial,
-            signalled: true,
-            result,
-        } => {
+        Ending::Passed(handover) if handover.signalled => {
+            let Handover {
+                plan,
+                trial,
+                result,
+                ..
+            } = *handover;
             runtime.block_on(crate::update::switch::stopped_during_handover(
                 &plan, &root, trial,
             ));
             result
         }
-        Ending::Passed { plan, trial, .. } => {
+        Ending::Passed(handover) => {
+            let Handover { plan, trial, .. } = *handover;
             tracing::info!(version = %plan.version, "re-executing as the new version");
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             // Flushes the log before the process image is replaced.
