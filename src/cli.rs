@@ -91,6 +91,12 @@ pub enum Command {
         )]
         root: PathBuf,
     },
+    /// Access to the operators' endpoints.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Print the JSON Schema of config.json (committed as docs/config.schema.json).
     ConfigSchema,
     /// Describe the commands, or one command and its flags.
@@ -128,6 +134,14 @@ pub enum SyncAction {
     /// Runs one job handed over on standard input (the server's worker process).
     #[command(hide = true)]
     Worker,
+}
+
+/// What `admin` does.
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Make a new bearer token for `/admin/`: prints the token (give it to the operators'
+    /// tools) and the `admin.token_hash` line for config.json (only the hash is stored).
+    Token,
 }
 
 /// What `update` does.
@@ -195,6 +209,14 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Admin {
+            action: AdminAction::Token,
+        } => match crate::api::access::new_token() {
+            Some((token, hash)) => out(&format!(
+                "token: {token}\n\nPut its hash in config.json (the token itself is not stored):\n  \"admin\": {{\"token_hash\": \"{hash}\"}}\n\nClients send: Authorization: Bearer {token}\n"
+            )),
+            None => fail("cannot read the system's random number generator"),
+        },
         Command::ConfigSchema => {
             let text = serde_json::to_string_pretty(&config::schema()).unwrap_or_default();
             out(&format!("{text}\n"))

@@ -265,6 +265,16 @@ pub async fn run(
         listening,
         directory: directory.clone(),
         journal: journal.clone(),
+        admin_access: crate::api::access::AdminAccess::new(
+            &config.admin,
+            // A new version on trial leaves the running server's command-line token alone.
+            if crate::update::on_trial() {
+                None
+            } else {
+                crate::api::access::AdminAccess::create_local_token(root.path())
+            }
+            .as_deref(),
+        ),
         update: updater.as_ref().map(|u| crate::api::admin::UpdateAdmin {
             journal: u.journal.clone(),
             view: u.view.clone(),

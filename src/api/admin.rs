@@ -1,6 +1,6 @@
-//! `/admin/`: the operators' API. Until access tokens and address lists exist, it answers only
-//! requests from loopback addresses (a browser on another machine gets 403), so the server's
-//! own command line (`poziserver sync run`) and a local operator can use it.
+//! `/admin/`: the operators' API, for the addresses in `admin.allow` (this machine by default)
+//! and, when `admin.token_hash` is set, only with that bearer token (`api::access`); the
+//! server's own command line uses the token in `state/admin.token`.
 //!
 //! - `GET /admin/jobs`: each sync job, its schedule, next run, and last run.
 //! - `GET /admin/jobs/{name}/runs`: the job's journaled runs, newest first (`?limit=`).
@@ -40,17 +40,19 @@ pub struct Admin {
     pub directory: actors::Directory,
     /// The updater, when it is configured.
     pub update: Option<UpdateAdmin>,
+    /// Who may use these endpoints.
+    pub access: super::access::AdminAccess,
 }
 
-/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
-#[must_use]
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
+/// What the admin API needs of a request besides its path.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The client's address.
+    pub peer: IpAddr,
+    /// Whether it carries `X-Pozi-Admin: 1`.
+    pub marked: bool,
+    /// Its `Authorization` header.
+    pub authorization: Option<&'a [u8]>,
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -72,26 +74,21 @@ fn method_not_allowed(allow: &'static str, path: &str, method: &Method) -> ApiEr
     }
 }
 
-/// Answers an `/admin/` request from `peer`.
+/// Answers an `/admin/` request from `caller`.
 ///
 /// # Errors
-/// 403 for a peer that is not loopback, 404 for an unknown path or job, 405, 409 for a job
-/// already running, 503 when the job's actor does not answer.
+/// 403 for a caller the access rules refuse, 404 for an unknown path or job, 405, 409 for a
+/// job already running, 503 when the job's actor does not answer.
 pub async fn answer(
     admin: &Admin,
-    peer: IpAddr,
+    caller: Caller<'_>,
     method: &Method,
     path: &str,
     limit: Option<&str>,
-    marked: bool,
 ) -> Result<Response, ApiError> {
-    if !is_loopback(peer) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            Some("the admin API answers only requests from this machine (loopback)".to_owned()),
-        ));
-    }
+    let admitted = admin.access.check(caller.peer, caller.authorization)?;
+    // A request with a token cannot come from a web page; one without must be marked.
+    let marked = caller.marked || admitted == super::access::Admitted::ByToken;
     let rest = path.trim_start_matches("/admin").trim_end_matches('/');
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let read = *method == Method::GET || *method == Method::HEAD;

@@ -7,10 +7,12 @@
 //! - `features`: OGC API Features (Parts 1 and 3) under `/features/`.
 //! - `search`: `/search?q=…` over the unified search index.
 //! - `health`: `/health` from the health registry.
-//! - `admin`: `/admin/` for operators (sync jobs), loopback only for now.
+//! - `admin`: `/admin/` for operators (sync jobs, the updater).
+//! - `access`: who may use the operators' endpoints (address ranges, a bearer token).
 //! - `reply`: the response and body types every route answers with.
 //! - `error`: [`error::ApiError`], the one place an error becomes a JSON response.
 
+pub mod access;
 pub mod admin;
 pub mod error;
 pub mod features;

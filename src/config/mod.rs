@@ -4,6 +4,7 @@
 //! and the reason: first syntax, then structure (types, unknown fields) against the generated
 //! JSON Schema, then meaning (schedules, time zones, component names).
 
+pub mod admin;
 mod locate;
 pub mod sync;
 pub mod update;
@@ -19,6 +20,7 @@ use schedules::{CatchUp, Schedule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use admin::AdminConfig;
 pub use locate::Segment;
 use locate::{dotted, from_pointer, line_column};
 pub use sync::SyncConfig;
@@ -56,6 +58,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The updater: release manifests, their signing keys, polling and health-gated switches.
     pub update: UpdateConfig,
+    /// Who may use the operators' endpoints (`/admin/`).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             data: DataConfig::default(),
             sync: SyncConfig::default(),
             update: UpdateConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -772,6 +777,7 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
     search_issues(value, default_zone, report);
     sync::issues(value, default_zone, report);
     update::issues(value, report);
+    admin::issues(value, report);
     http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();

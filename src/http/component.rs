@@ -63,6 +63,8 @@ pub struct HttpArgs {
     pub journal: Option<Arc<crate::sync::journal::Journal>>,
     /// The updater's journal and view, when it is configured.
     pub update: Option<crate::api::admin::UpdateAdmin>,
+    /// Who may use the operators' endpoints.
+    pub admin_access: crate::api::access::AdminAccess,
 }
 
 /// The listener actor.
@@ -183,6 +185,7 @@ impl Actor for HttpComponent {
                 journal: args.journal.clone(),
                 directory: args.directory.clone(),
                 update: args.update.clone(),
+                access: args.admin_access.clone(),
             },
             refused: http
                 .refused_extensions

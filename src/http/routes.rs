@@ -7,7 +7,7 @@
 //! | `/ogr2ogr`                    | `/ogr2ogr`   | GET, HEAD        |
 //! | `/features`, `/features/…`    | OGC API      | GET, HEAD        |
 //! | `/search`                     | search       | GET, HEAD        |
-//! | `/admin/…`                    | admin        | GET, HEAD, POST (loopback only) |
+//! | `/admin/…`                    | admin        | GET, HEAD, POST (`admin.allow`, token) |
 //! | a configured proxy prefix     | proxy        | any              |
 //! | anything else                 | static files | GET, HEAD        |
 //!
@@ -222,15 +222,21 @@ async fn answer(
         }
         Route::Admin => {
             let query = query(&request);
+            let caller = crate::api::admin::Caller {
+                peer: conn.peer.ip(),
+                marked: headers
+                    .get(crate::api::admin::ADMIN_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"1"),
+                authorization: headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes),
+            };
             crate::api::admin::answer(
                 &site.admin,
-                conn.peer.ip(),
+                caller,
                 method,
                 path,
                 query.get("limit").map(String::as_str),
-                headers
-                    .get(crate::api::admin::ADMIN_HEADER)
-                    .is_some_and(|v| v.as_bytes() == b"1"),
             )
             .await
         }

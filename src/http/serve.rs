@@ -659,6 +659,7 @@ mod tests {
                 journal: None,
                 directory: actors::Directory::new(),
                 update: None,
+                access: crate::api::access::AdminAccess::loopback_only(),
             },
             refused: Vec::new(),
         });

@@ -312,12 +312,7 @@ fn ask_server(root: &Root, name: &str) -> Asked {
         Err(_) => return Asked::NoServer,
     };
     runtime.block_on(async {
-        // Loopback to this machine's own server, whose certificate is for its public name
-        // (or self-signed): it is not verified.
-        let Ok(client) = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(10))
-            .build()
+        let Some(client) = crate::api::access::local_client(root.path(), Duration::from_secs(10))
         else {
             return Asked::NoServer;
         };

@@ -48,14 +48,7 @@ fn ask_server(
         .build()
         .ok()?;
     runtime.block_on(async {
-        // Loopback to this machine's own server, whose certificate is for its public name
-        // (or self-signed): it is not verified.
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .no_proxy()
-            .timeout(wait)
-            .build()
-            .ok()?;
+        let client = crate::api::access::local_client(root.path(), wait)?;
         for (scheme, address) in addresses {
             let Ok(response) = client
                 .post(format!("{scheme}://{address}/admin/update/{action}"))

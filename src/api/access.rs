@@ -1,0 +1,298 @@
+//! Who may use the operators' endpoints: a client address in `admin.allow`, and, when
+//! `admin.token_hash` is set, `Authorization: Bearer <token>` with that token. The server's own
+//! command line, on this machine, uses a token the server writes at start to
+//! `state/admin.token` (readable by the server's account only), which is accepted from loopback
+//! addresses. Tokens are compared by their salted SHA-256, in constant time.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::rand::SecureRandom;
+use http::StatusCode;
+
+use super::error::ApiError;
+use crate::config::AdminConfig;
+use crate::config::admin::{parse_range, parse_token_hash};
+
+/// A token's salted digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TokenHash {
+    salt: Vec<u8>,
+    digest: Vec<u8>,
+}
+
+impl TokenHash {
+    fn of(token: &str, salt: Vec<u8>) -> Self {
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        context.update(&salt);
+        context.update(token.as_bytes());
+        Self {
+            digest: context.finish().as_ref().to_vec(),
+            salt,
+        }
+    }
+
+    fn matches(&self, token: &str) -> bool {
+        let candidate = Self::of(token, self.salt.clone());
+        aws_lc_rs::constant_time::verify_slices_are_equal(&candidate.digest, &self.digest).is_ok()
+    }
+
+    fn line(&self) -> String {
+        format!("sha256:{}:{}", hex(&self.salt), hex(&self.digest))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(bytes: usize) -> Option<String> {
+    let mut buffer = vec![0u8; bytes];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .ok()?;
+    Some(hex(&buffer))
+}
+
+/// A new token and the `token_hash` line for the config (`poziserver admin token`).
+#[must_use]
+pub fn new_token() -> Option<(String, String)> {
+    let token = random_hex(32)?;
+    let salt = crate::config::admin::from_hex(&random_hex(16)?)?;
+    let line = TokenHash::of(&token, salt).line();
+    Some((token, line))
+}
+
+/// The file the running server writes its command-line token to.
+#[must_use]
+pub fn local_token_file(root: &Path) -> PathBuf {
+    root.join("state").join("admin.token")
+}
+
+/// The command line's token for the server running on `root`, when it can read it.
+#[must_use]
+pub fn read_local_token(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(local_token_file(root)).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// The command line's client for the server running on `root`: over loopback to this machine's
+/// own server, whose certificate is for its public name (or self-signed), so it is not
+/// verified; with the command line's token on every request when it can be read.
+#[must_use]
+pub fn local_client(root: &Path, timeout: std::time::Duration) -> Option<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = read_local_token(root)
+        && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .ok()
+}
+
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
+#[must_use]
+pub fn is_loopback(ip: IpAddr) -> bool {
+    normal(ip).is_loopback()
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn normal(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The access rules of the operators' endpoints.
+#[derive(Debug, Clone)]
+pub struct AdminAccess {
+    allow: Vec<ipnet::IpNet>,
+    token: Option<TokenHash>,
+    local: Option<TokenHash>,
+}
+
+/// How a request was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// By address only (no token is configured); a state-changing request must also carry
+    /// `X-Pozi-Admin: 1`.
+    ByAddress,
+    /// With a bearer token (a web page cannot send one).
+    ByToken,
+}
+
+impl AdminAccess {
+    /// The rules of `config` (validated), and the command line's token when the server wrote
+    /// one.
+    #[must_use]
+    pub fn new(config: &AdminConfig, local: Option<&str>) -> Self {
+        Self {
+            allow: config
+                .allow
+                .iter()
+                .filter_map(|r| parse_range(r).ok())
+                .collect(),
+            token: config
+                .token_hash
+                .as_deref()
+                .and_then(|t| parse_token_hash(t).ok())
+                .map(|(salt, digest)| TokenHash { salt, digest }),
+            local: local.and_then(|token| {
+                let salt = crate::config::admin::from_hex(&random_hex(16)?)?;
+                Some(TokenHash::of(token, salt))
+            }),
+        }
+    }
+
+    /// Only loopback, no token: the rules when nothing is configured.
+    #[must_use]
+    pub fn loopback_only() -> Self {
+        Self::new(&AdminConfig::default(), None)
+    }
+
+    /// Writes a new command-line token to `state/admin.token` (only the server's account can
+    /// read it) and returns it; `None`, loudly, when it cannot.
+    #[must_use]
+    pub fn create_local_token(root: &Path) -> Option<String> {
+        let token = random_hex(32)?;
+        let path = local_token_file(root);
+        let written = write_private(&path, token.as_bytes());
+        match written {
+            Ok(()) => Some(token),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write the command line's admin token; `poziserver sync run` and `update` cannot reach this server");
+                None
+            }
+        }
+    }
+
+    /// Lets a request from `peer` with `authorization` in, or says why not (403, logged with the
+    /// address).
+    ///
+    /// # Errors
+    /// A 403 naming what is missing: an allowed address, or the right token.
+    pub fn check(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<Admitted, ApiError> {
+        let peer = normal(peer);
+        let refuse = |why: String| {
+            tracing::warn!(client = %peer, "admin request refused: {why}");
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", Some(why)))
+        };
+        let bearer = authorization
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        // The command line on this machine, which could read the server's state/.
+        if let (Some(token), Some(local)) = (bearer, &self.local)
+            && peer.is_loopback()
+            && local.matches(token)
+        {
+            return Ok(Admitted::ByToken);
+        }
+        if !self.allow.iter().any(|range| range.contains(&peer)) {
+            return refuse(format!(
+                "{peer} is not allowed to use the operators' endpoints (admin.allow)"
+            ));
+        }
+        match (&self.token, bearer) {
+            (None, Some(_)) | (None, None) => Ok(Admitted::ByAddress),
+            (Some(hash), Some(token)) if hash.matches(token) => Ok(Admitted::ByToken),
+            (Some(_), Some(_)) => refuse("the bearer token is not the configured one".to_owned()),
+            (Some(_), None) => refuse(
+                "a token is required: send Authorization: Bearer <token> (admin.token_hash)"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` readable by this account only (on Unix), replacing it.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn addresses_outside_the_allow_list_are_refused() {
+        let config = AdminConfig {
+            allow: vec!["127.0.0.1/32".to_owned(), "10.1.0.0/16".to_owned()],
+            token_hash: None,
+        };
+        let access = AdminAccess::new(&config, None);
+        assert_eq!(
+            access.check(ip("127.0.0.1"), None).ok(),
+            Some(Admitted::ByAddress)
+        );
+        assert_eq!(
+            access.check(ip("::ffff:10.1.2.3"), None).ok(),
+            Some(Admitted::ByAddress)
+        );
+        assert!(access.check(ip("127.0.0.2"), None).is_err());
+        assert!(access.check(ip("10.2.0.1"), None).is_err());
+    }
+
+    #[test]
+    fn a_configured_token_is_required_and_compared_by_hash() {
+        let Some((token, line)) = new_token() else {
+            panic!("no randomness")
+        };
+        let config = AdminConfig {
+            allow: vec!["0.0.0.0/0".to_owned()],
+            token_hash: Some(line),
+        };
+        let access = AdminAccess::new(&config, Some("local-secret"));
+        let bearer = |t: &str| format!("Bearer {t}");
+        let remote = ip("192.0.2.7");
+        assert!(access.check(remote, None).is_err());
+        assert!(
+            access
+                .check(remote, Some(bearer("nope").as_bytes()))
+                .is_err()
+        );
+        assert_eq!(
+            access.check(remote, Some(bearer(&token).as_bytes())).ok(),
+            Some(Admitted::ByToken)
+        );
+        // The command line's token: from loopback only.
+        assert!(
+            access
+                .check(remote, Some(bearer("local-secret").as_bytes()))
+                .is_err()
+        );
+        assert_eq!(
+            access
+                .check(ip("127.0.0.1"), Some(bearer("local-secret").as_bytes()))
+                .ok(),
+            Some(Admitted::ByToken)
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The operators' endpoints against the real binary over HTTPS: who may use `/admin/` (address
+//! ranges and a bearer token), and the command line's own token.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{BIN, Process};
+use serde_json::{Value, json};
+
+/// `poziserver admin token`: the token and the hash line it prints.
+fn new_token() -> (String, String) {
+    let output = std::process::Command::new(BIN)
+        .args(["admin", "token"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
+    let hash = text
+        .split("\"token_hash\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    (token, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_access_follows_the_allow_list_and_the_token() {
+    let (token, hash) = new_token();
+    let config = json!({
+        "admin": {"allow": ["127.0.0.1/32"], "token_hash": hash},
+        "sync": {"jobs": [{
+            "name": "oceania",
+            "source": {"type": "file", "path": "userdata/local/naturalearth_lowres.gpkg"},
+            "transform": {"sql": "SELECT * FROM source WHERE continent = 'Oceania'"},
+            "target": {"dataset": "local/oceania.gpkg"}
+        }]}
+    });
+    let server = Process::start(&config.to_string(), |_| {}).await;
+    let url = server.url("/admin/jobs");
+    let from = |address: [u8; 4]| {
+        server
+            .client_builder()
+            .local_address(std::net::IpAddr::from(address))
+            .build()
+            .unwrap()
+    };
+    let ask = |client: reqwest::Client, bearer: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut request = client.get(&url);
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    // A loopback address outside the allow-list, even with the right token.
+    let (status, body) = ask(from([127, 0, 0, 2]), Some(token.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2 is not allowed"),
+        "{body}"
+    );
+    // An allowed address: no token, a wrong one, the right one.
+    let (status, body) = ask(from([127, 0, 0, 1]), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("token is required"),
+        "{body}"
+    );
+    let (status, body) = ask(from([127, 0, 0, 1]), Some("0".repeat(64))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the configured one"),
+        "{body}"
+    );
+    let (status, body) = ask(from([127, 0, 0, 1]), Some(token.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["jobs"][0]["name"], "oceania");
+    // Each refusal is a log line naming the address.
+    let log = common::process::wait_for_log(
+        &server.root,
+        "admin request refused",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(log.contains("127.0.0.2"), "{log}");
+
+    // A token lets a POST in without the header a web page could not send anyway.
+    let response = from([127, 0, 0, 1])
+        .post(server.url("/admin/jobs/oceania/run"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // The command line on this machine uses the server's own token from state/.
+    let runs = server.url("/admin/jobs/oceania/runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = {
+            let response = from([127, 0, 0, 1])
+                .get(&runs)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        };
+        assert_eq!(status, 200, "{body}");
+        if body["runs"][0]["status"] != "running" {
+            assert_eq!(body["runs"][0]["status"], "ok", "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = std::process::Command::new(BIN)
+        .args(["sync", "run", "oceania", "--root"])
+        .arg(&server.root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("run 2 ok"), "{text}");
+    // It went through the server (the access log has both POSTs admitted), not around it.
+    let admitted = || {
+        common::process::log_of(&server.root)
+            .lines()
+            .filter(|l| {
+                l.contains("method=POST")
+                    && l.contains("path=/admin/jobs/oceania/run")
+                    && l.contains("status=202")
+            })
+            .count()
+    };
+    common::process::eventually(
+        "both runs asked of the server",
+        Duration::from_secs(10),
+        || admitted() == 2,
+    )
+    .await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(server.root.join("state/admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only the server's account reads the command line's token"
+        );
+    }
+}
