@@ -440,6 +440,8 @@ async fn stop_signal(root: &Root) {
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> ExitCode {
+    // Uptime counts from here.
+    let _ = crate::ops::health::started();
     let root = match Root::new(root) {
         Ok(root) => root,
         Err(e) => return fail(&e.to_string()),

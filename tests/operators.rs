@@ -178,3 +178,108 @@ async fn admin_access_follows_the_allow_list_and_the_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_uptime_caches_disk_and_each_sync_job_and_answers_live_and_ready() {
+    let config = json!({
+        // More free disk than any machine has: the disk check warns.
+        "health": {"disk_warn_mb": 1_048_576},
+        "sync": {"jobs": [
+            {
+                "name": "good",
+                "schedule": "0 3 * * *",
+                "source": {"type": "file", "path": "userdata/local/naturalearth_lowres.gpkg"},
+                "target": {"dataset": "local/good.gpkg"}
+            },
+            {
+                "name": "broken",
+                "source": {"type": "file", "path": "userdata/local/missing.gpkg"},
+                "target": {"dataset": "local/broken.gpkg"},
+                "retries": {"count": 0, "backoff_secs": 1}
+            }
+        ]}
+    });
+    let server = Process::start(&config.to_string(), |_| {}).await;
+    for job in ["good", "broken"] {
+        let response = server
+            .client()
+            .post(server.url(&format!("/admin/jobs/{job}/run")))
+            .header("x-pozi-admin", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    // Reads through the response cache: a miss, then a hit.
+    for _ in 0..2 {
+        let (status, _, _) = server
+            .get("/ogr2ogr?source=naturalearth_lowres.gpkg&options=-limit|1")
+            .await;
+        assert_eq!(status, 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        let (status, headers, body) = server.get("/health").await;
+        assert_eq!(status, 200, "warnings are not failures: {body}");
+        assert_eq!(headers["content-type"], "application/health+json");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        let ended = ["good", "broken"].iter().all(|job| {
+            !health["checks"][format!("sync:{job}")][0]["running"]
+                .as_bool()
+                .unwrap_or(true)
+        });
+        if ended && health["checks"]["sync:broken"][0]["lastFailure"].is_object() {
+            break health;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let check = |key: &str| health["checks"][key][0].clone();
+    assert_eq!(health["status"], "warn", "{health}");
+    assert!(
+        check("uptime")["observedValue"].as_f64().unwrap() > 0.0,
+        "{health}"
+    );
+    assert_eq!(check("uptime")["observedUnit"], "s");
+    let disk = check("disk:free");
+    assert_eq!(disk["status"], "warn", "{health}");
+    assert!(
+        disk["output"]
+            .as_str()
+            .unwrap()
+            .contains("below health.disk_warn_mb"),
+        "{health}"
+    );
+    let good = check("sync:good");
+    assert_eq!(good["status"], "pass", "{health}");
+    assert!(good["lastSuccess"].is_string(), "{health}");
+    assert!(good["nextRun"].is_string(), "{health}");
+    let broken = check("sync:broken");
+    assert_eq!(broken["status"], "warn", "{health}");
+    assert!(broken["lastSuccess"].is_null(), "{health}");
+    assert!(
+        broken["output"].as_str().unwrap().contains("missing.gpkg"),
+        "{health}"
+    );
+    let responses = check("responses:cache");
+    assert_eq!(responses["entries"], 1, "{health}");
+    assert_eq!(responses["hits"], 1, "{health}");
+    assert_eq!(responses["hitRate"], 0.5, "{health}");
+    assert!(responses["bytes"].as_u64().unwrap() > 0, "{health}");
+    assert!(check("features:cache")["entries"].is_u64(), "{health}");
+    for component in ["http", "scheduler", "search", "sync"] {
+        assert_eq!(
+            check(&format!("{component}:state"))["observedValue"],
+            "running",
+            "{health}"
+        );
+    }
+
+    for path in ["/health/live", "/health/ready"] {
+        let (status, headers, body) = server.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(headers["content-type"], "application/health+json");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["status"], "pass", "{path}");
+    }
+}

@@ -1,4 +1,6 @@
-//! `GET /health`: the health document as `application/health+json`, never cached.
+//! `GET /health`: the health document as `application/health+json`, never cached; `/health/live`
+//! (the process answers) and `/health/ready` (no component failed) for load balancers and
+//! service managers.
 
 use http::header::{self, HeaderValue};
 
@@ -9,7 +11,24 @@ use crate::ops::health::Health;
 #[must_use]
 pub fn answer(health: &Health) -> Response {
     let (status, document) = health.document();
-    let mut response = json(status, &document, "application/health+json");
+    reply(status, &document)
+}
+
+/// `/health/live`: the process answers.
+#[must_use]
+pub fn live() -> Response {
+    reply(http::StatusCode::OK, &serde_json::json!({"status": "pass"}))
+}
+
+/// `/health/ready`: 200 while no component has failed, else 503.
+#[must_use]
+pub fn ready(health: &Health) -> Response {
+    let (status, document) = health.ready();
+    reply(status, &document)
+}
+
+fn reply(status: http::StatusCode, document: &serde_json::Value) -> Response {
+    let mut response = json(status, document, "application/health+json");
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -60,6 +60,23 @@ pub struct Config {
     pub update: UpdateConfig,
     /// Who may use the operators' endpoints (`/admin/`).
     pub admin: AdminConfig,
+    /// What `/health` warns about.
+    pub health: HealthConfig,
+}
+
+/// What `/health` warns about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Warn when less than this many MiB are free on the disk holding the root.
+    #[schemars(range(max = 1_048_576))]
+    pub disk_warn_mb: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { disk_warn_mb: 1024 }
+    }
 }
 
 impl Default for Config {
@@ -76,6 +93,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             update: UpdateConfig::default(),
             admin: AdminConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }

@@ -162,6 +162,10 @@ impl Actor for HttpComponent {
                 tokio::task::spawn_blocking(move || CertStore::open(paths, &names)).await??;
             Some(store)
         };
+        let catalog = Arc::new(
+            crate::gis::store::Catalog::with_limits(&args.config.data)
+                .with_cache(args.root.state_dir().join("cache"), &args.config.data),
+        );
         let site = Arc::new(Site {
             hosts: HostFolders::new(&args.root.path().join("userdata"), &http.hosts),
             files: StaticFiles::new(&http.cache_control),
@@ -169,15 +173,24 @@ impl Actor for HttpComponent {
             proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
             health: Health::new(args.registry.clone(), cert.clone())
                 .with_root(args.root.path())
-                .with_update(
-                    args.update
-                        .as_ref()
-                        .map(|u| crate::update::component::health_check(u.view.clone())),
+                .with_checks(
+                    [
+                        args.update
+                            .as_ref()
+                            .map(|u| crate::update::component::health_check(u.view.clone())),
+                        Some(crate::ops::checks::caches(catalog.clone())),
+                        Some(crate::ops::checks::disk(
+                            args.root.path().to_owned(),
+                            args.config.health.disk_warn_mb,
+                        )),
+                        args.journal.as_ref().map(|journal| {
+                            crate::ops::checks::sync_jobs(args.config.clone(), journal.clone())
+                        }),
+                    ]
+                    .into_iter()
+                    .flatten(),
                 ),
-            catalog: Arc::new(
-                crate::gis::store::Catalog::with_limits(&args.config.data)
-                    .with_cache(args.root.state_dir().join("cache"), &args.config.data),
-            ),
+            catalog: catalog.clone(),
             gdal: crate::api::ogr2ogr::gdal::Gdal::new(&args.config.data.gdal),
             search_index: args.root.state_dir().join("search.sqlite"),
             admin: crate::api::admin::Admin {

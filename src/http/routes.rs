@@ -3,7 +3,7 @@
 //!
 //! | path                          | route        | methods          |
 //! |-------------------------------|--------------|------------------|
-//! | `/health`                     | health       | GET, HEAD        |
+//! | `/health`, `/health/live`, `/health/ready` | health | GET, HEAD  |
 //! | `/ogr2ogr`                    | `/ogr2ogr`   | GET, HEAD        |
 //! | `/features`, `/features/…`    | OGC API      | GET, HEAD        |
 //! | `/search`                     | search       | GET, HEAD        |
@@ -163,7 +163,7 @@ async fn answer(
     };
     let not_found = || ApiError::not_found("not found", format!("no such path: {path}"));
     let known = match route {
-        Route::Health => exact("health"),
+        Route::Health => exact("health") || exact("health/live") || exact("health/ready"),
         Route::Ogr2ogr => exact("ogr2ogr"),
         Route::Search => exact("search"),
         Route::Features | Route::Admin | Route::Proxy | Route::File => true,
@@ -184,6 +184,8 @@ async fn answer(
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     match route {
+        Route::Health if exact("health/live") => Ok(crate::api::health::live()),
+        Route::Health if exact("health/ready") => Ok(crate::api::health::ready(&site.health)),
         Route::Health => Ok(crate::api::health::answer(&site.health)),
         Route::Ogr2ogr => {
             let query = query(&request);

@@ -17,22 +17,42 @@ pub struct Health {
     cert: Option<Arc<CertStore>>,
     /// The installation root, never shown: paths under it are shown relative to it.
     root: Option<std::path::PathBuf>,
-    /// The updater's check: the release server's reachability and the last update event.
-    update: Option<UpdateCheck>,
+    /// Checks of other parts (the updater, sync jobs, caches, disk space), read per request.
+    extra: Vec<ExtraCheck>,
 }
 
-/// Whether the updater's check passes or warns (it never fails the server: a release server
-/// out of reach does not make this one unhealthy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateStatus {
-    /// Reachable, or not checked yet.
+/// A check's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckStatus {
+    /// Fine.
     Pass,
-    /// The last check could not reach the release server.
+    /// Healthy, with a concern (shown, and the document says `warn`; still HTTP 200).
     Warn,
+    /// Unhealthy (the document says `fail`; HTTP 503).
+    Fail,
 }
 
-/// Reads the updater's check (status, and the check's JSON object).
-pub type UpdateCheck = Arc<dyn Fn() -> (UpdateStatus, Value) + Send + Sync>;
+/// One entry of `checks`: its key (`component:measurement`), status, and its JSON object
+/// (whose `status` is filled in).
+#[derive(Debug, Clone)]
+pub struct NamedCheck {
+    /// The key in `checks`.
+    pub key: String,
+    /// Its status.
+    pub status: CheckStatus,
+    /// The check object.
+    pub value: Value,
+}
+
+/// Reads some checks; called for every health request, so it must be quick and never wait on
+/// an actor.
+pub type ExtraCheck = Arc<dyn Fn() -> Vec<NamedCheck> + Send + Sync>;
+
+/// When the process started (set at its first use, early in `run`).
+pub fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Status {
@@ -63,15 +83,36 @@ impl Health {
             registry,
             cert,
             root: None,
-            update: None,
+            extra: Vec::new(),
         }
     }
 
-    /// Adds the updater's check.
+    /// Adds checks of other parts.
     #[must_use]
-    pub fn with_update(mut self, update: Option<UpdateCheck>) -> Self {
-        self.update = update;
+    pub fn with_checks(mut self, checks: impl IntoIterator<Item = ExtraCheck>) -> Self {
+        self.extra.extend(checks);
         self
+    }
+
+    /// `GET /health/ready`: 200 while no component has failed (the listener is up, as it
+    /// answers), else 503 naming the failed ones.
+    #[must_use]
+    pub fn ready(&self) -> (StatusCode, Value) {
+        let failed: Vec<String> = self
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|(_, h)| h.state == ComponentState::Failed)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        if failed.is_empty() {
+            (StatusCode::OK, json!({"status": "pass"}))
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "fail", "output": format!("failed: {}", failed.join(", "))}),
+            )
+        }
     }
 
     /// Shows paths under `root` relative to it (a health document is readable by anyone who
@@ -174,14 +215,37 @@ impl Health {
                 json!([{"status": "fail", "output": "test copy reporting fail on purpose"}]),
             );
         }
-        if let Some(update) = &self.update {
-            let (status, check) = update();
-            overall = overall.max(match status {
-                UpdateStatus::Pass => Status::Pass,
-                UpdateStatus::Warn => Status::Warn,
-            });
-            checks.insert("updater".to_owned(), json!([check]));
+        for extra in &self.extra {
+            for NamedCheck {
+                key,
+                status,
+                mut value,
+            } in extra()
+            {
+                let status = match status {
+                    CheckStatus::Pass => Status::Pass,
+                    CheckStatus::Warn => Status::Warn,
+                    CheckStatus::Fail => Status::Fail,
+                };
+                overall = overall.max(status);
+                value["status"] = json!(status.as_str());
+                let entry = checks.entry(key).or_insert_with(|| json!([]));
+                if let Some(list) = entry.as_array_mut() {
+                    list.push(value);
+                }
+            }
         }
+        let uptime = started().elapsed();
+        checks.insert(
+            "uptime".to_owned(),
+            json!([{
+                "componentType": "system",
+                "status": "pass",
+                "observedValue": uptime.as_secs_f64(),
+                "observedUnit": "s",
+                "time": time(now),
+            }]),
+        );
         let document = json!({
             "status": overall.as_str(),
             "version": crate::version::current().version,
@@ -203,7 +267,7 @@ impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health")
             .field("root", &self.root)
-            .field("update", &self.update.is_some())
+            .field("extra", &self.extra.len())
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +312,9 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+        let (ready, why) = Health::new(registry.clone(), None).ready();
+        assert_eq!(ready, 503);
+        assert!(why["output"].as_str().unwrap_or_default().contains("sync"));
         let (status, doc) = Health::new(registry, None).document();
         assert_eq!(status, 503);
         assert_eq!(doc["status"], "fail");

@@ -1,3 +1,5 @@
-//! What operators read: the health document (later: metrics and the status page).
+//! What operators read: the health document and the checks it adds to the components' (later:
+//! metrics and the status page).
 
+pub mod checks;
 pub mod health;

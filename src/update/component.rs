@@ -114,8 +114,8 @@ impl Context {
 /// poll, or when the last check refused what it was offered (a tampered or stale release, or
 /// one that failed), with the reason; else pass. The last event is shown either way.
 #[must_use]
-pub fn health_check(view: View) -> crate::ops::health::UpdateCheck {
-    use crate::ops::health::UpdateStatus;
+pub fn health_check(view: View) -> crate::ops::health::ExtraCheck {
+    use crate::ops::health::{CheckStatus, NamedCheck};
     Arc::new(move || {
         let state = view.lock().map(|v| v.clone()).unwrap_or_default();
         let output = match (&state.unreachable, &state.refused) {
@@ -124,19 +124,21 @@ pub fn health_check(view: View) -> crate::ops::health::UpdateCheck {
             (None, None) => None,
         };
         let status = if output.is_some() {
-            UpdateStatus::Warn
+            CheckStatus::Warn
         } else {
-            UpdateStatus::Pass
+            CheckStatus::Pass
         };
-        let check = json!({
-            "componentId": "release server",
-            "status": if status == UpdateStatus::Warn { "warn" } else { "pass" },
-            "time": state.last_poll,
-            "output": output,
-            "channel": state.channel,
-            "lastEvent": state.last_event,
-        });
-        (status, check)
+        vec![NamedCheck {
+            key: "updater".to_owned(),
+            status,
+            value: json!({
+                "componentId": "release server",
+                "time": state.last_poll,
+                "output": output,
+                "channel": state.channel,
+                "lastEvent": state.last_event,
+            }),
+        }]
     })
 }
 

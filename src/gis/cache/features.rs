@@ -78,6 +78,8 @@ pub struct Stats {
     pub misses: u64,
     /// Copies held now.
     pub features: usize,
+    /// Bytes they take, table included.
+    pub bytes: u64,
 }
 
 /// Bits remembering first reads (512 KiB); cleared when a quarter are set.
@@ -267,6 +269,7 @@ impl FeatureCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             features: self.lock().map.len(),
+            bytes: self.held.load(Ordering::Relaxed) as u64,
         }
     }
 

@@ -39,6 +39,23 @@ pub struct ResponseCache {
     /// Bytes of answers being collected on their way to clients, all together (as much as the
     /// cache holds): past it an answer is sent without being collected.
     collecting: Arc<Semaphore>,
+    /// Lookups answered from the cache.
+    hits: std::sync::atomic::AtomicU64,
+    /// Lookups that were not.
+    misses: std::sync::atomic::AtomicU64,
+}
+
+/// What the response cache holds and how often it answers, for `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseStats {
+    /// Answers held.
+    pub entries: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that were not.
+    pub misses: u64,
 }
 
 impl Default for ResponseCache {
@@ -63,6 +80,8 @@ impl ResponseCache {
             budget,
             entries,
             collecting: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            hits: std::sync::atomic::AtomicU64::new(0),
+            misses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -90,7 +109,26 @@ impl ResponseCache {
 
     /// The cached answer for `key`.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        self.entries.as_ref()?.get(key)
+        let found = self.entries.as_ref()?.get(key);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
+    /// Entries, bytes, hits and misses so far.
+    #[must_use]
+    pub fn stats(&self) -> ResponseStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        ResponseStats {
+            entries: self.entries.as_ref().map_or(0, |e| e.len() as u64),
+            bytes: self.held(),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+        }
     }
 
     /// Keeps an answer, evicting others to stay within budget.
