@@ -55,6 +55,10 @@ pub struct Handles {
     pub config_file: Option<std::path::PathBuf>,
 }
 
+/// The root supervisor's name in the actor directory (the admin API restarts components
+/// through it).
+pub const ROOT_NAME: &str = "root";
+
 /// The root supervisor's policy from the config.
 fn root_spec(config: &Config, registry: &HealthRegistry) -> SupervisorSpec {
     let s = &config.supervisor;
@@ -343,6 +347,7 @@ pub async fn run(
         None => spec,
     };
     let handle = Supervisor::start_root(spec).await?;
+    directory.register(ROOT_NAME, handle.actor.get_cell());
     tracing::info!(root = %root.path().display(), "server started");
     let actor = handle.actor.clone();
     let finished = handle.wait();

@@ -283,3 +283,58 @@ async fn health_reports_uptime_caches_disk_and_each_sync_job_and_answers_live_an
         assert_eq!(body["status"], "pass", "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_restarts_a_component_and_reads_the_log_tail() {
+    let server = Process::start_listening("{}", &common::process::free_address(), |_| {}).await;
+    let post = |path: &str| {
+        server
+            .client()
+            .post(server.url(path))
+            .header("x-pozi-admin", "1")
+            .send()
+    };
+    let response = post("/admin/components/search/restart").await.unwrap();
+    assert_eq!(response.status(), 202);
+    let response = post("/admin/components/nope/restart").await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("components: http"),
+        "{body}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, body) = server.get("/health").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        let search = &health["checks"]["search:state"][0];
+        if search["plannedRestarts"] == 1 && search["observedValue"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The listener itself: the answer comes before it drains, and it serves again after.
+    let response = post("/admin/components/http/restart").await.unwrap();
+    assert_eq!(response.status(), 202);
+    common::process::wait_for_log(
+        &server.root,
+        "component restarted (asked through /admin/) component=\"http\"",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let (status, _, body) =
+        common::process::get_with(&server.client(), &server.url("/admin/log?lines=3")).await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let lines = body["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{body}");
+    let (_, _, body) = server.get("/admin/log?lines=10000").await;
+    assert!(body.contains("restart asked through /admin/"), "{body}");
+    let (status, _, _) = server.get("/admin/log?lines=0").await;
+    assert_eq!(status, 400);
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::process::{BIN, Process};
+use common::process::{BIN, Process, free_address};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -238,12 +238,6 @@ fn config(release: &Release, key: &minisign::KeyPair, health_timeout: u64) -> St
         }
     })
     .to_string()
-}
-
-/// A free loopback port (the server must keep its address across a re-execution).
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 async fn post(server: &Process, path: &str) -> Value {

@@ -10,6 +10,8 @@
 //!   the latest updater events.
 //! - `POST /admin/update/check`: check the channel now (never installs); `POST
 //!   /admin/update/apply`: check and install what is found, then switch to it.
+//! - `POST /admin/components/{name}/restart`: restart a component (202 at once).
+//! - `GET /admin/log?lines=200`: the last lines of the server log (up to 10,000).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct Admin {
     pub update: Option<UpdateAdmin>,
     /// Who may use these endpoints.
     pub access: super::access::AdminAccess,
+    /// The installation root (the log folder is resolved against it).
+    pub root: std::path::PathBuf,
 }
 
 /// What the admin API needs of a request besides its path.
@@ -142,11 +146,127 @@ pub async fn answer(
             update_check(admin, *action == "apply").await
         }
         ["update", "check" | "apply"] => Err(method_not_allowed("POST", path, method)),
+        ["components", name, "restart"] if *method == Method::POST => {
+            require_mark(marked)?;
+            restart(&admin.directory, name)
+        }
+        ["components", _, "restart"] => Err(method_not_allowed("POST", path, method)),
+        ["log"] if read => {
+            let lines = match limit {
+                None => 200,
+                Some(text) => text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LOG_LINES).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("bad lines", "lines must be 1 to 10000")
+                    })?,
+            };
+            let log_dir = admin.root.join(&admin.config.log.directory);
+            let tail = tokio::task::spawn_blocking(move || log_tail(&log_dir, lines))
+                .await
+                .unwrap_or_default();
+            Ok(no_store(json(
+                StatusCode::OK,
+                &json!({ "lines": tail }),
+                "application/json",
+            )))
+        }
+        ["log"] => Err(method_not_allowed("GET, HEAD", path, method)),
         _ => Err(ApiError::not_found(
             "not found",
             format!("no such path: {path}"),
         )),
     }
+}
+
+/// Most lines `GET /admin/log` returns.
+const MAX_LOG_LINES: usize = 10_000;
+
+/// Bytes read from the end of the log for its last lines.
+const LOG_TAIL_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The last `lines` lines of the newest server log in `dir` (read from at most its last
+/// [`LOG_TAIL_BYTES`]).
+fn log_tail(dir: &std::path::Path, lines: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("server.log"))
+        .max_by_key(|e| e.file_name());
+    let Some(file) = newest.and_then(|e| std::fs::File::open(e.path()).ok()) else {
+        return Vec::new();
+    };
+    let mut file = file;
+    let length = file.metadata().map_or(0, |m| m.len());
+    let start = length.saturating_sub(LOG_TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    if start > 0 && !all.is_empty() {
+        // The first line read may be cut.
+        all.remove(0);
+    }
+    let skip = all.len().saturating_sub(lines);
+    all[skip..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+/// `POST /admin/components/{name}/restart`: asks the root supervisor to restart a component
+/// (stop gracefully, start again; not counted as a failure). Answered at once with 202, since
+/// the component restarted may be the listener serving this request.
+fn restart(directory: &actors::Directory, name: &str) -> Result<Response, ApiError> {
+    if !crate::config::COMPONENTS.contains(&name) {
+        return Err(ApiError::not_found(
+            "no such component",
+            format!(
+                "no component named {name:?}; components: {}",
+                crate::config::COMPONENTS.join(", ")
+            ),
+        ));
+    }
+    let Some(root) = directory.get(crate::runtime::ROOT_NAME) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "supervisor unavailable",
+            Some("the root supervisor is not running".to_owned()),
+        ));
+    };
+    let root: ActorRef<actors::SupervisorMsg> = root.into();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    root.send_message(actors::SupervisorMsg::RestartChild {
+        name: name.to_owned(),
+        reply: RpcReplyPort::from(tx),
+    })
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "supervisor unavailable",
+            Some("the root supervisor is stopping".to_owned()),
+        )
+    })?;
+    let component = name.to_owned();
+    tokio::spawn(async move {
+        match rx.await {
+            Ok(Ok(())) => tracing::info!(component, "component restarted (asked through /admin/)"),
+            Ok(Err(e)) => {
+                tracing::error!(component, error = %e, "restart asked through /admin/ failed")
+            }
+            Err(_) => {}
+        }
+    });
+    tracing::info!(component = name, "restart asked through /admin/");
+    Ok(no_store(json(
+        StatusCode::ACCEPTED,
+        &json!({ "component": name, "status": "restarting" }),
+        "application/json",
+    )))
 }
 
 /// A web page open in a browser on this machine can send a plain POST to `/admin/`; it cannot

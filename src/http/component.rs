@@ -199,6 +199,7 @@ impl Actor for HttpComponent {
                 directory: args.directory.clone(),
                 update: args.update.clone(),
                 access: args.admin_access.clone(),
+                root: args.root.path().to_owned(),
             },
             refused: http
                 .refused_extensions

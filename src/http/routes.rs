@@ -238,7 +238,10 @@ async fn answer(
                 caller,
                 method,
                 path,
-                query.get("limit").map(String::as_str),
+                query
+                    .get("limit")
+                    .or_else(|| query.get("lines"))
+                    .map(String::as_str),
             )
             .await
         }

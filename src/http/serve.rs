@@ -660,6 +660,7 @@ mod tests {
                 directory: actors::Directory::new(),
                 update: None,
                 access: crate::api::access::AdminAccess::loopback_only(),
+                root: std::path::PathBuf::new(),
             },
             refused: Vec::new(),
         });

@@ -294,3 +294,10 @@ pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A free loopback address, for a server that must keep its address across a restart of its
+/// listener or a re-execution.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
