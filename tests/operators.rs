@@ -97,6 +97,26 @@ async fn admin_access_follows_the_allow_list_and_the_token() {
     let (status, body) = ask(from([127, 0, 0, 1]), Some(token.clone())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["jobs"][0]["name"], "oceania");
+    // /metrics follows the same rules.
+    let metrics = |client: reqwest::Client, bearer: Option<String>| {
+        let url = server.url("/metrics");
+        async move {
+            let mut request = client.get(&url);
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(
+        metrics(from([127, 0, 0, 2]), Some(token.clone())).await,
+        403
+    );
+    assert_eq!(metrics(from([127, 0, 0, 1]), None).await, 403);
+    assert_eq!(
+        metrics(from([127, 0, 0, 1]), Some(token.clone())).await,
+        200
+    );
     // Each refusal is a log line naming the address.
     let log = common::process::wait_for_log(
         &server.root,
@@ -337,4 +357,177 @@ async fn admin_restarts_a_component_and_reads_the_log_tail() {
     assert!(body.contains("restart asked through /admin/"), "{body}");
     let (status, _, _) = server.get("/admin/log?lines=0").await;
     assert_eq!(status, 400);
+}
+
+/// Runs `promtool check metrics` on `text`: its exit status and what it said.
+fn promtool(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// The value of the sample `name` (with its labels as written) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_panicking_again_and_again_shows_in_health_and_metrics_and_the_server_serves_on()
+ {
+    let config = json!({"supervisor": {"max_restarts": 1000, "backoff_max_ms": 200}});
+    let server = Process::start_with(
+        &config.to_string(),
+        &[("POZI_FAILPOINT", "search-panic")],
+        |_| {},
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = server.get("/health").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        if health["checks"]["search:state"][0]["totalRestarts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+        {
+            assert!(status == 200 || status == 503, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let (status, _, _) = server.get("/resourcecheck/local.json").await;
+        assert_eq!(status, 200, "the server serves on");
+    }
+    let (status, headers, text) = server.get("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let restarts = sample(&text, "pozi_component_restarts_total{component=\"search\"}").unwrap();
+    assert!(restarts >= 3.0, "{text}");
+    assert_eq!(
+        sample(&text, "pozi_component_running{component=\"http\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "pozi_http_requests_total{route=\"static\",status=\"2xx\"}"
+        )
+        .unwrap()
+            >= 5.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "pozi_tls_handshakes_total{result=\"ok\"}").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "pozi_certificate_expiry_timestamp_seconds").unwrap() > 1.7e9,
+        "{text}"
+    );
+    assert!(sample(&text, "pozi_datasets").unwrap() >= 2.0, "{text}");
+    assert!(
+        text.contains("pozi_http_request_duration_seconds_bucket{route=\"static\",le=\"0.001\"}"),
+        "{text}"
+    );
+    let (ok, said) = promtool(&text);
+    assert!(ok, "promtool check metrics: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_server() {
+    let server = Process::start("{}", |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus_address = common::process::free_address();
+    let target = server
+        .url("")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pozi\n    scheme: https\n    tls_config:\n      insecure_skip_verify: true\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prometheus_address}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; scripts/test installs it)");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let query = |q: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{prometheus_address}/api/v1/query");
+        async move {
+            let response = client.get(&url).query(&[("query", q)]).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            body["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        }
+    };
+    let requests = "sum(pozi_http_requests_total{route=\"metrics\"})";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if query("up{job=\"pozi\"}").await == Some(1.0)
+            && let Some(n) = query(requests).await
+        {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus never saw the server up"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Each scrape is a request the next scrape counts.
+    loop {
+        if query(requests).await.is_some_and(|n| n > first) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request counter never grew past {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
 }

@@ -34,3 +34,19 @@ fn reply(status: http::StatusCode, document: &serde_json::Value) -> Response {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// `/metrics`: the Prometheus text format, never cached.
+#[must_use]
+pub fn metrics() -> Response {
+    let text = crate::ops::metrics::global()
+        .map(crate::ops::metrics::Metrics::render)
+        .unwrap_or_default();
+    let mut response = http::Response::new(super::reply::Body::from(text));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

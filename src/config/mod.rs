@@ -62,6 +62,27 @@ pub struct Config {
     pub admin: AdminConfig,
     /// What `/health` warns about.
     pub health: HealthConfig,
+    /// `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// `/metrics`: whether requests are counted and the metrics served, and to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Count requests and serve `/metrics`.
+    pub enabled: bool,
+    /// Serve `/metrics` to anyone; by default only to those the admin rules let in.
+    pub public: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public: false,
+        }
+    }
 }
 
 /// What `/health` warns about.
@@ -94,6 +115,7 @@ impl Default for Config {
             update: UpdateConfig::default(),
             admin: AdminConfig::default(),
             health: HealthConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

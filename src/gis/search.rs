@@ -370,6 +370,11 @@ impl Actor for SearchIndexer {
         myself: ActorRef<SearchMsg>,
         args: SearchArgs,
     ) -> Result<SearchArgs, ActorProcessingErr> {
+        // A failure injected by the tests: `POZI_FAILPOINT=search-panic` makes every start of
+        // this component panic, so that its restarts show in /health and /metrics.
+        if std::env::var("POZI_FAILPOINT").is_ok_and(|f| f == "search-panic") {
+            panic!("failpoint search-panic");
+        }
         let _ = myself.send_message(SearchMsg::Rebuild);
         Ok(args)
     }

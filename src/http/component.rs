@@ -166,7 +166,19 @@ impl Actor for HttpComponent {
             crate::gis::store::Catalog::with_limits(&args.config.data)
                 .with_cache(args.root.state_dir().join("cache"), &args.config.data),
         );
+        let metrics = args.config.metrics;
+        if metrics.enabled
+            && let Some(global) = crate::ops::metrics::global()
+        {
+            global.set_sources(crate::ops::metrics::Sources {
+                registry: Some(args.registry.clone()),
+                catalog: Some(catalog.clone()),
+                userdata: Some(args.root.path().join("userdata")),
+                cert: cert.clone(),
+            });
+        }
         let site = Arc::new(Site {
+            metrics,
             hosts: HostFolders::new(&args.root.path().join("userdata"), &http.hosts),
             files: StaticFiles::new(&http.cache_control),
             cors: Cors::new(&http.cors),
@@ -239,6 +251,7 @@ impl Actor for HttpComponent {
         let site_catalog = site.catalog.clone();
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
+                metrics: metrics.enabled,
                 site,
                 dispatch: super::service::routes,
                 access_log: http.access_log.clone(),

@@ -8,6 +8,7 @@
 //! | `/features`, `/features/…`    | OGC API      | GET, HEAD        |
 //! | `/search`                     | search       | GET, HEAD        |
 //! | `/admin/…`                    | admin        | GET, HEAD, POST (`admin.allow`, token) |
+//! | `/metrics`                    | metrics      | GET, HEAD (`admin.allow`, token, unless public) |
 //! | a configured proxy prefix     | proxy        | any              |
 //! | anything else                 | static files | GET, HEAD        |
 //!
@@ -44,6 +45,8 @@ pub struct Site {
     pub proxy: Proxy,
     /// The health document.
     pub health: Health,
+    /// Whether `/metrics` is served, and to whom.
+    pub metrics: crate::config::MetricsConfig,
     /// Open datasets.
     pub catalog: Arc<crate::gis::store::Catalog>,
     /// GDAL for `/ogr2ogr` sources not read natively.
@@ -87,6 +90,8 @@ pub enum Route {
     Search,
     /// `/admin/` and below.
     Admin,
+    /// `/metrics`.
+    Metrics,
     /// A reverse-proxy prefix.
     Proxy,
     /// A static file.
@@ -100,6 +105,7 @@ const API_ROUTES: &[(&str, Route)] = &[
     ("features", Route::Features),
     ("search", Route::Search),
     ("admin", Route::Admin),
+    ("metrics", Route::Metrics),
 ];
 
 impl Route {
@@ -118,6 +124,22 @@ impl Route {
             Self::Proxy
         } else {
             Self::File
+        }
+    }
+
+    /// The class requests on this route are counted in.
+    #[must_use]
+    pub fn class(self) -> crate::ops::metrics::RouteClass {
+        use crate::ops::metrics::RouteClass;
+        match self {
+            Self::Health => RouteClass::Health,
+            Self::Ogr2ogr => RouteClass::Ogr2ogr,
+            Self::Features => RouteClass::Features,
+            Self::Search => RouteClass::Search,
+            Self::Admin => RouteClass::Admin,
+            Self::Metrics => RouteClass::Metrics,
+            Self::Proxy => RouteClass::Proxy,
+            Self::File => RouteClass::Static,
         }
     }
 
@@ -166,6 +188,7 @@ async fn answer(
         Route::Health => exact("health") || exact("health/live") || exact("health/ready"),
         Route::Ogr2ogr => exact("ogr2ogr"),
         Route::Search => exact("search"),
+        Route::Metrics => exact("metrics"),
         Route::Features | Route::Admin | Route::Proxy | Route::File => true,
     };
     if !known {
@@ -221,6 +244,20 @@ async fn answer(
                 crate::encoding::accepted(headers),
             )
             .await
+        }
+        Route::Metrics => {
+            if !site.metrics.enabled {
+                return Err(not_found());
+            }
+            if !site.metrics.public {
+                site.admin.access.check(
+                    conn.peer.ip(),
+                    headers
+                        .get(http::header::AUTHORIZATION)
+                        .map(http::HeaderValue::as_bytes),
+                )?;
+            }
+            Ok(crate::api::health::metrics())
         }
         Route::Admin => {
             let query = query(&request);

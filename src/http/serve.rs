@@ -151,8 +151,15 @@ impl Acceptor {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
+            let open = self
+                .pipeline
+                .metrics
+                .then(crate::ops::metrics::global)
+                .flatten()
+                .map(crate::ops::metrics::Metrics::connection);
             self.tracker.spawn(async move {
                 this.connection(stream, peer).await;
+                drop(open);
                 drop(slot);
                 drop(permit);
             });
@@ -167,7 +174,13 @@ impl Acceptor {
                     Duration::from_secs(self.limits.handshake_timeout_secs),
                     tls.accept(stream),
                 );
-                match handshake.await {
+                let handshake = handshake.await;
+                if self.pipeline.metrics
+                    && let Some(metrics) = crate::ops::metrics::global()
+                {
+                    metrics.handshake(matches!(handshake, Ok(Ok(_))));
+                }
+                match handshake {
                     Ok(Ok(tls_stream)) => {
                         self.serve(tls_stream, ConnInfo { peer, tls: true }).await
                     }
@@ -651,6 +664,7 @@ mod tests {
             cors: Cors::new(&config.cors),
             proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
             health: Health::new(actors::HealthRegistry::new(), None),
+            metrics: crate::config::MetricsConfig::default(),
             catalog: Arc::default(),
             gdal: crate::api::ogr2ogr::gdal::Gdal::new(&crate::config::GdalConfig::default()),
             search_index: dir.join("search.sqlite"),
@@ -666,6 +680,7 @@ mod tests {
         });
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
+                metrics: false,
                 site,
                 dispatch: panicky,
                 access_log: config.access_log.clone(),

@@ -49,6 +49,8 @@ pub struct Pipeline {
     pub access_log: AccessLog,
     /// Requests seen, for sampling.
     pub counter: AtomicU64,
+    /// Whether requests are counted for `/metrics`.
+    pub metrics: bool,
     /// Largest request head answered (`http.limits.max_header_bytes`); the HTTP layer itself
     /// cuts off only heads several times larger, so that a too-large head gets this server's
     /// JSON 431.
@@ -96,6 +98,7 @@ impl Pipeline {
             request.headers_mut().insert(header::HOST, host.clone());
         }
         let origin = request.headers().get(header::ORIGIN).cloned();
+        let mut class = crate::ops::metrics::RouteClass::Other;
 
         let response = if head_bytes(&request) > self.max_header_bytes {
             ApiError::new(
@@ -121,6 +124,7 @@ impl Pipeline {
             preflight
         } else {
             let route = Route::of(&self.site, &path);
+            class = route.class();
             let future = if route == Route::File
                 && (method == http::Method::GET || method == http::Method::HEAD)
             {
@@ -141,6 +145,12 @@ impl Pipeline {
             response
         };
         self.site.cors.decorate(origin.as_ref(), &mut response);
+        if self.metrics
+            && let Some(metrics) = crate::ops::metrics::global()
+        {
+            let status = response.status().as_u16();
+            metrics.request(class, status, content_length(&response), started.elapsed());
+        }
         self.log(&conn, &method, host.as_ref(), path, &response, started);
         Ok(response)
     }
@@ -166,11 +176,7 @@ impl Pipeline {
         if !wanted {
             return;
         }
-        let bytes = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let bytes = content_length(response);
         crate::logging::access::record(crate::logging::access::Record {
             at: std::time::SystemTime::now(),
             client: conn.peer.ip(),
@@ -182,6 +188,15 @@ impl Pipeline {
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
     }
+}
+
+/// An answer's `Content-Length`, when it has one.
+fn content_length(response: &Response) -> Option<u64> {
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A HEAD answer: the GET answer's headers, with its length when it is known, and no body

@@ -1,5 +1,6 @@
-//! What operators read: the health document and the checks it adds to the components' (later:
-//! metrics and the status page).
+//! What operators read: the health document and the checks it adds to the components' and the
+//! metrics (later: the status page).
 
 pub mod checks;
 pub mod health;
+pub mod metrics;

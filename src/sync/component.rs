@@ -224,6 +224,7 @@ async fn run(
     was_failing: bool,
 ) -> Status {
     let name = &job.name;
+    let run_started = std::time::Instant::now();
     let permit = tokio::select! {
         permit = shared.slots.clone().acquire_owned() => permit.ok(),
         () = cancel.cancelled() => None,
@@ -272,6 +273,14 @@ async fn run(
     }
     if let Err(e) = shared.journal.finish(id, status, &report, error.as_deref()) {
         tracing::error!(error = %e, "cannot journal the end of the run");
+    }
+    if let Some(metrics) = crate::ops::metrics::global() {
+        metrics.sync_run(
+            name,
+            status.as_str(),
+            run_started.elapsed(),
+            report.rows_written,
+        );
     }
     if let Some(v) = &report.validators
         && let Err(e) = shared.journal.set_validators(name, v)
