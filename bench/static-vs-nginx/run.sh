@@ -4,7 +4,8 @@
 # `access_log` to a file) and both with them off (this server tuned: access log off, warnings
 # only). Each server is pinned to core 0, wrk (1 thread, 32 keep-alive connections) to core 1.
 # The shared machine drifts, so the servers are measured in alternating rounds and the median
-# of each is reported.
+# of each is reported. A third server, tuned with request metrics off as well, gives the cost of
+# recording metrics (on / off, paired per round).
 # Usage: bench/static-vs-nginx/run.sh [SECONDS_PER_ROUND] [ROUNDS]   (default 5 s, 5 rounds)
 # With AA=1 a second nginx takes this server's place (an A/A run): the spread of its ratios is
 # what the machine's noise alone does to the figures.
@@ -40,11 +41,13 @@ start_pozi() { # name config-json -> sets port_<name>, pid_<name>
     eval "port_$1=$port pid_$1=$!"
     for _ in $(seq 100); do [ -f "$root/state/self-signed.key" ] && curl -skf "https://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 }
-# Access log off, warnings only: the tuned set-up. It lays out the resource check and makes
-# the self-signed certificate that nginx then uses too.
+# Access log off, warnings only (metrics on, as by default): the tuned set-up. It lays out the
+# resource check and makes the self-signed certificate that nginx then uses too.
 start_pozi pozi_off '{"listen": ["127.0.0.1:PORT"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}}}'
-# The defaults a user gets: access log on, info level, console on (to a file here).
+# The defaults a user gets: access log on, info level, console on (to a file here); metrics on.
 start_pozi pozi_on '{"listen": ["127.0.0.1:PORT"]}'
+# The tuned set-up with request metrics off too: what recording a request costs.
+start_pozi pozi_nometrics '{"listen": ["127.0.0.1:PORT"], "log": {"level": "warn", "console": false}, "http": {"access_log": {"mode": "off"}}, "metrics": {"enabled": false}}'
 root="$work/pozi_off"
 
 chmod -R a+rX "$root/userdata"
@@ -88,7 +91,7 @@ fi
 sleep 1
 
 path=/resourcecheck/local.json
-for name in pozi_off pozi_on nginx_off nginx_on; do
+for name in pozi_off pozi_on pozi_nometrics nginx_off nginx_on; do
     port_var="port_$name"
     curl -skf "https://127.0.0.1:${!port_var}$path" | cmp - "$root/userdata/local$path"
 done
@@ -103,7 +106,7 @@ run() { # name -> appends "req/s p99_ms" to $work/name.results
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-for name in nginx_off pozi_off nginx_on pozi_on; do # warm-up
+for name in nginx_off pozi_off nginx_on pozi_on pozi_nometrics; do # warm-up
     port_var="port_$name"
     taskset -c 1 wrk -t1 -c32 -d2s "https://127.0.0.1:${!port_var}$path" >/dev/null
 done
@@ -112,6 +115,7 @@ for round in $(seq "$rounds"); do
     run pozi_off
     run nginx_on
     run pozi_on
+    run pozi_nometrics
 done
 
 # Rounds are paired (nginx then this server, seconds apart), so each pair's ratio cancels most
@@ -137,6 +141,10 @@ report() { # mode title
 }
 report on "ACCESS LOGS ON (defaults)"
 report off "ACCESS LOGS OFF (tuned)"
+# The cost of request metrics: the tuned set-up with them on (pozi_off) against off, paired.
+metrics_ratio=$(paste -d' ' <(cut -d' ' -f1 "$work/pozi_off.results") <(cut -d' ' -f1 "$work/pozi_nometrics.results") | awk '{print $1 / $2}' | median)
+printf 'METRICS: tuned set-up, req/s with metrics on / off (paired per-round median): %.3f (median off: %.0f req/s)\n' \
+    "$metrics_ratio" "$(cut -d' ' -f1 "$work/pozi_nometrics.results" | median)"
 for name in pozi_off pozi_on; do
     pid_var="pid_$name"
     [ -r "/proc/${!pid_var}/status" ] && echo "$name peak RSS: $(( $(awk '/VmHWM/ {print $2}' "/proc/${!pid_var}/status") / 1024 )) MB"
