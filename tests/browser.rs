@@ -7,18 +7,13 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Command;
 
-use base64::Engine;
 use bytes::Bytes;
 use common::TestServer;
+use common::chromium::spki_hash;
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Serves `page` at every path from a new loopback origin; returns its address.
 async fn page_origin(listener: tokio::net::TcpListener, page: String) -> SocketAddr {
@@ -72,43 +67,9 @@ fn page(server: &TestServer) -> String {
     )
 }
 
-/// base64(SHA-256(SubjectPublicKeyInfo)) of the server's certificate, for Chromium to trust.
-fn spki_hash(pem: &[u8]) -> String {
-    let der = CertificateDer::pem_slice_iter(pem).next().unwrap().unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        cert.tbs_certificate.subject_pki.raw,
-    );
-    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-}
-
 /// Loads `url` in headless Chromium and returns the JSON the page's script wrote.
 fn browse(url: &str, spki: &str) -> serde_json::Value {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run scripts/test, which installs it"
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let output = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            &format!("--user-data-dir={}", profile.path().display()),
-            &format!("--ignore-certificate-errors-spki-list={spki}"),
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-            url,
-        ])
-        .output()
-        .unwrap();
+    let output = common::chromium::run(url, spki, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&output.stdout);
     let json = dom
         .split("RESULT ")

@@ -531,3 +531,120 @@ async fn a_real_prometheus_scrapes_the_server() {
     let _ = prometheus.kill();
     let _ = prometheus.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_in_a_browser_shows_components_and_jobs_and_run_now_only_to_admins() {
+    // Only 127.0.0.2 is an admin here: the browser, on 127.0.0.1, is not.
+    let config = json!({
+        "admin": {"allow": ["127.0.0.2/32"]},
+        "sync": {"jobs": [{
+            "name": "oceania",
+            "source": {"type": "file", "path": "userdata/local/naturalearth_lowres.gpkg"},
+            "target": {"dataset": "local/oceania.gpkg"}
+        }]}
+    });
+    let server = Process::start(&config.to_string(), |_| {}).await;
+    let spki = common::chromium::spki_hash(&server.cert_pem());
+    let url = server.url("/");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let (dom, console) = {
+        let (url, spki, shot) = (url.clone(), spki.clone(), shot.clone());
+        tokio::task::spawn_blocking(move || {
+            let dom = common::chromium::run(
+                &url,
+                &spki,
+                &["--dump-dom", "--enable-logging=stderr", "--v=0"],
+            );
+            let _ = common::chromium::run(
+                &url,
+                &spki,
+                &[
+                    "--window-size=412,915",
+                    &format!("--screenshot={}", shot.display()),
+                ],
+            );
+            (
+                String::from_utf8_lossy(&dom.stdout).to_string(),
+                String::from_utf8_lossy(&dom.stderr).to_string(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    for words in [
+        "Pozi Server",
+        "Components",
+        "http",
+        "scheduler",
+        "search",
+        "sync",
+        "Sync jobs",
+        "oceania",
+        "Data folders",
+        "local",
+        "Certificate",
+        "Updates",
+    ] {
+        assert!(dom.contains(words), "the page lacks {words:?}:\n{dom}");
+    }
+    assert!(
+        !dom.contains("Run now"),
+        "a viewer without admin access gets no run button:\n{dom}"
+    );
+    assert!(!dom.contains("Latest warnings"), "nor the log:\n{dom}");
+    let errors: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot at {}",
+        shot.display()
+    );
+
+    // An admin viewer gets the button and the log; the refresh asks for the main part only.
+    let admin = server
+        .client_builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let page = admin.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("Run now") && page.contains("data-job=\"oceania\""),
+        "{page}"
+    );
+    assert!(page.contains("Latest warnings and errors"), "{page}");
+    let fragment = admin
+        .get(server.url("/status?fragment=1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        fragment.contains("Components") && !fragment.contains("<html"),
+        "{fragment}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_folder_with_its_own_index_keeps_the_root_and_the_status_page_moves_to_status() {
+    let server = Process::start("{}", |root| {
+        std::fs::write(
+            root.join("userdata/local/index.html"),
+            "<p>our own page</p>",
+        )
+        .unwrap();
+    })
+    .await;
+    let (status, _, body) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "<p>our own page</p>");
+    let (status, headers, body) = server.get("/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(body.contains("Components"), "{body}");
+}

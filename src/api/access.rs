@@ -180,11 +180,20 @@ impl AdminAccess {
     /// # Errors
     /// A 403 naming what is missing: an allowed address, or the right token.
     pub fn check(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<Admitted, ApiError> {
+        self.decide(peer, authorization).map_err(|why| {
+            tracing::warn!(client = %normal(peer), "admin request refused: {why}");
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", Some(why))
+        })
+    }
+
+    /// Whether the rules let a viewer in (for what a page shows; nothing is logged).
+    #[must_use]
+    pub fn admits(&self, peer: IpAddr, authorization: Option<&[u8]>) -> bool {
+        self.decide(peer, authorization).is_ok()
+    }
+
+    fn decide(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<Admitted, String> {
         let peer = normal(peer);
-        let refuse = |why: String| {
-            tracing::warn!(client = %peer, "admin request refused: {why}");
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", Some(why)))
-        };
         let bearer = authorization
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| {
@@ -199,15 +208,15 @@ impl AdminAccess {
             return Ok(Admitted::ByToken);
         }
         if !self.allow.iter().any(|range| range.contains(&peer)) {
-            return refuse(format!(
+            return Err(format!(
                 "{peer} is not allowed to use the operators' endpoints (admin.allow)"
             ));
         }
         match (&self.token, bearer) {
-            (None, Some(_)) | (None, None) => Ok(Admitted::ByAddress),
+            (None, Some(_) | None) => Ok(Admitted::ByAddress),
             (Some(hash), Some(token)) if hash.matches(token) => Ok(Admitted::ByToken),
-            (Some(_), Some(_)) => refuse("the bearer token is not the configured one".to_owned()),
-            (Some(_), None) => refuse(
+            (Some(_), Some(_)) => Err("the bearer token is not the configured one".to_owned()),
+            (Some(_), None) => Err(
                 "a token is required: send Authorization: Bearer <token> (admin.token_hash)"
                     .to_owned(),
             ),

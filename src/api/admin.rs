@@ -188,7 +188,7 @@ const LOG_TAIL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The last `lines` lines of the newest server log in `dir` (read from at most its last
 /// [`LOG_TAIL_BYTES`]).
-fn log_tail(dir: &std::path::Path, lines: usize) -> Vec<String> {
+pub(crate) fn log_tail(dir: &std::path::Path, lines: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     let newest = std::fs::read_dir(dir)
         .into_iter()

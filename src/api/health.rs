@@ -50,3 +50,16 @@ pub fn metrics() -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// The status page's HTML, never cached.
+#[must_use]
+pub fn html(page: String) -> Response {
+    let mut response = http::Response::new(super::reply::Body::from(page));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

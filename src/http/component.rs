@@ -178,6 +178,14 @@ impl Actor for HttpComponent {
             });
         }
         let site = Arc::new(Site {
+            status: crate::ops::status::StatusPage {
+                registry: args.registry.clone(),
+                config: args.config.clone(),
+                root: args.root.path().to_owned(),
+                cert: cert.clone(),
+                journal: args.journal.clone(),
+                update: args.update.as_ref().map(|u| u.view.clone()),
+            },
             metrics,
             hosts: HostFolders::new(&args.root.path().join("userdata"), &http.hosts),
             files: StaticFiles::new(&http.cache_control),

@@ -9,6 +9,7 @@
 //! | `/search`                     | search       | GET, HEAD        |
 //! | `/admin/…`                    | admin        | GET, HEAD, POST (`admin.allow`, token) |
 //! | `/metrics`                    | metrics      | GET, HEAD (`admin.allow`, token, unless public) |
+//! | `/` (no `index.html`), `/status` | status    | GET, HEAD        |
 //! | a configured proxy prefix     | proxy        | any              |
 //! | anything else                 | static files | GET, HEAD        |
 //!
@@ -47,6 +48,8 @@ pub struct Site {
     pub health: Health,
     /// Whether `/metrics` is served, and to whom.
     pub metrics: crate::config::MetricsConfig,
+    /// The status page.
+    pub status: crate::ops::status::StatusPage,
     /// Open datasets.
     pub catalog: Arc<crate::gis::store::Catalog>,
     /// GDAL for `/ogr2ogr` sources not read natively.
@@ -92,6 +95,8 @@ pub enum Route {
     Admin,
     /// `/metrics`.
     Metrics,
+    /// The status page: `/` (unless the host folder has an `index.html`) and `/status`.
+    Status,
     /// A reverse-proxy prefix.
     Proxy,
     /// A static file.
@@ -118,7 +123,9 @@ impl Route {
             .split('/')
             .next()
             .unwrap_or_default();
-        if let Some((_, route)) = API_ROUTES.iter().find(|(name, _)| *name == first) {
+        if path == "/" || first == "status" {
+            Self::Status
+        } else if let Some((_, route)) = API_ROUTES.iter().find(|(name, _)| *name == first) {
             *route
         } else if site.proxy.route_for(path).is_some() {
             Self::Proxy
@@ -138,6 +145,7 @@ impl Route {
             Self::Search => RouteClass::Search,
             Self::Admin => RouteClass::Admin,
             Self::Metrics => RouteClass::Metrics,
+            Self::Status => RouteClass::Health,
             Self::Proxy => RouteClass::Proxy,
             Self::File => RouteClass::Static,
         }
@@ -189,6 +197,7 @@ async fn answer(
         Route::Ogr2ogr => exact("ogr2ogr"),
         Route::Search => exact("search"),
         Route::Metrics => exact("metrics"),
+        Route::Status => path == "/" || exact("status"),
         Route::Features | Route::Admin | Route::Proxy | Route::File => true,
     };
     if !known {
@@ -244,6 +253,30 @@ async fn answer(
                 crate::encoding::accepted(headers),
             )
             .await
+        }
+        Route::Status => {
+            // A host folder's own index.html keeps the root; the status page is then /status.
+            let own_index = path == "/"
+                && site
+                    .hosts
+                    .search_path(host)
+                    .iter()
+                    .any(|folder| folder.join("index.html").is_file());
+            if own_index {
+                return Ok(serve_file(site, method, "/index.html", headers).await);
+            }
+            let admin = site.admin.access.admits(
+                conn.peer.ip(),
+                headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes),
+            );
+            let fragment = query(&request).get("fragment").is_some_and(|v| v == "1");
+            let status = site.status.clone();
+            let page = tokio::task::spawn_blocking(move || status.render(admin, fragment))
+                .await
+                .unwrap_or_default();
+            Ok(crate::api::health::html(page))
         }
         Route::Metrics => {
             if !site.metrics.enabled {

@@ -403,30 +403,7 @@ impl Metrics {
         {
             return (count, bytes);
         }
-        let (mut count, mut bytes, mut seen) = (0i64, 0i64, 0usize);
-        let mut folders = vec![userdata.to_owned()];
-        while let Some(folder) = folders.pop() {
-            for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-                seen += 1;
-                if seen > DATASET_SCAN_LIMIT {
-                    break;
-                }
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    continue;
-                }
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    folders.push(entry.path());
-                } else if is_dataset(&entry.path()) {
-                    count += 1;
-                    bytes += entry
-                        .metadata()
-                        .map_or(0, |m| i64::try_from(m.len()).unwrap_or(0));
-                }
-            }
-        }
+        let (count, bytes) = count_datasets(userdata);
         *cached = Some((std::time::Instant::now(), count, bytes));
         (count, bytes)
     }
@@ -455,6 +432,37 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open_connections.dec();
     }
+}
+
+/// Dataset files under `folder` (and its folders) and their bytes, looking at no more than
+/// [`DATASET_SCAN_LIMIT`] entries.
+#[must_use]
+pub fn count_datasets(folder: &std::path::Path) -> (i64, i64) {
+    let (mut count, mut bytes, mut seen) = (0i64, 0i64, 0usize);
+    let mut folders = vec![folder.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            seen += 1;
+            if seen > DATASET_SCAN_LIMIT {
+                return (count, bytes);
+            }
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if is_dataset(&entry.path()) {
+                count += 1;
+                bytes += entry
+                    .metadata()
+                    .map_or(0, |m| i64::try_from(m.len()).unwrap_or(0));
+            }
+        }
+    }
+    (count, bytes)
 }
 
 /// How long a count of the datasets under `userdata/` is reused.

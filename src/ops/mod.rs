@@ -1,6 +1,7 @@
-//! What operators read: the health document and the checks it adds to the components' and the
-//! metrics (later: the status page).
+//! What operators read: the health document and the checks it adds to the components', the
+//! Prometheus metrics, and the status page.
 
 pub mod checks;
 pub mod health;
 pub mod metrics;
+pub mod status;

@@ -7,6 +7,7 @@
     reason = "shared test helpers"
 )]
 
+pub mod chromium;
 pub mod gis;
 pub mod process;
 
