@@ -204,7 +204,11 @@ impl Actor for HttpComponent {
                             args.config.health.disk_warn_mb,
                         )),
                         args.journal.as_ref().map(|journal| {
-                            crate::ops::checks::sync_jobs(args.config.clone(), journal.clone())
+                            crate::ops::checks::sync_jobs(
+                                args.config.clone(),
+                                journal.clone(),
+                                args.root.path().to_owned(),
+                            )
                         }),
                     ]
                     .into_iter()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 
-use super::health::{CheckStatus, ExtraCheck, NamedCheck};
+use super::health::{CheckStatus, ExtraCheck, NamedCheck, hide_root};
 use crate::config::Config;
 use crate::gis::store::Catalog;
 
@@ -92,7 +92,11 @@ fn free_bytes(_: &std::path::Path) -> Option<u64> {
 /// Each sync job: its last success, last failure and next run; `warn` when its newest finished
 /// run failed.
 #[must_use]
-pub fn sync_jobs(config: Arc<Config>, journal: Arc<crate::sync::journal::Journal>) -> ExtraCheck {
+pub fn sync_jobs(
+    config: Arc<Config>,
+    journal: Arc<crate::sync::journal::Journal>,
+    root: PathBuf,
+) -> ExtraCheck {
     Arc::new(move || {
         let now = Utc::now();
         config
@@ -127,9 +131,9 @@ pub fn sync_jobs(config: Arc<Config>, journal: Arc<crate::sync::journal::Journal
                         "componentType": "job",
                         "running": runs.first().is_some_and(|r| r.status == "running"),
                         "lastSuccess": success.and_then(|r| r.ended.clone()),
-                        "lastFailure": failure.map(|r| json!({"time": r.ended, "error": r.error})),
+                        "lastFailure": failure.map(|r| json!({"time": r.ended, "error": r.error.as_deref().map(|e| hide_root(&root, e))})),
                         "nextRun": next.map(|t| t.to_rfc3339()),
-                        "output": failing.then(|| finished.and_then(|r| r.error.clone())).flatten(),
+                        "output": failing.then(|| finished.and_then(|r| r.error.as_deref()).map(|e| hide_root(&root, e))).flatten(),
                     }),
                 }
             })

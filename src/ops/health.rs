@@ -21,6 +21,15 @@ pub struct Health {
     extra: Vec<ExtraCheck>,
 }
 
+/// `text` with paths under `root` shown relative to it (what anyone who can reach the server
+/// reads must not show where it is installed).
+#[must_use]
+pub fn hide_root(root: &std::path::Path, text: &str) -> String {
+    let root = root.display().to_string();
+    text.replace(&format!("{root}{}", std::path::MAIN_SEPARATOR), "")
+        .replace(&root, ".")
+}
+
 /// A check's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CheckStatus {
@@ -125,11 +134,7 @@ impl Health {
 
     fn hide_root(&self, text: &str) -> String {
         match &self.root {
-            Some(root) => {
-                let root = root.display().to_string();
-                text.replace(&format!("{root}{}", std::path::MAIN_SEPARATOR), "")
-                    .replace(&root, ".")
-            }
+            Some(root) => hide_root(root, text),
             None => text.to_owned(),
         }
     }

@@ -156,7 +156,7 @@ impl StatusPage {
                             td { (name) }
                             td class=(class) { (h.state.as_str()) }
                             td { (h.restarts_in_window(SystemTime::now())) " / " (h.total_restarts) " / " (h.planned_restarts) }
-                            td { @if let Some(e) = &h.last_error { (e.message) " (" (when(e.at)) ")" } }
+                            td { @if let Some(e) = &h.last_error { (super::health::hide_root(&self.root, &e.message)) " (" (when(e.at)) ")" } }
                         }
                     }
                 } }
@@ -182,7 +182,7 @@ impl StatusPage {
                                     @if let Some(run) = &last {
                                         @let class = match run.status.as_str() { "ok" | "unchanged" => "pass", "running" => "warn", _ => "fail" };
                                         span class=(class) { (run.status) } " " (run.ended.as_deref().unwrap_or(&run.started))
-                                        @if let Some(error) = &run.error { br; small { (error) } }
+                                        @if let Some(error) = &run.error { br; small { (super::health::hide_root(&self.root, error)) } }
                                     } @else { "never" }
                                 }
                                 td { @if let Some(next) = next { (next.format("%Y-%m-%d %H:%M UTC")) } @else { "when asked" } }
