@@ -465,8 +465,9 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
         // Exactly what `check-config` reports.
         Err(e) => return fail(&e.to_string()),
     };
-    if !listen.is_empty() {
-        config.listen = listen;
+    let listen_override = (!listen.is_empty()).then_some(listen);
+    if let Some(listen) = &listen_override {
+        config.listen.clone_from(listen);
     }
     let log_dir = root.resolve(&config.log.directory);
     if let Err(e) = std::fs::create_dir_all(&log_dir) {
@@ -528,6 +529,7 @@ fn run(config_file: Option<&Path>, root: &Path, listen: Vec<SocketAddr>) -> Exit
     let handles = crate::runtime::Handles {
         switch: switch.clone(),
         config_file: Some(config_file.clone()),
+        listen_override,
         ..crate::runtime::Handles::default()
     };
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

@@ -51,8 +51,10 @@ pub struct Handles {
     /// (running the new version on trial while this tree serves on).
     pub switch: crate::update::SwitchRequest,
     /// The config file the server was started with (default `<root>/config.json`), which a
-    /// new version's self-test checks.
+    /// new version's self-test checks and a reload reads.
     pub config_file: Option<std::path::PathBuf>,
+    /// `--listen` addresses from the command line, which a reload keeps.
+    pub listen_override: Option<Vec<std::net::SocketAddr>>,
 }
 
 /// The root supervisor's name in the actor directory (the admin API restarts components
@@ -95,6 +97,32 @@ fn planned_jobs(config: &Config) -> Result<Vec<PlannedJob>, RuntimeError> {
             })
         })
         .collect()
+}
+
+/// What the search indexer starts with, from `config`.
+fn search_args(
+    config: &Config,
+    root: &Root,
+    catalog: &Arc<crate::gis::store::Catalog>,
+) -> Result<SearchArgs, RuntimeError> {
+    let zone = match &config.search.time_zone {
+        Some(name) => {
+            parse_zone(name).map_err(|reason| RuntimeError::Schedule { index: 0, reason })?
+        }
+        None => config.zone(),
+    };
+    Ok(SearchArgs {
+        sources: config.search.sources.clone(),
+        userdata: root.path().join("userdata"),
+        index: root.state_dir().join("search.sqlite"),
+        schedule: Schedule::parse(&config.search.rebuild, zone).map_err(|e| {
+            RuntimeError::Schedule {
+                index: 0,
+                reason: format!("search.rebuild: {e}"),
+            }
+        })?,
+        catalog: catalog.clone(),
+    })
 }
 
 /// The sync journal (`state/sync.sqlite`), opened once for the jobs and the admin API, with
@@ -227,40 +255,38 @@ pub async fn run(
         directory,
         switch,
         config_file,
+        listen_override,
     } = handles;
-    let updater = updater(
-        config,
-        root,
-        config_file.unwrap_or_else(|| root.config_file()),
-        &switch,
-    );
+    let config_file = config_file.unwrap_or_else(|| root.config_file());
+    let updater = updater(config, root, config_file.clone(), &switch);
     let search_directory = directory.clone();
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
-    let scheduler = SchedulerArgs {
-        jobs: planned_jobs(config)?,
-        marks: marks.clone(),
-    };
-    let search_zone = match &config.search.time_zone {
-        Some(name) => {
-            parse_zone(name).map_err(|reason| RuntimeError::Schedule { index: 0, reason })?
+    // The scheduler and search read the live config as they start, so a reload that changes
+    // them restarts them.
+    let live = crate::ops::reload::live(config);
+    planned_jobs(config)?;
+    let catalog = Arc::new(
+        crate::gis::store::Catalog::with_limits(&config.data)
+            .with_cache(root.state_dir().join("cache"), &config.data),
+    );
+    let first_search = search_args(config, root, &catalog)?;
+    let scheduler = {
+        let (live, marks) = (live.clone(), marks.clone());
+        move || SchedulerArgs {
+            jobs: planned_jobs(&live.load()).unwrap_or_default(),
+            marks: marks.clone(),
         }
-        None => config.zone(),
     };
-    let search = SearchArgs {
-        sources: config.search.sources.clone(),
-        userdata: root.path().join("userdata"),
-        index: root.state_dir().join("search.sqlite"),
-        schedule: Schedule::parse(&config.search.rebuild, search_zone).map_err(|e| {
-            RuntimeError::Schedule {
-                index: 0,
-                reason: format!("search.rebuild: {e}"),
-            }
-        })?,
-        catalog: Arc::new(
-            crate::gis::store::Catalog::with_limits(&config.data)
-                .with_cache(root.state_dir().join("cache"), &config.data),
-        ),
+    let search = {
+        let (live, root, catalog) = (live.clone(), root.clone(), catalog.clone());
+        move || search_args(&live.load(), &root, &catalog).unwrap_or_else(|_| first_search.clone())
     };
+    let reloader = Arc::new(crate::ops::reload::Reloader::new(
+        config_file.clone(),
+        listen_override,
+        live.clone(),
+        directory.clone(),
+    ));
     let journal = open_journal(config, root);
     let http = HttpArgs {
         config: Arc::new(config.clone()),
@@ -269,16 +295,13 @@ pub async fn run(
         listening,
         directory: directory.clone(),
         journal: journal.clone(),
-        admin_access: crate::api::access::AdminAccess::new(
-            &config.admin,
-            // A new version on trial leaves the running server's command-line token alone.
-            if crate::update::on_trial() {
-                None
-            } else {
-                crate::api::access::AdminAccess::create_local_token(root.path())
-            }
-            .as_deref(),
-        ),
+        // A new version on trial leaves the running server's command-line token alone.
+        reloader: Some(reloader.clone()),
+        admin_token: if crate::update::on_trial() {
+            None
+        } else {
+            crate::api::access::AdminAccess::create_local_token(root.path())
+        },
         update: updater.as_ref().map(|u| crate::api::admin::UpdateAdmin {
             journal: u.journal.clone(),
             view: u.view.clone(),
@@ -289,8 +312,19 @@ pub async fn run(
     let spec = root_spec(config, &registry)
         .child(
             // A port that is taken must not take the server down: retry with capped backoff.
-            ChildSpec::actor("http", RestartType::Permanent, move || {
-                (HttpComponent, http.clone())
+            // In the directory, so that a config reload can hand it the new site.
+            ChildSpec::new("http", RestartType::Permanent, {
+                let directory = directory.clone();
+                move |supervisor| {
+                    let (http, directory) = (http.clone(), directory.clone());
+                    async move {
+                        let (actor, _) =
+                            ractor::Actor::spawn_linked(None, HttpComponent, http, supervisor)
+                                .await?;
+                        directory.register(crate::http::HTTP_ACTOR, actor.get_cell());
+                        Ok(actor.get_cell())
+                    }
+                }
             })
             .retry_forever()
             .with_shutdown(drain + Duration::from_secs(1)),
@@ -300,7 +334,7 @@ pub async fn run(
             RestartType::Permanent,
             // In the directory, so that a sync job can ask for a rebuild after it publishes.
             move |supervisor| {
-                let (search, directory) = (search.clone(), search_directory.clone());
+                let (search, directory) = (search(), search_directory.clone());
                 async move {
                     let (actor, _) =
                         ractor::Actor::spawn_linked(None, SearchIndexer, search, supervisor)
@@ -319,7 +353,7 @@ pub async fn run(
         spec.child(ChildSpec::actor(
             "scheduler",
             RestartType::Permanent,
-            move || (Scheduler, scheduler.clone()),
+            move || (Scheduler, scheduler()),
         ))
     };
     let spec = match sync_jobs(config, root, &registry, &marks, &directory, journal) {
@@ -348,6 +382,12 @@ pub async fn run(
     };
     let handle = Supervisor::start_root(spec).await?;
     directory.register(ROOT_NAME, handle.actor.get_cell());
+    let watching = tokio_util::sync::CancellationToken::new();
+    if !crate::update::on_trial() {
+        let stop = watching.clone().cancelled_owned();
+        tokio::spawn(reloader.clone().watch(stop));
+    }
+    let _stop_watching = watching.drop_guard();
     tracing::info!(root = %root.path().display(), "server started");
     let actor = handle.actor.clone();
     let finished = handle.wait();

@@ -648,3 +648,153 @@ async fn a_host_folder_with_its_own_index_keeps_the_root_and_the_status_page_mov
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert!(body.contains("Components"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_download_goes_on() {
+    use futures::StreamExt;
+    let config = |origins: &[&str], extra: Value| {
+        let mut config = json!({"http": {"cors": {"allowed_origins": origins}}});
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        config.to_string()
+    };
+    let big = vec![b'x'; 48 * 1024 * 1024];
+    let server = Process::start(&config(&["https://a.example"], json!({})), |root| {
+        std::fs::write(root.join("userdata/local/big.bin"), &big).unwrap();
+    })
+    .await;
+    let allowed = |origin: &'static str| {
+        let client = server.client();
+        let url = server.url("/resourcecheck/local.json");
+        async move {
+            let response = client
+                .get(&url)
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap();
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_some_and(|v| v == origin)
+        }
+    };
+    assert!(allowed("https://a.example").await);
+    assert!(!allowed("https://b.example").await);
+
+    // A long download on its own connection, read slowly.
+    let download = {
+        let client = server.client();
+        let url = server.url("/big.bin");
+        tokio::spawn(async move {
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut stream = response.bytes_stream();
+            let mut received = 0usize;
+            while let Some(chunk) = stream.next().await {
+                received += chunk.unwrap().len();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            received
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A valid change on disk: the watcher applies it for the next request.
+    let path = server.root.join("config.json");
+    std::fs::write(
+        &path,
+        config(&["https://a.example", "https://b.example"], json!({})),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !allowed("https://b.example").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new origin never applied:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::process::wait_for_log(&server.root, "config reloaded", Duration::from_secs(5)).await;
+    assert!(!download.is_finished(), "the download spans the reloads");
+
+    // An invalid one: refused, every problem listed, the running config stays, health warns.
+    std::fs::write(
+        &path,
+        r#"{"http": {"cors": {"allowed_origins": 7}}, "log": {"level": "verbose"}}"#,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let warning = loop {
+        let (_, _, body) = server.get("/health").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        let check = health["checks"]["config:reload"][0].clone();
+        if check["status"] == "warn" {
+            break check;
+        }
+        assert!(std::time::Instant::now() < deadline, "no warning: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = warning["output"].as_str().unwrap();
+    assert!(
+        output.contains("allowed_origins") && output.contains("log.level"),
+        "{output}"
+    );
+    assert!(
+        allowed("https://b.example").await,
+        "the running config stays"
+    );
+    let response = server
+        .client()
+        .post(server.url("/admin/reload"))
+        .header("x-pozi-admin", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("2 problems"),
+        "{body}"
+    );
+
+    // Valid again, through the admin API: what needs a restart is said so.
+    std::fs::write(
+        &path,
+        config(&["https://a.example"], json!({"log": {"level": "debug"}, "http": {"cors": {"allowed_origins": ["https://a.example"]}, "plain_http": true}})),
+    )
+    .unwrap();
+    let response = server
+        .client()
+        .post(server.url("/admin/reload"))
+        .header("x-pozi-admin", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    let listed = |key: &str, words: &str| {
+        report[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str().unwrap().contains(words))
+    };
+    assert!(listed("needs_restart", "http.plain_http"), "{report}");
+    assert!(
+        listed("applied", "log.level") && listed("applied", "CORS"),
+        "{report}"
+    );
+    assert!(!allowed("https://b.example").await);
+    let (_, _, body) = server.get("/health").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        health["checks"]["config:reload"][0]["status"], "pass",
+        "{body}"
+    );
+
+    // The download went on through all of it.
+    assert_eq!(download.await.unwrap(), big.len());
+}

@@ -12,6 +12,7 @@
 //!   /admin/update/apply`: check and install what is found, then switch to it.
 //! - `POST /admin/components/{name}/restart`: restart a component (202 at once).
 //! - `GET /admin/log?lines=200`: the last lines of the server log (up to 10,000).
+//! - `POST /admin/reload`: reload `config.json` (400 listing every problem of an invalid one).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Admin {
     pub access: super::access::AdminAccess,
     /// The installation root (the log folder is resolved against it).
     pub root: std::path::PathBuf,
+    /// Reloads the config.
+    pub reloader: Option<Arc<crate::ops::reload::Reloader>>,
 }
 
 /// What the admin API needs of a request besides its path.
@@ -173,6 +176,25 @@ pub async fn answer(
             )))
         }
         ["log"] => Err(method_not_allowed("GET, HEAD", path, method)),
+        ["reload"] if *method == Method::POST => {
+            require_mark(marked)?;
+            let reloader = admin.reloader.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "reload unavailable",
+                    Some("this process cannot reload its config".to_owned()),
+                )
+            })?;
+            match reloader.reload("POST /admin/reload").await {
+                Ok(report) => Ok(no_store(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(&report).unwrap_or_default(),
+                    "application/json",
+                ))),
+                Err(problems) => Err(ApiError::bad_request("invalid config", problems)),
+            }
+        }
+        ["reload"] => Err(method_not_allowed("POST", path, method)),
         _ => Err(ApiError::not_found(
             "not found",
             format!("no such path: {path}"),

@@ -63,8 +63,11 @@ pub struct HttpArgs {
     pub journal: Option<Arc<crate::sync::journal::Journal>>,
     /// The updater's journal and view, when it is configured.
     pub update: Option<crate::api::admin::UpdateAdmin>,
-    /// Who may use the operators' endpoints.
-    pub admin_access: crate::api::access::AdminAccess,
+    /// The command line's token (`state/admin.token`), accepted from loopback besides the
+    /// admin rules.
+    pub admin_token: Option<String>,
+    /// Reloads the config (`POST /admin/reload`, and `/health`'s `config:reload` check).
+    pub reloader: Option<Arc<crate::ops::reload::Reloader>>,
 }
 
 /// The listener actor.
@@ -74,6 +77,14 @@ pub struct HttpComponent;
 /// A running listener's handles.
 #[derive(Debug)]
 pub struct HttpState {
+    /// The request pipeline, whose site a reload replaces.
+    pipeline: Arc<Pipeline>,
+    /// The certificate served.
+    cert: Option<Arc<CertStore>>,
+    /// The data layer (its limits need a restart).
+    catalog: Arc<crate::gis::store::Catalog>,
+    /// What the component was started with.
+    args: HttpArgs,
     stop: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -140,15 +151,101 @@ async fn serve_when_asked(
     args.listening.0.store(Arc::new(bound));
 }
 
+/// What the routes serve, from `config` (at start, and again at each config reload).
+fn build_site(
+    args: &HttpArgs,
+    config: &Arc<Config>,
+    cert: Option<&Arc<CertStore>>,
+    catalog: &Arc<crate::gis::store::Catalog>,
+    gdal: &Arc<crate::api::ogr2ogr::gdal::Gdal>,
+) -> Result<Site, ActorProcessingErr> {
+    Ok(Site {
+        access_log: config.http.access_log.clone(),
+        max_header_bytes: config.http.limits.max_header_bytes,
+        status: crate::ops::status::StatusPage {
+            registry: args.registry.clone(),
+            config: config.clone(),
+            root: args.root.path().to_owned(),
+            cert: cert.cloned(),
+            journal: args.journal.clone(),
+            update: args.update.as_ref().map(|u| u.view.clone()),
+        },
+        metrics: config.metrics,
+        hosts: HostFolders::new(&args.root.path().join("userdata"), &config.http.hosts),
+        files: StaticFiles::new(&config.http.cache_control),
+        cors: Cors::new(&config.http.cors),
+        proxy: Proxy::new(&config.http.proxy, config.http.limits.body_limit_bytes)?,
+        health: Health::new(args.registry.clone(), cert.cloned())
+            .with_root(args.root.path())
+            .with_checks(
+                [
+                    args.update
+                        .as_ref()
+                        .map(|u| crate::update::component::health_check(u.view.clone())),
+                    Some(crate::ops::checks::caches(catalog.clone())),
+                    args.reloader
+                        .as_ref()
+                        .map(crate::ops::reload::Reloader::health_check),
+                    Some(crate::ops::checks::disk(
+                        args.root.path().to_owned(),
+                        config.health.disk_warn_mb,
+                    )),
+                    args.journal.as_ref().map(|journal| {
+                        crate::ops::checks::sync_jobs(
+                            config.clone(),
+                            journal.clone(),
+                            args.root.path().to_owned(),
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten(),
+            ),
+        catalog: catalog.clone(),
+        gdal: gdal.clone(),
+        search_index: args.root.state_dir().join("search.sqlite"),
+        admin: crate::api::admin::Admin {
+            config: config.clone(),
+            journal: args.journal.clone(),
+            directory: args.directory.clone(),
+            update: args.update.clone(),
+            access: crate::api::access::AdminAccess::new(
+                &config.admin,
+                args.admin_token.as_deref(),
+            ),
+            reloader: args.reloader.clone(),
+            root: args.root.path().to_owned(),
+        },
+        refused: config
+            .http
+            .refused_extensions
+            .iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+/// Messages to the listener.
+#[derive(Debug)]
+pub enum HttpMsg {
+    /// Serve from now on what `config` says (CORS, host folders, cache rules, proxies, refused
+    /// extensions, the access log, admin rules, the status page, `/metrics` access); requests
+    /// under way finish as they began. The reply says why a config could not be applied.
+    Reload(Arc<Config>, ractor::RpcReplyPort<Result<(), String>>),
+}
+
+/// The listener's name in the actor directory (a config reload finds it there).
+pub const ACTOR_NAME: &str = "http";
+
 impl Actor for HttpComponent {
-    type Msg = ();
+    type Msg = HttpMsg;
     type State = HttpState;
     type Arguments = HttpArgs;
 
     #[tracing::instrument(name = "component", fields(component = "http"), skip_all)]
     async fn pre_start(
         &self,
-        _myself: ActorRef<()>,
+        _myself: ActorRef<HttpMsg>,
         args: HttpArgs,
     ) -> Result<HttpState, ActorProcessingErr> {
         let http = &args.config.http;
@@ -177,60 +274,14 @@ impl Actor for HttpComponent {
                 cert: cert.clone(),
             });
         }
-        let site = Arc::new(Site {
-            status: crate::ops::status::StatusPage {
-                registry: args.registry.clone(),
-                config: args.config.clone(),
-                root: args.root.path().to_owned(),
-                cert: cert.clone(),
-                journal: args.journal.clone(),
-                update: args.update.as_ref().map(|u| u.view.clone()),
-            },
-            metrics,
-            hosts: HostFolders::new(&args.root.path().join("userdata"), &http.hosts),
-            files: StaticFiles::new(&http.cache_control),
-            cors: Cors::new(&http.cors),
-            proxy: Proxy::new(&http.proxy, limits.body_limit_bytes)?,
-            health: Health::new(args.registry.clone(), cert.clone())
-                .with_root(args.root.path())
-                .with_checks(
-                    [
-                        args.update
-                            .as_ref()
-                            .map(|u| crate::update::component::health_check(u.view.clone())),
-                        Some(crate::ops::checks::caches(catalog.clone())),
-                        Some(crate::ops::checks::disk(
-                            args.root.path().to_owned(),
-                            args.config.health.disk_warn_mb,
-                        )),
-                        args.journal.as_ref().map(|journal| {
-                            crate::ops::checks::sync_jobs(
-                                args.config.clone(),
-                                journal.clone(),
-                                args.root.path().to_owned(),
-                            )
-                        }),
-                    ]
-                    .into_iter()
-                    .flatten(),
-                ),
-            catalog: catalog.clone(),
-            gdal: crate::api::ogr2ogr::gdal::Gdal::new(&args.config.data.gdal),
-            search_index: args.root.state_dir().join("search.sqlite"),
-            admin: crate::api::admin::Admin {
-                config: args.config.clone(),
-                journal: args.journal.clone(),
-                directory: args.directory.clone(),
-                update: args.update.clone(),
-                access: args.admin_access.clone(),
-                root: args.root.path().to_owned(),
-            },
-            refused: http
-                .refused_extensions
-                .iter()
-                .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-                .collect(),
-        });
+        let gdal = Arc::new(crate::api::ogr2ogr::gdal::Gdal::new(&args.config.data.gdal));
+        let site = Arc::new(build_site(
+            &args,
+            &args.config,
+            cert.as_ref(),
+            &catalog,
+            &gdal,
+        )?);
         let tls = match &cert {
             Some(store) => Some(TlsAcceptor::from(server_config(store.clone())?)),
             None => None,
@@ -261,15 +312,14 @@ impl Actor for HttpComponent {
         let tracker = TaskTracker::new();
         let queries = site.catalog.queries.stop.clone();
         let site_catalog = site.catalog.clone();
+        let pipeline = Arc::new(Pipeline {
+            metrics: metrics.enabled,
+            site: arc_swap::ArcSwap::new(site),
+            dispatch: super::service::routes,
+            counter: AtomicU64::new(0),
+        });
         let acceptor = Acceptor {
-            pipeline: Arc::new(Pipeline {
-                metrics: metrics.enabled,
-                site,
-                dispatch: super::service::routes,
-                access_log: http.access_log.clone(),
-                counter: AtomicU64::new(0),
-                max_header_bytes: limits.max_header_bytes,
-            }),
+            pipeline: pipeline.clone(),
             tls,
             limits: limits.clone(),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
@@ -319,7 +369,7 @@ impl Actor for HttpComponent {
                 }
             });
         }
-        if let Some(store) = cert {
+        if let Some(store) = cert.clone() {
             let every = Duration::from_secs(http.certificate_check_secs.max(1));
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -354,10 +404,14 @@ impl Actor for HttpComponent {
             ));
         }
         Ok(HttpState {
+            pipeline,
+            cert,
+            catalog,
+            args: args.clone(),
             stop,
             tracker,
             drain: Duration::from_secs(limits.drain_timeout_secs),
-            listening: args.listening,
+            listening: args.listening.clone(),
             root: args.root.clone(),
             _queries_on_drop: queries.clone().drop_guard(),
             queries,
@@ -365,9 +419,39 @@ impl Actor for HttpComponent {
     }
 
     #[tracing::instrument(name = "component", fields(component = "http"), skip_all)]
+    async fn handle(
+        &self,
+        _myself: ActorRef<HttpMsg>,
+        message: HttpMsg,
+        state: &mut HttpState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HttpMsg::Reload(config, reply) => {
+                let gdal = state.pipeline.site.load().gdal.clone();
+                let built = build_site(
+                    &state.args,
+                    &config,
+                    state.cert.as_ref(),
+                    &state.catalog,
+                    &gdal,
+                );
+                let result = match built {
+                    Ok(site) => {
+                        state.pipeline.site.store(Arc::new(site));
+                        tracing::info!("listener serving the reloaded config");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
     async fn post_stop(
         &self,
-        _myself: ActorRef<()>,
+        _myself: ActorRef<HttpMsg>,
         state: &mut HttpState,
     ) -> Result<(), ActorProcessingErr> {
         state.listening.0.store(Arc::new(Vec::new()));

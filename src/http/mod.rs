@@ -27,5 +27,5 @@ mod service;
 mod static_files;
 pub mod tls;
 
-pub use component::{HttpArgs, HttpComponent, Listening};
+pub use component::{ACTOR_NAME as HTTP_ACTOR, HttpArgs, HttpComponent, HttpMsg, Listening};
 pub use listen::{SERVER_NOTE, ServerNote, running_server};

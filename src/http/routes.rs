@@ -50,10 +50,16 @@ pub struct Site {
     pub metrics: crate::config::MetricsConfig,
     /// The status page.
     pub status: crate::ops::status::StatusPage,
+    /// Access log settings.
+    pub access_log: crate::config::AccessLog,
+    /// Largest request head answered (`http.limits.max_header_bytes`); the HTTP layer itself
+    /// cuts off only heads several times larger, so that a too-large head gets this server's
+    /// JSON 431.
+    pub max_header_bytes: usize,
     /// Open datasets.
     pub catalog: Arc<crate::gis::store::Catalog>,
     /// GDAL for `/ogr2ogr` sources not read natively.
-    pub gdal: crate::api::ogr2ogr::gdal::Gdal,
+    pub gdal: Arc<crate::api::ogr2ogr::gdal::Gdal>,
     /// The unified search index file.
     pub search_index: std::path::PathBuf,
     /// The operators' API.

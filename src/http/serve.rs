@@ -659,6 +659,8 @@ mod tests {
         let config = HttpConfig::default();
         let dir = std::env::temp_dir();
         let site = Arc::new(Site {
+            access_log: config.access_log.clone(),
+            max_header_bytes: config.limits.max_header_bytes,
             hosts: HostFolders::new(&dir, &config.hosts),
             files: StaticFiles::new(&config.cache_control),
             cors: Cors::new(&config.cors),
@@ -674,7 +676,9 @@ mod tests {
                 update: None,
             },
             catalog: Arc::default(),
-            gdal: crate::api::ogr2ogr::gdal::Gdal::new(&crate::config::GdalConfig::default()),
+            gdal: Arc::new(crate::api::ogr2ogr::gdal::Gdal::new(
+                &crate::config::GdalConfig::default(),
+            )),
             search_index: dir.join("search.sqlite"),
             admin: crate::api::admin::Admin {
                 config: Arc::default(),
@@ -683,17 +687,16 @@ mod tests {
                 update: None,
                 access: crate::api::access::AdminAccess::loopback_only(),
                 root: std::path::PathBuf::new(),
+                reloader: None,
             },
             refused: Vec::new(),
         });
         let acceptor = Acceptor {
             pipeline: Arc::new(Pipeline {
                 metrics: false,
-                site,
+                site: arc_swap::ArcSwap::new(site),
                 dispatch: panicky,
-                access_log: config.access_log.clone(),
                 counter: AtomicU64::new(0),
-                max_header_bytes: config.limits.max_header_bytes,
             }),
             tls: None,
             limits: config.limits.clone(),

@@ -41,20 +41,15 @@ pub fn routes(
 /// Shared by every connection of a listener.
 #[derive(Debug)]
 pub struct Pipeline {
-    /// The site the routes serve.
-    pub site: Arc<Site>,
+    /// The site the routes serve, replaced whole by a config reload (a request keeps the one it
+    /// started with).
+    pub site: arc_swap::ArcSwap<Site>,
     /// The handler of API and proxy requests.
     pub dispatch: Dispatch,
-    /// Access log settings.
-    pub access_log: AccessLog,
     /// Requests seen, for sampling.
     pub counter: AtomicU64,
     /// Whether requests are counted for `/metrics`.
     pub metrics: bool,
-    /// Largest request head answered (`http.limits.max_header_bytes`); the HTTP layer itself
-    /// cuts off only heads several times larger, so that a too-large head gets this server's
-    /// JSON 431.
-    pub max_header_bytes: usize,
 }
 
 /// How many times `max_header_bytes` the HTTP layer reads before cutting a head off itself.
@@ -83,6 +78,7 @@ impl Pipeline {
         mut request: Request<Incoming>,
     ) -> Result<Response, Infallible> {
         let started = Instant::now();
+        let site = self.site.load_full();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let host = request.headers().get(header::HOST).cloned().or_else(|| {
@@ -100,13 +96,13 @@ impl Pipeline {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let mut class = crate::ops::metrics::RouteClass::Other;
 
-        let response = if head_bytes(&request) > self.max_header_bytes {
+        let response = if head_bytes(&request) > site.max_header_bytes {
             ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
                 Some(format!(
                     "the request line and headers may hold at most {} bytes",
-                    self.max_header_bytes
+                    site.max_header_bytes
                 )),
             )
             .into_response()
@@ -120,20 +116,20 @@ impl Pipeline {
             // Which of two hosts picks the site folder (and what a proxy in front saw) would
             // be a guess: refused, as RFC 9112 asks.
             ApiError::bad_request("bad request", "more than one Host header").into_response()
-        } else if let Some(preflight) = self.site.cors.preflight(&method, request.headers()) {
+        } else if let Some(preflight) = site.cors.preflight(&method, request.headers()) {
             preflight
         } else {
-            let route = Route::of(&self.site, &path);
+            let route = Route::of(&site, &path);
             class = route.class();
             let future = if route == Route::File
                 && (method == http::Method::GET || method == http::Method::HEAD)
             {
                 // Static files, most of the traffic, without boxing a future for them.
-                AssertUnwindSafe(serve_file(&self.site, &method, &path, request.headers()))
+                AssertUnwindSafe(serve_file(&site, &method, &path, request.headers()))
                     .catch_unwind()
                     .await
             } else {
-                AssertUnwindSafe((self.dispatch)(self.site.clone(), conn, route, request))
+                AssertUnwindSafe((self.dispatch)(site.clone(), conn, route, request))
                     .catch_unwind()
                     .await
             };
@@ -144,33 +140,40 @@ impl Pipeline {
         } else {
             response
         };
-        self.site.cors.decorate(origin.as_ref(), &mut response);
+        site.cors.decorate(origin.as_ref(), &mut response);
         if self.metrics
             && let Some(metrics) = crate::ops::metrics::global()
         {
             let status = response.status().as_u16();
             metrics.request(class, status, content_length(&response), started.elapsed());
         }
-        self.log(&conn, &method, host.as_ref(), path, &response, started);
+        self.log(
+            &site.access_log,
+            &conn,
+            &method,
+            host.as_ref(),
+            (path, &response),
+            started,
+        );
         Ok(response)
     }
 
     fn log(
         &self,
+        access_log: &AccessLog,
         conn: &ConnInfo,
         method: &http::Method,
         host: Option<&HeaderValue>,
-        path: String,
-        response: &Response,
+        (path, response): (String, &Response),
         started: Instant,
     ) {
         let status = response.status();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let wanted = match self.access_log.mode {
+        let wanted = match access_log.mode {
             AccessLogMode::Off => false,
             AccessLogMode::On => true,
             AccessLogMode::Sampled => {
-                status.is_server_error() || n.is_multiple_of(self.access_log.sample_one_in.max(1))
+                status.is_server_error() || n.is_multiple_of(access_log.sample_one_in.max(1))
             }
         };
         if !wanted {

@@ -39,6 +39,30 @@ pub enum LogError {
     AlreadySet(String),
 }
 
+/// The handle that changes the log level of the running subscriber.
+static LEVEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Sets the log level (a level or `target=level` directives, as `log.level`) of the running
+/// server. `RUST_LOG`, when set, keeps precedence.
+///
+/// # Errors
+/// A message when `RUST_LOG` is set, the level does not parse, or logging is not set up.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Err("RUST_LOG is set and takes precedence over log.level".to_owned());
+    }
+    let filter = EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| format!("log.level {level:?}: {e}"))?;
+    LEVEL
+        .get()
+        .ok_or_else(|| "logging is not set up".to_owned())?
+        .reload(filter)
+        .map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber and the panic hook.
 ///
 /// # Errors
@@ -68,6 +92,8 @@ pub fn init(config: &LogConfig, dir: &Path) -> Result<LogGuard, LogError> {
         .unwrap_or_else(|_| EnvFilter::new("info"));
 
     let console = config.console.then_some(std::io::stdout);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LEVEL.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
     let result = if config.json {
         registry

@@ -1,7 +1,8 @@
 //! What operators read: the health document and the checks it adds to the components', the
-//! Prometheus metrics, and the status page.
+//! Prometheus metrics, the status page, and live config reload.
 
 pub mod checks;
 pub mod health;
 pub mod metrics;
+pub mod reload;
 pub mod status;
