@@ -160,40 +160,59 @@ fn open_journal(config: &Config, root: &Root) -> Option<Arc<crate::sync::journal
 /// The `sync` supervisor for the configured jobs (`None` without a journal, that is without
 /// jobs or when it could not be opened).
 fn sync_jobs(
-    config: &Config,
+    live: &crate::ops::reload::LiveConfig,
     root: &Root,
     registry: &HealthRegistry,
     marks: &Arc<MarkStore>,
     directory: &actors::Directory,
     journal: Option<Arc<crate::sync::journal::Journal>>,
 ) -> Option<actors::ChildSpec> {
-    use crate::sync::component::{JobArgs, Shared, supervisor};
+    use crate::sync::component::{JobArgs, Shared, spec, stop_time};
     let journal = journal?;
-    let shared = Arc::new(Shared {
-        root: root.path().to_owned(),
-        journal,
-        slots: Arc::new(tokio::sync::Semaphore::new(
-            config.sync.max_concurrent_runs.max(1),
-        )),
-        marks: marks.clone(),
-        registry: registry.clone(),
-        webhook: config.sync.webhook.clone(),
-        directory: directory.clone(),
-    });
-    let jobs = config
-        .sync
-        .jobs
-        .iter()
-        .map(|job| JobArgs {
-            job: job.clone(),
-            schedule: job_schedule(config, job),
-            reindex: config.search.sources.iter().any(|s| {
-                s.source.trim_start_matches('/') == job.target.dataset.trim_start_matches('/')
-            }),
-            shared: shared.clone(),
-        })
-        .collect();
-    Some(supervisor(registry, jobs))
+    let (live, root, registry, marks, directory) = (
+        live.clone(),
+        root.path().to_owned(),
+        registry.clone(),
+        marks.clone(),
+        directory.clone(),
+    );
+    let stop = stop_time(live.load().sync.jobs.len());
+    // Built afresh at every start, from the live config: a reload that changes the jobs
+    // restarts `sync` with them.
+    let make = move || {
+        let config = live.load();
+        let shared = Arc::new(Shared {
+            root: root.clone(),
+            journal: journal.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                config.sync.max_concurrent_runs.max(1),
+            )),
+            marks: marks.clone(),
+            registry: registry.clone(),
+            webhook: config.sync.webhook.clone(),
+            directory: directory.clone(),
+        });
+        let jobs = config
+            .sync
+            .jobs
+            .iter()
+            .map(|job| JobArgs {
+                job: job.clone(),
+                schedule: job_schedule(&config, job),
+                reindex: config.search.sources.iter().any(|s| {
+                    s.source.trim_start_matches('/') == job.target.dataset.trim_start_matches('/')
+                }),
+                shared: shared.clone(),
+            })
+            .collect();
+        spec(&registry, jobs)
+    };
+    Some(actors::ChildSpec::supervisor_from(
+        "sync",
+        RestartType::Permanent,
+        stop,
+        make,
+    ))
 }
 
 /// The updater's context, when the config turns it on and this process is not itself a new
@@ -356,7 +375,7 @@ pub async fn run(
             move || (Scheduler, scheduler()),
         ))
     };
-    let spec = match sync_jobs(config, root, &registry, &marks, &directory, journal) {
+    let spec = match sync_jobs(&live, root, &registry, &marks, &directory, journal) {
         Some(child) if !on_trial => spec.child(child),
         _ => spec,
     };

@@ -798,3 +798,49 @@ async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_
     // The download went on through all of it.
     assert_eq!(download.await.unwrap(), big.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_sync_job_restarts_sync_with_it() {
+    let job = |name: &str| {
+        json!({
+            "name": name,
+            "source": {"type": "file", "path": "userdata/local/naturalearth_lowres.gpkg"},
+            "target": {"dataset": format!("local/{name}.gpkg")}
+        })
+    };
+    let server = Process::start(
+        &json!({"sync": {"jobs": [job("first")]}}).to_string(),
+        |_| {},
+    )
+    .await;
+    std::fs::write(
+        server.root.join("config.json"),
+        json!({"sync": {"jobs": [job("first"), job("second")]}}).to_string(),
+    )
+    .unwrap();
+    let post = |path: &str| {
+        server
+            .client()
+            .post(server.url(path))
+            .header("x-pozi-admin", "1")
+            .send()
+    };
+    let response = post("/admin/reload").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert!(
+        report["restarted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "sync"),
+        "{report}"
+    );
+    let response = post("/admin/jobs/second/run").await.unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let (_, _, body) = server.get("/admin/jobs").await;
+    let jobs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
+    let (_, _, body) = server.get("/health").await;
+    assert!(body.contains("sync:second"), "{body}");
+}

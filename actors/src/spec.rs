@@ -92,6 +92,29 @@ impl ChildSpec {
         .with_shutdown(shutdown)
     }
 
+    /// A child that is itself a supervisor whose spec `make` builds afresh at every start, so
+    /// that a restart takes up what changed since (a reloaded configuration). `shutdown` bounds
+    /// its stop.
+    #[must_use]
+    pub fn supervisor_from<F>(
+        name: impl Into<String>,
+        restart: RestartType,
+        shutdown: Duration,
+        make: F,
+    ) -> Self
+    where
+        F: Fn() -> SupervisorSpec + Send + Sync + 'static,
+    {
+        Self::new(name, restart, move |supervisor| {
+            let spec = make();
+            async move {
+                let (child, _) = Actor::spawn_linked(None, Supervisor, spec, supervisor).await?;
+                Ok(child.get_cell())
+            }
+        })
+        .with_shutdown(shutdown)
+    }
+
     /// Makes the child retry for ever: its restarts do not count toward the supervisor's
     /// intensity, so it never takes its siblings down; the backoff still spaces its attempts up
     /// to the cap. For a listener whose port may be taken for hours while the rest must run.

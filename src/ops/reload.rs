@@ -7,11 +7,13 @@
 //!   access log, request-head and proxied-body limits, admin rules, `/metrics` access, the
 //!   health and status pages) is replaced whole; requests under way finish as they began;
 //! - the log level is changed in place;
-//! - planned restarts and search (sources, schedule) restart the `scheduler` and `search`
-//!   components, which read the new config as they start;
+//! - planned restarts, search (sources, schedule) and sync jobs restart the `scheduler`,
+//!   `search` and `sync` components, which read the new config as they start (a sync run under
+//!   way is stopped and journaled as cancelled);
 //! - everything else that changed (listen addresses, HTTPS or plain mode, certificate names,
-//!   connection limits, sync jobs, data limits, supervision, the updater, log files) is reported
-//!   as needing a restart of the server, in the answer and the log.
+//!   connection limits, data limits, supervision, the updater, log files, and jobs added to a
+//!   server started without any) is reported as needing a restart of the server, in the answer
+//!   and the log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -179,7 +181,11 @@ impl Reloader {
             changed(&connection_limits(&o.limits), &connection_limits(&n.limits)),
         );
         needs("data", changed(&old.data, &new.data));
-        needs("sync", changed(&old.sync, &new.sync));
+        let sync_changed = changed(&old.sync, &new.sync);
+        needs(
+            "sync (the server started without jobs, so it has no sync component)",
+            sync_changed && old.sync.jobs.is_empty(),
+        );
         needs("supervisor", changed(&old.supervisor, &new.supervisor));
         needs("update", changed(&old.update, &new.update));
         needs(
@@ -203,9 +209,12 @@ impl Reloader {
             || changed(&old.metrics.public, &new.metrics.public)
             || changed(&old.health, &new.health);
         self.live.store(new.clone());
-        if site_differs {
+        // The site also shows the jobs, schedules and settings of the rest (admin API, health,
+        // status page): it is rebuilt whenever anything changed.
+        if old != new {
             match self.reload_listener(new).await {
-                Ok(()) => report.applied.push("http (CORS, host folders, cache rules, proxies, refused extensions, access log, head and body limits, admin rules, /metrics access, health)".to_owned()),
+                Ok(()) if site_differs => report.applied.push("http (CORS, host folders, cache rules, proxies, refused extensions, access log, head and body limits, admin rules, /metrics access, health)".to_owned()),
+                Ok(()) => {}
                 Err(e) => report.needs_restart.push(format!("http: {e}")),
             }
         }
@@ -221,6 +230,12 @@ impl Reloader {
         }
         if zone || changed(&old.search, &new.search) {
             self.restart("search", &mut report).await;
+        }
+        if (zone || sync_changed || changed(&old.search.sources, &new.search.sources))
+            && !old.sync.jobs.is_empty()
+        {
+            // Runs under way are stopped (journaled as cancelled) and the jobs start again.
+            self.restart("sync", &mut report).await;
         }
         report
     }

@@ -63,9 +63,9 @@ pub fn actor_name(job: &str) -> String {
     format!("sync/{job}")
 }
 
-/// The `sync` supervisor with one child per job.
+/// The `sync` supervisor's spec: one child per job.
 #[must_use]
-pub fn supervisor(registry: &HealthRegistry, jobs: Vec<JobArgs>) -> ChildSpec {
+pub fn spec(registry: &HealthRegistry, jobs: Vec<JobArgs>) -> SupervisorSpec {
     let mut spec = SupervisorSpec::new("sync", registry.clone());
     for args in jobs {
         let name = args.job.name.clone();
@@ -82,7 +82,14 @@ pub fn supervisor(registry: &HealthRegistry, jobs: Vec<JobArgs>) -> ChildSpec {
         .with_shutdown(STOP_WAIT + Duration::from_secs(2));
         spec = spec.child(child);
     }
-    ChildSpec::supervisor(RestartType::Permanent, spec)
+    spec
+}
+
+/// How long the `sync` supervisor may take to stop its jobs (each stops its run first).
+#[must_use]
+pub fn stop_time(jobs: usize) -> Duration {
+    (STOP_WAIT + Duration::from_secs(2)) * u32::try_from(jobs.max(1)).unwrap_or(u32::MAX)
+        + Duration::from_secs(1)
 }
 
 /// A job's actor.
