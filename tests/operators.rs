@@ -421,6 +421,11 @@ async fn a_component_panicking_again_and_again_shows_in_health_and_metrics_and_t
         let (status, _, _) = server.get("/resourcecheck/local.json").await;
         assert_eq!(status, 200, "the server serves on");
     }
+    // A streamed answer (no Content-Length): its bytes are counted as they are sent.
+    let (status, headers, body) = server.get("/ogr2ogr?source=naturalearth_lowres.gpkg").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-length").is_none(), "{headers:?}");
+    let streamed = body.len() as f64;
     let (status, headers, text) = server.get("/metrics").await;
     assert_eq!(status, 200, "{text}");
     assert!(
@@ -454,6 +459,11 @@ async fn a_component_panicking_again_and_again_shows_in_health_and_metrics_and_t
         "{text}"
     );
     assert!(sample(&text, "pozi_datasets").unwrap() >= 2.0, "{text}");
+    let counted = sample(&text, "pozi_http_response_bytes_total{route=\"ogr2ogr\"}").unwrap();
+    assert!(
+        counted >= streamed,
+        "{counted} bytes counted for a {streamed}-byte answer"
+    );
     assert!(
         text.contains("pozi_http_request_duration_seconds_bucket{route=\"static\",le=\"0.001\"}"),
         "{text}"
@@ -763,7 +773,10 @@ async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_
     // Valid again, through the admin API: what needs a restart is said so.
     std::fs::write(
         &path,
-        config(&["https://a.example"], json!({"log": {"level": "debug"}, "http": {"cors": {"allowed_origins": ["https://a.example"]}, "plain_http": true}})),
+        config(
+            &["https://a.example"],
+            json!({"log": {"level": "debug"}, "http": {"cors": {"allowed_origins": ["https://a.example"]}, "plain_http": true, "limits": {"max_connections_per_client": 500, "idle_timeout_secs": 30}}}),
+        ),
     )
     .unwrap();
     let response = server
@@ -783,6 +796,10 @@ async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_
             .any(|v| v.as_str().unwrap().contains(words))
     };
     assert!(listed("needs_restart", "http.plain_http"), "{report}");
+    assert!(
+        !listed("needs_restart", "limits"),
+        "limits apply to new connections: {report}"
+    );
     assert!(
         listed("applied", "log.level") && listed("applied", "CORS"),
         "{report}"

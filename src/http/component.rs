@@ -74,9 +74,60 @@ pub struct HttpArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpComponent;
 
+/// The connection counts a reload can change, and the limits they were last set from.
+#[derive(Debug)]
+struct Caps {
+    connections: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    per_client: Arc<super::serve::PerClient>,
+    limits: crate::config::Limits,
+}
+
+/// Makes `semaphore` hand out `new` permits instead of `old`: more at once, fewer as permits
+/// come back (those in use are taken out of circulation when they are returned).
+fn resize(semaphore: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        semaphore.add_permits(new - old);
+    } else if new < old {
+        let owed = old - new;
+        let forgotten = semaphore.forget_permits(owed);
+        if let Some(rest) = owed.checked_sub(forgotten).filter(|r| *r > 0) {
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore
+                    .acquire_many_owned(u32::try_from(rest).unwrap_or(u32::MAX))
+                    .await
+                {
+                    permits.forget();
+                }
+            });
+        }
+    }
+}
+
+impl Caps {
+    /// Applies `limits` to connections accepted from now on.
+    fn apply(&mut self, limits: &crate::config::Limits) {
+        resize(
+            &self.connections,
+            self.limits.max_connections,
+            limits.max_connections,
+        );
+        resize(
+            &self.streams,
+            self.limits.max_open_streams,
+            limits.max_open_streams,
+        );
+        self.per_client.set_cap(limits.max_connections_per_client);
+        self.limits = limits.clone();
+    }
+}
+
 /// A running listener's handles.
 #[derive(Debug)]
 pub struct HttpState {
+    /// Connection counts a reload changes.
+    caps: Caps,
     /// The request pipeline, whose site a reload replaces.
     pipeline: Arc<Pipeline>,
     /// The certificate served.
@@ -162,6 +213,7 @@ fn build_site(
     Ok(Site {
         access_log: config.http.access_log.clone(),
         max_header_bytes: config.http.limits.max_header_bytes,
+        limits: config.http.limits.clone(),
         status: crate::ops::status::StatusPage {
             registry: args.registry.clone(),
             config: config.clone(),
@@ -318,13 +370,18 @@ impl Actor for HttpComponent {
             dispatch: super::service::routes,
             counter: AtomicU64::new(0),
         });
+        let caps = Caps {
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            streams: Arc::new(Semaphore::new(limits.max_open_streams)),
+            per_client: super::serve::PerClient::new(limits.max_connections_per_client),
+            limits: limits.clone(),
+        };
         let acceptor = Acceptor {
             pipeline: pipeline.clone(),
             tls,
-            limits: limits.clone(),
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
-            open_streams: Arc::new(Semaphore::new(limits.max_open_streams)),
-            per_client: super::serve::PerClient::new(limits.max_connections_per_client),
+            permits: caps.connections.clone(),
+            open_streams: caps.streams.clone(),
+            per_client: caps.per_client.clone(),
             stop: stop.clone(),
             tracker: tracker.clone(),
         };
@@ -404,6 +461,7 @@ impl Actor for HttpComponent {
             ));
         }
         Ok(HttpState {
+            caps,
             pipeline,
             cert,
             catalog,
@@ -437,6 +495,8 @@ impl Actor for HttpComponent {
                 );
                 let result = match built {
                     Ok(site) => {
+                        state.caps.apply(&config.http.limits);
+                        state.drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
                         state.pipeline.site.store(Arc::new(site));
                         tracing::info!("listener serving the reloaded config");
                         Ok(())

@@ -56,6 +56,9 @@ pub struct Site {
     /// cuts off only heads several times larger, so that a too-large head gets this server's
     /// JSON 431.
     pub max_header_bytes: usize,
+    /// The connection limits a new connection is served under (a reload changes them for the
+    /// connections accepted after it).
+    pub limits: crate::config::Limits,
     /// Open datasets.
     pub catalog: Arc<crate::gis::store::Catalog>,
     /// GDAL for `/ogr2ogr` sources not read natively.

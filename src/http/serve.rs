@@ -32,8 +32,6 @@ pub struct Acceptor {
     pub pipeline: Arc<Pipeline>,
     /// TLS, or `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
-    /// Limits.
-    pub limits: Limits,
     /// Shared by all listeners of the component.
     pub permits: Arc<Semaphore>,
     /// Streamed responses (files read as they are sent, proxied answers, query answers) open
@@ -50,7 +48,7 @@ pub struct Acceptor {
 /// Connections held by each client address, capped.
 #[derive(Debug)]
 pub struct PerClient {
-    cap: usize,
+    cap: std::sync::atomic::AtomicUsize,
     held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
@@ -59,9 +57,14 @@ impl PerClient {
     #[must_use]
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            cap,
+            cap: std::sync::atomic::AtomicUsize::new(cap),
             held: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Changes the cap (for connections accepted from now on).
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn held(
@@ -76,7 +79,7 @@ impl PerClient {
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientSlot> {
         let mut held = self.held();
         let count = held.entry(ip).or_insert(0);
-        if *count >= self.cap {
+        if *count >= self.cap.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         *count += 1;
@@ -110,7 +113,6 @@ impl Clone for Acceptor {
         Self {
             pipeline: self.pipeline.clone(),
             tls: self.tls.clone(),
-            limits: self.limits.clone(),
             permits: self.permits.clone(),
             open_streams: self.open_streams.clone(),
             per_client: self.per_client.clone(),
@@ -168,10 +170,13 @@ impl Acceptor {
     }
 
     async fn connection(self, stream: TcpStream, peer: SocketAddr) {
+        // The limits in effect when the connection was accepted (a reload changes them for the
+        // next ones).
+        let limits = self.pipeline.site.load().limits.clone();
         match &self.tls {
             Some(tls) => {
                 let handshake = tokio::time::timeout(
-                    Duration::from_secs(self.limits.handshake_timeout_secs),
+                    Duration::from_secs(limits.handshake_timeout_secs),
                     tls.accept(stream),
                 );
                 let handshake = handshake.await;
@@ -182,7 +187,8 @@ impl Acceptor {
                 }
                 match handshake {
                     Ok(Ok(tls_stream)) => {
-                        self.serve(tls_stream, ConnInfo { peer, tls: true }).await
+                        self.serve(tls_stream, ConnInfo { peer, tls: true }, &limits)
+                            .await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
@@ -190,11 +196,14 @@ impl Acceptor {
                     Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
             }
-            None => self.serve(stream, ConnInfo { peer, tls: false }).await,
+            None => {
+                self.serve(stream, ConnInfo { peer, tls: false }, &limits)
+                    .await;
+            }
         }
     }
 
-    async fn serve<IO>(&self, io: IO, conn: ConnInfo)
+    async fn serve<IO>(&self, io: IO, conn: ConnInfo, limits: &Limits)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -227,9 +236,20 @@ impl Acceptor {
                     None
                 };
                 let sending = stream.sending();
+                // Streamed answers' bytes are counted as they go (the others by their length).
+                let counted = open
+                    .as_ref()
+                    .and(
+                        response
+                            .extensions()
+                            .get::<crate::ops::metrics::RouteClass>()
+                            .copied(),
+                    )
+                    .zip(crate::ops::metrics::global());
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
                     sending,
+                    counted,
                     _open: open,
                     _stream: stream,
                 }))
@@ -237,8 +257,7 @@ impl Acceptor {
         });
         // Heads up to the ceiling reach the pipeline, which answers one over the limit with a
         // JSON 431; only larger ones get the HTTP layer's bare 431.
-        let ceiling = self
-            .limits
+        let ceiling = limits
             .max_header_bytes
             .saturating_mul(super::service::HEAD_CEILING);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -255,7 +274,7 @@ impl Acceptor {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(ceiling).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .keep_alive_interval(Some(Duration::from_secs(self.limits.idle_timeout_secs)));
+            .keep_alive_interval(Some(Duration::from_secs(limits.idle_timeout_secs)));
         let io = Watched {
             io,
             streams: streams.clone(),
@@ -263,9 +282,9 @@ impl Acceptor {
             h2: false,
         };
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let head_limit = Duration::from_secs(self.limits.header_read_timeout_secs);
+        let head_limit = Duration::from_secs(limits.header_read_timeout_secs);
         let mut connection = std::pin::pin!(connection);
-        let idle_limit = Duration::from_secs(self.limits.idle_timeout_secs);
+        let idle_limit = Duration::from_secs(limits.idle_timeout_secs);
         // Once asked to close, a connection that has not closed within another idle period
         // (a client that ignores GOAWAY or never reads) is dropped.
         let mut closing_by: Option<tokio::time::Instant> = None;
@@ -298,7 +317,7 @@ impl Acceptor {
                     return;
                 }
                 () = self.stop.cancelled(), if closing_by.is_none() => {
-                    closing_by = Some(tokio::time::Instant::now() + idle_limit.max(Duration::from_secs(self.limits.drain_timeout_secs)));
+                    closing_by = Some(tokio::time::Instant::now() + idle_limit.max(Duration::from_secs(limits.drain_timeout_secs)));
                     connection.as_mut().graceful_shutdown();
                 }
                 () = tokio::time::sleep(wait), if closing_by.is_none() => {
@@ -516,11 +535,19 @@ impl Drop for StreamGuard {
 struct Tracked<B> {
     body: B,
     sending: SendingGuard,
+    /// Where a streamed answer's bytes are counted.
+    counted: Option<(
+        crate::ops::metrics::RouteClass,
+        &'static crate::ops::metrics::Metrics,
+    )>,
     _open: Option<tokio::sync::OwnedSemaphorePermit>,
     _stream: StreamGuard,
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B>
+where
+    B::Data: bytes::Buf,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -529,8 +556,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &frame {
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
             self.sending.stamp();
+            if let (Some((class, metrics)), Some(data)) = (self.counted, frame.data_ref()) {
+                metrics.sent(class, bytes::Buf::remaining(data) as u64);
+            }
         }
         frame
     }
@@ -661,6 +691,7 @@ mod tests {
         let site = Arc::new(Site {
             access_log: config.access_log.clone(),
             max_header_bytes: config.limits.max_header_bytes,
+            limits: config.limits.clone(),
             hosts: HostFolders::new(&dir, &config.hosts),
             files: StaticFiles::new(&config.cache_control),
             cors: Cors::new(&config.cors),
@@ -699,7 +730,6 @@ mod tests {
                 counter: AtomicU64::new(0),
             }),
             tls: None,
-            limits: config.limits.clone(),
             permits: Arc::new(Semaphore::new(10)),
             open_streams: Arc::new(Semaphore::new(10)),
             per_client: super::PerClient::new(10),

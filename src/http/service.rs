@@ -146,6 +146,8 @@ impl Pipeline {
         {
             let status = response.status().as_u16();
             metrics.request(class, status, content_length(&response), started.elapsed());
+            // A streamed answer's bytes are counted as they are sent.
+            response.extensions_mut().insert(class);
         }
         self.log(
             &site.access_log,

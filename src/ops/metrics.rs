@@ -291,6 +291,13 @@ impl Metrics {
         }
     }
 
+    /// Bytes of a streamed answer sent.
+    pub fn sent(&self, class: RouteClass, bytes: u64) {
+        if let Some(total) = self.bytes.get(class as usize) {
+            total.inc_by(bytes);
+        }
+    }
+
     /// A connection was accepted; it counts as open until the value is dropped.
     #[must_use]
     pub fn connection(&'static self) -> OpenConnection {

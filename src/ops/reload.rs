@@ -4,16 +4,16 @@
 //! A valid one is applied without dropping a connection:
 //!
 //! - the listener's site (CORS, host folders, cache rules, proxies, refused extensions, the
-//!   access log, request-head and proxied-body limits, admin rules, `/metrics` access, the
-//!   health and status pages) is replaced whole; requests under way finish as they began;
+//!   access log, limits, admin rules, `/metrics` access, the health and status pages) is
+//!   replaced whole; requests under way finish as they began, and connections open keep the
+//!   timeouts they were accepted with;
 //! - the log level is changed in place;
 //! - planned restarts, search (sources, schedule) and sync jobs restart the `scheduler`,
 //!   `search` and `sync` components, which read the new config as they start (a sync run under
 //!   way is stopped and journaled as cancelled);
 //! - everything else that changed (listen addresses, HTTPS or plain mode, certificate names,
-//!   connection limits, data limits, supervision, the updater, log files, and jobs added to a
-//!   server started without any) is reported as needing a restart of the server, in the answer
-//!   and the log.
+//!   data limits, supervision, the updater, log files, and jobs added to a server started
+//!   without any) is reported as needing a restart of the server, in the answer and the log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -170,16 +170,6 @@ impl Reloader {
             "http.certificate_check_secs",
             changed(&o.certificate_check_secs, &n.certificate_check_secs),
         );
-        let connection_limits = |l: &crate::config::Limits| {
-            let mut l = l.clone();
-            l.max_header_bytes = 0;
-            l.body_limit_bytes = 0;
-            l
-        };
-        needs(
-            "http.limits (connection limits)",
-            changed(&connection_limits(&o.limits), &connection_limits(&n.limits)),
-        );
         needs("data", changed(&old.data, &new.data));
         let sync_changed = changed(&old.sync, &new.sync);
         needs(
@@ -203,8 +193,7 @@ impl Reloader {
             || changed(&o.proxy, &n.proxy)
             || changed(&o.refused_extensions, &n.refused_extensions)
             || changed(&o.access_log, &n.access_log)
-            || changed(&o.limits.max_header_bytes, &n.limits.max_header_bytes)
-            || changed(&o.limits.body_limit_bytes, &n.limits.body_limit_bytes)
+            || changed(&o.limits, &n.limits)
             || changed(&old.admin, &new.admin)
             || changed(&old.metrics.public, &new.metrics.public)
             || changed(&old.health, &new.health);
@@ -213,7 +202,7 @@ impl Reloader {
         // status page): it is rebuilt whenever anything changed.
         if old != new {
             match self.reload_listener(new).await {
-                Ok(()) if site_differs => report.applied.push("http (CORS, host folders, cache rules, proxies, refused extensions, access log, head and body limits, admin rules, /metrics access, health)".to_owned()),
+                Ok(()) if site_differs => report.applied.push("http (CORS, host folders, cache rules, proxies, refused extensions, access log, limits for the connections accepted from now on, admin rules, /metrics access, health)".to_owned()),
                 Ok(()) => {}
                 Err(e) => report.needs_restart.push(format!("http: {e}")),
             }
