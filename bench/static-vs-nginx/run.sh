@@ -113,9 +113,9 @@ done
 for round in $(seq "$rounds"); do
     run nginx_off
     run pozi_off
+    run pozi_nometrics
     run nginx_on
     run pozi_on
-    run pozi_nometrics
 done
 
 # Rounds are paired (nginx then this server, seconds apart), so each pair's ratio cancels most
@@ -141,7 +141,8 @@ report() { # mode title
 }
 report on "ACCESS LOGS ON (defaults)"
 report off "ACCESS LOGS OFF (tuned)"
-# The cost of request metrics: the tuned set-up with them on (pozi_off) against off, paired.
+# The cost of request metrics: the tuned set-up with them on (pozi_off) against off, paired
+# (each pair measured back to back).
 metrics_ratio=$(paste -d' ' <(cut -d' ' -f1 "$work/pozi_off.results") <(cut -d' ' -f1 "$work/pozi_nometrics.results") | awk '{print $1 / $2}' | median)
 printf 'METRICS: tuned set-up, req/s with metrics on / off (paired per-round median): %.3f (median off: %.0f req/s)\n' \
     "$metrics_ratio" "$(cut -d' ' -f1 "$work/pozi_nometrics.results" | median)"
