@@ -146,8 +146,11 @@ impl Pipeline {
         {
             let status = response.status().as_u16();
             metrics.request(class, status, content_length(&response), started.elapsed());
-            // A streamed answer's bytes are counted as they are sent.
-            response.extensions_mut().insert(class);
+            // A streamed answer's bytes are counted as they are sent (an answer of known
+            // length, most of them, was counted whole above: no allocation for it).
+            if http_body::Body::size_hint(response.body()).exact().is_none() {
+                response.extensions_mut().insert(class);
+            }
         }
         self.log(
             &site.access_log,
