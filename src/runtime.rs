@@ -334,8 +334,12 @@ pub async fn run(
             // In the directory, so that a config reload can hand it the new site.
             ChildSpec::new("http", RestartType::Permanent, {
                 let directory = directory.clone();
+                let live = live.clone();
                 move |supervisor| {
-                    let (http, directory) = (http.clone(), directory.clone());
+                    // The config in effect now: a restart after a reload keeps what was reloaded.
+                    let mut http = http.clone();
+                    http.config = live.load_full();
+                    let directory = directory.clone();
                     async move {
                         let (actor, _) =
                             ractor::Actor::spawn_linked(None, HttpComponent, http, supervisor)

@@ -33,6 +33,9 @@ impl TokenHash {
     }
 
     fn matches(&self, token: &str) -> bool {
+        if self.digest.is_empty() {
+            return false;
+        }
         let candidate = Self::of(token, self.salt.clone());
         aws_lc_rs::constant_time::verify_slices_are_equal(&candidate.digest, &self.digest).is_ok()
     }
@@ -114,6 +117,8 @@ fn normal(ip: IpAddr) -> IpAddr {
 /// The access rules of the operators' endpoints.
 #[derive(Debug, Clone)]
 pub struct AdminAccess {
+    /// Names the server answers the operators' endpoints under (`http.host_names`).
+    names: Vec<String>,
     allow: Vec<ipnet::IpNet>,
     token: Option<TokenHash>,
     local: Option<TokenHash>,
@@ -133,18 +138,24 @@ impl AdminAccess {
     /// The rules of `config` (validated), and the command line's token when the server wrote
     /// one.
     #[must_use]
-    pub fn new(config: &AdminConfig, local: Option<&str>) -> Self {
+    pub fn new(config: &AdminConfig, names: &[String], local: Option<&str>) -> Self {
         Self {
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
             allow: config
                 .allow
                 .iter()
                 .filter_map(|r| parse_range(r).ok())
                 .collect(),
-            token: config
-                .token_hash
-                .as_deref()
-                .and_then(|t| parse_token_hash(t).ok())
-                .map(|(salt, digest)| TokenHash { salt, digest }),
+            // A hash that does not parse (validation refuses it first) lets no token in.
+            token: config.token_hash.as_deref().map(|t| {
+                parse_token_hash(t).map_or_else(
+                    |_| TokenHash {
+                        salt: Vec::new(),
+                        digest: Vec::new(),
+                    },
+                    |(salt, digest)| TokenHash { salt, digest },
+                )
+            }),
             local: local.and_then(|token| {
                 let salt = crate::config::admin::from_hex(&random_hex(16)?)?;
                 Some(TokenHash::of(token, salt))
@@ -155,7 +166,26 @@ impl AdminAccess {
     /// Only loopback, no token: the rules when nothing is configured.
     #[must_use]
     pub fn loopback_only() -> Self {
-        Self::new(&AdminConfig::default(), None)
+        Self::new(&AdminConfig::default(), &[], None)
+    }
+
+    /// Whether `host` (a `Host` header) is one of the server's names, an address or localhost.
+    fn trusted_host(&self, host: &str) -> bool {
+        let name = host
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']').map(|(a, _)| a))
+            .unwrap_or_else(|| {
+                host.rsplit_once(':').map_or(host, |(h, port)| {
+                    if port.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        host
+                    }
+                })
+            })
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        name == "localhost" || name.parse::<IpAddr>().is_ok() || self.names.contains(&name)
     }
 
     /// Writes a new command-line token to `state/admin.token` (only the server's account can
@@ -179,21 +209,22 @@ impl AdminAccess {
     ///
     /// # Errors
     /// A 403 naming what is missing: an allowed address, or the right token.
-    pub fn check(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<Admitted, ApiError> {
-        self.decide(peer, authorization).map_err(|why| {
-            tracing::warn!(client = %normal(peer), "admin request refused: {why}");
+    pub fn check(&self, request: &Caller<'_>) -> Result<Admitted, ApiError> {
+        self.decide(request).map_err(|why| {
+            log_refusal(normal(request.peer), &why);
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", Some(why))
         })
     }
 
     /// Whether the rules let a viewer in (for what a page shows; nothing is logged).
     #[must_use]
-    pub fn admits(&self, peer: IpAddr, authorization: Option<&[u8]>) -> bool {
-        self.decide(peer, authorization).is_ok()
+    pub fn admits(&self, request: &Caller<'_>) -> bool {
+        self.decide(request).is_ok()
     }
 
-    fn decide(&self, peer: IpAddr, authorization: Option<&[u8]>) -> Result<Admitted, String> {
-        let peer = normal(peer);
+    fn decide(&self, request: &Caller<'_>) -> Result<Admitted, String> {
+        let peer = normal(request.peer);
+        let authorization = request.authorization;
         let bearer = authorization
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| {
@@ -212,14 +243,77 @@ impl AdminAccess {
                 "{peer} is not allowed to use the operators' endpoints (admin.allow)"
             ));
         }
+        // A proxy on this machine makes every client look local: what it forwards is not let in
+        // by address.
+        let by_address = if request.forwarded {
+            Err("a request through a proxy needs the admin token (admin.token_hash)".to_owned())
+        } else {
+            Ok(Admitted::ByAddress)
+        };
+        // A page served under another name (DNS rebinding) must not reach these endpoints.
+        if let Some(host) = request.host
+            && !self.trusted_host(host)
+        {
+            return Err(format!(
+                "the operators' endpoints answer only under this server's names (http.host_names), an address or localhost, not {host:?}"
+            ));
+        }
         match (&self.token, bearer) {
-            (None, Some(_) | None) => Ok(Admitted::ByAddress),
+            (None, Some(_) | None) => by_address,
             (Some(hash), Some(token)) if hash.matches(token) => Ok(Admitted::ByToken),
             (Some(_), Some(_)) => Err("the bearer token is not the configured one".to_owned()),
             (Some(_), None) => Err(
                 "a token is required: send Authorization: Bearer <token> (admin.token_hash)"
                     .to_owned(),
             ),
+        }
+    }
+}
+
+/// Logs a refused request, at most one a second (a client retrying must not flood the log); the
+/// ones left out are counted in the next line.
+fn log_refusal(peer: IpAddr, why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Relaxed) == now {
+        SKIPPED.fetch_add(1, Relaxed);
+        return;
+    }
+    let skipped = SKIPPED.swap(0, Relaxed);
+    tracing::warn!(client = %peer, more_refused = skipped, "admin request refused: {why}");
+}
+
+/// What the access rules look at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The client's address.
+    pub peer: IpAddr,
+    /// Its `Authorization` header.
+    pub authorization: Option<&'a [u8]>,
+    /// Its `Host` (or `:authority`).
+    pub host: Option<&'a str>,
+    /// Whether it carries `Forwarded` or `X-Forwarded-For` (it came through a proxy).
+    pub forwarded: bool,
+}
+
+impl<'a> Caller<'a> {
+    /// The access facts of a request from `peer` with `headers`.
+    #[must_use]
+    pub fn of(peer: IpAddr, headers: &'a http::HeaderMap) -> Self {
+        Self {
+            peer,
+            authorization: headers
+                .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes),
+            host: headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+            forwarded: headers.contains_key(http::header::FORWARDED)
+                || headers.contains_key("x-forwarded-for"),
         }
     }
 }
@@ -250,23 +344,32 @@ mod tests {
         text.parse().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn caller<'a>(peer: &str, authorization: Option<&'a [u8]>) -> Caller<'a> {
+        Caller {
+            peer: ip(peer),
+            authorization,
+            host: None,
+            forwarded: false,
+        }
+    }
+
     #[test]
     fn addresses_outside_the_allow_list_are_refused() {
         let config = AdminConfig {
             allow: vec!["127.0.0.1/32".to_owned(), "10.1.0.0/16".to_owned()],
             token_hash: None,
         };
-        let access = AdminAccess::new(&config, None);
+        let access = AdminAccess::new(&config, &[], None);
         assert_eq!(
-            access.check(ip("127.0.0.1"), None).ok(),
+            access.check(&caller("127.0.0.1", None)).ok(),
             Some(Admitted::ByAddress)
         );
         assert_eq!(
-            access.check(ip("::ffff:10.1.2.3"), None).ok(),
+            access.check(&caller("::ffff:10.1.2.3", None)).ok(),
             Some(Admitted::ByAddress)
         );
-        assert!(access.check(ip("127.0.0.2"), None).is_err());
-        assert!(access.check(ip("10.2.0.1"), None).is_err());
+        assert!(access.check(&caller("127.0.0.2", None)).is_err());
+        assert!(access.check(&caller("10.2.0.1", None)).is_err());
     }
 
     #[test]
@@ -278,30 +381,65 @@ mod tests {
             allow: vec!["0.0.0.0/0".to_owned()],
             token_hash: Some(line),
         };
-        let access = AdminAccess::new(&config, Some("local-secret"));
+        let access = AdminAccess::new(&config, &[], Some("local-secret"));
         let bearer = |t: &str| format!("Bearer {t}");
-        let remote = ip("192.0.2.7");
-        assert!(access.check(remote, None).is_err());
+        let (nope, right, local) = (bearer("nope"), bearer(&token), bearer("local-secret"));
+        assert!(access.check(&caller("192.0.2.7", None)).is_err());
         assert!(
             access
-                .check(remote, Some(bearer("nope").as_bytes()))
+                .check(&caller("192.0.2.7", Some(nope.as_bytes())))
                 .is_err()
         );
         assert_eq!(
-            access.check(remote, Some(bearer(&token).as_bytes())).ok(),
+            access
+                .check(&caller("192.0.2.7", Some(right.as_bytes())))
+                .ok(),
             Some(Admitted::ByToken)
         );
         // The command line's token: from loopback only.
         assert!(
             access
-                .check(remote, Some(bearer("local-secret").as_bytes()))
+                .check(&caller("192.0.2.7", Some(local.as_bytes())))
                 .is_err()
         );
         assert_eq!(
             access
-                .check(ip("127.0.0.1"), Some(bearer("local-secret").as_bytes()))
+                .check(&caller("127.0.0.1", Some(local.as_bytes())))
                 .ok(),
             Some(Admitted::ByToken)
         );
+    }
+
+    #[test]
+    fn proxied_requests_foreign_hosts_and_bad_hashes_are_refused() {
+        let names = vec!["local.pozi.com".to_owned()];
+        let access = AdminAccess::new(&AdminConfig::default(), &names, None);
+        let mut request = caller("127.0.0.1", None);
+        // Through a proxy on this machine: not let in by address.
+        request.forwarded = true;
+        assert!(access.check(&request).is_err());
+        request.forwarded = false;
+        for host in [
+            "local.pozi.com",
+            "LOCAL.pozi.com:8443",
+            "127.0.0.1:8443",
+            "[::1]:443",
+            "localhost",
+        ] {
+            request.host = Some(host);
+            assert!(access.check(&request).is_ok(), "{host}");
+        }
+        // A name rebound to this machine by someone else's DNS.
+        request.host = Some("evil.example:443");
+        assert!(access.check(&request).is_err());
+        // A token hash that does not parse lets nothing in.
+        let broken = AdminConfig {
+            allow: vec!["127.0.0.0/8".to_owned()],
+            token_hash: Some("sha256:zz".to_owned()),
+        };
+        let access = AdminAccess::new(&broken, &[], None);
+        let any = b"Bearer anything".as_slice();
+        assert!(access.check(&caller("127.0.0.1", Some(any))).is_err());
+        assert!(access.check(&caller("127.0.0.1", None)).is_err());
     }
 }

@@ -14,7 +14,6 @@
 //! - `GET /admin/log?lines=200`: the last lines of the server log (up to 10,000).
 //! - `POST /admin/reload`: reload `config.json` (400 listing every problem of an invalid one).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +53,10 @@ pub struct Admin {
 /// What the admin API needs of a request besides its path.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
-    /// The client's address.
-    pub peer: IpAddr,
+    /// What the access rules look at.
+    pub access: super::access::Caller<'a>,
     /// Whether it carries `X-Pozi-Admin: 1`.
     pub marked: bool,
-    /// Its `Authorization` header.
-    pub authorization: Option<&'a [u8]>,
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -93,7 +90,7 @@ pub async fn answer(
     path: &str,
     limit: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let admitted = admin.access.check(caller.peer, caller.authorization)?;
+    let admitted = admin.access.check(&caller.access)?;
     // A request with a token cannot come from a web page; one without must be marked.
     let marked = caller.marked || admitted == super::access::Admitted::ByToken;
     let rest = path.trim_start_matches("/admin").trim_end_matches('/');

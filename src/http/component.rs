@@ -221,6 +221,7 @@ fn build_site(
             cert: cert.cloned(),
             journal: args.journal.clone(),
             update: args.update.as_ref().map(|u| u.view.clone()),
+            folders: crate::ops::status::FolderCounts::default(),
         },
         metrics: config.metrics,
         hosts: HostFolders::new(&args.root.path().join("userdata"), &config.http.hosts),
@@ -263,6 +264,7 @@ fn build_site(
             update: args.update.clone(),
             access: crate::api::access::AdminAccess::new(
                 &config.admin,
+                &config.http.host_names,
                 args.admin_token.as_deref(),
             ),
             reloader: args.reloader.clone(),
@@ -495,6 +497,7 @@ impl Actor for HttpComponent {
                 );
                 let result = match built {
                     Ok(site) => {
+                        state.args.config = config.clone();
                         state.caps.apply(&config.http.limits);
                         state.drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
                         state.pipeline.site.store(Arc::new(site));

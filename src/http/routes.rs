@@ -227,7 +227,18 @@ async fn answer(
     match route {
         Route::Health if exact("health/live") => Ok(crate::api::health::live()),
         Route::Health if exact("health/ready") => Ok(crate::api::health::ready(&site.health)),
-        Route::Health => Ok(crate::api::health::answer(&site.health)),
+        Route::Health => {
+            // Sync jobs' checks read their journal: off the async threads.
+            let health = site.health.clone();
+            Ok(
+                tokio::task::spawn_blocking(move || crate::api::health::answer(&health))
+                    .await
+                    .unwrap_or_else(|_| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "health failed", None)
+                            .into_response()
+                    }),
+            )
+        }
         Route::Ogr2ogr => {
             let query = query(&request);
             let folder = site.hosts.search_path(host).swap_remove(0);
@@ -274,43 +285,44 @@ async fn answer(
             if own_index {
                 return Ok(serve_file(site, method, "/index.html", headers).await);
             }
-            let admin = site.admin.access.admits(
-                conn.peer.ip(),
-                headers
-                    .get(http::header::AUTHORIZATION)
-                    .map(http::HeaderValue::as_bytes),
-            );
+            let admin = site
+                .admin
+                .access
+                .admits(&crate::api::access::Caller::of(conn.peer.ip(), headers));
             let fragment = query(&request).get("fragment").is_some_and(|v| v == "1");
             let status = site.status.clone();
-            let page = tokio::task::spawn_blocking(move || status.render(admin, fragment))
-                .await
-                .unwrap_or_default();
-            Ok(crate::api::health::html(page))
+            match tokio::task::spawn_blocking(move || status.render(admin, fragment)).await {
+                Ok(page) => Ok(crate::api::health::html(page)),
+                Err(_) => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "status page failed",
+                    None,
+                )),
+            }
         }
         Route::Metrics => {
             if !site.metrics.enabled {
                 return Err(not_found());
             }
             if !site.metrics.public {
-                site.admin.access.check(
-                    conn.peer.ip(),
-                    headers
-                        .get(http::header::AUTHORIZATION)
-                        .map(http::HeaderValue::as_bytes),
-                )?;
+                site.admin
+                    .access
+                    .check(&crate::api::access::Caller::of(conn.peer.ip(), headers))?;
             }
-            Ok(crate::api::health::metrics())
+            Ok(tokio::task::spawn_blocking(crate::api::health::metrics)
+                .await
+                .unwrap_or_else(|_| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed", None)
+                        .into_response()
+                }))
         }
         Route::Admin => {
             let query = query(&request);
             let caller = crate::api::admin::Caller {
-                peer: conn.peer.ip(),
+                access: crate::api::access::Caller::of(conn.peer.ip(), headers),
                 marked: headers
                     .get(crate::api::admin::ADMIN_HEADER)
                     .is_some_and(|v| v.as_bytes() == b"1"),
-                authorization: headers
-                    .get(http::header::AUTHORIZATION)
-                    .map(http::HeaderValue::as_bytes),
             };
             crate::api::admin::answer(
                 &site.admin,

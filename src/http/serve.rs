@@ -705,6 +705,7 @@ mod tests {
                 cert: None,
                 journal: None,
                 update: None,
+                folders: crate::ops::status::FolderCounts::default(),
             },
             catalog: Arc::default(),
             gdal: Arc::new(crate::api::ogr2ogr::gdal::Gdal::new(

@@ -95,6 +95,9 @@ impl Pipeline {
         }
         let origin = request.headers().get(header::ORIGIN).cloned();
         let mut class = crate::ops::metrics::RouteClass::Other;
+        let route = Route::of(&site, &path);
+        // The operators' endpoints are never readable cross-origin: no CORS for them.
+        let operator = matches!(route, Route::Admin | Route::Metrics | Route::Status);
 
         let response = if head_bytes(&request) > site.max_header_bytes {
             ApiError::new(
@@ -116,10 +119,12 @@ impl Pipeline {
             // Which of two hosts picks the site folder (and what a proxy in front saw) would
             // be a guess: refused, as RFC 9112 asks.
             ApiError::bad_request("bad request", "more than one Host header").into_response()
-        } else if let Some(preflight) = site.cors.preflight(&method, request.headers()) {
+        } else if let Some(preflight) = (!operator)
+            .then(|| site.cors.preflight(&method, request.headers()))
+            .flatten()
+        {
             preflight
         } else {
-            let route = Route::of(&site, &path);
             class = route.class();
             let future = if route == Route::File
                 && (method == http::Method::GET || method == http::Method::HEAD)
@@ -140,7 +145,9 @@ impl Pipeline {
         } else {
             response
         };
-        site.cors.decorate(origin.as_ref(), &mut response);
+        if !operator {
+            site.cors.decorate(origin.as_ref(), &mut response);
+        }
         if self.metrics
             && let Some(metrics) = crate::ops::metrics::global()
         {
@@ -148,7 +155,10 @@ impl Pipeline {
             metrics.request(class, status, content_length(&response), started.elapsed());
             // A streamed answer's bytes are counted as they are sent (an answer of known
             // length, most of them, was counted whole above: no allocation for it).
-            if http_body::Body::size_hint(response.body()).exact().is_none() {
+            if http_body::Body::size_hint(response.body())
+                .exact()
+                .is_none()
+            {
                 response.extensions_mut().insert(class);
             }
         }

@@ -69,7 +69,7 @@ impl Reloader {
         directory: actors::Directory,
     ) -> Self {
         Self {
-            file,
+            file: std::path::absolute(&file).unwrap_or(file),
             listen,
             live,
             directory,
@@ -88,8 +88,17 @@ impl Reloader {
     #[must_use]
     pub fn health_check(self: &Arc<Self>) -> ExtraCheck {
         let this = self.clone();
+        let root = self
+            .file
+            .parent()
+            .map_or_else(PathBuf::new, std::path::Path::to_owned);
         Arc::new(move || {
-            let problem = this.problem.lock().ok().and_then(|p| p.clone());
+            let problem = this
+                .problem
+                .lock()
+                .ok()
+                .and_then(|p| p.clone())
+                .map(|p| super::health::hide_root(&root, &p));
             vec![NamedCheck {
                 key: "config:reload".to_owned(),
                 status: if problem.is_some() {
@@ -109,7 +118,15 @@ impl Reloader {
     ///
     /// # Errors
     /// Every problem of an invalid file (the running config stays).
-    pub async fn reload(&self, why: &str) -> Result<Report, String> {
+    pub async fn reload(self: &Arc<Self>, why: &str) -> Result<Report, String> {
+        // In a task of its own: a client that goes away does not cut a reload short.
+        let (this, why) = (self.clone(), why.to_owned());
+        tokio::spawn(async move { this.reload_now(&why).await })
+            .await
+            .map_err(|e| format!("the reload failed: {e}"))?
+    }
+
+    async fn reload_now(&self, why: &str) -> Result<Report, String> {
         let _one = self.running.lock().await;
         let file = self.file.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&file))
@@ -135,8 +152,14 @@ impl Reloader {
         let old = self.live.load_full();
         let new = Arc::new(new);
         let report = self.apply(&old, &new).await;
+        let failed = report.needs_restart.iter().any(|n| n.contains(": "));
         if let Ok(mut problem) = self.problem.lock() {
-            *problem = None;
+            *problem = failed.then(|| {
+                format!(
+                    "parts could not take it: {}",
+                    report.needs_restart.join("; ")
+                )
+            });
         }
         tracing::info!(
             trigger = why,
@@ -197,6 +220,8 @@ impl Reloader {
             || changed(&old.admin, &new.admin)
             || changed(&old.metrics.public, &new.metrics.public)
             || changed(&old.health, &new.health);
+        // Stored first: the components restarted below read it as they start. Kept only if they
+        // all took it (else the next reload tries again).
         self.live.store(new.clone());
         // The site also shows the jobs, schedules and settings of the rest (admin API, health,
         // status page): it is rebuilt whenever anything changed.
@@ -225,6 +250,11 @@ impl Reloader {
         {
             // Runs under way are stopped (journaled as cancelled) and the jobs start again.
             self.restart("sync", &mut report).await;
+        }
+        if report.needs_restart.iter().any(|n| n.contains(": ")) {
+            // A part could not take the new config: the old one stays the reference, so that
+            // the next reload applies the difference again.
+            self.live.store(old.clone());
         }
         report
     }
@@ -289,6 +319,9 @@ impl Reloader {
             .parent()
             .map_or_else(|| PathBuf::from("."), std::path::Path::to_owned);
         let handler = move |event: notify::Result<notify::Event>| {
+            if let Err(e) = &event {
+                tracing::warn!(error = %e, "watching config.json failed for an event; reload with POST /admin/reload if a change is not picked up");
+            }
             let ours = event.is_ok_and(|e| {
                 !e.kind.is_access()
                     && e.paths
@@ -319,8 +352,10 @@ impl Reloader {
                         break;
                     }
                     // Settle: editors write a file in several steps.
-                    while let Ok(Some(())) =
-                        tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+                    let settled_by = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while tokio::time::Instant::now() < settled_by
+                        && let Ok(Some(())) =
+                            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
                     {}
                     let _ = self.reload("config.json changed").await;
                 }

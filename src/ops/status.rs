@@ -29,7 +29,12 @@ pub struct StatusPage {
     pub journal: Option<Arc<crate::sync::journal::Journal>>,
     /// The updater's view, when it is configured.
     pub update: Option<crate::update::component::View>,
+    /// The data folders' dataset counts and when they were taken.
+    pub folders: FolderCounts,
 }
+
+/// Data folders' dataset counts, shared by the page's renders.
+pub type FolderCounts = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(String, usize)>)>>>;
 
 impl std::fmt::Debug for StatusPage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,6 +220,29 @@ impl StatusPage {
     }
 
     fn folders(&self) -> Markup {
+        let folders = self.folder_counts();
+        html! {
+            section #folders {
+                h2 { "Data folders" }
+                div.scroll { table {
+                    tr { th { "folder" } th { "datasets" } }
+                    @for (name, count) in &folders { tr { td { (name) } td { (count) } } }
+                } }
+            }
+        }
+    }
+
+    /// Each data folder and its datasets, counted at most once a minute (every open page asks
+    /// every five seconds).
+    fn folder_counts(&self) -> Vec<(String, usize)> {
+        let Ok(mut cached) = self.folders.lock() else {
+            return Vec::new();
+        };
+        if let Some((at, counts)) = &*cached
+            && at.elapsed() < std::time::Duration::from_secs(60)
+        {
+            return counts.clone();
+        }
         let userdata = self.root.join("userdata");
         let mut folders: Vec<(String, usize)> = std::fs::read_dir(&userdata)
             .into_iter()
@@ -231,18 +259,12 @@ impl StatusPage {
             })
             .collect();
         folders.sort();
-        html! {
-            section #folders {
-                h2 { "Data folders" }
-                div.scroll { table {
-                    tr { th { "folder" } th { "datasets" } }
-                    @for (name, count) in &folders { tr { td { (name) } td { (count) } } }
-                } }
-            }
-        }
+        *cached = Some((std::time::Instant::now(), folders.clone()));
+        folders
     }
 
     fn updates(&self) -> Markup {
+        let hide = |text: &str| super::health::hide_root(&self.root, text);
         let channel = crate::update::channel::read(&self.root).map(|c| c.name);
         let view = self
             .update
@@ -252,10 +274,10 @@ impl StatusPage {
             section #updates {
                 h2 { "Updates" }
                 p {
-                    "Channel: " (channel.unwrap_or_else(|e| e.to_string()))
+                    "Channel: " (channel.unwrap_or_else(|e| hide(&e.to_string())))
                     @if let Some(view) = &view {
-                        @if let Some(event) = &view.last_event { br; "Last: " (event.event) " " (event.version.as_deref().unwrap_or("")) " — " (event.detail) }
-                        @if let Some(reason) = &view.unreachable { br; span.warn { "Release server unreachable: " (reason) } }
+                        @if let Some(event) = &view.last_event { br; "Last: " (event.event) " " (event.version.as_deref().unwrap_or("")) " — " (hide(&event.detail)) }
+                        @if let Some(reason) = &view.unreachable { br; span.warn { "Release server unreachable: " (hide(reason)) } }
                     } @else { br; "The updater is off." }
                 }
             }
@@ -266,7 +288,12 @@ impl StatusPage {
         let dir = self.root.join(&self.config.log.directory);
         let lines: Vec<String> = crate::api::admin::log_tail(&dir, 5_000)
             .into_iter()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .filter(|l| {
+                l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+                    || l.contains("\"level\":\"WARN\"")
+                    || l.contains("\"level\":\"ERROR\"")
+            })
             .collect();
         let start = lines.len().saturating_sub(LOG_LINES);
         html! {
@@ -274,7 +301,7 @@ impl StatusPage {
                 h2 { "Latest warnings and errors" }
                 @if lines.is_empty() { p { "None." } }
                 @for line in &lines[start..] {
-                    pre class=(if line.contains(" ERROR ") { "fail" } else { "warn" }) { (line) }
+                    pre class=(if line.contains("ERROR") { "fail" } else { "warn" }) { (line) }
                 }
             }
         }
