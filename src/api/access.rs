@@ -301,9 +301,10 @@ pub struct Caller<'a> {
 }
 
 impl<'a> Caller<'a> {
-    /// The access facts of a request from `peer` with `headers`.
+    /// The access facts of a request from `peer` with `headers` (`via_trusted_proxy`: it came
+    /// through a proxy in `http.trusted_proxies`, which gave `peer` as the client).
     #[must_use]
-    pub fn of(peer: IpAddr, headers: &'a http::HeaderMap) -> Self {
+    pub fn of(peer: IpAddr, headers: &'a http::HeaderMap, via_trusted_proxy: bool) -> Self {
         Self {
             peer,
             authorization: headers
@@ -312,7 +313,8 @@ impl<'a> Caller<'a> {
             host: headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok()),
-            forwarded: headers.contains_key(http::header::FORWARDED)
+            forwarded: via_trusted_proxy
+                || headers.contains_key(http::header::FORWARDED)
                 || headers.contains_key("x-forwarded-for"),
         }
     }

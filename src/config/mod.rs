@@ -306,6 +306,10 @@ pub struct HttpConfig {
     pub limits: Limits,
     /// Access log through the server log.
     pub access_log: AccessLog,
+    /// Addresses (or CIDR ranges) of proxies in front of this server whose `Forwarded` or
+    /// `X-Forwarded-For/Proto/Host/Prefix` headers are believed: the client's address, scheme,
+    /// host and path prefix then come from them. Empty: those headers are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -338,6 +342,7 @@ impl Default for HttpConfig {
                 .collect(),
             limits: Limits::default(),
             access_log: AccessLog::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -818,6 +823,16 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
     sync::issues(value, default_zone, report);
     update::issues(value, report);
     admin::issues(value, report);
+    let proxies = value
+        .pointer("/http/trusted_proxies")
+        .and_then(|v| v.as_array());
+    for (i, range) in proxies.into_iter().flatten().enumerate() {
+        if let Some(text) = range.as_str()
+            && let Err(e) = admin::parse_range(text)
+        {
+            report(&[key("http"), key("trusted_proxies"), Segment::Index(i)], e);
+        }
+    }
     http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();

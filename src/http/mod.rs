@@ -18,6 +18,7 @@
 
 mod component;
 mod cors;
+mod forwarded;
 mod host;
 pub mod listen;
 mod proxy;

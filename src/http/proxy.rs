@@ -49,6 +49,8 @@ pub struct Forward {
     pub peer: Option<SocketAddr>,
     /// Whether the client came over TLS.
     pub tls: bool,
+    /// The trusted proxy in front of this server, when the request came through one.
+    pub proxy: Option<std::net::IpAddr>,
 }
 
 impl Proxy {
@@ -125,16 +127,22 @@ impl Proxy {
                 headers.append(name.clone(), value.clone());
             }
         }
-        if let Some(peer) = request.peer {
-            let prior = request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            let value =
-                prior.map_or_else(|| peer.ip().to_string(), |p| format!("{p}, {}", peer.ip()));
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+        // The chain is passed on only as a trusted proxy gave it (with that proxy added); from
+        // anyone else, what the client claims is dropped and the client is the chain.
+        let chain = match (request.proxy, request.peer) {
+            (Some(proxy), _) => Some(
+                request
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| proxy.to_string(), |p| format!("{p}, {proxy}")),
+            ),
+            (None, Some(peer)) => Some(peer.ip().to_string()),
+            (None, None) => None,
+        };
+        headers.remove("forwarded");
+        if let Some(v) = chain.and_then(|value| HeaderValue::from_str(&value).ok()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),

@@ -48,6 +48,8 @@ pub struct Site {
     pub health: Health,
     /// Whether `/metrics` is served, and to whom.
     pub metrics: crate::config::MetricsConfig,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted: super::forwarded::Trusted,
     /// The status page.
     pub status: crate::ops::status::StatusPage,
     /// Access log settings.
@@ -169,11 +171,18 @@ impl Route {
 /// Connection facts the routes need.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
-    /// The client's address.
+    /// The client's address (as a trusted proxy gave it, when the request came through one).
     pub peer: SocketAddr,
-    /// Whether the connection is TLS.
+    /// Whether the client used HTTPS (as a trusted proxy said, when through one).
     pub tls: bool,
+    /// The trusted proxy's own address, when the request came through one.
+    pub proxy: Option<std::net::IpAddr>,
 }
+
+/// The path prefix a trusted proxy serves this server under (`X-Forwarded-Prefix`), in a
+/// request's extensions.
+#[derive(Debug, Clone)]
+pub struct ForwardedPrefix(pub String);
 
 /// Answers a request on `route` (errors as JSON).
 pub async fn dispatch(
@@ -254,9 +263,13 @@ async fn answer(
         }
         Route::Features => {
             let scheme = if conn.tls { "https" } else { "http" };
+            let prefix = request
+                .extensions()
+                .get::<ForwardedPrefix>()
+                .map_or("", |p| p.0.as_str());
             let context = crate::api::features::RequestContext {
                 folder: site.hosts.search_path(host).swap_remove(0),
-                base: format!("{scheme}://{}", host.unwrap_or("localhost")),
+                base: format!("{scheme}://{}{prefix}", host.unwrap_or("localhost")),
                 headers,
             };
             let rest = path.strip_prefix("/features").unwrap_or_default();
@@ -285,10 +298,11 @@ async fn answer(
             if own_index {
                 return Ok(serve_file(site, method, "/index.html", headers).await);
             }
-            let admin = site
-                .admin
-                .access
-                .admits(&crate::api::access::Caller::of(conn.peer.ip(), headers));
+            let admin = site.admin.access.admits(&crate::api::access::Caller::of(
+                conn.peer.ip(),
+                headers,
+                conn.proxy.is_some(),
+            ));
             let fragment = query(&request).get("fragment").is_some_and(|v| v == "1");
             let status = site.status.clone();
             match tokio::task::spawn_blocking(move || status.render(admin, fragment)).await {
@@ -305,9 +319,11 @@ async fn answer(
                 return Err(not_found());
             }
             if !site.metrics.public {
-                site.admin
-                    .access
-                    .check(&crate::api::access::Caller::of(conn.peer.ip(), headers))?;
+                site.admin.access.check(&crate::api::access::Caller::of(
+                    conn.peer.ip(),
+                    headers,
+                    conn.proxy.is_some(),
+                ))?;
             }
             Ok(tokio::task::spawn_blocking(crate::api::health::metrics)
                 .await
@@ -319,7 +335,11 @@ async fn answer(
         Route::Admin => {
             let query = query(&request);
             let caller = crate::api::admin::Caller {
-                access: crate::api::access::Caller::of(conn.peer.ip(), headers),
+                access: crate::api::access::Caller::of(
+                    conn.peer.ip(),
+                    headers,
+                    conn.proxy.is_some(),
+                ),
                 marked: headers
                     .get(crate::api::admin::ADMIN_HEADER)
                     .is_some_and(|v| v.as_bytes() == b"1"),
@@ -351,6 +371,7 @@ async fn answer(
                 headers: parts.headers,
                 peer: Some(conn.peer),
                 tls: conn.tls,
+                proxy: conn.proxy,
             };
             site.proxy.forward(&route, forward, body).await
         }

@@ -187,8 +187,16 @@ impl Acceptor {
                 }
                 match handshake {
                     Ok(Ok(tls_stream)) => {
-                        self.serve(tls_stream, ConnInfo { peer, tls: true }, &limits)
-                            .await
+                        self.serve(
+                            tls_stream,
+                            ConnInfo {
+                                peer,
+                                tls: true,
+                                proxy: None,
+                            },
+                            &limits,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
@@ -197,8 +205,16 @@ impl Acceptor {
                 }
             }
             None => {
-                self.serve(stream, ConnInfo { peer, tls: false }, &limits)
-                    .await;
+                self.serve(
+                    stream,
+                    ConnInfo {
+                        peer,
+                        tls: false,
+                        proxy: None,
+                    },
+                    &limits,
+                )
+                .await;
             }
         }
     }
@@ -690,6 +706,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let site = Arc::new(Site {
             access_log: config.access_log.clone(),
+            trusted: crate::http::forwarded::Trusted::default(),
             max_header_bytes: config.limits.max_header_bytes,
             limits: config.limits.clone(),
             hosts: HostFolders::new(&dir, &config.hosts),

@@ -79,6 +79,25 @@ impl Pipeline {
     ) -> Result<Response, Infallible> {
         let started = Instant::now();
         let site = self.site.load_full();
+        let mut conn = conn;
+        // Through a trusted proxy: the client, scheme, host and prefix it gives are the request's.
+        if let Some(forwarded) = site.trusted.read(conn.peer.ip(), request.headers()) {
+            conn.proxy = Some(conn.peer.ip());
+            if let Some(client) = forwarded.client {
+                conn.peer.set_ip(client);
+            }
+            if let Some(https) = forwarded.https {
+                conn.tls = https;
+            }
+            if let Some(host) = forwarded.host {
+                request.headers_mut().insert(header::HOST, host);
+            }
+            if let Some(prefix) = forwarded.prefix {
+                request
+                    .extensions_mut()
+                    .insert(super::routes::ForwardedPrefix(prefix));
+            }
+        }
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let host = request.headers().get(header::HOST).cloned().or_else(|| {

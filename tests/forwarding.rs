@@ -1,0 +1,167 @@
+//! Behind a TLS-terminating proxy: with `http.trusted_proxies`, the client's address, scheme,
+//! host and path prefix come from the proxy's `Forwarded` / `X-Forwarded-*` headers (links,
+//! host folder, access log, what the reverse proxy passes on); from any other peer the same
+//! headers change nothing. The "proxy" here is the test itself on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::Process;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream on loopback that answers every request with the request's head as text.
+async fn echo_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.write_all(&head).await;
+            });
+        }
+    });
+    addr
+}
+
+const SPOOFED: [(&str, &str); 4] = [
+    ("x-forwarded-for", "203.0.113.9"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "gis01.example.org"),
+    ("x-forwarded-prefix", "/gis"),
+];
+
+async fn get(server: &Process, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut request = server.client().get(server.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn config(upstream: std::net::SocketAddr, trusted: &[&str]) -> String {
+    json!({"http": {
+        "trusted_proxies": trusted,
+        "proxy": [{"prefix": "/iis", "upstream": format!("http://{upstream}/pozi")}]
+    }})
+    .to_string()
+}
+
+fn prepare(root: &std::path::Path) {
+    std::fs::create_dir_all(root.join("userdata/gis01")).unwrap();
+    std::fs::write(
+        root.join("userdata/gis01/layer.json"),
+        r#"{"site":"gis01"}"#,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_gives_the_client_scheme_host_and_prefix() {
+    let upstream = echo_upstream().await;
+    let server = Process::start(&config(upstream, &["127.0.0.1/32"]), prepare).await;
+
+    // Links name the public address the proxy serves.
+    let (status, body) = get(&server, "/features/", &SPOOFED).await;
+    assert_eq!(status, 200, "{body}");
+    let landing: Value = serde_json::from_str(&body).unwrap();
+    for link in landing["links"].as_array().unwrap() {
+        let href = link["href"].as_str().unwrap();
+        assert!(
+            href.starts_with("https://gis01.example.org/gis/features"),
+            "{href}"
+        );
+    }
+    // RFC 7239's header works the same.
+    let (_, body) = get(
+        &server,
+        "/features/",
+        &[(
+            "forwarded",
+            r#"for="[2001:db8::7]:4711";proto=https;host=maps.example.org"#,
+        )],
+    )
+    .await;
+    assert!(body.contains("https://maps.example.org/features"), "{body}");
+
+    // The host folder follows the forwarded host.
+    let (status, body) = get(&server, "/layer.json", &SPOOFED).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"site":"gis01"}"#));
+
+    // The reverse proxy passes the trusted values on, with the proxy added to the chain.
+    let (status, seen) = get(&server, "/iis/wms?x=1", &SPOOFED).await;
+    assert_eq!(status, 200, "{seen}");
+    let seen = seen.to_ascii_lowercase();
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("x-forwarded-host: gis01.example.org"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+
+    // The access log names the client, not the proxy.
+    let log =
+        common::process::wait_for_log(&server.root, "client=203.0.113.9", Duration::from_secs(10))
+            .await;
+    assert!(log.contains("path=/layer.json"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_headers_from_an_untrusted_peer_change_nothing() {
+    let upstream = echo_upstream().await;
+    let server = Process::start(&config(upstream, &[]), prepare).await;
+    let own = server.url("");
+
+    let (_, body) = get(&server, "/features/", &SPOOFED).await;
+    let landing: Value = serde_json::from_str(&body).unwrap();
+    for link in landing["links"].as_array().unwrap() {
+        let href = link["href"].as_str().unwrap();
+        assert!(href.starts_with(&format!("{own}/features")), "{href}");
+    }
+    let (status, _) = get(&server, "/layer.json", &SPOOFED).await;
+    assert_eq!(status, 404, "the spoofed host picks no folder");
+
+    let (_, seen) = get(&server, "/iis/wms", &SPOOFED).await;
+    let seen = seen.to_ascii_lowercase();
+    assert!(
+        seen.contains("x-forwarded-for: 127.0.0.1\r\n"),
+        "the claimed chain is dropped: {seen}"
+    );
+    assert!(!seen.contains("gis01.example.org"), "{seen}");
+    assert!(!seen.contains("203.0.113.9"), "{seen}");
+
+    let log =
+        common::process::wait_for_log(&server.root, "path=/layer.json", Duration::from_secs(10))
+            .await;
+    assert!(!log.contains("203.0.113.9"), "{log}");
+
+    // Spoofed headers do not make a web page's request an admin one either: a request claiming
+    // to be forwarded is not let in by address.
+    let response = server
+        .client()
+        .get(server.url("/admin/jobs"))
+        .header("x-forwarded-for", "127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
