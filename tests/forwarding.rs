@@ -165,3 +165,151 @@ async fn the_same_headers_from_an_untrusted_peer_change_nothing() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+/// nginx, as `docs/http.md` shows it, terminating TLS in front of the server in plain HTTP mode.
+struct Nginx {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // nginx's workers run as an unprivileged user.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let port = common::process::free_address()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nerror_log {d}/logs/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log {d}/logs/access.log;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
+             location / {{\n      proxy_pass http://{upstream};\n      proxy_set_header Host $host;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|n| std::path::Path::new(n).exists() || *n == "nginx")
+            .unwrap();
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/test installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, dir, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/access.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gdal_pages_a_collection_to_the_end_through_nginx_only() {
+    let address = common::process::free_address();
+    let config = json!({"http": {"plain_http": true, "trusted_proxies": ["127.0.0.1/32"]}});
+    let server = Process::start_listening(&config.to_string(), &address, |_| {}).await;
+    let nginx = Nginx::start(address.parse().unwrap());
+    let public = format!("https://127.0.0.1:{}", nginx.port);
+    let endpoint = format!("OAPIF:{public}/features");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ogr2ogr")
+            .args([
+                "-f",
+                "GeoJSON",
+                "/vsistdout/",
+                &endpoint,
+                "naturalearth_lowres",
+            ])
+            .args(["-oo", "PAGE_SIZE=20"])
+            .env("GDAL_HTTP_UNSAFESSL", "YES")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(read["features"].as_array().unwrap().len(), 177);
+    // Every page came through nginx: as many item pages there as here, and more than one.
+    let pages = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("/collections/naturalearth_lowres/items"))
+            .count()
+    };
+    let at_nginx = pages(&nginx.log());
+    let at_server =
+        pages(&common::process::wait_for_log(&server.root, "items", Duration::from_secs(5)).await);
+    assert!(at_nginx >= 9, "{at_nginx} pages at nginx");
+    assert_eq!(at_nginx, at_server, "pages that went around the proxy");
+    // The links of a page name the public address.
+    let (_, body) = {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!(
+                "{public}/features/collections/naturalearth_lowres/items?limit=5"
+            ))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let next = page["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["rel"] == "next")
+        .unwrap();
+    assert!(
+        next["href"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{public}/features/")),
+        "{next}"
+    );
+}
