@@ -58,7 +58,10 @@ async fn get(server: &Process, path: &str, headers: &[(&str, &str)]) -> (u16, St
 fn config(upstream: std::net::SocketAddr, trusted: &[&str]) -> String {
     json!({"http": {
         "trusted_proxies": trusted,
-        "proxy": [{"prefix": "/iis", "upstream": format!("http://{upstream}/pozi")}]
+        "proxy": [
+            {"prefix": "/iis", "upstream": format!("http://{upstream}/pozi")},
+            {"prefix": "/qgis", "upstream": format!("http://{upstream}/qgis"), "preserve_host": true}
+        ]
     }})
     .to_string()
 }
@@ -117,6 +120,27 @@ async fn a_trusted_proxy_gives_the_client_scheme_host_and_prefix() {
         "{seen}"
     );
     assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+
+    // Map servers are told the public URL to advertise, in the header case QGIS Server reads.
+    let (_, head) = get(&server, "/iis/wms?SERVICE=WMS", &SPOOFED).await;
+    assert!(
+        head.contains("X-Qgis-Service-Url: https://gis01.example.org/gis/iis\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("X-Qgis-Wfs-Service-Url: https://gis01.example.org/gis/iis\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("X-Forwarded-Prefix: /gis/iis\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("Host: {upstream}\r\n")),
+        "the upstream's own host by default: {head}"
+    );
+    let (_, head) = get(&server, "/qgis/wms", &SPOOFED).await;
+    assert!(
+        head.contains("Host: gis01.example.org\r\n"),
+        "preserve_host: {head}"
+    );
 
     // The access log names the client, not the proxy.
     let log =

@@ -416,6 +416,10 @@ pub struct ProxyRoute {
     #[serde(default = "default_proxy_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_secs: u64,
+    /// Send the client's `Host` to the upstream instead of the upstream's own (for servers that
+    /// keep a cache per host, as QGIS Server does for its capabilities).
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 fn default_proxy_timeout() -> u64 {

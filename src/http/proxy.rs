@@ -51,7 +51,19 @@ pub struct Forward {
     pub tls: bool,
     /// The trusted proxy in front of this server, when the request came through one.
     pub proxy: Option<std::net::IpAddr>,
+    /// The path prefix that proxy serves this server under (`X-Forwarded-Prefix`).
+    pub prefix: Option<String>,
 }
+
+/// The headers QGIS Server takes the URLs it advertises from (matched with this exact case,
+/// which the client keeps on HTTP/1).
+const QGIS_SERVICE_URLS: &[&str] = &[
+    "X-Qgis-Service-Url",
+    "X-Qgis-Wms-Service-Url",
+    "X-Qgis-Wfs-Service-Url",
+    "X-Qgis-Wcs-Service-Url",
+    "X-Qgis-Wmts-Service-Url",
+];
 
 impl Proxy {
     /// A proxy for `routes`, refusing request bodies over `body_limit` bytes.
@@ -60,6 +72,9 @@ impl Proxy {
     /// When the HTTP client cannot be built.
     pub fn new(routes: &[ProxyRoute], body_limit: u64) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
+            // Conventional header case on HTTP/1: some upstreams (qgis_mapserver) match names
+            // case-sensitively.
+            .http1_title_case_headers()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
@@ -150,6 +165,35 @@ impl Proxy {
         );
         if let Some(host) = request.headers.get(header::HOST) {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+        // Where the client reaches this route: the URL a map server should advertise.
+        let scheme = if request.tls { "https" } else { "http" };
+        let prefix = format!(
+            "{}{}",
+            request.prefix.as_deref().unwrap_or(""),
+            route.prefix
+        );
+        if let Ok(v) = HeaderValue::from_str(&prefix) {
+            headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+        }
+        if let Some(host) = request
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            && let Ok(public) = HeaderValue::from_str(&format!("{scheme}://{host}{prefix}"))
+        {
+            for name in QGIS_SERVICE_URLS {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.insert(name, public.clone());
+                }
+            }
+        }
+        // The client's Host, for upstreams that keep a cache per host (QGIS Server's
+        // capabilities); otherwise the upstream's own.
+        if route.preserve_host
+            && let Some(host) = request.headers.get(header::HOST)
+        {
+            headers.insert(header::HOST, host.clone());
         }
 
         let limit = self.body_limit;

@@ -372,6 +372,10 @@ async fn answer(
                 peer: Some(conn.peer),
                 tls: conn.tls,
                 proxy: conn.proxy,
+                prefix: parts
+                    .extensions
+                    .get::<ForwardedPrefix>()
+                    .map(|p| p.0.clone()),
             };
             site.proxy.forward(&route, forward, body).await
         }
