@@ -337,3 +337,61 @@ async fn gdal_pages_a_collection_to_the_end_through_nginx_only() {
         "{next}"
     );
 }
+
+/// A map server on loopback that advertises its own address whatever it is told, as MapServer
+/// does with a static `wms_onlineresource`.
+async fn static_onlineresource_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let body = format!(
+                    r#"<?xml version="1.0"?><WMS_Capabilities><Service><OnlineResource xlink:href="http://{addr}/cgi-bin/mapserv?map=/maps/council.map&amp;"/></Service></WMS_Capabilities>"#
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_server_advertising_its_own_address_is_rewritten_to_the_public_one() {
+    let upstream = static_onlineresource_upstream().await;
+    let config = json!({"http": {
+        "trusted_proxies": ["127.0.0.1/32"],
+        "proxy": [
+            {"prefix": "/ms", "upstream": format!("http://{upstream}/cgi-bin/mapserv"), "rewrite_urls": true},
+            {"prefix": "/raw", "upstream": format!("http://{upstream}/cgi-bin/mapserv")}
+        ]
+    }});
+    let server = Process::start(&config.to_string(), |_| {}).await;
+    let (status, body) = get(&server, "/ms?SERVICE=WMS&REQUEST=GetCapabilities", &SPOOFED).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(
+            r#"xlink:href="https://gis01.example.org/gis/ms?map=/maps/council.map&amp;""#
+        ),
+        "{body}"
+    );
+    assert!(!body.contains(&upstream.to_string()), "{body}");
+    // Without the option the answer is passed on as it came.
+    let (_, body) = get(&server, "/raw?SERVICE=WMS", &SPOOFED).await;
+    assert!(
+        body.contains(&format!("http://{upstream}/cgi-bin/mapserv")),
+        "{body}"
+    );
+}

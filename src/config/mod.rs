@@ -420,6 +420,11 @@ pub struct ProxyRoute {
     /// keep a cache per host, as QGIS Server does for its capabilities).
     #[serde(default)]
     pub preserve_host: bool,
+    /// Replace the upstream's base URL with this route's public one in its text answers (XML,
+    /// JSON, HTML, plain text; up to 16 MiB each), for servers that advertise their own address
+    /// whatever they are told (MapServer's `wms_onlineresource`).
+    #[serde(default)]
+    pub rewrite_urls: bool,
 }
 
 fn default_proxy_timeout() -> u64 {

@@ -55,6 +55,65 @@ pub struct Forward {
     pub prefix: Option<String>,
 }
 
+/// Largest upstream answer whose URLs are rewritten.
+const MAX_REWRITE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Whether an answer is text whose URLs can be rewritten (XML, JSON, HTML, plain text).
+fn is_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t.starts_with("text/") || t.contains("xml") || t.contains("json")
+        })
+}
+
+/// An upstream's text answer with its base URL replaced by the route's public one.
+async fn rewrite(
+    upstream: reqwest::Response,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    route: &ProxyRoute,
+    public: &str,
+) -> Result<Response, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream answer too large",
+            Some(format!(
+                "answers rewritten for {} may be at most {MAX_REWRITE_BYTES} bytes",
+                route.prefix
+            )),
+        )
+    };
+    if upstream
+        .content_length()
+        .is_some_and(|n| n > MAX_REWRITE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut stream = upstream.bytes_stream();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| {
+            tracing::warn!(upstream = %route.upstream, error = %e, "upstream answer broke off");
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream failed", None)
+        })?;
+        if body.len() + chunk.len() > MAX_REWRITE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let base = route.upstream.trim_end_matches('/');
+    let text = String::from_utf8_lossy(&body).replace(base, public);
+    headers.remove(header::CONTENT_LENGTH);
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
 /// The headers QGIS Server takes the URLs it advertises from (matched with this exact case,
 /// which the client keeps on HTTP/1).
 const QGIS_SERVICE_URLS: &[&str] = &[
@@ -195,6 +254,15 @@ impl Proxy {
         {
             headers.insert(header::HOST, host.clone());
         }
+        // Answers to be rewritten come uncompressed.
+        if route.rewrite_urls {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+        let public_base = request
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|host| format!("{scheme}://{host}{prefix}"));
 
         let limit = self.body_limit;
         let mut seen = 0u64;
@@ -227,6 +295,13 @@ impl Proxy {
                     if !is_hop_by_hop(name, &named) {
                         out.append(name.clone(), value.clone());
                     }
+                }
+                if route.rewrite_urls
+                    && let Some(public) = &public_base
+                    && is_text(&out)
+                    && out.get(header::CONTENT_ENCODING).is_none()
+                {
+                    return rewrite(upstream, status, out, route, public).await;
                 }
                 let stream = upstream.bytes_stream().map_err(std::io::Error::other);
                 let mut response = Response::new(Body::stream(stream));
