@@ -58,6 +58,7 @@ async fn get(server: &Process, path: &str, headers: &[(&str, &str)]) -> (u16, St
 fn config(upstream: std::net::SocketAddr, trusted: &[&str]) -> String {
     json!({"http": {
         "trusted_proxies": trusted,
+        "host_names": ["local.pozi.com", "localhost", "127.0.0.1", "gis01.example.org"],
         "proxy": [
             {"prefix": "/iis", "upstream": format!("http://{upstream}/pozi")},
             {"prefix": "/qgis", "upstream": format!("http://{upstream}/qgis"), "preserve_host": true}
@@ -164,8 +165,15 @@ async fn the_same_headers_from_an_untrusted_peer_change_nothing() {
     let (status, _) = get(&server, "/layer.json", &SPOOFED).await;
     assert_eq!(status, 404, "the spoofed host picks no folder");
 
-    let (_, seen) = get(&server, "/iis/wms", &SPOOFED).await;
+    let mut claims = SPOOFED.to_vec();
+    claims.push(("x-qgis-service-url", "https://evil.example/"));
+    claims.push(("forwarded", "for=10.0.0.1;host=evil.example"));
+    let (_, seen) = get(&server, "/iis/wms", &claims).await;
     let seen = seen.to_ascii_lowercase();
+    assert!(
+        !seen.contains("evil.example"),
+        "what a client claims is dropped: {seen}"
+    );
     assert!(
         seen.contains("x-forwarded-for: 127.0.0.1\r\n"),
         "the claimed chain is dropped: {seen}"
@@ -373,6 +381,7 @@ async fn a_map_server_advertising_its_own_address_is_rewritten_to_the_public_one
     let upstream = static_onlineresource_upstream().await;
     let config = json!({"http": {
         "trusted_proxies": ["127.0.0.1/32"],
+        "host_names": ["local.pozi.com", "localhost", "127.0.0.1", "gis01.example.org"],
         "proxy": [
             {"prefix": "/ms", "upstream": format!("http://{upstream}/cgi-bin/mapserv"), "rewrite_urls": true},
             {"prefix": "/raw", "upstream": format!("http://{upstream}/cgi-bin/mapserv")}

@@ -228,7 +228,11 @@ fn build_site(
         hosts: HostFolders::new(&args.root.path().join("userdata"), &config.http.hosts),
         files: StaticFiles::new(&config.http.cache_control),
         cors: Cors::new(&config.http.cors),
-        proxy: Proxy::new(&config.http.proxy, config.http.limits.body_limit_bytes)?,
+        proxy: Proxy::new(
+            &config.http.proxy,
+            config.http.limits.body_limit_bytes,
+            &config.http.host_names,
+        )?,
         health: Health::new(args.registry.clone(), cert.cloned())
             .with_root(args.root.path())
             .with_checks(

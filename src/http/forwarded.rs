@@ -36,6 +36,36 @@ fn safe_prefix(text: &str) -> Option<String> {
     plain.then(|| text.to_owned())
 }
 
+/// Whether `host` is a plain host (letters, digits, `-`, `.`) or a bracketed IPv6 address, with
+/// an optional port: nothing that could change a URL or a document it is written into.
+#[must_use]
+pub fn plain_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", port),
+            _ => return false,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, port),
+            None => (host, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .or(if name == "v6" { None } else { Some(port) })
+            .is_some_and(|p| {
+                !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+            });
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    port_ok && name_ok
+}
+
 /// An address from a `for=` or `X-Forwarded-For` item (`192.0.2.4`, `192.0.2.4:80`,
 /// `[2001:db8::1]:4711`, `2001:db8::1`), or `None` (`unknown`, an obfuscated name).
 fn address(item: &str) -> Option<IpAddr> {
@@ -88,10 +118,14 @@ impl Trusted {
         }
         let mut fors = Vec::new();
         let (mut proto, mut host) = (None, None);
-        if headers.contains_key(header::FORWARDED) {
-            // RFC 7239: elements separated by commas, pairs by semicolons; the nearest proxy's
-            // element is the last.
-            for element in all(headers, "forwarded") {
+        // `X-Forwarded-For` first: a proxy that sets it (nginx, IIS) may pass a client's own
+        // `Forwarded` on untouched. `Forwarded` only when there is no `X-Forwarded-For`.
+        if !headers.contains_key("x-forwarded-for") && headers.contains_key(header::FORWARDED) {
+            // RFC 7239: elements separated by commas, pairs by semicolons. Every `for=` makes
+            // the chain; scheme and host are the nearest proxy's, the last element's.
+            let elements: Vec<&str> = all(headers, "forwarded").collect();
+            for (i, element) in elements.iter().enumerate() {
+                let last = i + 1 == elements.len();
                 for pair in element.split(';') {
                     let Some((name, value)) = pair.split_once('=') else {
                         continue;
@@ -99,8 +133,8 @@ impl Trusted {
                     let value = value.trim().trim_matches('"');
                     match name.trim().to_ascii_lowercase().as_str() {
                         "for" => fors.push(address(value)),
-                        "proto" => proto = Some(value.to_ascii_lowercase()),
-                        "host" => host = Some(value.to_owned()),
+                        "proto" if last => proto = Some(value.to_ascii_lowercase()),
+                        "host" if last => host = Some(value.to_owned()),
                         _ => {}
                     }
                 }
@@ -133,7 +167,7 @@ impl Trusted {
                 _ => None,
             },
             host: host
-                .filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
+                .filter(|h| plain_host(h))
                 .and_then(|h| HeaderValue::from_str(&h).ok()),
             prefix: all(headers, "x-forwarded-prefix")
                 .last()

@@ -32,6 +32,11 @@ pub struct Proxy {
     routes: Vec<ProxyRoute>,
     client: reqwest::Client,
     body_limit: u64,
+    /// This server's names: only under one of them is a public URL told to or written for
+    /// an upstream (a client's own `Host` must not end up in a map server's cache).
+    names: Vec<String>,
+    /// Bytes of upstream answers held for rewriting, over all requests.
+    rewriting: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// One request to forward.
@@ -69,13 +74,18 @@ fn is_text(headers: &HeaderMap) -> bool {
         })
 }
 
-/// An upstream's text answer with its base URL replaced by the route's public one.
+/// Bytes of upstream answers held for rewriting at once, over all requests.
+const REWRITE_BUDGET: usize = 64 * 1024 * 1024;
+
+/// An upstream's text answer with its base URL replaced by the route's public one (the bytes
+/// are replaced as they are: the text's encoding is kept).
 async fn rewrite(
     upstream: reqwest::Response,
     status: StatusCode,
     mut headers: HeaderMap,
     route: &ProxyRoute,
     public: &str,
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<Response, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -87,12 +97,20 @@ async fn rewrite(
             )),
         )
     };
-    if upstream
-        .content_length()
-        .is_some_and(|n| n > MAX_REWRITE_BYTES as u64)
-    {
-        return Err(too_large());
-    }
+    // Held for the whole answer, whatever its size turns out to be.
+    let Ok(_held) = budget
+        .clone()
+        .try_acquire_many_owned(u32::try_from(MAX_REWRITE_BYTES).unwrap_or(u32::MAX))
+    else {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                Some("too many answers are being rewritten at once".to_owned()),
+            )
+        });
+    };
     let mut body = Vec::new();
     let mut stream = upstream.bytes_stream();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
@@ -105,13 +123,49 @@ async fn rewrite(
         }
         body.extend_from_slice(&chunk);
     }
-    let base = route.upstream.trim_end_matches('/');
-    let text = String::from_utf8_lossy(&body).replace(base, public);
-    headers.remove(header::CONTENT_LENGTH);
-    let mut response = Response::new(Body::from(text));
+    let base = route.upstream.trim_end_matches('/').as_bytes();
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body.as_slice();
+    while let Some(at) = memchr::memmem::find(rest, base) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(public.as_bytes());
+        rest = &rest[at + base.len()..];
+    }
+    out.extend_from_slice(rest);
+    for stale in [header::CONTENT_LENGTH, header::ETAG, header::CONTENT_RANGE] {
+        headers.remove(stale);
+    }
+    headers.remove("content-md5");
+    let mut response = Response::new(Body::from(out));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// Headers a client may claim that only this server sets for its upstreams.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-")
+        || name.starts_with("x-qgis-")
+        || matches!(
+            name,
+            "forwarded" | "x-real-ip" | "x-original-url" | "x-rewrite-url"
+        )
+}
+
+impl Proxy {
+    /// Whether `host` (a `Host` value) is one of this server's names (any port).
+    fn is_own_name(&self, host: &str) -> bool {
+        if !super::forwarded::plain_host(host) {
+            return false;
+        }
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+            .to_ascii_lowercase();
+        self.names.contains(&name)
+    }
 }
 
 /// The headers QGIS Server takes the URLs it advertises from (matched with this exact case,
@@ -129,7 +183,11 @@ impl Proxy {
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
-    pub fn new(routes: &[ProxyRoute], body_limit: u64) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        routes: &[ProxyRoute],
+        body_limit: u64,
+        names: &[String],
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             // Conventional header case on HTTP/1: some upstreams (qgis_mapserver) match names
             // case-sensitively.
@@ -142,6 +200,8 @@ impl Proxy {
             routes: routes.to_vec(),
             client,
             body_limit,
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            rewriting: std::sync::Arc::new(tokio::sync::Semaphore::new(REWRITE_BUDGET)),
         })
     }
 
@@ -197,24 +257,29 @@ impl Proxy {
         let mut headers = HeaderMap::new();
         let named = connection_named(&request.headers);
         for (name, value) in &request.headers {
-            if !is_hop_by_hop(name, &named) && name != header::HOST {
+            if !is_hop_by_hop(name, &named) && name != header::HOST && !is_forwarding(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
         // The chain is passed on only as a trusted proxy gave it (with that proxy added); from
         // anyone else, what the client claims is dropped and the client is the chain.
         let chain = match (request.proxy, request.peer) {
-            (Some(proxy), _) => Some(
-                request
+            (Some(proxy), _) => {
+                let prior: Vec<&str> = request
                     .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| proxy.to_string(), |p| format!("{p}, {proxy}")),
-            ),
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                Some(if prior.is_empty() {
+                    proxy.to_string()
+                } else {
+                    format!("{}, {proxy}", prior.join(", "))
+                })
+            }
             (None, Some(peer)) => Some(peer.ip().to_string()),
             (None, None) => None,
         };
-        headers.remove("forwarded");
         if let Some(v) = chain.and_then(|value| HeaderValue::from_str(&value).ok()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
@@ -225,7 +290,8 @@ impl Proxy {
         if let Some(host) = request.headers.get(header::HOST) {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
         }
-        // Where the client reaches this route: the URL a map server should advertise.
+        // Where the client reaches this route: the URL a map server should advertise, only under
+        // one of this server's names.
         let scheme = if request.tls { "https" } else { "http" };
         let prefix = format!(
             "{}{}",
@@ -235,11 +301,15 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&prefix) {
             headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
         }
-        if let Some(host) = request
+        let known_host = request
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            && let Ok(public) = HeaderValue::from_str(&format!("{scheme}://{host}{prefix}"))
+            .filter(|h| self.is_own_name(h));
+        let public_base = known_host.map(|host| format!("{scheme}://{host}{prefix}"));
+        if let Some(public) = public_base
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
         {
             for name in QGIS_SERVICE_URLS {
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
@@ -248,21 +318,17 @@ impl Proxy {
             }
         }
         // The client's Host, for upstreams that keep a cache per host (QGIS Server's
-        // capabilities); otherwise the upstream's own.
+        // capabilities); otherwise the upstream's own. Only one of this server's names is sent.
         if route.preserve_host
-            && let Some(host) = request.headers.get(header::HOST)
+            && let Some(host) = known_host.and_then(|h| HeaderValue::from_str(h).ok())
         {
-            headers.insert(header::HOST, host.clone());
+            headers.insert(header::HOST, host);
         }
-        // Answers to be rewritten come uncompressed.
+        // Answers to be rewritten come uncompressed and whole.
         if route.rewrite_urls {
             headers.remove(header::ACCEPT_ENCODING);
+            headers.remove(header::RANGE);
         }
-        let public_base = request
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|host| format!("{scheme}://{host}{prefix}"));
 
         let limit = self.body_limit;
         let mut seen = 0u64;
@@ -297,11 +363,16 @@ impl Proxy {
                     }
                 }
                 if route.rewrite_urls
+                    && status == StatusCode::OK
+                    && request.method != Method::HEAD
                     && let Some(public) = &public_base
                     && is_text(&out)
                     && out.get(header::CONTENT_ENCODING).is_none()
+                    && upstream
+                        .content_length()
+                        .is_none_or(|n| n <= MAX_REWRITE_BYTES as u64)
                 {
-                    return rewrite(upstream, status, out, route, public).await;
+                    return rewrite(upstream, status, out, route, public, &self.rewriting).await;
                 }
                 let stream = upstream.bytes_stream().map_err(std::io::Error::other);
                 let mut response = Response::new(Body::stream(stream));

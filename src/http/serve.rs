@@ -712,7 +712,7 @@ mod tests {
             hosts: HostFolders::new(&dir, &config.hosts),
             files: StaticFiles::new(&config.cache_control),
             cors: Cors::new(&config.cors),
-            proxy: Proxy::new(&[], 1024).unwrap_or_else(|e| panic!("{e}")),
+            proxy: Proxy::new(&[], 1024, &[]).unwrap_or_else(|e| panic!("{e}")),
             health: Health::new(actors::HealthRegistry::new(), None),
             metrics: crate::config::MetricsConfig::default(),
             status: crate::ops::status::StatusPage {

@@ -81,7 +81,17 @@ impl Pipeline {
         let site = self.site.load_full();
         let mut conn = conn;
         // Through a trusted proxy: the client, scheme, host and prefix it gives are the request's.
-        if let Some(forwarded) = site.trusted.read(conn.peer.ip(), request.headers()) {
+        // (Two Host headers are refused below, untouched.)
+        let one_host = request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .nth(1)
+            .is_none();
+        if let Some(forwarded) = one_host
+            .then(|| site.trusted.read(conn.peer.ip(), request.headers()))
+            .flatten()
+        {
             conn.proxy = Some(conn.peer.ip());
             if let Some(client) = forwarded.client {
                 conn.peer.set_ip(client);
