@@ -458,10 +458,18 @@ async fn run_now(directory: &actors::Directory, name: &str) -> Result<Response, 
             Some(detail),
         )
     };
-    let Some(cell) = directory.get(&actor_name(name)) else {
-        return Err(unavailable(format!(
-            "job {name:?} is not running in this server (restarting, or sync is stopped)"
-        )));
+    // Right after a start or a restart of `sync`, its jobs take a moment to come up.
+    let waited = tokio::time::Instant::now() + Duration::from_secs(5);
+    let cell = loop {
+        if let Some(cell) = directory.get(&actor_name(name)) {
+            break cell;
+        }
+        if tokio::time::Instant::now() >= waited {
+            return Err(unavailable(format!(
+                "job {name:?} is not running in this server (restarting, or sync is stopped)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let actor: ActorRef<JobMsg> = cell.into();
     let (tx, rx) = ractor::concurrency::oneshot();
