@@ -60,36 +60,18 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: SyncAction,
-        /// Config file [default: <root>/config.json]
-        #[arg(long, value_name = "FILE", global = true)]
-        config: Option<PathBuf>,
-        /// Installation root (default: the current folder)
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "POZI_ROOT",
-            default_value = ".",
-            global = true
-        )]
-        root: PathBuf,
+        /// Where the root and its config are.
+        #[command(flatten)]
+        place: Place,
     },
     /// The updater: check the release channel, install now, or show what happened.
     Update {
         /// What to do.
         #[command(subcommand)]
         action: UpdateAction,
-        /// Config file [default: <root>/config.json]
-        #[arg(long, value_name = "FILE", global = true)]
-        config: Option<PathBuf>,
-        /// Installation root (default: the current folder)
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "POZI_ROOT",
-            default_value = ".",
-            global = true
-        )]
-        root: PathBuf,
+        /// Where the root and its config are.
+        #[command(flatten)]
+        place: Place,
     },
     /// Access to the operators' endpoints.
     Admin {
@@ -105,6 +87,24 @@ pub enum Command {
         #[arg(value_name = "COMMAND")]
         command: Option<String>,
     },
+}
+
+/// The installation root and config file a subcommand works on (`--root`, `--config`, after
+/// the subcommand or its action).
+#[derive(Debug, clap::Args)]
+pub struct Place {
+    /// Config file [default: <root>/config.json]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Installation root (default: the current folder)
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "POZI_ROOT",
+        default_value = ".",
+        global = true
+    )]
+    pub root: PathBuf,
 }
 
 /// What `sync` does.
@@ -178,8 +178,7 @@ pub fn main() -> ExitCode {
         Command::Version { json } => version(json),
         Command::Sync {
             action,
-            config,
-            root,
+            place: Place { config, root },
         } => {
             use crate::sync::command;
             let config = config.as_deref();
@@ -193,8 +192,7 @@ pub fn main() -> ExitCode {
         }
         Command::Update {
             action,
-            config,
-            root,
+            place: Place { config, root },
         } => {
             use crate::update::command;
             let config = config.as_deref();
@@ -245,7 +243,8 @@ fn help(command: Option<&str>) -> ExitCode {
     out(&text.to_string())
 }
 
-fn out(text: &str) -> ExitCode {
+/// Prints `text` to standard output: success, or failure when it cannot be written.
+pub(crate) fn out(text: &str) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -256,7 +255,8 @@ fn out(text: &str) -> ExitCode {
     }
 }
 
-fn fail(text: &str) -> ExitCode {
+/// Prints `error: <text>` to standard error and returns failure.
+pub(crate) fn fail(text: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr().lock(), "error: {text}");
     ExitCode::FAILURE
 }

@@ -18,18 +18,7 @@ use crate::root::Root;
 use crate::sync::journal::{Journal, Run};
 use crate::sync::{JobPaths, Progress, Report, Status, Trigger};
 
-fn say(text: &str) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
-}
-
-fn fail(text: &str) -> ExitCode {
-    let _ = writeln!(std::io::stderr().lock(), "error: {text}");
-    ExitCode::FAILURE
-}
+use crate::cli::{fail, out as say};
 
 /// The config and the root for a sync command.
 fn load(root: &Path, config: Option<&Path>) -> Result<(Root, Config), String> {

@@ -1,6 +1,5 @@
 //! `poziserver update check | apply | status`.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,18 +10,7 @@ use super::journal::Journal;
 use crate::config::Config;
 use crate::root::Root;
 
-fn say(text: &str) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
-}
-
-fn fail(text: &str) -> ExitCode {
-    let _ = writeln!(std::io::stderr().lock(), "error: {text}");
-    ExitCode::FAILURE
-}
+use crate::cli::{fail, out as say};
 
 fn load(root: &Path, config: Option<&Path>) -> Result<(Root, Config, std::path::PathBuf), String> {
     let root = Root::new(root).map_err(|e| e.to_string())?;
