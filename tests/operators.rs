@@ -221,13 +221,7 @@ async fn health_reports_uptime_caches_disk_and_each_sync_job_and_answers_live_an
     });
     let server = Process::start(&config.to_string(), |_| {}).await;
     for job in ["good", "broken"] {
-        let response = server
-            .client()
-            .post(server.url(&format!("/admin/jobs/{job}/run")))
-            .header("x-pozi-admin", "1")
-            .send()
-            .await
-            .unwrap();
+        let response = server.post_admin(&format!("/admin/jobs/{job}/run")).await;
         assert_eq!(response.status(), 202);
     }
     // Reads through the response cache: a miss, then a hit.
@@ -307,16 +301,9 @@ async fn health_reports_uptime_caches_disk_and_each_sync_job_and_answers_live_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_restarts_a_component_and_reads_the_log_tail() {
     let server = Process::start_listening("{}", &common::process::free_address(), |_| {}).await;
-    let post = |path: &str| {
-        server
-            .client()
-            .post(server.url(path))
-            .header("x-pozi-admin", "1")
-            .send()
-    };
-    let response = post("/admin/components/search/restart").await.unwrap();
+    let response = server.post_admin("/admin/components/search/restart").await;
     assert_eq!(response.status(), 202);
-    let response = post("/admin/components/nope/restart").await.unwrap();
+    let response = server.post_admin("/admin/components/nope/restart").await;
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert!(
@@ -338,7 +325,7 @@ async fn admin_restarts_a_component_and_reads_the_log_tail() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The listener itself: the answer comes before it drains, and it serves again after.
-    let response = post("/admin/components/http/restart").await.unwrap();
+    let response = server.post_admin("/admin/components/http/restart").await;
     assert_eq!(response.status(), 202);
     common::process::wait_for_log(
         &server.root,
@@ -756,13 +743,7 @@ async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_
         allowed("https://b.example").await,
         "the running config stays"
     );
-    let response = server
-        .client()
-        .post(server.url("/admin/reload"))
-        .header("x-pozi-admin", "1")
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_admin("/admin/reload").await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(
@@ -779,13 +760,7 @@ async fn a_changed_config_is_applied_live_and_an_invalid_one_is_refused_while_a_
         ),
     )
     .unwrap();
-    let response = server
-        .client()
-        .post(server.url("/admin/reload"))
-        .header("x-pozi-admin", "1")
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_admin("/admin/reload").await;
     assert_eq!(response.status(), 200);
     let report: Value = response.json().await.unwrap();
     let listed = |key: &str, words: &str| {
@@ -835,14 +810,7 @@ async fn a_reload_that_adds_a_sync_job_restarts_sync_with_it() {
         json!({"sync": {"jobs": [job("first"), job("second")]}}).to_string(),
     )
     .unwrap();
-    let post = |path: &str| {
-        server
-            .client()
-            .post(server.url(path))
-            .header("x-pozi-admin", "1")
-            .send()
-    };
-    let response = post("/admin/reload").await.unwrap();
+    let response = server.post_admin("/admin/reload").await;
     assert_eq!(response.status(), 200);
     let report: Value = response.json().await.unwrap();
     assert!(
@@ -853,7 +821,7 @@ async fn a_reload_that_adds_a_sync_job_restarts_sync_with_it() {
             .any(|c| c == "sync"),
         "{report}"
     );
-    let response = post("/admin/jobs/second/run").await.unwrap();
+    let response = server.post_admin("/admin/jobs/second/run").await;
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     let (_, _, body) = server.get("/admin/jobs").await;
     let jobs: Value = serde_json::from_str(&body).unwrap();

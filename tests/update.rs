@@ -241,13 +241,7 @@ fn config(release: &Release, key: &minisign::KeyPair, health_timeout: u64) -> St
 }
 
 async fn post(server: &Process, path: &str) -> Value {
-    let response = server
-        .client()
-        .post(server.url(path))
-        .header("x-pozi-admin", "1")
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_admin(path).await;
     assert!(
         response.status().is_success(),
         "{path}: {}",

@@ -183,6 +183,16 @@ impl Process {
             .timeout(Duration::from_secs(60))
     }
 
+    /// POST to an `/admin/` `path` with `X-Pozi-Admin: 1`, as the admin API asks of a POST.
+    pub async fn post_admin(&self, path: &str) -> reqwest::Response {
+        self.client()
+            .post(self.url(path))
+            .header("x-pozi-admin", "1")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET `path`: status, headers and body text.
     pub async fn get(
         &self,
