@@ -100,6 +100,50 @@ pub fn local_client(root: &Path, timeout: std::time::Duration) -> Option<reqwest
         .ok()
 }
 
+/// Whether `host` is a plain host (letters, digits, `-`, `.`) or a bracketed IPv6 address, with
+/// an optional port: nothing that could change a URL or a document it is written into.
+#[must_use]
+pub fn plain_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", port),
+            _ => return false,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, port),
+            None => (host, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .or(if name == "v6" { None } else { Some(port) })
+            .is_some_and(|p| {
+                !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+            });
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    port_ok && name_ok
+}
+
+/// The name in a `Host` value, lowercase, without its port, brackets or trailing dot; `None`
+/// when it is not a plain host.
+#[must_use]
+pub fn host_name(host: &str) -> Option<String> {
+    if !plain_host(host) {
+        return None;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(v6, _)| v6),
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    Some(name.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
 #[must_use]
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -171,21 +215,9 @@ impl AdminAccess {
 
     /// Whether `host` (a `Host` header) is one of the server's names, an address or localhost.
     fn trusted_host(&self, host: &str) -> bool {
-        let name = host
-            .strip_prefix('[')
-            .and_then(|h| h.split_once(']').map(|(a, _)| a))
-            .unwrap_or_else(|| {
-                host.rsplit_once(':').map_or(host, |(h, port)| {
-                    if port.bytes().all(|b| b.is_ascii_digit()) {
-                        h
-                    } else {
-                        host
-                    }
-                })
-            })
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        name == "localhost" || name.parse::<IpAddr>().is_ok() || self.names.contains(&name)
+        host_name(host).is_some_and(|name| {
+            name == "localhost" || name.parse::<IpAddr>().is_ok() || self.names.contains(&name)
+        })
     }
 
     /// Writes a new command-line token to `state/admin.token` (only the server's account can

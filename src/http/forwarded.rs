@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::api::access::plain_host;
+
 /// The proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
 pub struct Trusted(Vec<ipnet::IpNet>);
@@ -34,36 +36,6 @@ fn safe_prefix(text: &str) -> Option<String> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
         && !text.split('/').any(|s| s == ".." || s == ".");
     plain.then(|| text.to_owned())
-}
-
-/// Whether `host` is a plain host (letters, digits, `-`, `.`) or a bracketed IPv6 address, with
-/// an optional port: nothing that could change a URL or a document it is written into.
-#[must_use]
-pub fn plain_host(host: &str) -> bool {
-    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", port),
-            _ => return false,
-        }
-    } else {
-        match host.split_once(':') {
-            Some((name, port)) => (name, port),
-            None => (host, ""),
-        }
-    };
-    let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .or(if name == "v6" { None } else { Some(port) })
-            .is_some_and(|p| {
-                !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-            });
-    let name_ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    port_ok && name_ok
 }
 
 /// An address from a `for=` or `X-Forwarded-For` item (`192.0.2.4`, `192.0.2.4:80`,

@@ -156,15 +156,7 @@ fn is_forwarding(name: &HeaderName) -> bool {
 impl Proxy {
     /// Whether `host` (a `Host` value) is one of this server's names (any port).
     fn is_own_name(&self, host: &str) -> bool {
-        if !super::forwarded::plain_host(host) {
-            return false;
-        }
-        let name = host
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(name, _)| name)
-            .to_ascii_lowercase();
-        self.names.contains(&name)
+        crate::api::access::host_name(host).is_some_and(|name| self.names.contains(&name))
     }
 }
 
