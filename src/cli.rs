@@ -336,7 +336,10 @@ async fn serve(
     let confirmation = async {
         match takeover {
             Some(marker) => {
-                match crate::update::switch::confirm_takeover(root, marker, health_timeout).await {
+                let drain = std::time::Duration::from_secs(config.supervisor.shutdown_timeout_secs);
+                match crate::update::switch::confirm_takeover(root, marker, drain, health_timeout)
+                    .await
+                {
                     Ok(()) => std::future::pending().await,
                     Err(binary) => binary,
                 }

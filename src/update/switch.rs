@@ -248,8 +248,10 @@ pub fn pending_takeover(root: &Root) -> Option<super::install::TrialMarker> {
         .filter(|m| m.stage == "handover")
 }
 
-/// In a re-executed process: waits until it listens on the configured addresses and answers
-/// `/health` with `pass` or `warn`, within `timeout`. Then the switch is complete (journaled
+/// In a re-executed process: waits until the trial process it took over from has stopped
+/// (within `drain`, the time a stopping server has for its requests) and then until this
+/// process listens on the configured addresses and answers `/health` with `pass` or `warn`,
+/// within `timeout`. Then the switch is complete (journaled
 /// `switched`, marker removed); otherwise it is rolled back and the executable to go back to
 /// is returned.
 ///
@@ -258,6 +260,7 @@ pub fn pending_takeover(root: &Root) -> Option<super::install::TrialMarker> {
 pub async fn confirm_takeover(
     root: &Root,
     marker: super::install::TrialMarker,
+    drain: Duration,
     timeout: Duration,
 ) -> Result<(), Option<PathBuf>> {
     let me = std::process::id();
@@ -275,7 +278,18 @@ pub async fn confirm_takeover(
         Some(journal) => journal.record(event, None, Some(&marker.version), detail),
         None => tracing::warn!(component = "updater", event, "{detail}"),
     };
-    while started.elapsed() < timeout {
+    // Until the trial process has gone, a connection to a shared listener may reach it instead
+    // of this process, and its answer says nothing about this one.
+    let mut deadline = started + timeout;
+    while !PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+        if started.elapsed() > drain + timeout {
+            "the trial process it took over from never stopped".clone_into(&mut last);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        deadline = Instant::now() + timeout;
+    }
+    while Instant::now() < deadline && PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst) {
         let urls = health_urls(crate::http::running_server(root).filter(|n| n.public), me);
         if let Some(client) = &client {
             for url in urls {
@@ -306,6 +320,7 @@ pub async fn confirm_takeover(
         marker.version,
         timeout.as_secs()
     );
+    stop_predecessor();
     if let Err(e) = versions.set_current(marker.previous.as_deref()) {
         tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
     }
@@ -371,12 +386,14 @@ async fn health(client: &reqwest::Client, url: &str) -> Result<Answer, String> {
 }
 
 /// After the tree stopped for a signal: a trial that was under way is ended as a rollback (a
-/// passed one that was being handed over is kept: it runs at the next start).
+/// passed one that was being handed over is kept: it runs at the next start). The process on
+/// trial leaves that to the process that started it.
 pub fn after_stop(root: &Root) {
     let versions = Versions::new(root.path());
     if let Some(marker) = versions.interrupted_trial()
         && marker.stage == "trial"
         && !is_successor()
+        && !super::on_trial()
     {
         recover(
             root,
@@ -425,18 +442,43 @@ pub fn exec(binary: &Path, args: &[OsString], successor_of: Option<u32>) -> std:
     command.exec()
 }
 
-/// In a process that took over from a trial process (its child, inherited across the
-/// re-execution), waits for that process to exit so that it does not linger as a zombie.
-pub fn reap_predecessor() {
-    #[cfg(unix)]
-    if let Some(pid) = std::env::var(super::SUCCESSOR_ENV)
+/// Set once the trial process this process took over from has exited (or when there was none).
+static PREDECESSOR_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The trial process this process took over from, if it was re-executed for a switch.
+#[cfg(unix)]
+fn predecessor() -> Option<rustix::process::Pid> {
+    std::env::var(super::SUCCESSOR_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .and_then(rustix::process::Pid::from_raw)
-    {
+}
+
+/// In a process that took over from a trial process (its child, inherited across the
+/// re-execution), waits for that process to exit so that it does not linger as a zombie, and
+/// so that [`confirm_takeover`] knows every connection to the shared listeners reaches this
+/// process.
+pub fn reap_predecessor() {
+    use std::sync::atomic::Ordering;
+    #[cfg(unix)]
+    if let Some(pid) = predecessor() {
         std::thread::spawn(move || {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            PREDECESSOR_GONE.store(true, Ordering::SeqCst);
         });
+        return;
+    }
+    PREDECESSOR_GONE.store(true, Ordering::SeqCst);
+}
+
+/// Asks the trial process this process took over from to stop, when a takeover failed while
+/// it still listened.
+fn stop_predecessor() {
+    #[cfg(unix)]
+    if let Some(pid) = predecessor()
+        && !PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
 
