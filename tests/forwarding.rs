@@ -134,11 +134,11 @@ async fn a_trusted_proxy_gives_the_client_scheme_host_and_prefix() {
     // Map servers are told the public URL to advertise, in the header case QGIS Server reads.
     let (_, head) = get(&server, "/iis/wms?SERVICE=WMS", &SPOOFED).await;
     assert!(
-        head.contains("X-Qgis-Service-Url: https://gis01.example.org/gis/iis\r\n"),
+        head.contains("X-Qgis-Service-Url: https://gis01.example.org/gis/iis/wms\r\n"),
         "{head}"
     );
     assert!(
-        head.contains("X-Qgis-Wfs-Service-Url: https://gis01.example.org/gis/iis\r\n"),
+        head.contains("X-Qgis-Wfs-Service-Url: https://gis01.example.org/gis/iis/wms\r\n"),
         "{head}"
     );
     assert!(head.contains("X-Forwarded-Prefix: /gis/iis\r\n"), "{head}");

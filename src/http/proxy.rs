@@ -299,9 +299,11 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .filter(|h| self.is_own_name(h));
         let public_base = known_host.map(|host| format!("{scheme}://{host}{prefix}"));
+        // The service's own public URL is this request's, without its query (what QGIS Server
+        // advertises by itself, seen from the client): `/iis/wms` stays `/iis/wms`.
         if let Some(public) = public_base
             .as_deref()
-            .and_then(|p| HeaderValue::from_str(p).ok())
+            .and_then(|base| HeaderValue::from_str(&format!("{base}{rest}")).ok())
         {
             for name in QGIS_SERVICE_URLS {
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
