@@ -139,6 +139,32 @@ fn check_config_lists_every_problem_with_path_line_and_column() {
 }
 
 #[test]
+fn check_config_names_bad_proxy_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    std::fs::write(
+        &file,
+        r#"{"http": {"proxy": [
+  {"prefix": "/iis", "upstream": "http://localhost/pozi", "service_path": "/wms"},
+  {"prefix": "iis/", "upstream": "http://localhost/pozi", "service_path": "/../x?y"}
+]}}"#,
+    )
+    .unwrap();
+    let out = poziserver(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("http.proxy[1].prefix: \"iis/\" must be a path"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("http.proxy[1].service_path: \"/../x?y\" must be a path"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("has 2 problems"), "{stderr}");
+}
+
+#[test]
 fn check_config_reports_syntax_errors_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.json");

@@ -69,7 +69,7 @@ fn config(upstream: std::net::SocketAddr, trusted: &[&str]) -> String {
         "trusted_proxies": trusted,
         "host_names": ["local.pozi.com", "localhost", "127.0.0.1", "gis01.example.org"],
         "proxy": [
-            {"prefix": "/iis", "upstream": format!("http://{upstream}/pozi")},
+            {"prefix": "/iis", "upstream": format!("http://{upstream}/pozi"), "service_path": "/wms"},
             {"prefix": "/qgis", "upstream": format!("http://{upstream}/qgis"), "preserve_host": true}
         ]
     }})
@@ -142,6 +142,13 @@ async fn a_trusted_proxy_gives_the_client_scheme_host_and_prefix() {
         "{head}"
     );
     assert!(head.contains("X-Forwarded-Prefix: /gis/iis\r\n"), "{head}");
+    // The advertised URL is the route's, whatever path a client asks for: a map server keys
+    // its capabilities cache on it.
+    let (_, head) = get(&server, "/iis/a-path-of-my-choosing?SERVICE=WMS", &SPOOFED).await;
+    assert!(
+        head.contains("X-Qgis-Service-Url: https://gis01.example.org/gis/iis/wms\r\n"),
+        "{head}"
+    );
     assert!(
         head.contains(&format!("Host: {upstream}\r\n")),
         "the upstream's own host by default: {head}"

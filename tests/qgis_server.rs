@@ -92,6 +92,7 @@ async fn pozi(qgis: &QgisServer) -> Process {
         "proxy": [{
             "prefix": "/iis",
             "upstream": format!("http://127.0.0.1:{}/pozi", qgis.port),
+            "service_path": "/wms",
             "preserve_host": true
         }]
     }});

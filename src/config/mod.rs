@@ -425,6 +425,12 @@ pub struct ProxyRoute {
     /// whatever they are told (MapServer's `wms_onlineresource`).
     #[serde(default)]
     pub rewrite_urls: bool,
+    /// The path under the prefix of the service URL a map server is told to advertise (the
+    /// `X-Qgis-*-Service-Url` headers), e.g. `/wms` for `https://local.pozi.com/iis/wms`; the
+    /// prefix itself when absent. Fixed here, never taken from a request, so that clients
+    /// cannot fill the map server's capabilities cache with URLs of their choosing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_path: Option<String>,
 }
 
 fn default_proxy_timeout() -> u64 {
@@ -1044,6 +1050,22 @@ fn http_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment], Str
                 &with_index(path(&["proxy"]), i, Some("prefix")),
                 format!(
                     "{prefix:?} must be a path such as \"/iis\": a leading /, no trailing /, no ?, #, % or spaces"
+                ),
+            );
+        }
+        if let Some(service) = route
+            .get("service_path")
+            .and_then(serde_json::Value::as_str)
+            && (!service.starts_with('/')
+                || service.len() < 2
+                || service.contains("..")
+                || service.contains(['?', '#', '%', '\\'])
+                || service.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            report(
+                &with_index(path(&["proxy"]), i, Some("service_path")),
+                format!(
+                    "{service:?} must be a path such as \"/wms\": a leading /, no .., ?, #, % or spaces"
                 ),
             );
         }

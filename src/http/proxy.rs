@@ -299,11 +299,12 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .filter(|h| self.is_own_name(h));
         let public_base = known_host.map(|host| format!("{scheme}://{host}{prefix}"));
-        // The service's own public URL is this request's, without its query (what QGIS Server
-        // advertises by itself, seen from the client): `/iis/wms` stays `/iis/wms`.
+        // The service URL to advertise is fixed by the route (its prefix, or `service_path`
+        // under it), never the request's path: the map server keys its capabilities cache on it.
+        let service_path = route.service_path.as_deref().unwrap_or("");
         if let Some(public) = public_base
             .as_deref()
-            .and_then(|base| HeaderValue::from_str(&format!("{base}{rest}")).ok())
+            .and_then(|base| HeaderValue::from_str(&format!("{base}{service_path}")).ok())
         {
             for name in QGIS_SERVICE_URLS {
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {

@@ -38,6 +38,13 @@ pub enum Trial {
 /// How long a trial process has to stop after its standard input closes.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// Beyond its drain time, how long a stopping trial process may take to exit (the runtime's own
+/// shutdown bound, and some slack on a busy machine).
+const TRIAL_EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The least time a re-executed process has to answer `/health` once its predecessor is gone.
+const MIN_HEALTH_WINDOW: Duration = Duration::from_secs(5);
+
 /// The health URLs of process `pid`, from its note (the trial's, or the running server's) once
 /// it has written one.
 fn health_urls(note: Option<crate::http::ServerNote>, pid: u32) -> Vec<String> {
@@ -279,17 +286,20 @@ pub async fn confirm_takeover(
         None => tracing::warn!(component = "updater", event, "{detail}"),
     };
     // Until the trial process has gone, a connection to a shared listener may reach it instead
-    // of this process, and its answer says nothing about this one.
-    let mut deadline = started + timeout;
-    while !PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst) {
-        if started.elapsed() > drain + timeout {
+    // of this process, and its answer says nothing about this one. It stops once this process
+    // listens, after draining its requests (`drain`, then the runtime's own shutdown bound).
+    let gone = || PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst);
+    while !gone() {
+        if started.elapsed() > timeout + drain + TRIAL_EXIT_MARGIN {
             "the trial process it took over from never stopped".clone_into(&mut last);
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        deadline = Instant::now() + timeout;
     }
-    while Instant::now() < deadline && PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+    // The health gate runs within `timeout` of the start, with a few seconds at least once the
+    // trial process has gone.
+    let deadline = (started + timeout).max(Instant::now() + MIN_HEALTH_WINDOW);
+    while Instant::now() < deadline && gone() {
         let urls = health_urls(crate::http::running_server(root).filter(|n| n.public), me);
         if let Some(client) = &client {
             for url in urls {
@@ -320,7 +330,13 @@ pub async fn confirm_takeover(
         marker.version,
         timeout.as_secs()
     );
+    // The previous version binds again where the trial process may still listen: it must be
+    // gone first (and reaped, which the re-execution would otherwise leave undone).
     stop_predecessor();
+    let asked = Instant::now();
+    while !gone() && asked.elapsed() < drain + TRIAL_EXIT_MARGIN {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if let Err(e) = versions.set_current(marker.previous.as_deref()) {
         tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
     }
@@ -392,7 +408,6 @@ pub fn after_stop(root: &Root) {
     let versions = Versions::new(root.path());
     if let Some(marker) = versions.interrupted_trial()
         && marker.stage == "trial"
-        && !is_successor()
         && !super::on_trial()
     {
         recover(
@@ -463,12 +478,32 @@ pub fn reap_predecessor() {
     #[cfg(unix)]
     if let Some(pid) = predecessor() {
         std::thread::spawn(move || {
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            wait_for_exit(pid);
             PREDECESSOR_GONE.store(true, Ordering::SeqCst);
         });
         return;
     }
     PREDECESSOR_GONE.store(true, Ordering::SeqCst);
+}
+
+/// Waits until process `pid` has exited: reaped when it is this process's child, else (a pid
+/// that is not, which a re-execution should never leave) watched until it no longer exists.
+#[cfg(unix)]
+fn wait_for_exit(pid: rustix::process::Pid) {
+    use rustix::io::Errno;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(_) => return,
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(component = "updater", pid = pid.as_raw_nonzero().get(), error = %e, "cannot wait for the trial process; watching for it to end instead");
+                while rustix::process::test_kill_process(pid).is_ok() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// Asks the trial process this process took over from to stop, when a takeover failed while
