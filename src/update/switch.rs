@@ -477,6 +477,12 @@ pub fn reap_predecessor() {
     use std::sync::atomic::Ordering;
     #[cfg(unix)]
     if let Some(pid) = predecessor() {
+        // A handle on that very process while it is unreaped, so that a stop signal sent later
+        // cannot reach another process given the same pid after it has gone.
+        #[cfg(target_os = "linux")]
+        if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            let _ = PREDECESSOR_FD.set(fd);
+        }
         std::thread::spawn(move || {
             wait_for_exit(pid);
             PREDECESSOR_GONE.store(true, Ordering::SeqCst);
@@ -509,13 +515,23 @@ fn wait_for_exit(pid: rustix::process::Pid) {
 /// Asks the trial process this process took over from to stop, when a takeover failed while
 /// it still listened.
 fn stop_predecessor() {
+    if PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = PREDECESSOR_FD.get() {
+        let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::TERM);
+        return;
+    }
     #[cfg(unix)]
-    if let Some(pid) = predecessor()
-        && !PREDECESSOR_GONE.load(std::sync::atomic::Ordering::SeqCst)
-    {
+    if let Some(pid) = predecessor() {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
+
+/// The trial process this process took over from, as a pidfd (Linux).
+#[cfg(target_os = "linux")]
+static PREDECESSOR_FD: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
 
 /// Elsewhere (a Windows service) there is no `exec`: the new version runs as a child with the
 /// same arguments and this process exits with its status (the service manager's restart also
