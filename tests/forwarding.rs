@@ -297,28 +297,9 @@ async fn gdal_pages_a_collection_to_the_end_through_nginx_only() {
     let nginx = Nginx::start(address.parse().unwrap());
     let public = format!("https://127.0.0.1:{}", nginx.port);
     let endpoint = format!("OAPIF:{public}/features");
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("ogr2ogr")
-            .args([
-                "-f",
-                "GeoJSON",
-                "/vsistdout/",
-                &endpoint,
-                "naturalearth_lowres",
-            ])
-            .args(["-oo", "PAGE_SIZE=20"])
-            .env("GDAL_HTTP_UNSAFESSL", "YES")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let read =
+        common::gis::gdal_read_url(&endpoint, &["naturalearth_lowres", "-oo", "PAGE_SIZE=20"])
+            .await;
     assert_eq!(read["features"].as_array().unwrap().len(), 177);
     // Every page came through nginx: as many item pages there as here, and more than one.
     let pages = |log: &str| {

@@ -215,22 +215,7 @@ async fn gdal_reads_every_feature_through_the_proxy() {
     let server = pozi(&qgis).await;
     let endpoint = format!("WFS:{}", server.url("/iis/wms"));
     for (layer, expected) in [("countries", 7), ("assets", 5)] {
-        let endpoint = endpoint.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("ogr2ogr")
-                .args(["-f", "GeoJSON", "/vsistdout/", &endpoint, layer])
-                .env("GDAL_HTTP_UNSAFESSL", "YES")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let read = common::gis::gdal_read_url(&endpoint, &[layer]).await;
         let features = read["features"].as_array().unwrap();
         assert_eq!(features.len(), expected, "{layer}");
         if layer == "countries" {

@@ -41,25 +41,19 @@ pub fn metrics() -> Response {
     let text = crate::ops::metrics::global()
         .map(crate::ops::metrics::Metrics::render)
         .unwrap_or_default();
-    let mut response = http::Response::new(super::reply::Body::from(text));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    uncached(text, "text/plain; version=0.0.4; charset=utf-8")
 }
 
 /// The status page's HTML, never cached.
 #[must_use]
 pub fn html(page: String) -> Response {
-    let mut response = http::Response::new(super::reply::Body::from(page));
+    uncached(page, "text/html; charset=utf-8")
+}
+
+fn uncached(body: String, content_type: &'static str) -> Response {
+    let mut response = http::Response::new(super::reply::Body::from(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
