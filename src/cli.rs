@@ -285,7 +285,7 @@ fn version(json: bool) -> ExitCode {
 
 /// The update journal, for the switch's events (`None` when it cannot be opened).
 fn update_journal(root: &Root) -> Option<crate::update::journal::Journal> {
-    crate::update::journal::Journal::open(&root.state_dir().join("update.sqlite")).ok()
+    crate::update::journal::Journal::open_in(root).ok()
 }
 
 /// A passed trial, being handed over.
@@ -381,7 +381,7 @@ async fn drive_switches(
         let Some(plan) = switch.take() else {
             continue;
         };
-        let (outcome, child) = trial(&plan, root, args, std::future::pending()).await;
+        let (outcome, child) = trial(&plan, root, args).await;
         conclude(&plan, root, update_journal(root).as_ref(), &outcome);
         if let (Trial::Healthy { .. }, Some(child)) = (outcome, child) {
             return (plan, child);

@@ -226,9 +226,7 @@ fn updater(
     if !config.update.enabled() || crate::update::on_trial() {
         return None;
     }
-    let journal = match crate::update::journal::Journal::open(
-        &root.state_dir().join("update.sqlite"),
-    ) {
+    let journal = match crate::update::journal::Journal::open_in(root) {
         Ok(journal) => Arc::new(journal),
         Err(e) => {
             tracing::error!(error = %e, "the updater is not started: its journal cannot be opened");

@@ -174,6 +174,5 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
 #[must_use]
 pub fn taking_over() -> bool {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    std::env::var_os(crate::update::SUCCESSOR_ENV).is_some()
-        && !TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst)
+    crate::update::switch::is_successor() && !TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst)
 }

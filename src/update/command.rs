@@ -21,7 +21,7 @@ fn load(root: &Path, config: Option<&Path>) -> Result<(Root, Config, std::path::
 
 fn journal(root: &Root) -> Result<Journal, String> {
     std::fs::create_dir_all(root.state_dir()).map_err(|e| e.to_string())?;
-    Journal::open(&root.state_dir().join("update.sqlite")).map_err(|e| e.to_string())
+    Journal::open_in(root).map_err(|e| e.to_string())
 }
 
 /// Asks the running server (`POST /admin/update/<action>`); `None` when none answers.

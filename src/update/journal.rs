@@ -49,7 +49,29 @@ pub struct Cached {
     pub signature: Option<String>,
 }
 
+/// Records `event` in `journal`, or, without one, puts it in the log so that it is not lost.
+pub fn note(
+    journal: Option<&Journal>,
+    event: &str,
+    channel: Option<&str>,
+    version: Option<&str>,
+    detail: &str,
+) {
+    match journal {
+        Some(journal) => journal.record(event, channel, version, detail),
+        None => tracing::warn!(component = "updater", event, version, "{detail}"),
+    }
+}
+
 impl Journal {
+    /// Opens (creating) the journal of `root`, `state/update.sqlite`.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_in(root: &crate::root::Root) -> Result<Self, rusqlite::Error> {
+        Self::open(&root.state_dir().join("update.sqlite"))
+    }
+
     /// Opens (creating) the journal at `path`.
     ///
     /// # Errors

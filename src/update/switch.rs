@@ -12,13 +12,12 @@
 //! the installed binary always runs the current version.
 
 use std::ffi::OsString;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::install::Versions;
-use super::journal::Journal;
+use super::journal::{Journal, note};
 use super::{SwitchPlan, TRIAL_ENV};
 use crate::root::Root;
 
@@ -59,13 +58,11 @@ fn health_urls(note: Option<crate::http::ServerNote>, pid: u32) -> Vec<String> {
 /// Runs `plan`'s binary on trial with `args` while this version serves on: it listens on a
 /// private loopback port until it answers `/health` with `pass` or `warn`, is then asked to
 /// listen on the configured addresses too, and, once it does, is handed back still running
-/// (this process then stops its own tree and re-executes). It is stopped on failure, or when
-/// `stop` completes.
+/// (this process then stops its own tree and re-executes). It is stopped on failure.
 pub async fn trial(
     plan: &SwitchPlan,
     root: &Root,
     args: &[OsString],
-    stop: impl Future<Output = ()>,
 ) -> (Trial, Option<tokio::process::Child>) {
     let mut child = match tokio::process::Command::new(&plan.binary)
         .args(args)
@@ -83,12 +80,7 @@ pub async fn trial(
     };
     let pid = child.id().unwrap_or(0);
     tracing::info!(component = "updater", version = %plan.version, pid, "new version started on trial");
-    tokio::pin!(stop);
-    let outcome = tokio::select! {
-        outcome = watch(&mut child, plan, root, pid) => outcome,
-        () = &mut stop => Err("the server was asked to stop during the trial".to_owned()),
-    };
-    match outcome {
+    match watch(&mut child, plan, root, pid).await {
         Ok(millis) => (Trial::Healthy { millis }, Some(child)),
         Err(reason) => {
             end(child).await;
@@ -199,11 +191,13 @@ pub async fn end(mut child: tokio::process::Child) {
 pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outcome: &Trial) {
     let versions = Versions::new(root.path());
     let record = |event: &str, detail: &str| {
-        if let Some(journal) = journal {
-            journal.record(event, Some(&plan.channel), Some(&plan.version), detail);
-        } else {
-            tracing::warn!(component = "updater", event, version = %plan.version, "{detail}");
-        }
+        note(
+            journal,
+            event,
+            Some(&plan.channel),
+            Some(&plan.version),
+            detail,
+        );
     };
     match outcome {
         Trial::Healthy { millis } => {
@@ -222,19 +216,14 @@ pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outco
                 }
             }
         }
-        Trial::Failed(reason) => {
-            restore(plan, &versions);
-            if let Some(journal) = journal
-                && let Err(e) = journal.fail(&plan.version, reason)
-            {
-                tracing::error!(component = "updater", error = %e, "cannot remember the failed version: it may be tried again");
-            }
-            record(
-                "rolled-back",
-                &format!("{reason}; the previous version is current again and serving"),
-            );
-            versions.end_trial();
-        }
+        Trial::Failed(reason) => roll_back(
+            &versions,
+            journal,
+            plan.previous.as_deref(),
+            (Some(&plan.channel), &plan.version),
+            Some(reason),
+            &format!("{reason}; the previous version is current again and serving"),
+        ),
     }
 }
 
@@ -280,11 +269,7 @@ pub async fn confirm_takeover(
         .build()
         .ok();
     let versions = Versions::new(root.path());
-    let journal = Journal::open(&root.state_dir().join("update.sqlite")).ok();
-    let record = |event: &str, detail: &str| match &journal {
-        Some(journal) => journal.record(event, None, Some(&marker.version), detail),
-        None => tracing::warn!(component = "updater", event, "{detail}"),
-    };
+    let journal = Journal::open_in(root).ok();
     // Until the trial process has gone, a connection to a shared listener may reach it instead
     // of this process, and its answer says nothing about this one. It stops once this process
     // listens, after draining its requests (`drain`, then the runtime's own shutdown bound).
@@ -306,8 +291,11 @@ pub async fn confirm_takeover(
                 match health(client, &url).await {
                     Ok(Answer::Good) => {
                         versions.end_trial();
-                        record(
+                        note(
+                            journal.as_ref(),
                             "switched",
+                            None,
+                            Some(&marker.version),
                             &format!(
                                 "{} took over the listeners and answers /health ({} ms after it started)",
                                 marker.version,
@@ -337,17 +325,14 @@ pub async fn confirm_takeover(
     while !gone() && asked.elapsed() < drain + TRIAL_EXIT_MARGIN {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if let Err(e) = versions.set_current(marker.previous.as_deref()) {
-        tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
-    }
-    if let Some(journal) = &journal {
-        let _ = journal.fail(&marker.version, &reason);
-    }
-    record(
-        "rolled-back",
+    roll_back(
+        &versions,
+        journal.as_ref(),
+        marker.previous.as_deref(),
+        (None, &marker.version),
+        Some(&reason),
         &format!("{reason}; going back to the previous version"),
     );
-    versions.end_trial();
     Err(marker.previous_binary)
 }
 
@@ -360,10 +345,13 @@ pub async fn stopped_during_handover(plan: &SwitchPlan, root: &Root, trial: toki
         "the server was stopped during the handover; {} passed its trial and runs at the next start",
         plan.version
     );
-    match Journal::open(&root.state_dir().join("update.sqlite")) {
-        Ok(journal) => journal.record("stopped", Some(&plan.channel), Some(&plan.version), &detail),
-        Err(_) => tracing::warn!(component = "updater", "{detail}"),
-    }
+    note(
+        Journal::open_in(root).ok().as_ref(),
+        "stopped",
+        Some(&plan.channel),
+        Some(&plan.version),
+        &detail,
+    );
 }
 
 /// A `/health` answer that decides: pass or warn, or fail with the failing checks.
@@ -425,21 +413,37 @@ fn recover(root: &Root, versions: &Versions, marker: &super::install::TrialMarke
         "the switch to {} started at {} did not finish ({why}); the previous version is current again",
         marker.version, marker.started
     );
-    if let Err(e) = versions.set_current(marker.previous.as_deref()) {
-        tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
-    }
-    match Journal::open(&root.state_dir().join("update.sqlite")) {
-        Ok(journal) => journal.record("rolled-back", None, Some(&marker.version), &detail),
-        Err(_) => tracing::warn!(component = "updater", "{detail}"),
-    }
-    versions.end_trial();
+    roll_back(
+        versions,
+        Journal::open_in(root).ok().as_ref(),
+        marker.previous.as_deref(),
+        (None, &marker.version),
+        None,
+        &detail,
+    );
 }
 
-/// Makes the previous version current again.
-fn restore(plan: &SwitchPlan, versions: &Versions) {
-    if let Err(e) = versions.set_current(plan.previous.as_deref()) {
+/// Every rollback: the `previous` version made current again, the switched-to version (on
+/// its channel, when known) remembered as `failed` when it failed, `rolled-back` journaled with
+/// `detail`, and the trial marker removed.
+fn roll_back(
+    versions: &Versions,
+    journal: Option<&Journal>,
+    previous: Option<&str>,
+    (channel, version): (Option<&str>, &str),
+    failed: Option<&str>,
+    detail: &str,
+) {
+    if let Err(e) = versions.set_current(previous) {
         tracing::error!(component = "updater", error = %e, "cannot restore the previous version's pointer");
     }
+    if let (Some(journal), Some(reason)) = (journal, failed)
+        && let Err(e) = journal.fail(version, reason)
+    {
+        tracing::error!(component = "updater", error = %e, "cannot remember the failed version: it may be tried again");
+    }
+    note(journal, "rolled-back", channel, Some(version), detail);
+    versions.end_trial();
 }
 
 /// Replaces this process with `binary` and `args` (Unix), telling it the trial process
