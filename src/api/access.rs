@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use super::error::ApiError;
 use crate::config::AdminConfig;
-use crate::config::admin::{parse_range, parse_token_hash};
+use crate::config::admin::parse_token_hash;
 
 /// A token's salted digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,26 +144,12 @@ pub fn host_name(host: &str) -> Option<String> {
     Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
-#[must_use]
-pub fn is_loopback(ip: IpAddr) -> bool {
-    normal(ip).is_loopback()
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn normal(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
-
 /// The access rules of the operators' endpoints.
 #[derive(Debug, Clone)]
 pub struct AdminAccess {
     /// Names the server answers the operators' endpoints under (`http.host_names`).
     names: Vec<String>,
-    allow: Vec<ipnet::IpNet>,
+    allow: crate::config::admin::IpRanges,
     token: Option<TokenHash>,
     local: Option<TokenHash>,
 }
@@ -185,11 +171,7 @@ impl AdminAccess {
     pub fn new(config: &AdminConfig, names: &[String], local: Option<&str>) -> Self {
         Self {
             names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
-            allow: config
-                .allow
-                .iter()
-                .filter_map(|r| parse_range(r).ok())
-                .collect(),
+            allow: crate::config::admin::IpRanges::new(&config.allow),
             // A hash that does not parse (validation refuses it first) lets no token in.
             token: config.token_hash.as_deref().map(|t| {
                 parse_token_hash(t).map_or_else(
@@ -243,7 +225,7 @@ impl AdminAccess {
     /// A 403 naming what is missing: an allowed address, or the right token.
     pub fn check(&self, request: &Caller<'_>) -> Result<Admitted, ApiError> {
         self.decide(request).map_err(|why| {
-            log_refusal(normal(request.peer), &why);
+            log_refusal(request.peer.to_canonical(), &why);
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", Some(why))
         })
     }
@@ -255,7 +237,7 @@ impl AdminAccess {
     }
 
     fn decide(&self, request: &Caller<'_>) -> Result<Admitted, String> {
-        let peer = normal(request.peer);
+        let peer = request.peer.to_canonical();
         let authorization = request.authorization;
         let bearer = authorization
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -270,7 +252,7 @@ impl AdminAccess {
         {
             return Ok(Admitted::ByToken);
         }
-        if !self.allow.iter().any(|range| range.contains(&peer)) {
+        if !self.allow.contains(peer) {
             return Err(format!(
                 "{peer} is not allowed to use the operators' endpoints (admin.allow)"
             ));

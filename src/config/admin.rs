@@ -37,6 +37,46 @@ pub fn parse_range(text: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{text:?} is not an address or a CIDR range such as 10.1.0.0/16"))
 }
 
+/// Reports each entry of the list at `path` that is not an address or a CIDR range.
+fn range_issues(
+    value: &serde_json::Value,
+    path: &[&str],
+    report: &mut dyn FnMut(&[super::Segment], String),
+) {
+    use super::Segment;
+    let pointer: String = path.iter().map(|k| format!("/{k}")).collect();
+    let ranges = value.pointer(&pointer).and_then(|v| v.as_array());
+    for (i, range) in ranges.into_iter().flatten().enumerate() {
+        if let Some(text) = range.as_str()
+            && let Err(e) = parse_range(text)
+        {
+            let mut at: Vec<Segment> = path.iter().map(|k| Segment::Key((*k).to_owned())).collect();
+            at.push(Segment::Index(i));
+            report(&at, e);
+        }
+    }
+}
+
+/// Addresses and CIDR ranges of the config (`admin.allow`, `http.trusted_proxies`), matched
+/// with IPv4-mapped IPv6 addresses taken as the IPv4 addresses they are.
+#[derive(Debug, Clone, Default)]
+pub struct IpRanges(Vec<ipnet::IpNet>);
+
+impl IpRanges {
+    /// The ranges of `texts` (validated: unparsable ones are left out).
+    #[must_use]
+    pub fn new(texts: &[String]) -> Self {
+        Self(texts.iter().filter_map(|r| parse_range(r).ok()).collect())
+    }
+
+    /// Whether `ip` is in one of the ranges.
+    #[must_use]
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|range| range.contains(&ip))
+    }
+}
+
 /// A token hash as the config writes it: (salt, digest).
 ///
 /// # Errors
@@ -69,18 +109,12 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Checks the ranges and the token hash.
+/// Checks the address ranges (`admin.allow`, `http.trusted_proxies`) and the token hash.
 pub(super) fn issues(value: &serde_json::Value, report: &mut dyn FnMut(&[super::Segment], String)) {
     use super::Segment;
     let key = |k: &str| Segment::Key(k.to_owned());
-    let ranges = value.pointer("/admin/allow").and_then(|v| v.as_array());
-    for (i, range) in ranges.into_iter().flatten().enumerate() {
-        if let Some(text) = range.as_str()
-            && let Err(e) = parse_range(text)
-        {
-            report(&[key("admin"), key("allow"), Segment::Index(i)], e);
-        }
-    }
+    range_issues(value, &["admin", "allow"], report);
+    range_issues(value, &["http", "trusted_proxies"], report);
     if let Some(text) = value.pointer("/admin/token_hash").and_then(|v| v.as_str())
         && let Err(e) = parse_token_hash(text)
     {

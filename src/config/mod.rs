@@ -838,16 +838,6 @@ fn semantic_issues(value: &serde_json::Value, report: &mut dyn FnMut(&[Segment],
     sync::issues(value, default_zone, report);
     update::issues(value, report);
     admin::issues(value, report);
-    let proxies = value
-        .pointer("/http/trusted_proxies")
-        .and_then(|v| v.as_array());
-    for (i, range) in proxies.into_iter().flatten().enumerate() {
-        if let Some(text) = range.as_str()
-            && let Err(e) = admin::parse_range(text)
-        {
-            report(&[key("http"), key("trusted_proxies"), Segment::Index(i)], e);
-        }
-    }
     http_issues(value, report);
     let number = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
     let defaults = SupervisorConfig::default();

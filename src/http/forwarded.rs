@@ -10,7 +10,7 @@ use crate::api::access::plain_host;
 
 /// The proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
-pub struct Trusted(Vec<ipnet::IpNet>);
+pub struct Trusted(crate::config::admin::IpRanges);
 
 /// What a trusted proxy said about the request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,20 +66,11 @@ impl Trusted {
     /// The proxies in `ranges` (validated: unparsable ones are left out).
     #[must_use]
     pub fn new(ranges: &[String]) -> Self {
-        Self(
-            ranges
-                .iter()
-                .filter_map(|r| crate::config::admin::parse_range(r).ok())
-                .collect(),
-        )
+        Self(crate::config::admin::IpRanges::new(ranges))
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            IpAddr::V4(_) => ip,
-        };
-        self.0.iter().any(|range| range.contains(&ip))
+        self.0.contains(ip)
     }
 
     /// What the proxy said, when `peer` is trusted; `None` otherwise.
