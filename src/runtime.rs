@@ -255,6 +255,41 @@ pub fn job_schedule(config: &Config, job: &crate::config::sync::SyncJob) -> Opti
         .and_then(|s| Schedule::parse(s, zone).ok())
 }
 
+/// Asks the root supervisor found in `directory` to restart `component` (stopped gracefully
+/// and started again, not counted as a failure); the receiver gets the outcome.
+///
+/// # Errors
+/// Why it could not be asked: the supervisor is not running, or is stopping.
+pub fn request_restart(
+    directory: &actors::Directory,
+    component: &str,
+) -> Result<ractor::concurrency::OneshotReceiver<Result<(), actors::SupervisorError>>, &'static str>
+{
+    let root: ractor::ActorRef<actors::SupervisorMsg> = directory
+        .get(ROOT_NAME)
+        .ok_or("the root supervisor is not running")?
+        .into();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    root.send_message(actors::SupervisorMsg::RestartChild {
+        name: component.to_owned(),
+        reply: ractor::RpcReplyPort::from(tx),
+    })
+    .map_err(|_| "the root supervisor is stopping")?;
+    Ok(rx)
+}
+
+/// When a job runs next after `now` on its schedule: `None` when it is disabled or has none.
+pub fn next_run(
+    config: &Config,
+    job: &crate::config::sync::SyncJob,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    job.enabled
+        .then(|| job_schedule(config, job))
+        .flatten()
+        .and_then(|s| s.next_after(now))
+}
+
 /// Runs the server until `shutdown` completes (then stops every component in reverse order
 /// within the configured time) or the root supervisor gives up.
 ///

@@ -105,14 +105,7 @@ impl ChildSpec {
     where
         F: Fn() -> SupervisorSpec + Send + Sync + 'static,
     {
-        Self::new(name, restart, move |supervisor| {
-            let spec = make();
-            async move {
-                let (child, _) = Actor::spawn_linked(None, Supervisor, spec, supervisor).await?;
-                Ok(child.get_cell())
-            }
-        })
-        .with_shutdown(shutdown)
+        Self::actor(name, restart, move || (Supervisor, make())).with_shutdown(shutdown)
     }
 
     /// Makes the child retry for ever: its restarts do not count toward the supervisor's

@@ -250,24 +250,11 @@ fn restart(directory: &actors::Directory, name: &str) -> Result<Response, ApiErr
             ),
         ));
     }
-    let Some(root) = directory.get(crate::runtime::ROOT_NAME) else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "supervisor unavailable",
-            Some("the root supervisor is not running".to_owned()),
-        ));
-    };
-    let root: ActorRef<actors::SupervisorMsg> = root.into();
-    let (tx, rx) = ractor::concurrency::oneshot();
-    root.send_message(actors::SupervisorMsg::RestartChild {
-        name: name.to_owned(),
-        reply: RpcReplyPort::from(tx),
-    })
-    .map_err(|_| {
+    let rx = crate::runtime::request_restart(directory, name).map_err(|why| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "supervisor unavailable",
-            Some("the root supervisor is stopping".to_owned()),
+            Some(why.to_owned()),
         )
     })?;
     let component = name.to_owned();
@@ -413,11 +400,7 @@ fn jobs(admin: &Admin) -> Result<serde_json::Value, ApiError> {
         .jobs
         .iter()
         .map(|job| {
-            let next = job
-                .enabled
-                .then(|| crate::runtime::job_schedule(&admin.config, job))
-                .flatten()
-                .and_then(|s| s.next_after(now));
+            let next = crate::runtime::next_run(&admin.config, job, now);
             let last = journal
                 .and_then(|j| j.runs(&job.name, 1).ok())
                 .and_then(|r| r.into_iter().next());

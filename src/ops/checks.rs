@@ -114,11 +114,7 @@ pub fn sync_jobs(
                     .find(|r| matches!(r.status.as_str(), "failed" | "timed_out"));
                 let failing =
                     finished.is_some_and(|r| matches!(r.status.as_str(), "failed" | "timed_out"));
-                let next = job
-                    .enabled
-                    .then(|| crate::runtime::job_schedule(&config, job))
-                    .flatten()
-                    .and_then(|s| s.next_after(now));
+                let next = crate::runtime::next_run(&config, job, now);
                 NamedCheck {
                     key: format!("sync:{}", job.name),
                     status: if failing {

@@ -63,19 +63,27 @@ pub fn started() -> std::time::Instant {
     *STARTED.get_or_init(std::time::Instant::now)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Status {
-    Pass,
-    Warn,
-    Fail,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
+impl CheckStatus {
+    /// As the health document writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pass => "pass",
             Self::Warn => "warn",
             Self::Fail => "fail",
+        }
+    }
+
+    /// A component's: running (or stopped on purpose) passes, failed fails, anything on its
+    /// way warns.
+    #[must_use]
+    pub fn of(state: ComponentState) -> Self {
+        match state {
+            ComponentState::Running | ComponentState::Stopped => Self::Pass,
+            ComponentState::Starting | ComponentState::BackingOff | ComponentState::Stopping => {
+                Self::Warn
+            }
+            ComponentState::Failed => Self::Fail,
         }
     }
 }
@@ -143,16 +151,10 @@ impl Health {
     #[must_use]
     pub fn document(&self) -> (StatusCode, Value) {
         let now = SystemTime::now();
-        let mut overall = Status::Pass;
+        let mut overall = CheckStatus::Pass;
         let mut checks = serde_json::Map::new();
         for (name, h) in self.registry.snapshot().iter() {
-            let status = match h.state {
-                ComponentState::Running | ComponentState::Stopped => Status::Pass,
-                ComponentState::Starting
-                | ComponentState::BackingOff
-                | ComponentState::Stopping => Status::Warn,
-                ComponentState::Failed => Status::Fail,
-            };
+            let status = CheckStatus::of(h.state);
             overall = overall.max(status);
             checks.insert(
                 format!("{name}:state"),
@@ -177,9 +179,9 @@ impl Health {
                 .map_or(0, |d| d.as_secs() / 86_400);
             let problem = cert.problem();
             let status = if info.expires_soon(now) || problem.is_some() {
-                Status::Warn
+                CheckStatus::Warn
             } else {
-                Status::Pass
+                CheckStatus::Pass
             };
             overall = overall.max(status);
             let output = match problem {
@@ -214,7 +216,7 @@ impl Health {
         };
         if failing_on_purpose {
             // A debug test copy built to fail its health gate.
-            overall = Status::Fail;
+            overall = CheckStatus::Fail;
             checks.insert(
                 "selftest".to_owned(),
                 json!([{"status": "fail", "output": "test copy reporting fail on purpose"}]),
@@ -227,11 +229,6 @@ impl Health {
                 mut value,
             } in extra()
             {
-                let status = match status {
-                    CheckStatus::Pass => Status::Pass,
-                    CheckStatus::Warn => Status::Warn,
-                    CheckStatus::Fail => Status::Fail,
-                };
                 overall = overall.max(status);
                 value["status"] = json!(status.as_str());
                 let entry = checks.entry(key).or_insert_with(|| json!([]));
@@ -259,7 +256,7 @@ impl Health {
             "description": "Pozi Server",
             "checks": checks,
         });
-        let code = if overall == Status::Fail {
+        let code = if overall == CheckStatus::Fail {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::OK

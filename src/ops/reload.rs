@@ -39,6 +39,17 @@ pub struct Report {
     pub restarted: Vec<String>,
     /// Settings that changed but take effect only when the server restarts.
     pub needs_restart: Vec<String>,
+    /// Whether a part could not take the new config (its reason is in `needs_restart`).
+    #[serde(skip)]
+    failed: bool,
+}
+
+impl Report {
+    /// `part` could not take the new config, for `why`.
+    fn refused(&mut self, part: &str, why: impl std::fmt::Display) {
+        self.needs_restart.push(format!("{part}: {why}"));
+        self.failed = true;
+    }
 }
 
 /// Reloads the config.
@@ -76,12 +87,6 @@ impl Reloader {
             problem: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// The config file watched.
-    #[must_use]
-    pub fn file(&self) -> &std::path::Path {
-        &self.file
     }
 
     /// `/health`'s `config` check: `warn` while the file on disk could not be loaded.
@@ -152,9 +157,8 @@ impl Reloader {
         let old = self.live.load_full();
         let new = Arc::new(new);
         let report = self.apply(&old, &new).await;
-        let failed = report.needs_restart.iter().any(|n| n.contains(": "));
         if let Ok(mut problem) = self.problem.lock() {
-            *problem = failed.then(|| {
+            *problem = report.failed.then(|| {
                 format!(
                     "parts could not take it: {}",
                     report.needs_restart.join("; ")
@@ -229,13 +233,13 @@ impl Reloader {
             match self.reload_listener(new).await {
                 Ok(()) if site_differs => report.applied.push("http (CORS, host folders, cache rules, proxies, refused extensions, access log, limits for the connections accepted from now on, admin rules, /metrics access, health)".to_owned()),
                 Ok(()) => {}
-                Err(e) => report.needs_restart.push(format!("http: {e}")),
+                Err(e) => report.refused("http", e),
             }
         }
         if changed(&old.log.level, &new.log.level) {
             match crate::logging::set_level(&new.log.level) {
                 Ok(()) => report.applied.push("log.level".to_owned()),
-                Err(e) => report.needs_restart.push(format!("log.level: {e}")),
+                Err(e) => report.refused("log.level", e),
             }
         }
         let zone = changed(&old.time_zone, &new.time_zone);
@@ -251,7 +255,7 @@ impl Reloader {
             // Runs under way are stopped (journaled as cancelled) and the jobs start again.
             self.restart("sync", &mut report).await;
         }
-        if report.needs_restart.iter().any(|n| n.contains(": ")) {
+        if report.failed {
             // A part could not take the new config: the old one stays the reference, so that
             // the next reload applies the difference again.
             self.live.store(old.clone());
@@ -277,33 +281,14 @@ impl Reloader {
     }
 
     async fn restart(&self, component: &str, report: &mut Report) {
-        let Some(root) = self.directory.get(crate::runtime::ROOT_NAME) else {
-            report
-                .needs_restart
-                .push(format!("{component}: the supervisor is not running"));
-            return;
+        let asked = match crate::runtime::request_restart(&self.directory, component) {
+            Ok(rx) => rx,
+            Err(why) => return report.refused(component, why),
         };
-        let root: ActorRef<actors::SupervisorMsg> = root.into();
-        let (tx, rx) = ractor::concurrency::oneshot();
-        let sent = root.send_message(actors::SupervisorMsg::RestartChild {
-            name: component.to_owned(),
-            reply: RpcReplyPort::from(tx),
-        });
-        let done = match sent {
-            Ok(()) => tokio::time::timeout(Duration::from_secs(30), rx).await,
-            Err(_) => {
-                report
-                    .needs_restart
-                    .push(format!("{component}: the supervisor is stopping"));
-                return;
-            }
-        };
-        match done {
+        match tokio::time::timeout(Duration::from_secs(30), asked).await {
             Ok(Ok(Ok(()))) => report.restarted.push(component.to_owned()),
-            Ok(Ok(Err(e))) => report.needs_restart.push(format!("{component}: {e}")),
-            _ => report
-                .needs_restart
-                .push(format!("{component}: did not restart in time")),
+            Ok(Ok(Err(e))) => report.refused(component, e),
+            _ => report.refused(component, "did not restart in time"),
         }
     }
 

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actors::{ComponentState, HealthRegistry};
+use actors::HealthRegistry;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::config::Config;
+use crate::ops::health::CheckStatus;
 
 /// What the page reads.
 #[derive(Clone)]
@@ -152,11 +153,7 @@ impl StatusPage {
                 div.scroll { table {
                     tr { th { "component" } th { "state" } th { "restarts (window / total / planned)" } th { "last error" } }
                     @for (name, h) in snapshot.iter() {
-                        @let class = match h.state {
-                            ComponentState::Running | ComponentState::Stopped => "pass",
-                            ComponentState::Failed => "fail",
-                            _ => "warn",
-                        };
+                        @let class = CheckStatus::of(h.state).as_str();
                         tr {
                             td { (name) }
                             td class=(class) { (h.state.as_str()) }
@@ -180,7 +177,7 @@ impl StatusPage {
                         tr { th { "job" } th { "last run" } th { "next run" } @if admin { th {} } }
                         @for job in jobs {
                             @let last = self.journal.as_ref().and_then(|j| j.runs(&job.name, 1).ok()).and_then(|r| r.into_iter().next());
-                            @let next = job.enabled.then(|| crate::runtime::job_schedule(&self.config, job)).flatten().and_then(|s| s.next_after(now));
+                            @let next = crate::runtime::next_run(&self.config, job, now);
                             tr {
                                 td { (job.name) }
                                 td {
