@@ -213,7 +213,6 @@ fn build_site(
     Ok(Site {
         access_log: config.http.access_log.clone(),
         trusted: super::forwarded::Trusted::new(&config.http.trusted_proxies),
-        max_header_bytes: config.http.limits.max_header_bytes,
         limits: config.http.limits.clone(),
         status: crate::ops::status::StatusPage {
             registry: args.registry.clone(),

@@ -160,14 +160,14 @@ impl Proxy {
     }
 }
 
-/// The headers QGIS Server takes the URLs it advertises from (matched with this exact case,
-/// which the client keeps on HTTP/1).
-const QGIS_SERVICE_URLS: &[&str] = &[
-    "X-Qgis-Service-Url",
-    "X-Qgis-Wms-Service-Url",
-    "X-Qgis-Wfs-Service-Url",
-    "X-Qgis-Wcs-Service-Url",
-    "X-Qgis-Wmts-Service-Url",
+/// The headers QGIS Server takes the URLs it advertises from. It matches them case-sensitively
+/// (`X-Qgis-Service-Url`): the client writes HTTP/1 header names in that conventional case.
+const QGIS_SERVICE_URLS: [HeaderName; 5] = [
+    HeaderName::from_static("x-qgis-service-url"),
+    HeaderName::from_static("x-qgis-wms-service-url"),
+    HeaderName::from_static("x-qgis-wfs-service-url"),
+    HeaderName::from_static("x-qgis-wcs-service-url"),
+    HeaderName::from_static("x-qgis-wmts-service-url"),
 ];
 
 impl Proxy {
@@ -307,9 +307,7 @@ impl Proxy {
             .and_then(|base| HeaderValue::from_str(&format!("{base}{service_path}")).ok())
         {
             for name in QGIS_SERVICE_URLS {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.insert(name, public.clone());
-                }
+                headers.insert(name, public.clone());
             }
         }
         // The client's Host, for upstreams that keep a cache per host (QGIS Server's

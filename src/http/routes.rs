@@ -54,10 +54,6 @@ pub struct Site {
     pub status: crate::ops::status::StatusPage,
     /// Access log settings.
     pub access_log: crate::config::AccessLog,
-    /// Largest request head answered (`http.limits.max_header_bytes`); the HTTP layer itself
-    /// cuts off only heads several times larger, so that a too-large head gets this server's
-    /// JSON 431.
-    pub max_header_bytes: usize,
     /// The connection limits a new connection is served under (a reload changes them for the
     /// connections accepted after it).
     pub limits: crate::config::Limits,

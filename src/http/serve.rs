@@ -707,7 +707,6 @@ mod tests {
         let site = Arc::new(Site {
             access_log: config.access_log.clone(),
             trusted: crate::http::forwarded::Trusted::default(),
-            max_header_bytes: config.limits.max_header_bytes,
             limits: config.limits.clone(),
             hosts: HostFolders::new(&dir, &config.hosts),
             files: StaticFiles::new(&config.cache_control),

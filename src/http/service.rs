@@ -128,23 +128,17 @@ impl Pipeline {
         // The operators' endpoints are never readable cross-origin: no CORS for them.
         let operator = matches!(route, Route::Admin | Route::Metrics | Route::Status);
 
-        let response = if head_bytes(&request) > site.max_header_bytes {
+        let response = if head_bytes(&request) > site.limits.max_header_bytes {
             ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
                 Some(format!(
                     "the request line and headers may hold at most {} bytes",
-                    site.max_header_bytes
+                    site.limits.max_header_bytes
                 )),
             )
             .into_response()
-        } else if request
-            .headers()
-            .get_all(header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        } else if !one_host {
             // Which of two hosts picks the site folder (and what a proxy in front saw) would
             // be a guess: refused, as RFC 9112 asks.
             ApiError::bad_request("bad request", "more than one Host header").into_response()
