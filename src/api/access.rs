@@ -91,13 +91,44 @@ pub fn local_client(root: &Path, timeout: std::time::Duration) -> Option<reqwest
     {
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
+    loopback_client_builder(timeout)
+        .default_headers(headers)
+        .build()
+        .ok()
+}
+
+/// A client for a server of this root on loopback (a trial or re-executed version's health),
+/// without the command line's token.
+///
+/// # Errors
+/// When the TLS stack cannot be set up.
+pub fn loopback_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+    loopback_client_builder(timeout).build()
+}
+
+/// This server on loopback: its certificate is for its public name (or self-signed), so it is
+/// not verified.
+fn loopback_client_builder(timeout: std::time::Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .no_proxy()
         .timeout(timeout)
-        .default_headers(headers)
-        .build()
-        .ok()
+}
+
+/// An answer's body as JSON: `Null` when it is not JSON or cannot be read.
+pub(crate) trait JsonBody {
+    /// The body as JSON.
+    async fn json_body(self) -> serde_json::Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> serde_json::Value {
+        self.bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// Whether `host` is a plain host (letters, digits, `-`, `.`) or a bracketed IPv6 address, with

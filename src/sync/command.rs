@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::api::access::JsonBody;
 use crate::config::Config;
 use crate::config::sync::SyncJob;
 use crate::root::Root;
@@ -314,7 +315,7 @@ fn ask_server(root: &Root, name: &str) -> Asked {
                 continue;
             };
             let status = response.status();
-            let body: serde_json::Value = response.json_value().await;
+            let body: serde_json::Value = response.json_body().await;
             if !status.is_success() {
                 let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or("");
                 return Asked::Done(fail(&format!(
@@ -330,20 +331,6 @@ fn ask_server(root: &Root, name: &str) -> Asked {
     })
 }
 
-trait JsonValue {
-    async fn json_value(self) -> serde_json::Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> serde_json::Value {
-        self.bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
-    }
-}
-
 /// Follows run `id` in the server's journal until it ends.
 async fn follow(client: &reqwest::Client, base: &str, name: &str, id: i64) -> ExitCode {
     let started = Instant::now();
@@ -354,7 +341,7 @@ async fn follow(client: &reqwest::Client, base: &str, name: &str, id: i64) -> Ex
             bar.finish_and_clear();
             return fail("lost the server while the run went on; see `poziserver sync history`");
         };
-        let body = response.json_value().await;
+        let body = response.json_body().await;
         let run = body
             .get("runs")
             .and_then(|r| serde_json::from_value::<Vec<RunView>>(r.clone()).ok())

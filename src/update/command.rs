@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::component::{Context, View};
 use super::journal::Journal;
+use crate::api::access::JsonBody;
 use crate::config::Config;
 use crate::root::Root;
 
@@ -47,12 +48,7 @@ fn ask_server(
                 continue;
             };
             let status = response.status();
-            let body: serde_json::Value = response
-                .bytes()
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let body = response.json_body().await;
             if !status.is_success() {
                 let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or("");
                 return Some(Err(format!(

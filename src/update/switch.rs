@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::install::Versions;
 use super::journal::{Journal, note};
 use super::{SwitchPlan, TRIAL_ENV};
+use crate::api::access::JsonBody;
 use crate::root::Root;
 
 /// How a trial ended.
@@ -101,11 +102,7 @@ async fn watch(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(plan.health_timeout_secs);
     // Its own health: loopback, its own (possibly self-signed) certificate, not verified.
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
+    let client = crate::api::access::loopback_client(Duration::from_secs(2))
         .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
     let mut last = "it never bound its listener".to_owned();
     let millis = 'healthy: loop {
@@ -262,12 +259,7 @@ pub async fn confirm_takeover(
     let me = std::process::id();
     let started = Instant::now();
     let mut last = "it never listened".to_owned();
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok();
+    let client = crate::api::access::loopback_client(Duration::from_secs(2)).ok();
     let versions = Versions::new(root.path());
     let journal = Journal::open_in(root).ok();
     // Until the trial process has gone, a connection to a shared listener may reach it instead
@@ -368,12 +360,7 @@ async fn health(client: &reqwest::Client, url: &str) -> Result<Answer, String> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let code = response.status();
-    let body: serde_json::Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let body = response.json_body().await;
     match body.get("status").and_then(|s| s.as_str()) {
         Some("pass" | "warn") if code.is_success() => Ok(Answer::Good),
         Some("fail") => Ok(Answer::Fail(
