@@ -175,6 +175,24 @@ pub struct ConnInfo {
     pub proxy: Option<std::net::IpAddr>,
 }
 
+impl ConnInfo {
+    /// Who is asking, for the operators' access rules.
+    fn caller<'a>(&self, headers: &'a http::HeaderMap) -> crate::api::access::Caller<'a> {
+        crate::api::access::Caller::of(self.peer.ip(), headers, self.proxy.is_some())
+    }
+}
+
+/// Runs `work` off the async threads (it reads files or a journal): its answer, or a JSON 500
+/// saying `what` failed.
+async fn blocking(
+    what: &'static str,
+    work: impl FnOnce() -> Response + Send + 'static,
+) -> Response {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what, None).into_response()
+    })
+}
+
 /// The path prefix a trusted proxy serves this server under (`X-Forwarded-Prefix`), in a
 /// request's extensions.
 #[derive(Debug, Clone)]
@@ -234,15 +252,11 @@ async fn answer(
         Route::Health if exact("health/ready") => Ok(crate::api::health::ready(&site.health)),
         Route::Health => {
             // Sync jobs' checks read their journal: off the async threads.
-            let health = site.health.clone();
-            Ok(
-                tokio::task::spawn_blocking(move || crate::api::health::answer(&health))
-                    .await
-                    .unwrap_or_else(|_| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "health failed", None)
-                            .into_response()
-                    }),
-            )
+            let site = site.clone();
+            Ok(blocking("health failed", move || {
+                crate::api::health::answer(&site.health)
+            })
+            .await)
         }
         Route::Ogr2ogr => {
             let query = query(&request);
@@ -294,48 +308,27 @@ async fn answer(
             if own_index {
                 return Ok(serve_file(site, method, "/index.html", headers).await);
             }
-            let admin = site.admin.access.admits(&crate::api::access::Caller::of(
-                conn.peer.ip(),
-                headers,
-                conn.proxy.is_some(),
-            ));
+            let admin = site.admin.access.admits(&conn.caller(headers));
             let fragment = query(&request).get("fragment").is_some_and(|v| v == "1");
-            let status = site.status.clone();
-            match tokio::task::spawn_blocking(move || status.render(admin, fragment)).await {
-                Ok(page) => Ok(crate::api::health::html(page)),
-                Err(_) => Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "status page failed",
-                    None,
-                )),
-            }
+            let site = site.clone();
+            Ok(blocking("status page failed", move || {
+                crate::api::health::html(site.status.render(admin, fragment))
+            })
+            .await)
         }
         Route::Metrics => {
             if !site.metrics.enabled {
                 return Err(not_found());
             }
             if !site.metrics.public {
-                site.admin.access.check(&crate::api::access::Caller::of(
-                    conn.peer.ip(),
-                    headers,
-                    conn.proxy.is_some(),
-                ))?;
+                site.admin.access.check(&conn.caller(headers))?;
             }
-            Ok(tokio::task::spawn_blocking(crate::api::health::metrics)
-                .await
-                .unwrap_or_else(|_| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed", None)
-                        .into_response()
-                }))
+            Ok(blocking("metrics failed", crate::api::health::metrics).await)
         }
         Route::Admin => {
             let query = query(&request);
             let caller = crate::api::admin::Caller {
-                access: crate::api::access::Caller::of(
-                    conn.peer.ip(),
-                    headers,
-                    conn.proxy.is_some(),
-                ),
+                access: conn.caller(headers),
                 marked: headers
                     .get(crate::api::admin::ADMIN_HEADER)
                     .is_some_and(|v| v.as_bytes() == b"1"),
