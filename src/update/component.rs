@@ -331,7 +331,7 @@ async fn check_inner(ctx: &Context, apply: bool) -> Result<Report, Failure> {
             version: version.clone(),
             previous: previous.clone(),
             started: Utc::now().to_rfc3339(),
-            stage: "trial".to_owned(),
+            stage: super::install::Stage::Trial,
             previous_binary: std::env::current_exe().ok(),
         })
         .map_err(at)?;

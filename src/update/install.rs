@@ -33,17 +33,24 @@ pub struct TrialMarker {
     pub previous: Option<String>,
     /// When the trial started (RFC 3339).
     pub started: String,
-    /// `trial` until the new version passed its trial; `handover` once the old process
-    /// re-executes into it, until the new process listens and is healthy.
-    #[serde(default = "trial_stage")]
-    pub stage: String,
+    /// Where the switch is.
+    #[serde(default)]
+    pub stage: Stage,
     /// The executable that ran before the switch (where a failed handover goes back to).
     #[serde(default)]
     pub previous_binary: Option<PathBuf>,
 }
 
-fn trial_stage() -> String {
-    "trial".to_owned()
+/// Where a switch is, as its marker says (`"trial"`, `"handover"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Until the new version passed its trial.
+    #[default]
+    Trial,
+    /// Once the old process re-executes into it, until the new process listens and is
+    /// healthy.
+    Handover,
 }
 
 /// Whether `name` is a version folder name (semver, so no path separators or dots alone).

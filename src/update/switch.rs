@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::install::Versions;
+use super::install::{Stage, Versions};
 use super::journal::{Journal, note};
 use super::{SwitchPlan, TRIAL_ENV};
 use crate::api::access::JsonBody;
@@ -207,7 +207,7 @@ pub fn conclude(plan: &SwitchPlan, root: &Root, journal: Option<&Journal>, outco
             );
             // Until the re-executed process confirms, a start finds the switch unfinished.
             if let Some(mut marker) = versions.interrupted_trial() {
-                "handover".clone_into(&mut marker.stage);
+                marker.stage = Stage::Handover;
                 if let Err(e) = versions.begin_trial(&marker) {
                     tracing::warn!(component = "updater", error = %e, "cannot mark the handover");
                 }
@@ -238,7 +238,7 @@ pub fn pending_takeover(root: &Root) -> Option<super::install::TrialMarker> {
     }
     Versions::new(root.path())
         .interrupted_trial()
-        .filter(|m| m.stage == "handover")
+        .filter(|m| m.stage == Stage::Handover)
 }
 
 /// In a re-executed process: waits until the trial process it took over from has stopped
@@ -382,7 +382,7 @@ async fn health(client: &reqwest::Client, url: &str) -> Result<Answer, String> {
 pub fn after_stop(root: &Root) {
     let versions = Versions::new(root.path());
     if let Some(marker) = versions.interrupted_trial()
-        && marker.stage == "trial"
+        && marker.stage == Stage::Trial
         && !super::on_trial()
     {
         recover(
@@ -547,7 +547,7 @@ pub fn exec(binary: &Path, args: &[OsString], _successor_of: Option<u32>) -> std
 pub fn boot(root: &Root) -> Option<PathBuf> {
     let versions = Versions::new(root.path());
     if let Some(marker) = versions.interrupted_trial()
-        && !(is_successor() && marker.stage == "handover")
+        && !(is_successor() && marker.stage == Stage::Handover)
     {
         recover(
             root,
