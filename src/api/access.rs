@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use super::error::ApiError;
 use crate::config::AdminConfig;
-use crate::config::admin::parse_token_hash;
+use crate::config::admin::{parse_token_hash, to_hex};
 
 /// A token's salted digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +23,8 @@ struct TokenHash {
 
 impl TokenHash {
     fn of(token: &str, salt: Vec<u8>) -> Self {
-        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        context.update(&salt);
-        context.update(token.as_bytes());
         Self {
-            digest: context.finish().as_ref().to_vec(),
+            digest: digest(&salt, token),
             salt,
         }
     }
@@ -36,32 +33,40 @@ impl TokenHash {
         if self.digest.is_empty() {
             return false;
         }
-        let candidate = Self::of(token, self.salt.clone());
-        aws_lc_rs::constant_time::verify_slices_are_equal(&candidate.digest, &self.digest).is_ok()
+        aws_lc_rs::constant_time::verify_slices_are_equal(&digest(&self.salt, token), &self.digest)
+            .is_ok()
     }
 
     fn line(&self) -> String {
-        format!("sha256:{}:{}", hex(&self.salt), hex(&self.digest))
+        format!("sha256:{}:{}", to_hex(&self.salt), to_hex(&self.digest))
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of `salt` then `token`.
+fn digest(salt: &[u8], token: &str) -> Vec<u8> {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(salt);
+    context.update(token.as_bytes());
+    context.finish().as_ref().to_vec()
 }
 
-fn random_hex(bytes: usize) -> Option<String> {
-    let mut buffer = vec![0u8; bytes];
+fn random_bytes(count: usize) -> Option<Vec<u8>> {
+    let mut buffer = vec![0u8; count];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut buffer)
         .ok()?;
-    Some(hex(&buffer))
+    Some(buffer)
+}
+
+fn random_hex(bytes: usize) -> Option<String> {
+    random_bytes(bytes).map(|b| to_hex(&b))
 }
 
 /// A new token and the `token_hash` line for the config (`poziserver admin token`).
 #[must_use]
 pub fn new_token() -> Option<(String, String)> {
     let token = random_hex(32)?;
-    let salt = crate::config::admin::from_hex(&random_hex(16)?)?;
+    let salt = random_bytes(16)?;
     let line = TokenHash::of(&token, salt).line();
     Some((token, line))
 }
@@ -214,7 +219,7 @@ impl AdminAccess {
                 )
             }),
             local: local.and_then(|token| {
-                let salt = crate::config::admin::from_hex(&random_hex(16)?)?;
+                let salt = random_bytes(16)?;
                 Some(TokenHash::of(token, salt))
             }),
         }

@@ -97,9 +97,15 @@ pub fn parse_token_hash(text: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
     Ok((salt, digest))
 }
 
+/// Bytes as lower-case hexadecimal.
+#[must_use]
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Bytes of a hexadecimal string.
 #[must_use]
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

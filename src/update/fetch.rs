@@ -225,12 +225,7 @@ async fn download(
     out.sync_all()
         .await
         .map_err(UpdateError::io("cannot flush", file))?;
-    let got: String = digest
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let got = crate::config::admin::to_hex(digest.finish().as_ref());
     if !got.eq_ignore_ascii_case(sha256) {
         return Err(UpdateError::Refused(format!(
             "the artifact's SHA-256 is {got}; the manifest says {}",
