@@ -310,6 +310,9 @@ pub async fn run(
         listen_override,
     } = handles;
     let config_file = config_file.unwrap_or_else(|| root.config_file());
+    // A new version on trial runs beside the old one, which keeps the scheduled work (planned
+    // restarts, sync jobs), the config watcher and the command line's token until the switch.
+    let on_trial = crate::update::on_trial();
     let updater = updater(config, root, config_file.clone(), &switch);
     let search_directory = directory.clone();
     let marks = Arc::new(MarkStore::open(&root.state_dir().join("schedules.sqlite"))?);
@@ -341,15 +344,14 @@ pub async fn run(
     ));
     let journal = open_journal(config, root);
     let http = HttpArgs {
-        config: Arc::new(config.clone()),
+        config: live.load_full(),
         root: root.clone(),
         registry: registry.clone(),
         listening,
         directory: directory.clone(),
         journal: journal.clone(),
-        // A new version on trial leaves the running server's command-line token alone.
         reloader: Some(reloader.clone()),
-        admin_token: if crate::update::on_trial() {
+        admin_token: if on_trial {
             None
         } else {
             crate::api::access::AdminAccess::create_local_token(root.path())
@@ -400,21 +402,18 @@ pub async fn run(
                 }
             },
         ));
-    // A new version on trial runs beside the old one, which keeps the scheduled work (planned
-    // restarts, sync jobs) until the switch.
-    let on_trial = crate::update::on_trial();
     let spec = if on_trial {
         spec
     } else {
-        spec.child(ChildSpec::actor(
+        let spec = spec.child(ChildSpec::actor(
             "scheduler",
             RestartType::Permanent,
             move || (Scheduler, scheduler()),
-        ))
-    };
-    let spec = match sync_jobs(&live, root, &registry, &marks, &directory, journal) {
-        Some(child) if !on_trial => spec.child(child),
-        _ => spec,
+        ));
+        match sync_jobs(&live, root, &registry, &marks, &directory, journal) {
+            Some(child) => spec.child(child),
+            None => spec,
+        }
     };
     let spec = match updater {
         Some(ctx) => {
@@ -439,7 +438,7 @@ pub async fn run(
     let handle = Supervisor::start_root(spec).await?;
     directory.register(ROOT_NAME, handle.actor.get_cell());
     let watching = tokio_util::sync::CancellationToken::new();
-    if !crate::update::on_trial() {
+    if !on_trial {
         let stop = watching.clone().cancelled_owned();
         tokio::spawn(reloader.clone().watch(stop));
     }
