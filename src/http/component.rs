@@ -74,13 +74,12 @@ pub struct HttpArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpComponent;
 
-/// The connection counts a reload can change, and the limits they were last set from.
+/// The connection counts a reload can change.
 #[derive(Debug)]
 struct Caps {
     connections: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     per_client: Arc<super::serve::PerClient>,
-    limits: crate::config::Limits,
 }
 
 /// Makes `semaphore` hand out `new` permits instead of `old`: more at once, fewer as permits
@@ -106,20 +105,11 @@ fn resize(semaphore: &Arc<Semaphore>, old: usize, new: usize) {
 }
 
 impl Caps {
-    /// Applies `limits` to connections accepted from now on.
-    fn apply(&mut self, limits: &crate::config::Limits) {
-        resize(
-            &self.connections,
-            self.limits.max_connections,
-            limits.max_connections,
-        );
-        resize(
-            &self.streams,
-            self.limits.max_open_streams,
-            limits.max_open_streams,
-        );
-        self.per_client.set_cap(limits.max_connections_per_client);
-        self.limits = limits.clone();
+    /// Changes the counts set from `old` to `new`, for connections accepted from now on.
+    fn apply(&self, old: &crate::config::Limits, new: &crate::config::Limits) {
+        resize(&self.connections, old.max_connections, new.max_connections);
+        resize(&self.streams, old.max_open_streams, new.max_open_streams);
+        self.per_client.set_cap(new.max_connections_per_client);
     }
 }
 
@@ -134,14 +124,11 @@ pub struct HttpState {
     cert: Option<Arc<CertStore>>,
     /// The data layer (its limits need a restart).
     catalog: Arc<crate::gis::store::Catalog>,
-    /// What the component was started with.
+    /// What the component was started with, and the config in effect (a reload replaces it);
+    /// its root's `state/server.json` names this process until the listener stops.
     args: HttpArgs,
     stop: CancellationToken,
     tracker: TaskTracker,
-    drain: Duration,
-    listening: Listening,
-    /// The root whose `state/server.json` names this process until the listener stops.
-    root: Root,
     /// Interrupts the queries still running after the drain.
     queries: CancellationToken,
     /// The same when the state is dropped by a kill.
@@ -380,7 +367,6 @@ impl Actor for HttpComponent {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             streams: Arc::new(Semaphore::new(limits.max_open_streams)),
             per_client: super::serve::PerClient::new(limits.max_connections_per_client),
-            limits: limits.clone(),
         };
         let acceptor = Acceptor {
             pipeline: pipeline.clone(),
@@ -471,12 +457,9 @@ impl Actor for HttpComponent {
             pipeline,
             cert,
             catalog,
-            args: args.clone(),
+            args,
             stop,
             tracker,
-            drain: Duration::from_secs(limits.drain_timeout_secs),
-            listening: args.listening.clone(),
-            root: args.root.clone(),
             _queries_on_drop: queries.clone().drop_guard(),
             queries,
         })
@@ -501,9 +484,10 @@ impl Actor for HttpComponent {
                 );
                 let result = match built {
                     Ok(site) => {
+                        state
+                            .caps
+                            .apply(&state.args.config.http.limits, &config.http.limits);
                         state.args.config = config.clone();
-                        state.caps.apply(&config.http.limits);
-                        state.drain = Duration::from_secs(config.http.limits.drain_timeout_secs);
                         state.pipeline.site.store(Arc::new(site));
                         tracing::info!("listener serving the reloaded config");
                         Ok(())
@@ -521,17 +505,18 @@ impl Actor for HttpComponent {
         _myself: ActorRef<HttpMsg>,
         state: &mut HttpState,
     ) -> Result<(), ActorProcessingErr> {
-        state.listening.0.store(Arc::new(Vec::new()));
-        remove_own_note(&state.root);
+        state.args.listening.0.store(Arc::new(Vec::new()));
+        remove_own_note(&state.args.root);
         state.stop.cancel();
         state.tracker.close();
-        if tokio::time::timeout(state.drain, state.tracker.wait())
+        let drain = Duration::from_secs(state.args.config.http.limits.drain_timeout_secs);
+        if tokio::time::timeout(drain, state.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 connections = state.tracker.len(),
-                drain_secs = state.drain.as_secs(),
+                drain_secs = drain.as_secs(),
                 "connections still open after the drain deadline; closing them"
             );
         } else {
