@@ -137,56 +137,82 @@ pub struct HttpState {
 
 /// On trial: once the old version asks (it has seen this one healthy), binds the configured
 /// addresses beside it and notes them; a bind that fails is noted for the old version to read.
-async fn serve_when_asked(
-    acceptor: Acceptor,
-    mut note: ServerNote,
-    args: HttpArgs,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
+async fn serve_when_asked(acceptor: Acceptor, mut note: ServerNote, args: HttpArgs) {
     let mut asked = crate::update::public_requested();
     tokio::select! {
-        () = stop.cancelled() => return,
+        () = acceptor.stop.cancelled() => return,
         _ = asked.wait_for(|yes| *yes) => {}
     }
+    let (listeners, redirects) = match bind_configured(&args.config).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            tracing::error!(error = %e, "on trial: cannot listen on the configured address");
+            note.bind_error = Some(e);
+            note.write(&args.root);
+            return;
+        }
+    };
     let mut bound = note.listen.clone();
-    let mut https_port = None;
-    let mut listeners = Vec::new();
-    let mut redirects = Vec::new();
-    let addresses = args.config.listen.iter().map(|a| (a, false));
-    let redirect_addresses = args.config.http.redirect_listen.iter().map(|a| (a, true));
-    for (address, is_redirect) in addresses.chain(redirect_addresses) {
-        match bind(*address).await {
-            Ok(listener) if is_redirect => redirects.push(listener),
-            Ok(listener) => listeners.push(listener),
-            Err(e) => {
-                tracing::error!(error = %e, "on trial: cannot listen on the configured address");
-                note.bind_error = Some(e);
-                note.write(&args.root);
-                return;
-            }
-        }
-    }
-    for listener in listeners {
-        if let Ok(address) = listener.local_addr() {
-            tracing::info!(address = %address, "on trial: listening on {}://{address} too", note.scheme);
-            https_port = https_port.or(Some(address.port()));
-            bound.push(address);
-        }
-        tracker.spawn(acceptor.clone().run(listener));
-    }
-    for listener in redirects {
-        tracker.spawn(redirect(
-            listener,
-            https_port,
-            stop.clone(),
-            tracker.clone(),
-        ));
-    }
+    bound.extend(spawn_listeners(
+        &acceptor,
+        listeners,
+        redirects,
+        ("on trial: ", " too"),
+        &note.scheme,
+    ));
     note.listen = bound.clone();
     note.public = true;
     note.write(&args.root);
     args.listening.0.store(Arc::new(bound));
+}
+
+/// Binds the configured addresses (`listen`, then `http.redirect_listen`): the listeners and
+/// the redirectors, or the first address that cannot be bound and why.
+async fn bind_configured(
+    config: &Config,
+) -> Result<(Vec<tokio::net::TcpListener>, Vec<tokio::net::TcpListener>), String> {
+    let mut listeners = Vec::new();
+    for address in &config.listen {
+        listeners.push(bind(*address).await?);
+    }
+    let mut redirects = Vec::new();
+    for address in &config.http.redirect_listen {
+        redirects.push(bind(*address).await?);
+    }
+    Ok((listeners, redirects))
+}
+
+/// Serves `listeners` through `acceptor`, each logged as `listening on {scheme}://{address}`
+/// between `(before, after)`, and `redirects` pointing at the first of them; returns the
+/// addresses served.
+fn spawn_listeners(
+    acceptor: &Acceptor,
+    listeners: Vec<tokio::net::TcpListener>,
+    redirects: Vec<tokio::net::TcpListener>,
+    (before, after): (&str, &str),
+    scheme: &str,
+) -> Vec<SocketAddr> {
+    let mut bound = Vec::new();
+    for listener in listeners {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(address = %address, "{before}listening on {scheme}://{address}{after}");
+            bound.push(address);
+        }
+        acceptor.tracker.spawn(acceptor.clone().run(listener));
+    }
+    let https_port = bound.first().map(SocketAddr::port);
+    for listener in redirects {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(address = %address, "redirecting plain HTTP to HTTPS");
+        }
+        acceptor.tracker.spawn(redirect(
+            listener,
+            https_port,
+            acceptor.stop.clone(),
+            acceptor.tracker.clone(),
+        ));
+    }
+    bound
 }
 
 /// What the routes serve, from `config` (at start, and again at each config reload).
@@ -334,24 +360,19 @@ impl Actor for HttpComponent {
 
         // A new version on trial listens on a private loopback port until it is asked to serve.
         let on_trial = crate::update::on_trial();
-        let public: Vec<SocketAddr> = args.config.listen.clone();
-        let mut listeners = Vec::new();
-        let mut redirects = Vec::new();
-        if on_trial {
-            listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        let (listeners, redirects) = if on_trial {
+            (
+                vec![bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?],
+                Vec::new(),
+            )
         } else {
             if !taking_over() {
-                for address in public.iter().chain(&http.redirect_listen) {
+                for address in args.config.listen.iter().chain(&http.redirect_listen) {
                     check_free(*address)?;
                 }
             }
-            for address in &public {
-                listeners.push(bind(*address).await?);
-            }
-            for address in &http.redirect_listen {
-                redirects.push(bind(*address).await?);
-            }
-        }
+            bind_configured(&args.config).await?
+        };
 
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -378,23 +399,7 @@ impl Actor for HttpComponent {
             tracker: tracker.clone(),
         };
         let scheme = if http.plain_http { "http" } else { "https" };
-        let mut bound = Vec::new();
-        for listener in listeners {
-            let address = listener.local_addr()?;
-            tracing::info!(address = %address, "listening on {scheme}://{address}");
-            bound.push(address);
-            tracker.spawn(acceptor.clone().run(listener));
-        }
-        let https_port = bound.first().map(SocketAddr::port);
-        for listener in redirects {
-            tracing::info!(address = %listener.local_addr()?, "redirecting plain HTTP to HTTPS");
-            tracker.spawn(redirect(
-                listener,
-                https_port,
-                stop.clone(),
-                tracker.clone(),
-            ));
-        }
+        let bound = spawn_listeners(&acceptor, listeners, redirects, ("", ""), scheme);
         // Conversions whose sources were deleted or changed are removed, and the cache kept
         // within its budget.
         {
@@ -444,13 +449,7 @@ impl Actor for HttpComponent {
         note.write(&args.root);
         args.listening.0.store(Arc::new(bound));
         if on_trial {
-            tokio::spawn(serve_when_asked(
-                acceptor.clone(),
-                note,
-                args.clone(),
-                stop.clone(),
-                tracker.clone(),
-            ));
+            tokio::spawn(serve_when_asked(acceptor.clone(), note, args.clone()));
         }
         Ok(HttpState {
             caps,
