@@ -102,8 +102,8 @@ pub struct LayerWriter {
     destination: PathBuf,
     table: String,
     srs_id: i64,
-    /// The layer's columns (`geom`, then the fields, quoted).
-    columns: Vec<String>,
+    /// The layer's attribute columns, in order; the table is made from them at the end.
+    fields: Fields,
     /// The rows, gathered and sorted by their place along the Hilbert curve.
     runs: crate::gis::source::sorted_runs::Runs,
     /// A row being serialised (reused).
@@ -179,29 +179,8 @@ impl LayerWriter {
                 )
                 .map_err(fail)?;
         }
-        let columns: Vec<String> = fields
-            .iter()
-            .map(|f| format!("{} {}", quote(&f.name), f.kind.sql()))
-            .collect();
-        let column_list = if columns.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", columns.join(", "))
-        };
-        let rtree = format!("rtree_{table}_geom");
-        connection
-            .execute_batch(&format!(
-                "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{column_list});
-                 CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
-                t = quote(table),
-                r = quote(&rtree),
-            ))
-            .map_err(fail)?;
-        let names: Vec<String> = std::iter::once("geom".to_owned())
-            .chain(fields.iter().map(|f| quote(&f.name)))
-            .collect();
         Ok(Self {
-            columns: names,
+            fields: Fields::new(fields),
             runs: crate::gis::source::sorted_runs::Runs::new(temporary.clone(), RUN_BYTES),
             record: Vec::new(),
             connection,
@@ -230,17 +209,29 @@ impl LayerWriter {
         values: Vec<Value>,
         geometry: Option<&geo::Geometry<f64>>,
     ) -> Result<(), WriteError> {
-        let encoded = encode(geometry, self.srs_id).map_err(|e| self.fail(e))?;
-        self.add_encoded(values, encoded)
+        let mut cells = Cells::default();
+        for (column, value) in values.iter().enumerate() {
+            cells.value(column, value);
+        }
+        self.add_cells(geometry, &cells)
     }
 
-    /// [`LayerWriter::add`] with the geometry already encoded (by [`encode`], perhaps on
-    /// another thread).
+    /// The layer's fields, to which a source whose fields are found as it is read adds them.
+    pub fn fields_mut(&mut self) -> &mut Fields {
+        &mut self.fields
+    }
+
+    /// Adds a feature: its geometry, and the values of its attributes by column (a column
+    /// not given is null).
     ///
     /// # Errors
     /// When the row cannot be written.
-    pub fn add_encoded(&mut self, values: Vec<Value>, encoded: Encoded) -> Result<(), WriteError> {
-        let Encoded { blob, bounds } = encoded;
+    pub fn add_cells(
+        &mut self,
+        geometry: Option<&geo::Geometry<f64>>,
+        cells: &Cells,
+    ) -> Result<(), WriteError> {
+        let Encoded { blob, bounds } = encode(geometry, self.srs_id).map_err(|e| self.fail(e))?;
         let key = bounds.map_or(u64::MAX, |[minx, maxx, miny, maxy]| {
             hilbert_key(
                 f64::midpoint(minx, maxx),
@@ -249,7 +240,16 @@ impl LayerWriter {
             )
         });
         self.record.clear();
-        serialise(&mut self.record, blob.as_deref(), &values);
+        match blob.as_deref() {
+            Some(b) => {
+                self.record.push(1);
+                self.record
+                    .extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+                self.record.extend_from_slice(b);
+            }
+            None => self.record.push(0),
+        }
+        self.record.extend_from_slice(&cells.0);
         self.runs
             .push(key, &self.record)
             .map_err(|e| self.fail(format!("cannot keep a row for sorting: {e}")))?;
@@ -276,8 +276,15 @@ impl LayerWriter {
             &mut self.runs,
             crate::gis::source::sorted_runs::Runs::new(PathBuf::new(), 0),
         );
-        self.write_in_spatial_order(runs)
-            .map_err(|e| self.fail(format!("writing the rows in spatial order: {e}")))?;
+        self.write_in_spatial_order(runs).map_err(|e| {
+            self.fail(format!(
+                "writing the rows in spatial order: {}",
+                match e {
+                    RunError::Sqlite(e) => e.to_string(),
+                    RunError::Io(e) => e.to_string(),
+                }
+            ))
+        })?;
         let t = &self.table;
         let [min_x, min_y, max_x, max_y] = self.extent.map_or([None; 4], |e| e.map(Some));
         let triggers = rtree_triggers(t, "geom", "fid");
@@ -321,141 +328,352 @@ impl LayerWriter {
 /// Bytes of rows gathered in memory before a sorted batch is written out.
 const RUN_BYTES: usize = 8 * 1024 * 1024;
 
+/// The most parameters one insert statement takes (SQLite's default limit is 32,766).
+const MAX_PARAMETERS: usize = 32_000;
+
+/// The most rows one insert statement writes.
+const MAX_BATCH_ROWS: usize = 128;
+
 /// Cells per axis of the Hilbert curve's grid (2^ORDER).
 const ORDER: u8 = 32;
 
-/// A row as it waits to be sorted: the geometry blob, then each value.
-fn serialise(out: &mut Vec<u8>, blob: Option<&[u8]>, values: &[Value]) {
-    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
-        out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
-        out.extend_from_slice(b);
-    };
-    match blob {
-        Some(b) => {
-            out.push(1);
-            bytes(out, b);
+/// The largest number of attribute columns a layer may have (SQLite allows 2,000 columns in
+/// all; `fid` and `geom` take two).
+pub const MAX_FIELDS: usize = 1998;
+
+/// A layer's attribute columns: their names, in order, and their types, widened as values of
+/// other types come.
+#[derive(Debug, Default)]
+pub struct Fields {
+    list: Vec<Field>,
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl Fields {
+    fn new(fields: &[Field]) -> Self {
+        let mut by_name = std::collections::HashMap::new();
+        for (i, f) in fields.iter().enumerate() {
+            by_name.entry(f.name.clone()).or_insert(i);
         }
-        None => out.push(0),
+        Self {
+            list: fields.to_vec(),
+            by_name,
+        }
     }
-    for value in values {
+
+    /// The fields, in column order.
+    #[must_use]
+    pub fn list(&self) -> &[Field] {
+        &self.list
+    }
+
+    /// The column of field `name`, added if it is new, its type widened to hold a value of
+    /// `kind` (integers and reals make reals, anything with text makes text). `hint` is where
+    /// the field is expected (the place of the property in its feature), tried first.
+    ///
+    /// # Errors
+    /// When a new field would make more than [`MAX_FIELDS`].
+    pub fn column(&mut self, name: &str, kind: FieldType, hint: usize) -> Result<usize, String> {
+        let at = match self.list.get(hint) {
+            Some(f) if f.name == name => hint,
+            _ => match self.by_name.get(name) {
+                Some(&at) => at,
+                None => {
+                    if self.list.len() >= MAX_FIELDS {
+                        return Err(format!("more than {MAX_FIELDS} fields"));
+                    }
+                    self.list.push(Field {
+                        name: name.to_owned(),
+                        kind,
+                    });
+                    self.by_name.insert(name.to_owned(), self.list.len() - 1);
+                    return Ok(self.list.len() - 1);
+                }
+            },
+        };
+        let field = &mut self.list[at];
+        field.kind = match (field.kind, kind) {
+            (a, b) if a == b => a,
+            (FieldType::Integer | FieldType::Real, FieldType::Integer | FieldType::Real) => {
+                FieldType::Real
+            }
+            _ => FieldType::Text,
+        };
+        Ok(at)
+    }
+}
+
+/// A row's attribute values as the writer keeps them while it sorts: each value with its
+/// column and its own type; the column's final type decides at the end how it is written
+/// (an integer in a text column as its digits, a real in a text column as JSON writes it).
+#[derive(Debug, Default, Clone)]
+pub struct Cells(Vec<u8>);
+
+impl Cells {
+    /// Empties the row, keeping its memory.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn head(&mut self, column: usize, tag: u8) {
+        self.0
+            .extend_from_slice(&u16::try_from(column).unwrap_or(u16::MAX).to_le_bytes());
+        self.0.push(tag);
+    }
+
+    fn bytes(&mut self, column: usize, tag: u8, b: &[u8]) {
+        self.head(column, tag);
+        self.0
+            .extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+
+    /// An integer.
+    pub fn integer(&mut self, column: usize, v: i64) {
+        self.head(column, 1);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A real.
+    pub fn real(&mut self, column: usize, v: f64) {
+        self.head(column, 2);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Text.
+    pub fn text(&mut self, column: usize, v: &str) {
+        self.bytes(column, 3, v.as_bytes());
+    }
+
+    /// An integer above `i64::MAX` (null in an integer column, as GDAL reads it).
+    pub fn big_integer(&mut self, column: usize, v: u64) {
+        self.head(column, 5);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn value(&mut self, column: usize, value: &Value) {
         match value {
-            Value::Null => out.push(0),
-            Value::Integer(i) => {
-                out.push(1);
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Real(r) => {
-                out.push(2);
-                out.extend_from_slice(&r.to_le_bytes());
-            }
-            Value::Text(t) => {
-                out.push(3);
-                bytes(out, t.as_bytes());
-            }
-            Value::Blob(b) => {
-                out.push(4);
-                bytes(out, b);
-            }
+            Value::Null => {}
+            Value::Integer(i) => self.integer(column, *i),
+            Value::Real(r) => self.real(column, *r),
+            Value::Text(t) => self.text(column, t),
+            Value::Blob(b) => self.bytes(column, 4, b),
         }
     }
 }
 
-/// Binds a serialised row (after the fid) to `statement`'s parameters from 2 on.
-fn bind(statement: &mut rusqlite::Statement<'_>, mut record: &[u8]) -> rusqlite::Result<()> {
+/// A kept row: its geometry blob (if any) and its cells.
+fn split_record(record: &[u8]) -> rusqlite::Result<(Option<&[u8]>, &[u8])> {
+    let corrupt = || rusqlite::Error::InvalidQuery;
+    match record.first() {
+        Some(0) => Ok((None, &record[1..])),
+        Some(1) => {
+            let length: [u8; 4] = record
+                .get(1..5)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)?;
+            let end = 5 + u32::from_le_bytes(length) as usize;
+            let blob = record.get(5..end).ok_or_else(corrupt)?;
+            Ok((Some(blob), &record[end..]))
+        }
+        _ => Err(corrupt()),
+    }
+}
+
+/// Binds a row's cells to `statement`'s parameters (column `i` at parameter `base + i + 3`,
+/// after the fid and the geometry), each as its column's type in `fields` asks.
+fn bind(
+    statement: &mut rusqlite::Statement<'_>,
+    base: usize,
+    mut cells: &[u8],
+    fields: &[Field],
+) -> rusqlite::Result<()> {
     let corrupt = || rusqlite::Error::InvalidQuery;
     let mut take = |n: usize| -> rusqlite::Result<&[u8]> {
-        if record.len() < n {
+        if cells.len() < n {
             return Err(corrupt());
         }
-        let (head, rest) = record.split_at(n);
-        record = rest;
+        let (head, rest) = cells.split_at(n);
+        cells = rest;
         Ok(head)
     };
-    let mut index = 2;
+    let eight = |b: &[u8]| -> rusqlite::Result<[u8; 8]> { b.try_into().map_err(|_| corrupt()) };
     loop {
-        let Ok(tag) = take(1) else { break };
-        match tag[0] {
-            0 => statement.raw_bind_parameter(index, rusqlite::types::Null)?,
-            1 if index == 2 => {
-                let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
-                statement.raw_bind_parameter(index, take(length as usize)?)?;
+        let Ok(head) = take(3) else { break };
+        let column = usize::from(u16::from_le_bytes([head[0], head[1]]));
+        let kind = fields.get(column).ok_or_else(corrupt)?.kind;
+        let index = base + column + 3;
+        match (head[2], kind) {
+            (1, FieldType::Text) => {
+                let v = i64::from_le_bytes(eight(take(8)?)?);
+                statement.raw_bind_parameter(index, itoa::Buffer::new().format(v))?;
             }
-            1 => statement.raw_bind_parameter(
-                index,
-                i64::from_le_bytes(take(8)?.try_into().map_err(|_| corrupt())?),
-            )?,
-            2 => statement.raw_bind_parameter(
-                index,
-                f64::from_le_bytes(take(8)?.try_into().map_err(|_| corrupt())?),
-            )?,
-            3 => {
-                let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
-                let text = std::str::from_utf8(take(length as usize)?).map_err(|_| corrupt())?;
+            (1, FieldType::Real) => {
+                statement.raw_bind_parameter(index, i64::from_le_bytes(eight(take(8)?)?) as f64)?
+            }
+            (1, FieldType::Integer) => {
+                statement.raw_bind_parameter(index, i64::from_le_bytes(eight(take(8)?)?))?;
+            }
+            (2, FieldType::Text) => {
+                let v = f64::from_le_bytes(eight(take(8)?)?);
+                let text = serde_json::Number::from_f64(v)
+                    .map_or_else(|| v.to_string(), |n| n.to_string());
                 statement.raw_bind_parameter(index, text)?;
             }
-            4 => {
+            (2, _) => statement.raw_bind_parameter(index, f64::from_le_bytes(eight(take(8)?)?))?,
+            (5, kind) => {
+                let v = u64::from_le_bytes(eight(take(8)?)?);
+                match kind {
+                    FieldType::Integer => {
+                        statement.raw_bind_parameter(index, rusqlite::types::Null)?
+                    }
+                    FieldType::Real => statement.raw_bind_parameter(index, v as f64)?,
+                    FieldType::Text => {
+                        statement.raw_bind_parameter(index, itoa::Buffer::new().format(v))?;
+                    }
+                }
+            }
+            (tag @ (3 | 4), _) => {
                 let length = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
-                statement.raw_bind_parameter(index, take(length as usize)?)?;
+                let bytes = take(length as usize)?;
+                if tag == 3 {
+                    let text = std::str::from_utf8(bytes).map_err(|_| corrupt())?;
+                    statement.raw_bind_parameter(index, text)?;
+                } else {
+                    statement.raw_bind_parameter(index, bytes)?;
+                }
             }
             _ => return Err(corrupt()),
         }
-        index += 1;
     }
     Ok(())
 }
 
 impl LayerWriter {
+    /// Makes the layer's table (with its fields as they now are) and its empty R*Tree.
+    fn create_table(&self) -> rusqlite::Result<()> {
+        let columns: String = self
+            .fields
+            .list
+            .iter()
+            .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
+            .collect();
+        self.connection.execute_batch(&format!(
+            "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{columns});
+             CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
+            t = quote(&self.table),
+            r = quote(&format!("rtree_{}_geom", self.table)),
+        ))
+    }
+
     /// Writes the gathered rows into the layer, fids in Hilbert order of their bounds' centres
-    /// (rows without a geometry last, as they came), then packs its R*Tree from them.
+    /// (rows without a geometry last, as they came), then packs its R*Tree from them: the
+    /// bounds of each row are noted beside the file as it is written, so the rows are not read
+    /// back.
     fn write_in_spatial_order(
         &self,
         runs: crate::gis::source::sorted_runs::Runs,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), RunError> {
+        self.create_table()?;
         let c = &self.connection;
-        let placeholders: Vec<String> = (0..=self.columns.len())
-            .map(|i| format!("?{}", i + 1))
+        let names: String = self
+            .fields
+            .list
+            .iter()
+            .map(|f| format!(", {}", quote(&f.name)))
             .collect();
-        let mut insert = c.prepare(&format!(
-            "INSERT INTO main.{} (fid, {}) VALUES ({})",
-            quote(&self.table),
-            self.columns.join(", "),
-            placeholders.join(", ")
-        ))?;
+        // Rows go in many at a time: one statement per row would pay the statement's own work
+        // (and AUTOINCREMENT's bookkeeping) a million times over.
+        let per_row = self.fields.list.len() + 2;
+        let batch = (MAX_PARAMETERS / per_row).clamp(1, MAX_BATCH_ROWS);
+        let insert_sql = |rows: usize| {
+            let row = format!("({})", vec!["?"; per_row].join(","));
+            format!(
+                "INSERT INTO main.{} (fid, geom{names}) VALUES {}",
+                quote(&self.table),
+                vec![row; rows].join(",")
+            )
+        };
+        let mut insert = c.prepare(&insert_sql(batch))?;
+        let bounds_path = Temporary(self.temporary.0.with_extension("bounds"));
+        let mut bounds_out =
+            std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&bounds_path.0)?);
         let mut fid = 0i64;
+        let mut located = 0u64;
+        // The records of the batch being gathered, end to end, and where each ends.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut ends: Vec<usize> = Vec::with_capacity(batch);
+        let fields = &self.fields.list;
+        let write = |statement: &mut rusqlite::Statement<'_>,
+                     pending: &[u8],
+                     ends: &[usize],
+                     first_fid: i64|
+         -> Result<(), RunError> {
+            statement.clear_bindings();
+            let mut start = 0;
+            for (k, &end) in ends.iter().enumerate() {
+                let base = k * per_row;
+                let (blob, cells) = split_record(&pending[start..end])?;
+                statement.raw_bind_parameter(base + 1, first_fid + k as i64)?;
+                statement.raw_bind_parameter(base + 2, blob)?;
+                bind(statement, base, cells, fields)?;
+                start = end;
+            }
+            statement.raw_execute()?;
+            Ok(())
+        };
         runs.drain(|record| -> Result<(), RunError> {
             fid += 1;
-            insert.raw_bind_parameter(1, fid)?;
-            bind(&mut insert, record)?;
-            insert.raw_execute()?;
+            let (blob, _) = split_record(record)?;
+            if let Some(b) = blob.and_then(crate::gis::source::rtree_pack::blob_bounds)
+                && b.iter().all(|v| v.is_finite())
+            {
+                use std::io::Write;
+                bounds_out.write_all(&fid.to_le_bytes())?;
+                for v in b {
+                    bounds_out.write_all(&v.to_le_bytes())?;
+                }
+                located += 1;
+            }
+            pending.extend_from_slice(record);
+            ends.push(pending.len());
+            if ends.len() == batch {
+                write(&mut insert, &pending, &ends, fid + 1 - batch as i64)?;
+                pending.clear();
+                ends.clear();
+            }
             Ok(())
-        })
-        .map_err(|e| match e {
-            RunError::Sqlite(e) => e,
-            RunError::Io(e) => rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
         })?;
+        if !ends.is_empty() {
+            let mut last = c.prepare(&insert_sql(ends.len()))?;
+            write(&mut last, &pending, &ends, fid + 1 - ends.len() as i64)?;
+        }
         drop(insert);
+        let file = bounds_out
+            .into_inner()
+            .map_err(|e| RunError::Io(e.into_error()))?;
+        drop(file);
         // The R*Tree, packed from the rows as they now lie: in Hilbert order.
-        let mut rows = c.prepare(&format!(
-            "SELECT fid, geom FROM main.{} WHERE geom IS NOT NULL ORDER BY fid",
-            quote(&self.table)
-        ))?;
-        let entries = rows
-            .query_map([], |r| {
-                let fid: i64 = r.get(0)?;
-                let bounds = match r.get_ref(1)? {
-                    rusqlite::types::ValueRef::Blob(b) => {
-                        crate::gis::source::rtree_pack::blob_bounds(b)
-                    }
-                    _ => None,
-                };
-                Ok((fid, bounds))
-            })?
-            .filter_map(|row| match row {
-                Ok((fid, Some(b))) if b.iter().all(|v| v.is_finite()) => Some(Ok((fid, b))),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            });
-        crate::gis::source::rtree_pack::pack(c, &format!("rtree_{}_geom", self.table), entries)
+        let mut reader =
+            std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&bounds_path.0)?);
+        let entries = (0..located).map(|_| {
+            use std::io::Read;
+            let mut entry = [0u8; 40];
+            reader
+                .read_exact(&mut entry)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let number = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&entry[i * 8..i * 8 + 8]);
+                b
+            };
+            Ok((
+                i64::from_le_bytes(number(0)),
+                [1, 2, 3, 4].map(|i| f64::from_le_bytes(number(i))),
+            ))
+        });
+        crate::gis::source::rtree_pack::pack(c, &format!("rtree_{}_geom", self.table), entries)?;
+        Ok(())
     }
 }
 

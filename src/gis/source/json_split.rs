@@ -135,6 +135,37 @@ impl<R: BufRead> Iterator for FeatureBytes<R> {
                     }
                     continue;
                 }
+                if self.current.is_some() {
+                    // Inside a feature only strings and braces matter here: serde_json checks
+                    // everything else when the feature is parsed.
+                    let rest = &buffer[used..];
+                    let Some(at) = memchr::memchr3(b'"', b'{', b'}', rest) else {
+                        used = buffer.len();
+                        continue;
+                    };
+                    used += at + 1;
+                    match rest[at] {
+                        b'"' => self.in_string = true,
+                        b'{' => {
+                            self.depth += 1;
+                            if self.depth > 4096 {
+                                error = Some("the document nests too deeply");
+                                break;
+                            }
+                        }
+                        _ => {
+                            self.depth -= 1;
+                            if self.depth == 2 {
+                                if let Some(mut current) = self.current.take() {
+                                    current.extend_from_slice(&buffer[start..used]);
+                                    finished = Some(current);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let byte = buffer[used];
                 used += 1;
                 if self.depth == 2

@@ -4,6 +4,7 @@
 
 pub mod conversions;
 pub mod dbf;
+pub mod geojson_rows;
 pub mod gpkg_write;
 pub mod json_split;
 pub mod prj;

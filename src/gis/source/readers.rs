@@ -1,6 +1,7 @@
 //! Streaming readers of GeoJSON (FeatureCollection and newline-delimited) and CSV (longitude and
 //! latitude columns by name, or a WKT column) that write a GeoPackage layer. Files are read
-//! twice, feature by feature (once for the schema, once for the rows): never whole in memory.
+//! feature by feature, never whole in memory: GeoJSON once (its fields are found as they come),
+//! CSV twice (once for the column types, once for the rows).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use geozero::ToGeo;
 use rusqlite::types::Value;
 
-use crate::gis::source::gpkg_write::{Field, FieldType, LayerWriter, WriteError};
+use crate::gis::source::geojson_rows::read_feature;
+use crate::gis::source::gpkg_write::{Cells, Field, FieldType, LayerWriter, WriteError};
 
 /// A file that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +228,7 @@ fn open(path: &Path) -> Result<BufReader<File>, ReadError> {
 }
 
 /// The bytes of each feature, or why they could not be read.
-type FeatureBytesIter = Box<dyn Iterator<Item = Result<Vec<u8>, String>>>;
+type FeatureBytesIter = Box<dyn Iterator<Item = Result<Vec<u8>, String>> + Send>;
 
 /// The bytes of every feature of a GeoJSON file (a FeatureCollection, or one feature per
 /// line), one at a time, each with its place for errors.
@@ -252,134 +254,85 @@ fn feature_bytes(path: &Path) -> Result<FeatureBytesIter, ReadError> {
     })
 }
 
+/// Features per batch handed from the reading thread to the parser.
+const READ_AHEAD_BATCH: usize = 1024;
+
+/// Batches the reading thread may be ahead of the parser (bounding the memory held to a few
+/// megabytes whatever the file).
+const READ_AHEAD_BATCHES: usize = 4;
+
+/// The same features, cut out of the file on a thread of their own, so that reading and
+/// splitting the file runs beside parsing instead of before it.
+fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
+    let (send, receive) = std::sync::mpsc::sync_channel(READ_AHEAD_BATCHES);
+    let reader = std::thread::Builder::new()
+        .name("geojson-read".to_owned())
+        .spawn(move || {
+            let mut features = features;
+            loop {
+                let batch: Vec<_> = features.by_ref().take(READ_AHEAD_BATCH).collect();
+                let last = batch.len() < READ_AHEAD_BATCH || batch.iter().any(Result::is_err);
+                // A parser that stopped (on an error of its own) drops its end: stop reading.
+                if batch.is_empty() || send.send(batch).is_err() || last {
+                    return;
+                }
+            }
+        });
+    match reader {
+        Ok(reader) => ReadAhead {
+            receive: Some(receive),
+            reader: Some(reader),
+            batch: Vec::new().into_iter(),
+        },
+        Err(e) => ReadAhead {
+            receive: None,
+            reader: None,
+            batch: vec![Err(format!("cannot start a thread to read the file: {e}"))].into_iter(),
+        },
+    }
+}
+
+/// A batch of features' bytes (or why the file could not be read).
+type Batch = Vec<Result<Vec<u8>, String>>;
+
+/// Features read ahead by [`read_ahead`]'s thread.
+struct ReadAhead {
+    receive: Option<std::sync::mpsc::Receiver<Batch>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    batch: std::vec::IntoIter<Result<Vec<u8>, String>>,
+}
+
+impl Iterator for ReadAhead {
+    type Item = Result<Vec<u8>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Some(item);
+            }
+            match self.receive.as_ref().map(std::sync::mpsc::Receiver::recv) {
+                Some(Ok(batch)) => self.batch = batch.into_iter(),
+                Some(Err(_)) => {
+                    // The thread is done: it must have ended on its own, not in a panic (which
+                    // would otherwise pass for the end of the file).
+                    self.receive = None;
+                    if self.reader.take().is_some_and(|r| r.join().is_err()) {
+                        return Some(Err("the thread reading the file failed".to_owned()));
+                    }
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+}
+
 /// Where a feature is, for errors.
 fn place(path: &Path, n: usize) -> String {
     if Format::of(path) == Some(Format::GeoJsonSeq) {
         format!("line {}", n + 1)
     } else {
         format!("feature {}", n + 1)
-    }
-}
-
-/// Every feature of a GeoJSON file, one at a time.
-fn features(
-    path: &Path,
-) -> Result<impl Iterator<Item = Result<geojson::Feature, String>>, ReadError> {
-    let shown = path.to_owned();
-    Ok(feature_bytes(path)?.enumerate().map(move |(n, bytes)| {
-        serde_json::from_slice::<geojson::Feature>(&bytes?)
-            .map_err(|e| format!("{}: {e}", place(&shown, n)))
-    }))
-}
-
-/// What the first pass reads of a feature: its properties' names and kinds, nothing else.
-#[derive(serde::Deserialize)]
-struct Lite<'a> {
-    #[serde(borrow, default)]
-    properties: Option<Props<'a>>,
-}
-
-/// Properties in their order, each with the kind of its value.
-struct Props<'a>(Vec<(std::borrow::Cow<'a, str>, Option<FieldType>)>);
-
-/// The kind of a JSON value, read without keeping it.
-struct Kind(Option<FieldType>);
-
-impl<'de> serde::Deserialize<'de> for Kind {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Kind;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
-                Ok(Kind(Some(FieldType::Integer)))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
-                Ok(Kind(Some(FieldType::Integer)))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
-                Ok(Kind(Some(FieldType::Integer)))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
-                Ok(Kind(Some(FieldType::Real)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
-                Ok(Kind(Some(FieldType::Text)))
-            }
-            fn visit_unit<E>(self) -> Result<Kind, E> {
-                Ok(Kind(None))
-            }
-            fn visit_none<E>(self) -> Result<Kind, E> {
-                Ok(Kind(None))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Kind(Some(FieldType::Text)))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Kind(Some(FieldType::Text)))
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Props<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Props<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object of properties")
-            }
-            fn visit_unit<E>(self) -> Result<Props<'a>, E> {
-                Ok(Props(Vec::new()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Props<'a>, A::Error> {
-                let mut out = Vec::new();
-                while let Some((name, kind)) =
-                    map.next_entry::<std::borrow::Cow<'de, str>, Kind>()?
-                {
-                    out.push((name, kind.0));
-                }
-                Ok(Props(out))
-            }
-        }
-        d.deserialize_any(Visit(std::marker::PhantomData))
-    }
-}
-
-fn widen(a: FieldType, b: FieldType) -> FieldType {
-    match (a, b) {
-        (x, y) if x == y => x,
-        (FieldType::Integer | FieldType::Real, FieldType::Integer | FieldType::Real) => {
-            FieldType::Real
-        }
-        _ => FieldType::Text,
-    }
-}
-
-fn to_sql(value: Option<&serde_json::Value>, kind: FieldType) -> Value {
-    match value {
-        None | Some(serde_json::Value::Null) => Value::Null,
-        Some(serde_json::Value::Bool(b)) => Value::Integer(i64::from(*b)),
-        Some(serde_json::Value::Number(n)) if kind == FieldType::Integer => {
-            n.as_i64().map_or(Value::Null, Value::Integer)
-        }
-        Some(serde_json::Value::Number(n)) if kind == FieldType::Real => {
-            n.as_f64().map_or(Value::Null, Value::Real)
-        }
-        Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
-        Some(other) => Value::Text(other.to_string()),
     }
 }
 
@@ -394,44 +347,15 @@ fn geojson_to_gpkg(
         path: shown.clone(),
         reason,
     };
-    // Pass 1: the fields and their types, in first-seen order.
-    let mut fields: Vec<Field> = Vec::new();
-    for (n, bytes) in feature_bytes(source)?.enumerate() {
+    // One pass: fields are added to the layer as they first appear, and widened as values of
+    // other types come; the table is made from them when the rows are written.
+    let mut writer = LayerWriter::create(destination, layer, 4326, &[])?;
+    let mut cells = Cells::default();
+    for (n, bytes) in read_ahead(feature_bytes(source)?).enumerate() {
         let bytes = bytes.map_err(&bad)?;
-        let lite: Lite<'_> = serde_json::from_slice(&bytes)
+        let geometry = read_feature(&bytes, writer.fields_mut(), &mut cells)
             .map_err(|e| bad(format!("{}: {e}", place(source, n))))?;
-        for (name, kind) in lite.properties.map(|p| p.0).unwrap_or_default() {
-            let Some(kind) = kind else { continue };
-            match fields.iter_mut().find(|f| f.name == name) {
-                Some(field) => field.kind = widen(field.kind, kind),
-                None => fields.push(Field {
-                    name: name.into_owned(),
-                    kind,
-                }),
-            }
-        }
-    }
-    // Pass 2: the rows.
-    let mut writer = LayerWriter::create(destination, layer, 4326, &fields)?;
-    for feature in features(source)? {
-        let feature = feature.map_err(&bad)?;
-        let values = fields
-            .iter()
-            .map(|f| {
-                to_sql(
-                    feature.properties.as_ref().and_then(|p| p.get(&f.name)),
-                    f.kind,
-                )
-            })
-            .collect();
-        let geometry = match feature.geometry {
-            Some(g) => Some(
-                geo::Geometry::<f64>::try_from(g.value)
-                    .map_err(|e| bad(format!("bad geometry: {e}")))?,
-            ),
-            None => None,
-        };
-        writer.add(values, geometry.as_ref())?;
+        writer.add_cells(geometry.as_ref(), &cells)?;
         rows.fetch_add(1, Ordering::Relaxed);
     }
     Ok(writer.finish()?)
@@ -708,4 +632,135 @@ fn zipped_shapefile_to_gpkg(
         options,
         rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fields are found as they come in one pass, widened as values of other types come, and
+    /// each value is written as its column's final type asks.
+    #[test]
+    fn geojson_fields_widen_as_values_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("mixed.geojson");
+        std::fs::write(
+            &source,
+            r#"{"type":"FeatureCollection","name":"x","features":[
+{"type":"Feature","properties":{"n":1,"s":5,"only_null":null,"b":true,"big":1},"geometry":{"type":"Point","coordinates":[1,2]}},
+{"type":"Feature","properties":{"n":2.5,"s":"x","b":false,"big":18446744073709551615,"list":[1,"a"],"obj":{"k":2},"r":0.1,"q\"uote":"y"},"geometry":{"type":"Polygon","coordinates":[[[0,0],[4,0],[4,4],[0,0]],[[1,1],[2,1],[1,2],[1,1]]]}},
+{"type":"Feature","properties":{"s":1.5,"r":"t"},"geometry":null},
+{"type":"Feature","properties":null,"geometry":{"type":"GeometryCollection","geometries":[{"type":"Point","coordinates":[3,3]}]}}
+]}"#,
+        )
+        .unwrap();
+        let out = dir.path().join("mixed.gpkg");
+        assert_eq!(
+            convert(&source, &out, "mixed", &OpenOptions::default()).unwrap(),
+            4
+        );
+        let c = rusqlite::Connection::open(&out).unwrap();
+        let columns: Vec<(String, String)> = c
+            .prepare("SELECT name, type FROM pragma_table_info('mixed')")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected = [
+            ("fid", "INTEGER"),
+            ("geom", "GEOMETRY"),
+            ("n", "REAL"),
+            ("s", "TEXT"),
+            ("b", "INTEGER"),
+            ("big", "INTEGER"),
+            ("list", "TEXT"),
+            ("obj", "TEXT"),
+            ("r", "TEXT"),
+            ("q\"uote", "TEXT"),
+        ];
+        assert_eq!(
+            columns,
+            expected
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect::<Vec<_>>()
+        );
+        type Row = (
+            Option<f64>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            bool,
+        );
+        let mut rows: Vec<Row> = c
+            .prepare(
+                "SELECT n, s, b, big, list, obj, r, geom IS NULL FROM mixed ORDER BY coalesce(n, 9), s",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        let expected: Vec<Row> = vec![
+            (
+                Some(1.0),
+                Some("5".into()),
+                Some(1),
+                Some(1),
+                None,
+                None,
+                None,
+                false,
+            ),
+            (
+                Some(2.5),
+                Some("x".into()),
+                Some(0),
+                None,
+                Some(r#"[1,"a"]"#.into()),
+                Some(r#"{"k":2}"#.into()),
+                Some("0.1".into()),
+                false,
+            ),
+            (
+                None,
+                Some("1.5".into()),
+                None,
+                None,
+                None,
+                None,
+                Some("t".into()),
+                true,
+            ),
+            (None, None, None, None, None, None, None, false),
+        ];
+        let mut expected = expected;
+        expected.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        assert_eq!(rows, expected);
+        // Every geometry is in the R*Tree, and the file is sound.
+        let indexed: i64 = c
+            .query_row("SELECT count(*) FROM rtree_mixed_geom", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(indexed, 3);
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
 }
