@@ -255,11 +255,15 @@ fn feature_bytes(path: &Path) -> Result<FeatureBytesIter, ReadError> {
 }
 
 /// Features per batch handed from the reading thread to the parser.
-const READ_AHEAD_BATCH: usize = 1024;
+const READ_AHEAD_FEATURES: usize = 1024;
 
-/// Batches the reading thread may be ahead of the parser (bounding the memory held to a few
-/// megabytes whatever the file).
-const READ_AHEAD_BATCHES: usize = 4;
+/// Bytes after which a batch is handed over even if it holds fewer features.
+const READ_AHEAD_BYTES: usize = 1024 * 1024;
+
+/// Batches the reading thread may have waiting for the parser. What is held at once is this
+/// many batches, plus the one being parsed and the one being read: a few megabytes, or three
+/// features when single features are larger than a batch.
+const READ_AHEAD_BATCHES: usize = 1;
 
 /// The same features, cut out of the file on a thread of their own, so that reading and
 /// splitting the file runs beside parsing instead of before it.
@@ -270,8 +274,21 @@ fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
         .spawn(move || {
             let mut features = features;
             loop {
-                let batch: Vec<_> = features.by_ref().take(READ_AHEAD_BATCH).collect();
-                let last = batch.len() < READ_AHEAD_BATCH || batch.iter().any(Result::is_err);
+                let mut batch = Vec::with_capacity(READ_AHEAD_FEATURES);
+                let mut bytes = 0;
+                let mut last = true;
+                for feature in features.by_ref() {
+                    let failed = feature.is_err();
+                    bytes += feature.as_ref().map_or(0, Vec::len);
+                    batch.push(feature);
+                    if failed {
+                        break;
+                    }
+                    if batch.len() == READ_AHEAD_FEATURES || bytes >= READ_AHEAD_BYTES {
+                        last = false;
+                        break;
+                    }
+                }
                 // A parser that stopped (on an error of its own) drops its end: stop reading.
                 if batch.is_empty() || send.send(batch).is_err() || last {
                     return;
