@@ -116,13 +116,16 @@ impl<'de> Visitor<'de> for FeatureSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut kind: Option<Text<'de>> = None;
         let mut geometry: Option<Option<geo::Geometry<f64>>> = None;
+        let mut properties = false;
         while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Type => kind = Some(map.next_value()?),
                 Key::Geometry => geometry = Some(map.next_value_seed(GeometrySeed)?),
                 Key::Properties => {
-                    // A repeated member replaces the one before, as in a JSON object.
-                    self.cells.clear();
+                    if properties {
+                        return Err(de::Error::duplicate_field("properties"));
+                    }
+                    properties = true;
                     map.next_value_seed(Properties {
                         fields: self.fields,
                         cells: self.cells,
@@ -401,6 +404,7 @@ impl<'de> Visitor<'de> for GeometrySeed {
                 Key::Type => kind = Some(map.next_value()?),
                 Key::Coordinates => coordinates = Some(map.next_value()?),
                 Key::Geometries => geometries = Some(map.next_value::<Members>()?.0),
+                Key::Bbox => map.next_value::<Option<Vec<f64>>>().map(|_| ())?,
                 _ => map.next_value::<IgnoredAny>().map(|_| ())?,
             }
         }
@@ -567,6 +571,8 @@ mod tests {
             r#"{"type":"Feature","geometry":null,"properties":[1]}"#,
             r#"{"type":"Feature","geometry":null,"id":true}"#,
             r#"{"type":"Feature","geometry":null} x"#,
+            r#"{"type":"Feature","geometry":null,"properties":{},"properties":{}}"#,
+            r#"{"type":"Feature","geometry":{"type":"Point","coordinates":[1,2],"bbox":"x"}}"#,
         ] {
             assert!(read(bad).is_err(), "{bad} was accepted");
         }

@@ -334,6 +334,10 @@ const MAX_PARAMETERS: usize = 32_000;
 /// The most rows one insert statement writes.
 const MAX_BATCH_ROWS: usize = 128;
 
+/// The bytes of rows after which an insert statement is written with fewer rows (SQLite holds
+/// a copy of what is bound until the statement is done).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Cells per axis of the Hilbert curve's grid (2^ORDER).
 const ORDER: u8 = 32;
 
@@ -609,7 +613,6 @@ impl LayerWriter {
                      ends: &[usize],
                      first_fid: i64|
          -> Result<(), RunError> {
-            statement.clear_bindings();
             let mut start = 0;
             for (k, &end) in ends.iter().enumerate() {
                 let base = k * per_row;
@@ -620,6 +623,8 @@ impl LayerWriter {
                 start = end;
             }
             statement.raw_execute()?;
+            // SQLite keeps its copies of what was bound until they are cleared.
+            statement.clear_bindings();
             Ok(())
         };
         runs.drain(|record| -> Result<(), RunError> {
@@ -639,9 +644,15 @@ impl LayerWriter {
             ends.push(pending.len());
             if ends.len() == batch {
                 write(&mut insert, &pending, &ends, fid + 1 - batch as i64)?;
-                pending.clear();
-                ends.clear();
+            } else if pending.len() >= MAX_BATCH_BYTES {
+                // Large rows (long lines, detailed polygons) go in fewer at a time.
+                let mut fewer = c.prepare_cached(&insert_sql(ends.len()))?;
+                write(&mut fewer, &pending, &ends, fid + 1 - ends.len() as i64)?;
+            } else {
+                return Ok(());
             }
+            pending.clear();
+            ends.clear();
             Ok(())
         })?;
         if !ends.is_empty() {
@@ -759,6 +770,46 @@ mod tests {
     use super::*;
 
     /// Fields named like SQLite's row ids or the staging columns are kept as they are.
+    #[test]
+    fn large_rows_go_in_fewer_per_statement_and_all_arrive() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("large.gpkg");
+        let fields = [Field {
+            name: "text".to_owned(),
+            kind: FieldType::Text,
+        }];
+        let mut writer =
+            LayerWriter::create(&path, "large", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
+        // 300 rows of about 100 KB: batches are cut by bytes (about 40 rows), not by count.
+        for i in 0..300 {
+            let point = geo::Geometry::Point(geo::Point::new(f64::from(i), 0.0));
+            let text = format!("{i}:{}", "x".repeat(100_000));
+            writer
+                .add(vec![Value::Text(text)], Some(&point))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(writer.finish().unwrap_or_else(|e| panic!("{e}")), 300);
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<(i64, String, f64)> = c
+            .prepare("SELECT g.fid, g.text, r.minx FROM large g JOIN rtree_large_geom r ON r.id = g.fid ORDER BY g.fid")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 300);
+        let mut seen: Vec<i64> = Vec::new();
+        for (fid, text, x) in &rows {
+            let (i, rest) = text.split_once(':').unwrap_or_else(|| panic!("row {fid}"));
+            let i: i64 = i.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(rest.len(), 100_000, "row {fid}");
+            assert_eq!(*x, i as f64, "row {fid} has another row's geometry");
+            seen.push(i);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    }
+
     #[test]
     fn fields_named_rowid_or_like_the_staging_columns_convert() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -235,21 +235,12 @@ type FeatureBytesIter = Box<dyn Iterator<Item = Result<Vec<u8>, String>> + Send>
 fn feature_bytes(path: &Path) -> Result<FeatureBytesIter, ReadError> {
     let reader = open(path)?;
     Ok(match Format::of(path) {
-        Some(Format::GeoJsonSeq) => Box::new(
-            reader
-                .split(b'\n')
-                .enumerate()
-                .filter(|(_, line)| {
-                    line.as_ref()
-                        .map_or(true, |l| l.iter().any(|b| !b.is_ascii_whitespace()))
-                })
-                .map(|(n, line)| {
-                    let mut line = line.map_err(|e| e.to_string())?;
-                    // RFC 8142 record separators.
-                    line.retain(|b| *b != 0x1e);
-                    Ok(line).map_err(|e: String| format!("line {}: {e}", n + 1))
-                }),
-        ),
+        Some(Format::GeoJsonSeq) => Box::new(Lines {
+            reader,
+            line: 0,
+            limit: crate::gis::source::json_split::MAX_FEATURE_BYTES,
+            done: false,
+        }),
         _ => Box::new(crate::gis::source::json_split::FeatureBytes::new(reader)),
     })
 }
@@ -269,6 +260,8 @@ const READ_AHEAD_BATCHES: usize = 1;
 /// splitting the file runs beside parsing instead of before it.
 fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
     let (send, receive) = std::sync::mpsc::sync_channel(READ_AHEAD_BATCHES);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
     let reader = std::thread::Builder::new()
         .name("geojson-read".to_owned())
         .spawn(move || {
@@ -277,7 +270,9 @@ fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
                 let mut batch = Vec::with_capacity(READ_AHEAD_FEATURES);
                 let mut bytes = 0;
                 let mut last = true;
-                for feature in features.by_ref() {
+                // A parser that stopped (on an error of its own) says so: stop reading.
+                let wanted = || !stopped.load(Ordering::Relaxed);
+                for feature in features.by_ref().take_while(|_| wanted()) {
                     let failed = feature.is_err();
                     bytes += feature.as_ref().map_or(0, Vec::len);
                     batch.push(feature);
@@ -289,7 +284,6 @@ fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
                         break;
                     }
                 }
-                // A parser that stopped (on an error of its own) drops its end: stop reading.
                 if batch.is_empty() || send.send(batch).is_err() || last {
                     return;
                 }
@@ -300,10 +294,12 @@ fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
             receive: Some(receive),
             reader: Some(reader),
             batch: Vec::new().into_iter(),
+            stop,
         },
         Err(e) => ReadAhead {
             receive: None,
             reader: None,
+            stop,
             batch: vec![Err(format!("cannot start a thread to read the file: {e}"))].into_iter(),
         },
     }
@@ -317,6 +313,14 @@ struct ReadAhead {
     receive: Option<std::sync::mpsc::Receiver<Batch>>,
     reader: Option<std::thread::JoinHandle<()>>,
     batch: std::vec::IntoIter<Result<Vec<u8>, String>>,
+    /// Set when the parser is done with the features, so the thread stops reading.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Iterator for ReadAhead {
@@ -341,6 +345,53 @@ impl Iterator for ReadAhead {
                 None => return None,
             }
         }
+    }
+}
+
+/// The non-blank lines of newline-delimited GeoJSON, each at most
+/// [`MAX_FEATURE_BYTES`](crate::gis::source::json_split::MAX_FEATURE_BYTES) (a longer one is an
+/// error, not read whole), RFC 8142 record separators removed.
+struct Lines<R> {
+    reader: R,
+    line: usize,
+    limit: usize,
+    /// Set after an error: nothing more is read.
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Vec<u8>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Read;
+        let limit = self.limit;
+        while !self.done {
+            self.line += 1;
+            let mut line = Vec::new();
+            let read = (&mut self.reader)
+                .take(limit as u64 + 1)
+                .read_until(b'\n', &mut line);
+            match read {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(format!("line {}: {e}", self.line)));
+                }
+                Ok(0) => return None,
+                Ok(_) if line.len() > limit && line.last() != Some(&b'\n') => {
+                    self.done = true;
+                    return Some(Err(format!(
+                        "line {}: longer than {limit} bytes",
+                        self.line
+                    )));
+                }
+                Ok(_) => {}
+            }
+            line.retain(|b| *b != 0x1e);
+            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                return Some(Ok(line));
+            }
+        }
+        None
     }
 }
 
@@ -654,6 +705,22 @@ fn zipped_shapefile_to_gpkg(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn geojson_lines_are_bounded_and_blank_ones_skipped() {
+        let text = b"{\"a\":1}\n\n \x1e{\"b\":2}\r\n0123456789abcdef\n";
+        let lines: Vec<_> = Lines {
+            reader: &text[..],
+            line: 0,
+            limit: 12,
+            done: false,
+        }
+        .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].as_deref(), Ok(&b"{\"a\":1}\n"[..]));
+        assert_eq!(lines[1].as_deref(), Ok(&b" {\"b\":2}\r\n"[..]));
+        assert_eq!(lines[2], Err("line 4: longer than 12 bytes".to_owned()));
+    }
 
     /// Fields are found as they come in one pass, widened as values of other types come, and
     /// each value is written as its column's final type asks.
