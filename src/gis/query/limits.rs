@@ -5,7 +5,7 @@
 //! error status) and waits, within limits, for a slow client.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -126,7 +126,14 @@ pub struct Watch {
     client: Option<Closed>,
     stop: CancellationToken,
     stopped: AtomicU8,
+    /// Calls of [`Watch::must_stop`], so the server's stop (a lock to read) is looked at only
+    /// every [`STOP_EVERY`] of them.
+    calls: AtomicU32,
 }
+
+/// Calls of [`Watch::must_stop`] (rows, geometries) between two looks at the server's stop; the
+/// deadline and the client are looked at every time.
+const STOP_EVERY: u32 = 64;
 
 impl Watch {
     /// A watch with `limits.timeout` of SQLite time, noticing `client` going away and `stop`.
@@ -139,12 +146,18 @@ impl Watch {
             client,
             stop,
             stopped: AtomicU8::new(Stop::Running as u8),
+            calls: AtomicU32::new(0),
         })
     }
 
     /// Whether the query must stop now (and why is remembered).
     fn check(&self) -> bool {
-        let stop = if self.stop.is_cancelled() {
+        self.look(true)
+    }
+
+    /// [`Watch::check`], looking at the server's stop only when `server` is set.
+    fn look(&self, server: bool) -> bool {
+        let stop = if server && self.stop.is_cancelled() {
             Stop::Stopping
         } else if self.client.as_ref().is_some_and(Closed::is_closed) {
             Stop::Gone
@@ -161,7 +174,7 @@ impl Watch {
     /// stopping), for work done between SQLite's steps; [`Watch::stopped_error`] says why.
     #[must_use]
     pub fn must_stop(&self) -> bool {
-        self.check()
+        self.look(self.calls.fetch_add(1, Ordering::Relaxed) % STOP_EVERY == 0)
     }
 
     /// Why [`Watch::must_stop`] said stop.
