@@ -174,7 +174,11 @@ impl Watch {
     /// stopping), for work done between SQLite's steps; [`Watch::stopped_error`] says why.
     #[must_use]
     pub fn must_stop(&self) -> bool {
-        self.look(self.calls.fetch_add(1, Ordering::Relaxed) % STOP_EVERY == 0)
+        self.look(
+            self.calls
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(STOP_EVERY),
+        )
     }
 
     /// Why [`Watch::must_stop`] said stop.
