@@ -348,7 +348,8 @@ impl Iterator for ReadAhead {
     }
 }
 
-/// The non-blank lines of newline-delimited GeoJSON, each at most
+/// The lines of newline-delimited GeoJSON (blank ones empty, so that they can be counted), each
+/// at most
 /// [`MAX_FEATURE_BYTES`](crate::gis::source::json_split::MAX_FEATURE_BYTES) (a longer one is an
 /// error, not read whole), RFC 8142 record separators removed.
 struct Lines<R> {
@@ -364,34 +365,35 @@ impl<R: BufRead> Iterator for Lines<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         use std::io::Read;
-        let limit = self.limit;
-        while !self.done {
-            self.line += 1;
-            let mut line = Vec::new();
-            let read = (&mut self.reader)
-                .take(limit as u64 + 1)
-                .read_until(b'\n', &mut line);
-            match read {
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(format!("line {}: {e}", self.line)));
-                }
-                Ok(0) => return None,
-                Ok(_) if line.len() > limit && line.last() != Some(&b'\n') => {
-                    self.done = true;
-                    return Some(Err(format!(
-                        "line {}: longer than {limit} bytes",
-                        self.line
-                    )));
-                }
-                Ok(_) => {}
-            }
-            line.retain(|b| *b != 0x1e);
-            if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                return Some(Ok(line));
-            }
+        if self.done {
+            return None;
         }
-        None
+        let limit = self.limit;
+        self.line += 1;
+        let mut line = Vec::new();
+        let read = (&mut self.reader)
+            .take(limit as u64 + 1)
+            .read_until(b'\n', &mut line);
+        match read {
+            Err(e) => {
+                self.done = true;
+                return Some(Err(format!("line {}: {e}", self.line)));
+            }
+            Ok(0) => return None,
+            Ok(_) if line.len() > limit && line.last() != Some(&b'\n') => {
+                self.done = true;
+                return Some(Err(format!(
+                    "line {}: longer than {limit} bytes",
+                    self.line
+                )));
+            }
+            Ok(_) => {}
+        }
+        line.retain(|b| *b != 0x1e);
+        if !line.iter().any(|b| !b.is_ascii_whitespace()) {
+            line.clear();
+        }
+        Some(Ok(line))
     }
 }
 
@@ -421,6 +423,10 @@ fn geojson_to_gpkg(
     let mut cells = Cells::default();
     for (n, bytes) in read_ahead(feature_bytes(source)?).enumerate() {
         let bytes = bytes.map_err(&bad)?;
+        if bytes.is_empty() {
+            // A blank line of newline-delimited GeoJSON, kept so that `n` counts lines.
+            continue;
+        }
         let geometry = read_feature(&bytes, writer.fields_mut(), &mut cells)
             .map_err(|e| bad(format!("{}: {e}", place(source, n))))?;
         writer.add_cells(geometry.as_ref(), &cells)?;
@@ -707,7 +713,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn geojson_lines_are_bounded_and_blank_ones_skipped() {
+    fn geojson_lines_are_bounded_and_blank_ones_kept_empty() {
         let text = b"{\"a\":1}\n\n \x1e{\"b\":2}\r\n0123456789abcdef\n";
         let lines: Vec<_> = Lines {
             reader: &text[..],
@@ -716,10 +722,31 @@ mod tests {
             done: false,
         }
         .collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert_eq!(lines[0].as_deref(), Ok(&b"{\"a\":1}\n"[..]));
-        assert_eq!(lines[1].as_deref(), Ok(&b" {\"b\":2}\r\n"[..]));
-        assert_eq!(lines[2], Err("line 4: longer than 12 bytes".to_owned()));
+        assert_eq!(lines[1].as_deref(), Ok(&b""[..]));
+        assert_eq!(lines[2].as_deref(), Ok(&b" {\"b\":2}\r\n"[..]));
+        assert_eq!(lines[3], Err("line 4: longer than 12 bytes".to_owned()));
+    }
+
+    #[test]
+    fn geojson_lines_errors_name_the_line_after_blank_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("lines.geojsonl");
+        std::fs::write(
+            &source,
+            "{\"type\":\"Feature\",\"properties\":{},\"geometry\":null}\n\n  \n{\"type\":\"Feature\"}\n",
+        )
+        .unwrap();
+        let error = convert(
+            &source,
+            &dir.path().join("lines.gpkg"),
+            "lines",
+            &OpenOptions::default(),
+        )
+        .unwrap_err()
+        .reason();
+        assert!(error.starts_with("line 4: "), "{error}");
     }
 
     /// Fields are found as they come in one pass, widened as values of other types come, and
