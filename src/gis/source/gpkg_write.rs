@@ -140,6 +140,10 @@ impl LayerWriter {
             path: destination.to_owned(),
             reason: e.to_string(),
         };
+        check_fields(fields).map_err(|reason| WriteError {
+            path: destination.to_owned(),
+            reason,
+        })?;
         let _ = std::fs::remove_file(&temporary);
         let connection = Connection::open(&temporary).map_err(fail)?;
         connection
@@ -466,6 +470,25 @@ impl Cells {
     }
 }
 
+/// Checks fields known from the start (a CSV header, a shapefile's table) before any row is
+/// read, instead of when the table is made at the end: too many, or a name given twice
+/// (SQLite's names ignore case).
+fn check_fields(fields: &[Field]) -> Result<(), String> {
+    if fields.len() > MAX_FIELDS {
+        return Err(format!("more than {MAX_FIELDS} fields"));
+    }
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let columns: String = fields
+        .iter()
+        .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
+        .collect();
+    Connection::open_in_memory()
+        .and_then(|c| c.execute_batch(&format!("CREATE TABLE t (fid INTEGER, geom BLOB{columns})")))
+        .map_err(|e| e.to_string())
+}
+
 /// A kept row: its geometry blob (if any) and its cells.
 fn split_record(record: &[u8]) -> rusqlite::Result<(Option<&[u8]>, &[u8])> {
     let corrupt = || rusqlite::Error::InvalidQuery;
@@ -770,6 +793,22 @@ mod tests {
     use super::*;
 
     /// Fields named like SQLite's row ids or the staging columns are kept as they are.
+    #[test]
+    fn fields_given_twice_fail_at_the_start() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fields: Vec<Field> = ["name", "NAME"]
+            .iter()
+            .map(|name| Field {
+                name: (*name).to_owned(),
+                kind: FieldType::Text,
+            })
+            .collect();
+        let error = LayerWriter::create(&dir.path().join("twice.gpkg"), "twice", 4326, &fields)
+            .err()
+            .unwrap_or_else(|| panic!("two fields named alike were accepted"));
+        assert!(error.reason.contains("duplicate column name"), "{error}");
+    }
+
     #[test]
     fn large_rows_go_in_fewer_per_statement_and_all_arrive() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
