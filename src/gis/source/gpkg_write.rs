@@ -108,6 +108,8 @@ pub struct LayerWriter {
     runs: crate::gis::source::sorted_runs::Runs,
     /// A row being serialised (reused).
     record: Vec<u8>,
+    /// The cells of a row given by [`LayerWriter::add`] (reused).
+    cells: Cells,
     extent: Option<[f64; 4]>,
     count: u64,
 }
@@ -187,6 +189,7 @@ impl LayerWriter {
             fields: Fields::new(fields),
             runs: crate::gis::source::sorted_runs::Runs::new(temporary.clone(), RUN_BYTES),
             record: Vec::new(),
+            cells: Cells::default(),
             connection,
             temporary: Temporary(temporary),
             destination: destination.to_owned(),
@@ -213,11 +216,14 @@ impl LayerWriter {
         values: Vec<Value>,
         geometry: Option<&geo::Geometry<f64>>,
     ) -> Result<(), WriteError> {
-        let mut cells = Cells::default();
+        let mut cells = std::mem::take(&mut self.cells);
+        cells.clear();
         for (column, value) in values.iter().enumerate() {
             cells.value(column, value);
         }
-        self.add_cells(geometry, &cells)
+        let added = self.add_cells(geometry, &cells);
+        self.cells = cells;
+        added
     }
 
     /// The layer's fields, to which a source whose fields are found as it is read adds them.
@@ -280,15 +286,8 @@ impl LayerWriter {
             &mut self.runs,
             crate::gis::source::sorted_runs::Runs::new(PathBuf::new(), 0),
         );
-        self.write_in_spatial_order(runs).map_err(|e| {
-            self.fail(format!(
-                "writing the rows in spatial order: {}",
-                match e {
-                    RunError::Sqlite(e) => e.to_string(),
-                    RunError::Io(e) => e.to_string(),
-                }
-            ))
-        })?;
+        self.write_in_spatial_order(runs)
+            .map_err(|e| self.fail(format!("writing the rows in spatial order: {e}")))?;
         let t = &self.table;
         let [min_x, min_y, max_x, max_y] = self.extent.map_or([None; 4], |e| e.map(Some));
         let triggers = rtree_triggers(t, "geom", "fid");
@@ -480,13 +479,26 @@ fn check_fields(fields: &[Field]) -> Result<(), String> {
     if fields.is_empty() {
         return Ok(());
     }
-    let columns: String = fields
-        .iter()
-        .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
-        .collect();
+    let columns = column_definitions(fields);
     Connection::open_in_memory()
         .and_then(|c| c.execute_batch(&format!("CREATE TABLE t (fid INTEGER, geom BLOB{columns})")))
         .map_err(|e| e.to_string())
+}
+
+/// The attribute columns of a `CREATE TABLE`, each after a comma.
+fn column_definitions(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
+        .collect()
+}
+
+/// `INSERT INTO <into> VALUES` with `rows` rows of `per_row` parameters each: rows go into
+/// SQLite many per statement, since one statement per row pays the statement's own work (and
+/// `AUTOINCREMENT`'s bookkeeping) a million times over.
+pub(crate) fn insert_rows_sql(into: &str, per_row: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; per_row].join(","));
+    format!("INSERT INTO {into} VALUES {}", vec![row; rows].join(","))
 }
 
 /// A kept row: its geometry blob (if any) and its cells.
@@ -579,12 +591,7 @@ fn bind(
 impl LayerWriter {
     /// Makes the layer's table (with its fields as they now are) and its empty R*Tree.
     fn create_table(&self) -> rusqlite::Result<()> {
-        let columns: String = self
-            .fields
-            .list
-            .iter()
-            .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
-            .collect();
+        let columns = column_definitions(&self.fields.list);
         self.connection.execute_batch(&format!(
             "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{columns});
              CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
@@ -609,40 +616,39 @@ impl LayerWriter {
             .iter()
             .map(|f| format!(", {}", quote(&f.name)))
             .collect();
-        // Rows go in many at a time: one statement per row would pay the statement's own work
-        // (and AUTOINCREMENT's bookkeeping) a million times over.
+        let into = format!("main.{} (fid, geom{names})", quote(&self.table));
         let per_row = self.fields.list.len() + 2;
         let batch = (MAX_PARAMETERS / per_row).clamp(1, MAX_BATCH_ROWS);
-        let insert_sql = |rows: usize| {
-            let row = format!("({})", vec!["?"; per_row].join(","));
-            format!(
-                "INSERT INTO main.{} (fid, geom{names}) VALUES {}",
-                quote(&self.table),
-                vec![row; rows].join(",")
-            )
-        };
-        let mut insert = c.prepare(&insert_sql(batch))?;
         let bounds_path = Temporary(self.temporary.0.with_extension("bounds"));
         let mut bounds_out =
             std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&bounds_path.0)?);
-        let mut fid = 0i64;
         let mut located = 0u64;
+        let mut fid = 0i64;
         // The records of the batch being gathered, end to end, and where each ends.
         let mut pending: Vec<u8> = Vec::new();
         let mut ends: Vec<usize> = Vec::with_capacity(batch);
         let fields = &self.fields.list;
-        let write = |statement: &mut rusqlite::Statement<'_>,
-                     pending: &[u8],
-                     ends: &[usize],
-                     first_fid: i64|
-         -> Result<(), RunError> {
+        // Writes the gathered rows (fids from `first`) with one statement, and notes the bounds
+        // of each for the R*Tree.
+        let mut flush = |pending: &[u8], ends: &[usize], first: i64| -> Result<(), RunError> {
+            let mut statement = c.prepare_cached(&insert_rows_sql(&into, per_row, ends.len()))?;
             let mut start = 0;
-            for (k, &end) in ends.iter().enumerate() {
+            for (k, (&end, fid)) in ends.iter().zip(first..).enumerate() {
                 let base = k * per_row;
                 let (blob, cells) = split_record(&pending[start..end])?;
-                statement.raw_bind_parameter(base + 1, first_fid + k as i64)?;
+                statement.raw_bind_parameter(base + 1, fid)?;
                 statement.raw_bind_parameter(base + 2, blob)?;
-                bind(statement, base, cells, fields)?;
+                bind(&mut statement, base, cells, fields)?;
+                if let Some(b) = blob.and_then(crate::gis::source::rtree_pack::blob_bounds)
+                    && b.iter().all(|v| v.is_finite())
+                {
+                    use std::io::Write;
+                    bounds_out.write_all(&fid.to_le_bytes())?;
+                    for v in b {
+                        bounds_out.write_all(&v.to_le_bytes())?;
+                    }
+                    located += 1;
+                }
                 start = end;
             }
             statement.raw_execute()?;
@@ -652,37 +658,19 @@ impl LayerWriter {
         };
         runs.drain(|record| -> Result<(), RunError> {
             fid += 1;
-            let (blob, _) = split_record(record)?;
-            if let Some(b) = blob.and_then(crate::gis::source::rtree_pack::blob_bounds)
-                && b.iter().all(|v| v.is_finite())
-            {
-                use std::io::Write;
-                bounds_out.write_all(&fid.to_le_bytes())?;
-                for v in b {
-                    bounds_out.write_all(&v.to_le_bytes())?;
-                }
-                located += 1;
-            }
             pending.extend_from_slice(record);
             ends.push(pending.len());
-            if ends.len() == batch {
-                write(&mut insert, &pending, &ends, fid + 1 - batch as i64)?;
-            } else if pending.len() >= MAX_BATCH_BYTES {
-                // Large rows (long lines, detailed polygons) go in fewer at a time.
-                let mut fewer = c.prepare_cached(&insert_sql(ends.len()))?;
-                write(&mut fewer, &pending, &ends, fid + 1 - ends.len() as i64)?;
-            } else {
-                return Ok(());
+            // Large rows (long lines, detailed polygons) go in fewer at a time.
+            if ends.len() == batch || pending.len() >= MAX_BATCH_BYTES {
+                flush(&pending, &ends, fid + 1 - ends.len() as i64)?;
+                pending.clear();
+                ends.clear();
             }
-            pending.clear();
-            ends.clear();
             Ok(())
         })?;
         if !ends.is_empty() {
-            let mut last = c.prepare(&insert_sql(ends.len()))?;
-            write(&mut last, &pending, &ends, fid + 1 - ends.len() as i64)?;
+            flush(&pending, &ends, fid + 1 - ends.len() as i64)?;
         }
-        drop(insert);
         let file = bounds_out
             .into_inner()
             .map_err(|e| RunError::Io(e.into_error()))?;
@@ -712,21 +700,12 @@ impl LayerWriter {
 }
 
 /// A failure while the sorted rows are written.
+#[derive(Debug, thiserror::Error)]
 enum RunError {
-    Sqlite(rusqlite::Error),
-    Io(std::io::Error),
-}
-
-impl From<rusqlite::Error> for RunError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Sqlite(e)
-    }
-}
-
-impl From<std::io::Error> for RunError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// The place of point (`x`, `y`) along a Hilbert curve over the layer's system's whole range
@@ -792,17 +771,22 @@ BEGIN DELETE FROM "{r}" WHERE id = OLD."{i}"; END;"#
 mod tests {
     use super::*;
 
-    /// Fields named like SQLite's row ids or the staging columns are kept as they are.
-    #[test]
-    fn fields_given_twice_fail_at_the_start() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let fields: Vec<Field> = ["name", "NAME"]
+    /// Text fields of these names.
+    fn text_fields(names: &[&str]) -> Vec<Field> {
+        names
             .iter()
             .map(|name| Field {
                 name: (*name).to_owned(),
                 kind: FieldType::Text,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Fields known from the start are checked before any row is read.
+    #[test]
+    fn fields_given_twice_fail_at_the_start() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fields = text_fields(&["name", "NAME"]);
         let error = LayerWriter::create(&dir.path().join("twice.gpkg"), "twice", 4326, &fields)
             .err()
             .unwrap_or_else(|| panic!("two fields named alike were accepted"));
@@ -813,13 +797,11 @@ mod tests {
     fn large_rows_go_in_fewer_per_statement_and_all_arrive() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("large.gpkg");
-        let fields = [Field {
-            name: "text".to_owned(),
-            kind: FieldType::Text,
-        }];
+        let fields = text_fields(&["text"]);
         let mut writer =
             LayerWriter::create(&path, "large", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
-        // 300 rows of about 100 KB: batches are cut by bytes (about 40 rows), not by count.
+        // 300 rows of about 100 KB: statements are cut by bytes (about 40 rows, then a shorter
+        // last one), not by count; every row must still arrive with its own geometry.
         for i in 0..300 {
             let point = geo::Geometry::Point(geo::Point::new(f64::from(i), 0.0));
             let text = format!("{i}:{}", "x".repeat(100_000));
@@ -849,17 +831,12 @@ mod tests {
         assert_eq!(seen, (0..300).collect::<Vec<_>>());
     }
 
+    /// Fields named like SQLite's row ids or the staging columns are kept as they are.
     #[test]
     fn fields_named_rowid_or_like_the_staging_columns_convert() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("odd.gpkg");
-        let fields: Vec<Field> = ["rowid", "pozi_minx", "pozi_seq"]
-            .iter()
-            .map(|name| Field {
-                name: (*name).to_owned(),
-                kind: FieldType::Text,
-            })
-            .collect();
+        let fields = text_fields(&["rowid", "pozi_minx", "pozi_seq"]);
         let mut writer =
             LayerWriter::create(&path, "odd", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
         for (i, x) in [(0, 5.0), (1, -5.0), (2, 5.0)] {

@@ -66,29 +66,18 @@ pub fn pack(
         "DELETE FROM {node_table}; DELETE FROM {rowid_table}; DELETE FROM {parent_table};"
     ))?;
     let mut write_node = c.prepare(&format!("INSERT INTO {node_table} VALUES (?1, ?2)"))?;
-    // A leaf's row ids go in with one statement (a statement per row costs several times as
-    // much over a million rows).
-    let rowids_sql = |n: usize| {
-        format!(
-            "INSERT INTO {rowid_table} VALUES {}",
-            vec!["(?,?)"; n].join(",")
-        )
-    };
-    let mut write_rowids = c.prepare(&rowids_sql(capacity))?;
-    let mut rowids = |leaf: &[(i64, Box32)], node: i64| -> rusqlite::Result<()> {
-        let mut partial;
-        let statement = if leaf.len() == capacity {
-            &mut write_rowids
-        } else {
-            partial = c.prepare(&rowids_sql(leaf.len()))?;
-            &mut partial
+    // A leaf's row ids go in with one statement.
+    let rowids =
+        |leaf: &[(i64, Box32)], node: i64| -> rusqlite::Result<()> {
+            let mut statement = c.prepare_cached(
+                &crate::gis::source::gpkg_write::insert_rows_sql(&rowid_table, 2, leaf.len()),
+            )?;
+            for (k, (id, _)) in leaf.iter().enumerate() {
+                statement.raw_bind_parameter(2 * k + 1, id)?;
+                statement.raw_bind_parameter(2 * k + 2, node)?;
+            }
+            statement.raw_execute().map(|_| ())
         };
-        for (k, (id, _)) in leaf.iter().enumerate() {
-            statement.raw_bind_parameter(2 * k + 1, id)?;
-            statement.raw_bind_parameter(2 * k + 2, node)?;
-        }
-        statement.raw_execute().map(|_| ())
-    };
     let mut write_parent = c.prepare(&format!("INSERT INTO {parent_table} VALUES (?1, ?2)"))?;
     let blob = |depth: u16, cells: &[(i64, Box32)]| {
         let mut data = vec![0u8; node_size];
