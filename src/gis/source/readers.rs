@@ -256,96 +256,56 @@ const READ_AHEAD_BYTES: usize = 1024 * 1024;
 /// features when single features are larger than a batch.
 const READ_AHEAD_BATCHES: usize = 1;
 
-/// The same features, cut out of the file on a thread of their own, so that reading and
-/// splitting the file runs beside parsing instead of before it.
-fn read_ahead(features: FeatureBytesIter) -> ReadAhead {
-    let (send, receive) = std::sync::mpsc::sync_channel(READ_AHEAD_BATCHES);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = std::sync::Arc::clone(&stop);
-    let reader = std::thread::Builder::new()
-        .name("geojson-read".to_owned())
-        .spawn(move || {
-            let mut features = features;
-            loop {
-                let mut batch = Vec::with_capacity(READ_AHEAD_FEATURES);
-                let mut bytes = 0;
-                let mut last = true;
-                // A parser that stopped (on an error of its own) says so: stop reading.
-                let wanted = || !stopped.load(Ordering::Relaxed);
-                for feature in features.by_ref().take_while(|_| wanted()) {
-                    let failed = feature.is_err();
-                    bytes += feature.as_ref().map_or(0, Vec::len);
-                    batch.push(feature);
-                    if failed {
-                        break;
+/// Calls `each` with every feature of `features` in order, the features cut out of the file on
+/// a thread of their own, so that reading and splitting the file runs beside parsing instead
+/// of before it. An error from `each` ends the reading (the thread stops after the batch it is
+/// reading); a panic of the reading thread reaches `each` as an error, never as the end of
+/// the file.
+fn read_ahead<E>(
+    features: FeatureBytesIter,
+    mut each: impl FnMut(Result<Vec<u8>, String>) -> Result<(), E>,
+) -> Result<(), E> {
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<_>>(READ_AHEAD_BATCHES);
+        let reader = std::thread::Builder::new()
+            .name("geojson-read".to_owned())
+            .spawn_scoped(scope, move || {
+                let mut features = features;
+                loop {
+                    let mut batch = Vec::with_capacity(READ_AHEAD_FEATURES);
+                    let mut bytes = 0;
+                    let mut last = true;
+                    for feature in features.by_ref() {
+                        let failed = feature.is_err();
+                        bytes += feature.as_ref().map_or(0, Vec::len);
+                        batch.push(feature);
+                        if failed {
+                            break;
+                        }
+                        if batch.len() == READ_AHEAD_FEATURES || bytes >= READ_AHEAD_BYTES {
+                            last = false;
+                            break;
+                        }
                     }
-                    if batch.len() == READ_AHEAD_FEATURES || bytes >= READ_AHEAD_BYTES {
-                        last = false;
-                        break;
+                    // A parser that stopped drops its end of the channel: the send fails.
+                    if batch.is_empty() || send.send(batch).is_err() || last {
+                        return;
                     }
                 }
-                if batch.is_empty() || send.send(batch).is_err() || last {
-                    return;
-                }
-            }
-        });
-    match reader {
-        Ok(reader) => ReadAhead {
-            receive: Some(receive),
-            reader: Some(reader),
-            batch: Vec::new().into_iter(),
-            stop,
-        },
-        Err(e) => ReadAhead {
-            receive: None,
-            reader: None,
-            stop,
-            batch: vec![Err(format!("cannot start a thread to read the file: {e}"))].into_iter(),
-        },
-    }
-}
-
-/// A batch of features' bytes (or why the file could not be read).
-type Batch = Vec<Result<Vec<u8>, String>>;
-
-/// Features read ahead by [`read_ahead`]'s thread.
-struct ReadAhead {
-    receive: Option<std::sync::mpsc::Receiver<Batch>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    batch: std::vec::IntoIter<Result<Vec<u8>, String>>,
-    /// Set when the parser is done with the features, so the thread stops reading.
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Iterator for ReadAhead {
-    type Item = Result<Vec<u8>, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(item) = self.batch.next() {
-                return Some(item);
-            }
-            match self.receive.as_ref().map(std::sync::mpsc::Receiver::recv) {
-                Some(Ok(batch)) => self.batch = batch.into_iter(),
-                Some(Err(_)) => {
-                    // The thread is done: it must have ended on its own, not in a panic (which
-                    // would otherwise pass for the end of the file).
-                    self.receive = None;
-                    if self.reader.take().is_some_and(|r| r.join().is_err()) {
-                        return Some(Err("the thread reading the file failed".to_owned()));
-                    }
-                    return None;
-                }
-                None => return None,
-            }
+            });
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(e) => return each(Err(format!("cannot start a thread to read the file: {e}"))),
+        };
+        let parsed = receive.iter().flatten().try_for_each(&mut each);
+        drop(receive);
+        // Joined here, so that a panic is an error and not the scope's own panic.
+        match (parsed, reader.join()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(_)) => each(Err("the thread reading the file failed".to_owned())),
+            (Ok(()), Ok(())) => Ok(()),
         }
-    }
+    })
 }
 
 /// The lines of newline-delimited GeoJSON (blank ones empty, so that they can be counted), each
@@ -421,17 +381,21 @@ fn geojson_to_gpkg(
     // other types come; the table is made from them when the rows are written.
     let mut writer = LayerWriter::create(destination, layer, 4326, &[])?;
     let mut cells = Cells::default();
-    for (n, bytes) in read_ahead(feature_bytes(source)?).enumerate() {
+    let mut n = 0;
+    read_ahead(feature_bytes(source)?, |bytes| {
+        let at = n;
+        n += 1;
         let bytes = bytes.map_err(&bad)?;
         if bytes.is_empty() {
             // A blank line of newline-delimited GeoJSON, kept so that `n` counts lines.
-            continue;
+            return Ok(());
         }
         let geometry = read_feature(&bytes, writer.fields_mut(), &mut cells)
-            .map_err(|e| bad(format!("{}: {e}", place(source, n))))?;
+            .map_err(|e| bad(format!("{}: {e}", place(source, at))))?;
         writer.add_cells(geometry.as_ref(), &cells)?;
         rows.fetch_add(1, Ordering::Relaxed);
-    }
+        Ok::<(), ReadError>(())
+    })?;
     Ok(writer.finish()?)
 }
 
@@ -712,6 +676,62 @@ fn zipped_shapefile_to_gpkg(
 mod tests {
     use super::*;
 
+    /// Converts `text`, written as a file named `name`, into a GeoPackage layer named after
+    /// it: the folder (removed when dropped), the GeoPackage's path and what the conversion
+    /// gave.
+    fn convert_text(
+        name: &str,
+        text: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Result<u64, ReadError>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join(name);
+        std::fs::write(&source, text).unwrap();
+        let layer = name.split('.').next().unwrap_or(name);
+        let out = dir.path().join(format!("{layer}.gpkg"));
+        let converted = convert(&source, &out, layer, &OpenOptions::default());
+        (dir, out, converted)
+    }
+
+    #[test]
+    fn a_reading_thread_that_panics_is_an_error_not_the_end_of_the_file() {
+        let mut count = 0;
+        let features = (0..5).map(|i| {
+            assert!(i < 3, "a reader failing");
+            Ok(vec![b'{'])
+        });
+        let mut seen = Vec::new();
+        let result = read_ahead(Box::new(features), |feature| {
+            count += 1;
+            feature.map(|_| ()).map_err(|e| seen.push(e))
+        });
+        assert!(result.is_err());
+        assert_eq!(seen, ["the thread reading the file failed"]);
+        // The batch being read when the thread failed is not handed on: only the error is.
+        assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn a_parser_that_stops_stops_the_reading() {
+        // An endless source: `read_ahead` returns only if the reading thread stops when the
+        // parser does.
+        let endless = std::iter::repeat_with(|| Ok(vec![b'{']));
+        let mut count = 0;
+        let result = read_ahead(Box::new(endless), |_| {
+            count += 1;
+            if count == 10 {
+                Err("parser error")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(result, Err("parser error"));
+        assert_eq!(count, 10);
+    }
+
     #[test]
     fn geojson_lines_are_bounded_and_blank_ones_kept_empty() {
         let text = b"{\"a\":1}\n\n \x1e{\"b\":2}\r\n0123456789abcdef\n";
@@ -731,21 +751,11 @@ mod tests {
 
     #[test]
     fn geojson_lines_errors_name_the_line_after_blank_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("lines.geojsonl");
-        std::fs::write(
-            &source,
+        let (_dir, _, converted) = convert_text(
+            "lines.geojsonl",
             "{\"type\":\"Feature\",\"properties\":{},\"geometry\":null}\n\n  \n{\"type\":\"Feature\"}\n",
-        )
-        .unwrap();
-        let error = convert(
-            &source,
-            &dir.path().join("lines.gpkg"),
-            "lines",
-            &OpenOptions::default(),
-        )
-        .unwrap_err()
-        .reason();
+        );
+        let error = converted.unwrap_err().reason();
         assert!(error.starts_with("line 4: "), "{error}");
     }
 
@@ -753,23 +763,16 @@ mod tests {
     /// each value is written as its column's final type asks.
     #[test]
     fn geojson_fields_widen_as_values_come() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("mixed.geojson");
-        std::fs::write(
-            &source,
+        let (_dir, out, converted) = convert_text(
+            "mixed.geojson",
             r#"{"type":"FeatureCollection","name":"x","features":[
 {"type":"Feature","properties":{"n":1,"s":5,"only_null":null,"b":true,"big":1},"geometry":{"type":"Point","coordinates":[1,2]}},
 {"type":"Feature","properties":{"n":2.5,"s":"x","b":false,"big":18446744073709551615,"list":[1,"a"],"obj":{"k":2},"r":0.1,"q\"uote":"y"},"geometry":{"type":"Polygon","coordinates":[[[0,0],[4,0],[4,4],[0,0]],[[1,1],[2,1],[1,2],[1,1]]]}},
 {"type":"Feature","properties":{"s":1.5,"r":"t"},"geometry":null},
 {"type":"Feature","properties":null,"geometry":{"type":"GeometryCollection","geometries":[{"type":"Point","coordinates":[3,3]}]}}
 ]}"#,
-        )
-        .unwrap();
-        let out = dir.path().join("mixed.gpkg");
-        assert_eq!(
-            convert(&source, &out, "mixed", &OpenOptions::default()).unwrap(),
-            4
         );
+        assert_eq!(converted.unwrap(), 4);
         let c = rusqlite::Connection::open(&out).unwrap();
         let columns: Vec<(String, String)> = c
             .prepare("SELECT name, type FROM pragma_table_info('mixed')")
