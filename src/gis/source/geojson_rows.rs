@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::gis::source::gpkg_write::{Cells, FieldType, Fields};
@@ -227,6 +228,12 @@ impl Property<'_> {
             .column(self.name, kind, self.place)
             .map_err(E::custom)
     }
+
+    fn json<E: de::Error>(mut self, value: &serde_json::Value) -> Result<(), E> {
+        let column = self.column(FieldType::Text)?;
+        self.cells.text(column, &value.to_string());
+        Ok(())
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Property<'_> {
@@ -273,25 +280,14 @@ impl<'de> Visitor<'de> for Property<'_> {
         self.cells.text(column, v);
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<serde_json::Value>()? {
-            items.push(item);
-        }
-        let column = self.column(FieldType::Text)?;
-        self.cells
-            .text(column, &serde_json::Value::Array(items).to_string());
-        Ok(())
+    // Arrays and objects are kept as JSON text.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let value = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        self.json(&value)
     }
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-            object.insert(k, v);
-        }
-        let column = self.column(FieldType::Text)?;
-        self.cells
-            .text(column, &serde_json::Value::Object(object).to_string());
-        Ok(())
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let value = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        self.json(&value)
     }
 }
 
