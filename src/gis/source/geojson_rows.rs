@@ -3,10 +3,13 @@
 //! into a `geo` geometry. Nothing else is built on the way (no JSON tree, no owned keys), which
 //! is what makes a million-feature import a single read of the file.
 //!
-//! What is accepted is what the `geojson` crate accepts for a feature: `type` must be
+//! What is accepted is, nearly, what the `geojson` crate accepts for a feature: `type` must be
 //! `"Feature"`, `geometry` must be present (an object or null), `properties` an object or null,
 //! `id` a string or a number, `bbox` null or numbers; positions have at least two numbers
-//! (further ones, such as heights, are dropped).
+//! (further ones, such as heights, are dropped). It differs where nothing is built: members no
+//! one reads are skipped without checking their text is UTF-8, and a property repeated with a
+//! null last keeps the value before. (That crate, and GDAL-style readers built on it, parse a
+//! JSON tree first; reading straight into the row is what makes this several times faster.)
 
 use std::borrow::Cow;
 use std::fmt;
