@@ -91,26 +91,30 @@ pub async fn answer(
             .await;
     }
     let client_sql = options.sql.is_some() || options.filter.is_some();
-    // Other formats are converted once into a GeoPackage kept in the state folder.
-    let path = if converted {
+    // Other formats are converted once into a GeoPackage kept in the state folder, which is
+    // looked up on the same trip to a query thread.
+    let dataset = if converted {
         let (c, shown) = (catalog.clone(), source.to_owned());
         let open = crate::gis::source::readers::OpenOptions::parse(&options.open_options)
             .map_err(|e| ApiError::bad_request("bad options", e.to_string()))?;
-        match catalog
+        let found = catalog
             .queries
-            .run(move || c.converted(&path, &shown, &open))
-            .await
-        {
-            Ok(Ok(converted)) => converted,
+            .run(move || {
+                c.converted(&path, &shown, &open)
+                    .map(|converted| c.datasets.get(&converted, &shown))
+            })
+            .await;
+        match found {
+            Ok(Ok(Ok(dataset))) => dataset,
+            Ok(Ok(Err(e))) => return Err(ApiError::query(&QueryError::Dataset(e), client_sql)),
             Ok(Err(e)) => return Err(ApiError::dataset(&e)),
             Err(e) => return Err(ApiError::query(&QueryError::from(e), client_sql)),
         }
     } else {
-        path
+        lookup(&catalog, &path, source)
+            .await
+            .map_err(|e| ApiError::query(&e, client_sql))?
     };
-    let dataset = lookup(&catalog, &path, source)
-        .await
-        .map_err(|e| ApiError::query(&e, client_sql))?;
     let selection = options.selection();
     let bad = |e: &dyn std::error::Error| ApiError::bad_request("bad request", e.to_string());
     let plan = match &options.sql {

@@ -8,7 +8,7 @@ use geozero::{CoordDimensions, GeomProcessor, GeozeroGeometry};
 use rusqlite::types::ValueRef;
 
 /// Size at which a chunk is handed to the response.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 256 * 1024;
 
 /// A feature's geometry as stored, or as computed (clipped to a filter, simplified).
 #[derive(Debug, Clone, Copy)]
@@ -60,15 +60,16 @@ impl FeatureWriter {
         self.features
     }
 
-    /// Writes one feature from `(name, value, boolean)` properties and its geometry; `boolean`
-    /// marks a BOOLEAN column, whose integers are written as `true`/`false` (as GDAL does).
+    /// Writes one feature from `(key, value, boolean)` properties and its geometry: `key` is
+    /// the property's name as written by [`key`]; `boolean` marks a BOOLEAN column, whose
+    /// integers are written as `true`/`false` (as GDAL does).
     ///
     /// # Errors
     /// When the geometry blob is malformed.
     pub fn feature<'a>(
         &mut self,
         id: Option<i64>,
-        properties: impl Iterator<Item = (&'a str, ValueRef<'a>, bool)>,
+        properties: impl Iterator<Item = (&'a [u8], ValueRef<'a>, bool)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
         let (length, features, last) = (self.buffer.len(), self.features, self.last);
@@ -84,7 +85,7 @@ impl FeatureWriter {
     fn write_feature<'a>(
         &mut self,
         id: Option<i64>,
-        properties: impl Iterator<Item = (&'a str, ValueRef<'a>, bool)>,
+        properties: impl Iterator<Item = (&'a [u8], ValueRef<'a>, bool)>,
         geometry: Geometry<'_>,
     ) -> geozero::error::Result<()> {
         self.begin();
@@ -96,12 +97,11 @@ impl FeatureWriter {
             self.buffer.push(b',');
         }
         self.buffer.extend_from_slice(b"\"properties\":{");
-        for (i, (name, value, boolean)) in properties.enumerate() {
+        for (i, (key, value, boolean)) in properties.enumerate() {
             if i > 0 {
                 self.buffer.push(b',');
             }
-            write_string(&mut self.buffer, name);
-            self.buffer.push(b':');
+            self.buffer.extend_from_slice(key);
             match value {
                 ValueRef::Integer(i) if boolean => {
                     self.buffer
@@ -112,6 +112,14 @@ impl FeatureWriter {
         }
         self.buffer.extend_from_slice(b"},\"geometry\":");
         match geometry {
+            Geometry::Gpkg(blob) if let Some((x, y)) = gpkg_point(blob) => {
+                self.buffer
+                    .extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":[");
+                write_coordinate(&mut self.buffer, x);
+                self.buffer.push(b',');
+                write_coordinate(&mut self.buffer, y);
+                self.buffer.extend_from_slice(b"]}");
+            }
             Geometry::Gpkg(blob) if is_gpkg_geometry(blob) && !is_empty_gpkg(blob) => {
                 GpkgWkb(blob)
                     .process_geom(&mut GeometryWriter::new(&mut self.buffer, &mut self.ring))?;
@@ -182,9 +190,72 @@ pub fn is_empty_gpkg(blob: &[u8]) -> bool {
     blob.get(3).is_some_and(|flags| flags & 0b1_0000 != 0)
 }
 
-fn write_string(out: &mut Vec<u8>, text: &str) {
+/// A property's name as written before its value: `"name":`, escaped once per query rather
+/// than once per feature.
+#[must_use]
+pub fn key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 3);
+    write_text(&mut key, name.as_bytes());
+    key.push(b':');
+    key
+}
+
+/// The coordinates of a GeoPackage geometry that is a plain two-dimensional point (the common
+/// case, written without the general geometry reader), when both are finite.
+fn gpkg_point(blob: &[u8]) -> Option<(f64, f64)> {
+    let flags = *blob.get(3)?;
+    // Not standard binary, or empty: the general reader decides.
+    if !blob.starts_with(b"GP") || flags & 0b11_0000 != 0 {
+        return None;
+    }
+    let envelope = match (flags >> 1) & 0b111 {
+        0 => 0,
+        1 => 32,
+        2 | 3 => 48,
+        4 => 64,
+        _ => return None,
+    };
+    let wkb = blob.get(8 + envelope..)?;
+    if wkb.len() != 21 {
+        return None;
+    }
+    let number = |bytes: &[u8]| -> Option<[u8; 8]> { bytes.try_into().ok() };
+    let (kind, x, y) = match wkb[0] {
+        1 => (
+            u32::from_le_bytes(wkb[1..5].try_into().ok()?),
+            f64::from_le_bytes(number(&wkb[5..13])?),
+            f64::from_le_bytes(number(&wkb[13..21])?),
+        ),
+        0 => (
+            u32::from_be_bytes(wkb[1..5].try_into().ok()?),
+            f64::from_be_bytes(number(&wkb[5..13])?),
+            f64::from_be_bytes(number(&wkb[13..21])?),
+        ),
+        _ => return None,
+    };
+    (kind == 1 && x.is_finite() && y.is_finite()).then_some((x, y))
+}
+
+/// Writes text as a JSON string. Text that is ASCII with nothing to escape (nearly every
+/// value) is copied as it is; anything else goes through `serde_json`, with invalid UTF-8
+/// replaced.
+fn write_text(out: &mut Vec<u8>, text: &[u8]) {
+    // Folded without an early exit, so that the compiler checks many bytes at a time.
+    let plain = text.iter().fold(true, |plain, &b| {
+        plain & ((0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+    });
+    if plain {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text);
+        out.push(b'"');
+        return;
+    }
     // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
+    let _ = match std::str::from_utf8(text) {
+        Ok(text) => serde_json::to_writer(&mut *out, text),
+        Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(text)),
+    };
 }
 
 /// A number as JSON: shortest round-trip digits, `null` when not finite.
@@ -221,7 +292,40 @@ fn write_coordinate(out: &mut Vec<u8>, value: f64) {
         }
         return;
     }
-    write_number(out, scaled.round() / SCALE);
+    let rounded = scaled.round();
+    // Between 10^-4 and 2^26, the rounded value's shortest round-trip digits are its seven
+    // decimals less trailing zeros (neighbouring doubles are closer than 10^-7 there, and the
+    // shortest form is not in exponent notation): written from the integer directly.
+    if (1e3..=67_108_864e7).contains(&rounded.abs()) {
+        #[allow(clippy::cast_possible_truncation)] // |rounded| < 2^53: exact
+        let units = rounded.abs() as u64;
+        if rounded < 0.0 {
+            out.push(b'-');
+        }
+        let (whole, mut part) = (units / 10_000_000, units % 10_000_000);
+        out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+        out.push(b'.');
+        if part == 0 {
+            out.push(b'0');
+            return;
+        }
+        let mut digits = 7;
+        while part % 10 == 0 {
+            part /= 10;
+            digits -= 1;
+        }
+        let mut text = [b'0'; 7];
+        for slot in text[..digits].iter_mut().rev() {
+            #[allow(clippy::cast_possible_truncation)] // a digit
+            {
+                *slot = b'0' + (part % 10) as u8;
+            }
+            part /= 10;
+        }
+        out.extend_from_slice(&text[..digits]);
+        return;
+    }
+    write_number(out, rounded / SCALE);
 }
 
 fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
@@ -229,12 +333,8 @@ fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
         ValueRef::Null => out.extend_from_slice(b"null"),
         ValueRef::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
         ValueRef::Real(f) => write_number(out, f),
-        // Valid UTF-8 (nearly always) is checked by the fast path, without the lossy scan.
-        ValueRef::Text(t) => match std::str::from_utf8(t) {
-            Ok(text) => write_string(out, text),
-            Err(_) => write_string(out, &String::from_utf8_lossy(t)),
-        },
-        ValueRef::Blob(b) => write_string(out, &format!("<{} bytes>", b.len())),
+        ValueRef::Text(t) => write_text(out, t),
+        ValueRef::Blob(b) => write_text(out, format!("<{} bytes>", b.len()).as_bytes()),
     }
 }
 
@@ -530,5 +630,176 @@ pub fn gpkg_envelope(blob: &[u8]) -> Option<[f64; 4]> {
             Some([x, y, x, y])
         }
         _ => Some([read(8)?, read(24)?, read(16)?, read(32)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rounding of [`write_coordinate`] written the slow way: the exact decimal rounding
+    /// near a tie, else the shortest digits of the value rounded to seven places.
+    fn slow_coordinate(value: f64) -> String {
+        let scaled = value * 1e7;
+        if !value.is_finite() || value.abs() >= 9.0e8 {
+            let mut out = Vec::new();
+            write_number(&mut out, value);
+            return String::from_utf8(out).unwrap_or_default();
+        }
+        let fraction = scaled - scaled.floor();
+        if (fraction - 0.5).abs() <= scaled.abs() * 2.0 * f64::EPSILON + 1e-9 {
+            let exact = format!("{value:.7}");
+            let trimmed = exact.trim_end_matches('0');
+            return if trimmed.ends_with('.') {
+                format!("{trimmed}0")
+            } else {
+                trimmed.to_owned()
+            };
+        }
+        let mut out = Vec::new();
+        write_number(&mut out, scaled.round() / 1e7);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn coordinate(value: f64) -> String {
+        let mut out = Vec::new();
+        write_coordinate(&mut out, value);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Coordinates written from the rounded integer are the digits the shortest round-trip
+    /// form gives, at every magnitude, sign and number of decimals.
+    #[test]
+    fn coordinates_match_the_shortest_form_of_the_rounded_value() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1e-9,
+            -1e-9,
+            5e-8,
+            1e-7,
+            1e-5,
+            1e-4,
+            0.000_123_4,
+            0.5,
+            1.0,
+            -1.0,
+            145.0,
+            180.0,
+            -180.000_000_000_000_06,
+            145.123_456_75,
+            6.710_886_4e7,
+            6.8e7,
+            8.999e8,
+            9.0e8,
+            1e12,
+            12_345_678.901_234_5,
+        ];
+        for _ in 0..200_000 {
+            let bits = next();
+            #[allow(clippy::cast_precision_loss)] // any spread of values will do
+            let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+            let magnitude = 10f64.powi(i32::try_from(next() % 15).unwrap_or(0) - 6);
+            let sign = if bits & 1 == 0 { 1.0 } else { -1.0 };
+            let value = sign * unit * magnitude;
+            values.push(value);
+            // Values with few decimals, as surveyed data has.
+            values.push((value * 1e4).round() / 1e4);
+        }
+        for value in values {
+            assert_eq!(coordinate(value), slow_coordinate(value), "{value:e}");
+        }
+    }
+
+    /// Text is written as `serde_json` writes it, invalid UTF-8 replaced.
+    #[test]
+    fn text_is_escaped_as_serde_json_does() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"plain text",
+            b"quote \" and backslash \\",
+            b"control \x01\x1f tab\t newline\n",
+            "caf\u{e9} \u{1f600} \u{2028}".as_bytes(),
+            b"\x7f delete",
+            b"bad \xff\xfe utf-8",
+        ];
+        for &text in cases {
+            let mut out = Vec::new();
+            write_text(&mut out, text);
+            let expected = serde_json::to_string(&String::from_utf8_lossy(text))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
+        assert_eq!(key("na\"me"), br#""na\"me":"#);
+    }
+
+    /// A plain point is written as the general geometry writer writes it, whatever its byte
+    /// order and envelope; other blobs are left to that writer.
+    #[test]
+    fn points_are_written_as_the_geometry_writer_writes_them() {
+        let blob = |header_flags: u8, envelope: usize, little: bool, kind: u32, xy: [f64; 2]| {
+            let mut blob = vec![b'G', b'P', 0, header_flags];
+            blob.extend_from_slice(&4326i32.to_le_bytes());
+            blob.extend(std::iter::repeat_n(0u8, envelope));
+            blob.push(u8::from(little));
+            let number = |v: f64| {
+                if little {
+                    v.to_le_bytes()
+                } else {
+                    v.to_be_bytes()
+                }
+            };
+            blob.extend_from_slice(&if little {
+                kind.to_le_bytes()
+            } else {
+                kind.to_be_bytes()
+            });
+            blob.extend_from_slice(&number(xy[0]));
+            blob.extend_from_slice(&number(xy[1]));
+            blob
+        };
+        let general = |blob: &[u8]| {
+            let mut out = Vec::new();
+            let mut ring = Vec::new();
+            let written = GpkgWkb(blob).process_geom(&mut GeometryWriter::new(&mut out, &mut ring));
+            written.map(|()| String::from_utf8_lossy(&out).into_owned())
+        };
+        let fast = |blob: &[u8]| {
+            let mut writer = FeatureWriter::new("t");
+            writer
+                .feature(None, std::iter::empty(), Geometry::Gpkg(blob))
+                .map(|()| String::from_utf8_lossy(writer.last()).into_owned())
+        };
+        for (envelope_kind, envelope) in [(0, 0), (1, 32), (2, 48), (4, 64)] {
+            for little in [true, false] {
+                let flags = envelope_kind << 1 | u8::from(little);
+                let point = blob(flags, envelope, little, 1, [145.123_456_789, -36.5]);
+                assert!(gpkg_point(&point).is_some());
+                let expected = general(&point).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    fast(&point).unwrap_or_else(|e| panic!("{e}")),
+                    format!(r#"{{"type":"Feature","properties":{{}},"geometry":{expected}}}"#),
+                    "flags {flags}, little {little}"
+                );
+            }
+        }
+        // The WKB's own byte order counts, not the header's (geozero's reader takes the
+        // header's; GDAL writes both the same).
+        assert_eq!(
+            gpkg_point(&blob(1, 0, false, 1, [1.5, 2.5])),
+            Some((1.5, 2.5))
+        );
+        // Not plain points: a 3D type, a non-finite coordinate, an empty flag.
+        assert!(gpkg_point(&blob(1, 0, true, 1001, [1.0, 2.0])).is_none());
+        assert!(gpkg_point(&blob(1, 0, true, 1, [f64::NAN, 2.0])).is_none());
+        assert!(gpkg_point(&blob(0b1_0001, 0, true, 1, [1.0, 2.0])).is_none());
+        assert!(fast(&blob(1, 0, true, 1, [f64::INFINITY, 2.0])).is_err());
     }
 }

@@ -10,7 +10,7 @@ use rusqlite::types::ValueRef;
 use crate::gis::cache::features::Cached;
 use crate::gis::query::filter::INTERSECTS_FUNCTION;
 use crate::gis::query::geojson::{
-    FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry,
+    FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry, key,
 };
 use crate::gis::query::limits::Chunk;
 use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
@@ -340,22 +340,43 @@ impl RowBudget {
     }
 }
 
+/// Longest statement kept prepared on a connection between queries, in bytes.
+const MAX_CACHED_SQL: usize = 2048;
+
 /// Runs the plan on `connection`, streaming features into `sink`.
 fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>, sink: &mut Sink) {
     let watch = sink.watch().clone();
-    let mut statement = match connection.prepare(&plan.sql) {
-        Ok(s) => s,
-        Err(e) => return sink.fail(watch.error(&e)),
-    };
-    // Each column's name, and whether it is declared BOOLEAN.
-    let columns: Vec<(String, bool)> = statement
+    // Short statements without a geometry test (every box, every OGC API page) are kept
+    // prepared on the connection for the next query with the same text; the cache holds a few
+    // per connection, so long client statements are prepared each time instead.
+    let (mut cached, mut fresh);
+    let statement: &mut rusqlite::Statement<'_> =
+        if plan.tested.is_empty() && plan.sql.len() <= MAX_CACHED_SQL {
+            match connection.prepare_cached(&plan.sql) {
+                Ok(s) => {
+                    cached = s;
+                    &mut cached
+                }
+                Err(e) => return sink.fail(watch.error(&e)),
+            }
+        } else {
+            match connection.prepare(&plan.sql) {
+                Ok(s) => {
+                    fresh = s;
+                    &mut fresh
+                }
+                Err(e) => return sink.fail(watch.error(&e)),
+            }
+        };
+    // Each column's name as written before its value, and whether it is declared BOOLEAN.
+    let columns: Vec<(Vec<u8>, bool)> = statement
         .columns()
         .iter()
         .map(|c| {
             let boolean = c
                 .decl_type()
                 .is_some_and(|t| t.eq_ignore_ascii_case("BOOLEAN"));
-            (c.name().to_owned(), boolean)
+            (key(c.name()), boolean)
         })
         .collect();
     // A column declared with a GeoPackage geometry type is the geometry, even in rows where
@@ -457,8 +478,8 @@ fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>
         let properties = (skip..columns.len())
             .filter(|i| Some(*i) != geometry_index)
             .filter_map(|i| {
-                let (name, boolean) = &columns[i];
-                Some((name.as_str(), values.read(row, i)?, *boolean))
+                let (key, boolean) = &columns[i];
+                Some((key.as_slice(), values.read(row, i)?, *boolean))
             });
         if let Err(e) = writer.feature(id(row), properties, geometry) {
             skipped.note_error(&e);
