@@ -200,6 +200,34 @@ async fn a_changed_source_is_converted_again_and_a_broken_one_is_a_clear_error()
     server.stop().await;
 }
 
+/// A GeoJSON file as QGIS exports a GeoPackage layer (its `fid` as a property), with a `geom`
+/// property and two differing only in case: converted with those renamed as ogr2ogr renames
+/// fields a GeoPackage cannot hold twice, every value kept (ogr2ogr itself fails on this file).
+#[tokio::test]
+async fn properties_named_as_the_id_or_geometry_are_renamed() {
+    let server = server().await;
+    let local = server.root.join("userdata/local");
+    std::fs::write(
+        local.join("exported.geojson"),
+        r#"{"type":"FeatureCollection","features":[
+{"type":"Feature","properties":{"fid":"A-1","geom":"kerb","Name":"x","name":"y"},"geometry":{"type":"Point","coordinates":[145,-37]}},
+{"type":"Feature","properties":{"fid":"A-2","geom":"pit","Name":"x2","name":"y2"},"geometry":{"type":"Point","coordinates":[146,-38]}}]}"#,
+    )
+    .unwrap();
+    let (status, body) = ours(&server, "exported.geojson", "-where|fid2='A-2'").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(features(&body).len(), 1, "{body}");
+    assert_eq!(
+        features(&body)[0]["properties"],
+        serde_json::json!({"fid2": "A-2", "geom2": "pit", "Name": "x2", "name2": "y2"})
+    );
+    assert_eq!(
+        features(&body)[0]["geometry"]["coordinates"],
+        serde_json::json!([146.0, -38.0])
+    );
+    server.stop().await;
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {

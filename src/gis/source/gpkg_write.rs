@@ -470,8 +470,7 @@ impl Cells {
 }
 
 /// Checks fields known from the start (a CSV header, a shapefile's table) before any row is
-/// read, instead of when the table is made at the end: too many, or a name given twice
-/// (SQLite's names ignore case).
+/// read, instead of when the table is made at the end: too many, or names SQLite refuses.
 fn check_fields(fields: &[Field]) -> Result<(), String> {
     if fields.len() > MAX_FIELDS {
         return Err(format!("more than {MAX_FIELDS} fields"));
@@ -489,7 +488,28 @@ fn check_fields(fields: &[Field]) -> Result<(), String> {
 fn column_definitions(fields: &[Field]) -> String {
     fields
         .iter()
-        .map(|f| format!(", {} {}", quote(&f.name), f.kind.sql()))
+        .zip(column_names(fields))
+        .map(|(f, name)| format!(", {} {}", quote(&name), f.kind.sql()))
+        .collect()
+}
+
+/// The table's column name for each field: its own, except that a name equal (ignoring ASCII
+/// case, as SQLite compares names) to `fid`, `geom` or an earlier column's is renamed
+/// `<name>2`, `<name>3`… as ogr2ogr renames a field a GeoPackage cannot hold twice (ogr2ogr
+/// itself fails on a field named `geom`, and on one named `fid` that is not an integer).
+fn column_names(fields: &[Field]) -> Vec<String> {
+    let mut taken: std::collections::HashSet<String> = ["fid".to_owned(), "geom".to_owned()].into();
+    fields
+        .iter()
+        .map(|f| {
+            let mut name = f.name.clone();
+            let mut n = 1u32;
+            while !taken.insert(name.to_ascii_lowercase()) {
+                n += 1;
+                name = format!("{}{n}", f.name);
+            }
+            name
+        })
         .collect()
 }
 
@@ -591,6 +611,16 @@ fn bind(
 impl LayerWriter {
     /// Makes the layer's table (with its fields as they now are) and its empty R*Tree.
     fn create_table(&self) -> rusqlite::Result<()> {
+        for (field, name) in self.fields.list.iter().zip(column_names(&self.fields.list)) {
+            if field.name != name {
+                tracing::warn!(
+                    layer = %self.table,
+                    field = %field.name,
+                    column = %name,
+                    "field renamed: its name is taken (ignoring case) by the feature id, the geometry or another field"
+                );
+            }
+        }
         let columns = column_definitions(&self.fields.list);
         self.connection.execute_batch(&format!(
             "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{columns});
@@ -610,11 +640,9 @@ impl LayerWriter {
     ) -> Result<(), RunError> {
         self.create_table()?;
         let c = &self.connection;
-        let names: String = self
-            .fields
-            .list
+        let names: String = column_names(&self.fields.list)
             .iter()
-            .map(|f| format!(", {}", quote(&f.name)))
+            .map(|name| format!(", {}", quote(name)))
             .collect();
         let into = format!("main.{} (fid, geom{names})", quote(&self.table));
         let per_row = self.fields.list.len() + 2;
@@ -784,13 +812,54 @@ mod tests {
 
     /// Fields known from the start are checked before any row is read.
     #[test]
-    fn fields_given_twice_fail_at_the_start() {
+    fn too_many_fields_fail_at_the_start() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let fields = text_fields(&["name", "NAME"]);
-        let error = LayerWriter::create(&dir.path().join("twice.gpkg"), "twice", 4326, &fields)
-            .err()
-            .unwrap_or_else(|| panic!("two fields named alike were accepted"));
-        assert!(error.reason.contains("duplicate column name"), "{error}");
+        let names: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("f{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let error = LayerWriter::create(
+            &dir.path().join("wide.gpkg"),
+            "wide",
+            4326,
+            &text_fields(&names),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{} fields were accepted", MAX_FIELDS + 1));
+        assert!(error.reason.contains("more than"), "{error}");
+    }
+
+    /// Fields named as the feature id, the geometry or an earlier field (ignoring case) are
+    /// renamed as ogr2ogr renames them, and keep their values.
+    #[test]
+    fn fields_named_alike_are_renamed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("alike.gpkg");
+        let fields = text_fields(&["name", "NAME", "fid", "GEOM", "name2", "Fid2"]);
+        let mut writer =
+            LayerWriter::create(&path, "alike", 4326, &fields).unwrap_or_else(|e| panic!("{e}"));
+        let values = ["a", "b", "c", "d", "e", "f"].map(|v| Value::Text(v.to_owned()));
+        writer
+            .add(values.to_vec(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        writer.finish().unwrap_or_else(|e| panic!("{e}"));
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let columns: Vec<String> = c
+            .prepare("SELECT name FROM pragma_table_info('alike') ORDER BY cid")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            columns,
+            [
+                "fid", "geom", "name", "NAME2", "fid2", "GEOM2", "name22", "Fid22"
+            ]
+        );
+        let row: Vec<String> = c
+            .query_row(
+                "SELECT name, NAME2, fid2, GEOM2, name22, Fid22 FROM alike",
+                [],
+                |r| (0..6).map(|i| r.get(i)).collect(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(row, ["a", "b", "c", "d", "e", "f"]);
     }
 
     #[test]
