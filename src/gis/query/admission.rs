@@ -1,4 +1,5 @@
-//! Bounded admission to scarce work (SQLite queries, GDAL processes, conversions): at most
+//! Bounded admission to scarce work (GDAL processes; query threads have their own queue in
+//! `pool`, with the same bounds and the same [`Busy`]): at most
 //! `slots` holders at once, at most `queue` more waiting, each waiting at most `wait`. Whoever
 //! finds the queue full, or waits too long, is told to come back later (HTTP 503 with
 //! `Retry-After`) instead of piling up threads, processes or memory.

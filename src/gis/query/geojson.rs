@@ -179,6 +179,11 @@ impl FeatureWriter {
         self.buffer.push(b']');
         self.buffer.extend_from_slice(tail.as_bytes());
         self.buffer.extend_from_slice(b"}\n");
+        // A small answer does not keep a whole chunk's memory while its client reads it (the
+        // answer's memory is counted by its length).
+        if self.buffer.capacity() > 2 * self.buffer.len() {
+            self.buffer.shrink_to_fit();
+        }
         Bytes::from(self.buffer)
     }
 }
@@ -216,7 +221,9 @@ fn gpkg_point(blob: &[u8]) -> Option<(f64, f64)> {
         _ => return None,
     };
     let wkb = blob.get(8 + envelope..)?;
-    if wkb.len() != 21 {
+    // A WKB in another byte order than its header's is left to the general reader, which
+    // reads both in the header's (so a point is written as every other path reads it).
+    if wkb.len() != 21 || wkb[0] != flags & 1 {
         return None;
     }
     let number = |bytes: &[u8]| -> Option<[u8; 8]> { bytes.try_into().ok() };
@@ -777,7 +784,7 @@ mod tests {
                 .feature(None, std::iter::empty(), Geometry::Gpkg(blob))
                 .map(|()| String::from_utf8_lossy(writer.last()).into_owned())
         };
-        for (envelope_kind, envelope) in [(0, 0), (1, 32), (2, 48), (4, 64)] {
+        for (envelope_kind, envelope) in [(0, 0), (1, 32), (2, 48), (3, 48), (4, 64)] {
             for little in [true, false] {
                 let flags = envelope_kind << 1 | u8::from(little);
                 let point = blob(flags, envelope, little, 1, [145.123_456_789, -36.5]);
@@ -790,14 +797,14 @@ mod tests {
                 );
             }
         }
-        // The WKB's own byte order counts, not the header's (geozero's reader takes the
-        // header's; GDAL writes both the same).
-        assert_eq!(
-            gpkg_point(&blob(1, 0, false, 1, [1.5, 2.5])),
-            Some((1.5, 2.5))
-        );
-        // Not plain points: a 3D type, a non-finite coordinate, an empty flag.
+        // Not plain points: a WKB in another byte order than its header (geozero reads it in
+        // the header's, and so must this), a 3D type, trailing bytes, a non-finite
+        // coordinate, an empty flag.
+        assert!(gpkg_point(&blob(1, 0, false, 1, [1.5, 2.5])).is_none());
         assert!(gpkg_point(&blob(1, 0, true, 1001, [1.0, 2.0])).is_none());
+        let mut trailing = blob(1, 0, true, 1, [1.0, 2.0]);
+        trailing.push(0);
+        assert!(gpkg_point(&trailing).is_none());
         assert!(gpkg_point(&blob(1, 0, true, 1, [f64::NAN, 2.0])).is_none());
         assert!(gpkg_point(&blob(0b1_0001, 0, true, 1, [1.0, 2.0])).is_none());
         assert!(fast(&blob(1, 0, true, 1, [f64::INFINITY, 2.0])).is_err());

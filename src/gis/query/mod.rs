@@ -1,7 +1,8 @@
 //! Queries on layers: the plan (what to select, filter and write), running it on a query
 //! thread under limits, and writing its features as GeoJSON in WGS 84.
 //!
-//! - `admission`: bounded concurrency with a bounded queue (query threads, GDAL processes).
+//! - `admission`: bounded concurrency with a bounded queue (GDAL processes), and its `Busy`.
+//! - `pool`: the query threads, which take queued work themselves, with a bounded queue.
 //! - `limits`: a query's deadline, interruption and memory budget, and the sink its answer
 //!   goes through.
 //! - `run`: running a plan and streaming its features.
@@ -14,6 +15,7 @@ pub mod filter;
 pub mod geojson;
 pub mod limits;
 pub mod plan;
+pub mod pool;
 pub mod reproject;
 pub mod run;
 pub mod threads;

@@ -43,6 +43,10 @@ pub struct Plan {
     pub reuse: Option<Reuse>,
     /// Geometries its filter tests.
     pub tested: Tested,
+    /// Whether its SQL is one of the few this server writes for a layer whatever the request
+    /// (no client text, field list or limit in it), so that it may be kept prepared on the
+    /// connection for the next query.
+    pub reusable_sql: bool,
 }
 
 /// How a box query is answered from rendered copies of its features (see
@@ -347,6 +351,7 @@ impl Plan {
             members: None,
             reuse: None,
             tested: Tested::default(),
+            reusable_sql: false,
         }
     }
 
@@ -440,6 +445,9 @@ impl Plan {
             envelope_filter,
             exact: selection.spat.map(rect),
             simplify: selection.simplify,
+            reusable_sql: selection.filter.is_none()
+                && selection.fields.is_none()
+                && selection.limit.is_none(),
             ..Self::new(sql, params, name)
         };
         Ok((plan, led_by))

@@ -340,34 +340,31 @@ impl RowBudget {
     }
 }
 
-/// Longest statement kept prepared on a connection between queries, in bytes.
-const MAX_CACHED_SQL: usize = 2048;
-
 /// Runs the plan on `connection`, streaming features into `sink`.
 fn stream(connection: &rusqlite::Connection, plan: &mut Plan, limit: Option<u64>, sink: &mut Sink) {
     let watch = sink.watch().clone();
-    // Short statements without a geometry test (every box, every OGC API page) are kept
-    // prepared on the connection for the next query with the same text; the cache holds a few
-    // per connection, so long client statements are prepared each time instead.
+    // The few statements this server writes for a layer whatever the request (a box, or the
+    // whole layer, with every field) are kept prepared on the connection for the next query:
+    // nothing a client writes is kept, so clients cannot fill the connection's statement
+    // cache (each statement costs memory in proportion to its columns).
     let (mut cached, mut fresh);
-    let statement: &mut rusqlite::Statement<'_> =
-        if plan.tested.is_empty() && plan.sql.len() <= MAX_CACHED_SQL {
-            match connection.prepare_cached(&plan.sql) {
-                Ok(s) => {
-                    cached = s;
-                    &mut cached
-                }
-                Err(e) => return sink.fail(watch.error(&e)),
+    let statement: &mut rusqlite::Statement<'_> = if plan.reusable_sql && plan.tested.is_empty() {
+        match connection.prepare_cached(&plan.sql) {
+            Ok(s) => {
+                cached = s;
+                &mut cached
             }
-        } else {
-            match connection.prepare(&plan.sql) {
-                Ok(s) => {
-                    fresh = s;
-                    &mut fresh
-                }
-                Err(e) => return sink.fail(watch.error(&e)),
+            Err(e) => return sink.fail(watch.error(&e)),
+        }
+    } else {
+        match connection.prepare(&plan.sql) {
+            Ok(s) => {
+                fresh = s;
+                &mut fresh
             }
-        };
+            Err(e) => return sink.fail(watch.error(&e)),
+        }
+    };
     // Each column's name as written before its value, and whether it is declared BOOLEAN.
     let columns: Vec<(Vec<u8>, bool)> = statement
         .columns()
@@ -571,11 +568,10 @@ pub async fn execute(
     );
     // Dropped while waiting for a thread, the request simply leaves the queue; dropped later,
     // the query's watch sees the answer's receiver gone and interrupts it.
-    catalog
+    let ticket = catalog
         .queries
-        .start(move || run(&dataset, plan, limit, &mut sink))
-        .await?;
-    match ready_rx.await {
+        .start(move || run(&dataset, plan, limit, &mut sink))?;
+    match catalog.queries.wait(ticket, ready_rx).await? {
         Ok(Ok(())) => Ok(answer),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(QueryError::Internal),

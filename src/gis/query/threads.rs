@@ -7,8 +7,9 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, Busy};
+use super::admission::Busy;
 use super::limits::QueryLimits;
+use super::pool::{Pool, Ticket};
 use crate::config::DataConfig;
 
 /// Why work could not be run on a query thread.
@@ -28,7 +29,7 @@ pub struct Queries {
     /// Time and memory each query may use.
     pub limits: QueryLimits,
     /// The threads, with their queue.
-    pub threads: Admission,
+    pub threads: Pool,
     /// Cancelled when the server stops: running queries are interrupted.
     pub stop: CancellationToken,
     /// Bytes of answers held for their clients, all queries together.
@@ -52,7 +53,7 @@ impl Queries {
         set_heap_limit(config.sqlite_memory_mb);
         Self {
             limits,
-            threads: Admission::new("queries", workers, config.query_queue, limits.timeout),
+            threads: Pool::new("queries", workers, config.query_queue, limits.timeout),
             stop: CancellationToken::new(),
             answers: Arc::new(tokio::sync::Semaphore::new(
                 config
@@ -73,28 +74,38 @@ impl Queries {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, RunError> {
-        self.start(work)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = self.start(move || {
+            let _ = tx.send(work());
+        })?;
+        self.threads
+            .wait(ticket, rx)
             .await?
-            .await
             .map_err(|_| RunError::Panicked)
     }
 
-    /// Starts blocking work on a query thread once one is free, without waiting for it to end.
-    /// The thread is held until the work returns, even if the returned handle is dropped.
+    /// Queues blocking work for a query thread without waiting for it; wait for what it
+    /// answers with [`Queries::wait`], which gives up if it has not started in time. The work
+    /// runs to its end once started, even if nobody waits for it any more; dropped before it
+    /// starts, the ticket takes it out of the queue.
     ///
     /// # Errors
-    /// [`Busy`] when the queue is full or the wait ran out; the work is not run then.
-    pub async fn start<T: Send + 'static>(
+    /// [`Busy`] when every thread is running and the queue is full; the work is not run then.
+    pub fn start(&self, work: impl FnOnce() + Send + 'static) -> Result<Ticket, Busy> {
+        self.threads.submit(work)
+    }
+
+    /// Waits for `done`, what started work answers with, giving up with [`Busy`] if the work
+    /// has not left the queue within the query timeout.
+    ///
+    /// # Errors
+    /// [`Busy`] when the work was still waiting at the end of the wait (it will not run).
+    pub async fn wait<F: std::future::Future>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<tokio::task::JoinHandle<T>, Busy> {
-        let slot = self.threads.enter().await?;
-        Ok(tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            let result = work();
-            crate::memory::going_idle();
-            result
-        }))
+        ticket: Ticket,
+        done: F,
+    ) -> Result<F::Output, Busy> {
+        self.threads.wait(ticket, done).await
     }
 }
 

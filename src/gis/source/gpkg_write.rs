@@ -478,18 +478,18 @@ fn check_fields(fields: &[Field]) -> Result<(), String> {
     if fields.is_empty() {
         return Ok(());
     }
-    let columns = column_definitions(fields);
+    let columns = column_definitions(fields, &column_names(fields));
     Connection::open_in_memory()
         .and_then(|c| c.execute_batch(&format!("CREATE TABLE t (fid INTEGER, geom BLOB{columns})")))
         .map_err(|e| e.to_string())
 }
 
-/// The attribute columns of a `CREATE TABLE`, each after a comma.
-fn column_definitions(fields: &[Field]) -> String {
+/// The attribute columns of a `CREATE TABLE`, each after a comma, named `names`.
+fn column_definitions(fields: &[Field], names: &[String]) -> String {
     fields
         .iter()
-        .zip(column_names(fields))
-        .map(|(f, name)| format!(", {} {}", quote(&name), f.kind.sql()))
+        .zip(names)
+        .map(|(f, name)| format!(", {} {}", quote(name), f.kind.sql()))
         .collect()
 }
 
@@ -609,19 +609,26 @@ fn bind(
 }
 
 impl LayerWriter {
-    /// Makes the layer's table (with its fields as they now are) and its empty R*Tree.
-    fn create_table(&self) -> rusqlite::Result<()> {
-        for (field, name) in self.fields.list.iter().zip(column_names(&self.fields.list)) {
-            if field.name != name {
-                tracing::warn!(
-                    layer = %self.table,
-                    field = %field.name,
-                    column = %name,
-                    "field renamed: its name is taken (ignoring case) by the feature id, the geometry or another field"
-                );
-            }
+    /// Makes the layer's table (with its fields as they now are, in columns named `names`)
+    /// and its empty R*Tree.
+    fn create_table(&self, names: &[String]) -> rusqlite::Result<()> {
+        let renamed: Vec<String> = self
+            .fields
+            .list
+            .iter()
+            .zip(names)
+            .filter(|(field, name)| field.name != **name)
+            .map(|(field, name)| format!("{} as {name}", field.name))
+            .collect();
+        if !renamed.is_empty() {
+            tracing::warn!(
+                layer = %self.table,
+                renamed = renamed.len(),
+                first = %renamed.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                "fields renamed: their names are taken (ignoring case) by the feature id, the geometry or another field"
+            );
         }
-        let columns = column_definitions(&self.fields.list);
+        let columns = column_definitions(&self.fields.list, names);
         self.connection.execute_batch(&format!(
             "CREATE TABLE {t} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom GEOMETRY{columns});
              CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy);",
@@ -638,9 +645,10 @@ impl LayerWriter {
         &self,
         runs: crate::gis::source::sorted_runs::Runs,
     ) -> Result<(), RunError> {
-        self.create_table()?;
+        let columns = column_names(&self.fields.list);
+        self.create_table(&columns)?;
         let c = &self.connection;
-        let names: String = column_names(&self.fields.list)
+        let names: String = columns
             .iter()
             .map(|name| format!(", {}", quote(name)))
             .collect();
