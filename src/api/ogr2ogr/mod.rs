@@ -10,14 +10,14 @@ pub mod gdal;
 pub mod options;
 
 use self::gdal::Gdal;
-use self::options::parse;
+use self::options::{Options, parse};
 use super::error::ApiError;
 use super::reply::{Body, Response, labelled};
 use crate::encoding::Encoding;
 use crate::gis::query::limits::QueryError;
 use crate::gis::query::plan::{Plan, Reuse};
-use crate::gis::query::run::{execute, lookup};
-use crate::gis::store::Catalog;
+use crate::gis::query::run::{Found, NoAnswer, find_and_execute, lookup};
+use crate::gis::store::{Catalog, Dataset};
 use crate::safe_path;
 
 /// Extensions answered natively.
@@ -91,32 +91,76 @@ pub async fn answer(
             .await;
     }
     let client_sql = options.sql.is_some() || options.filter.is_some();
-    // Other formats are converted once into a GeoPackage kept in the state folder, which is
-    // looked up on the same trip to a query thread.
-    let dataset = if converted {
-        let (c, shown) = (catalog.clone(), source.to_owned());
+    let found = if converted {
+        // Other formats are converted once into a GeoPackage kept in the state folder: that
+        // needs a query thread, and looking the conversion up, planning and the query share
+        // its trip.
         let open = crate::gis::source::readers::OpenOptions::parse(&options.open_options)
             .map_err(|e| ApiError::bad_request("bad options", e.to_string()))?;
-        let found = catalog
-            .queries
-            .run(move || {
-                c.converted(&path, &shown, &open)
-                    .map(|converted| c.datasets.get(&converted, &shown))
-            })
-            .await;
-        match found {
-            Ok(Ok(Ok(dataset))) => dataset,
-            Ok(Ok(Err(e))) => return Err(ApiError::query(&QueryError::Dataset(e), client_sql)),
-            Ok(Err(e)) => return Err(ApiError::dataset(&e)),
-            Err(e) => return Err(ApiError::query(&QueryError::from(e), client_sql)),
-        }
+        let (c, shown, raw) = (catalog.clone(), source.to_owned(), raw_options.to_owned());
+        find_and_execute(&catalog, move || {
+            let converted = c
+                .converted(&path, &shown, &open)
+                .map_err(|e| Instead::Error(ApiError::dataset(&e)))?;
+            let dataset = c.datasets.get(&converted, &shown).map_err(|e| {
+                Instead::Error(ApiError::query(&QueryError::Dataset(e), client_sql))
+            })?;
+            prepare(&c, dataset, &options, &raw, encoding)
+        })
+        .await
     } else {
-        lookup(&catalog, &path, source)
+        // A GeoPackage is looked up off the query threads, so that an answer kept in the
+        // response cache never waits behind running queries.
+        let dataset = lookup(&catalog, &path, source)
             .await
-            .map_err(|e| ApiError::query(&e, client_sql))?
+            .map_err(|e| ApiError::query(&e, client_sql))?;
+        match prepare(&catalog, dataset, &options, raw_options, encoding) {
+            Ok(found) => find_and_execute(&catalog, move || Ok(found)).await,
+            Err(instead) => Err(NoAnswer::Before(instead)),
+        }
     };
+    let (stream, dataset) = match found {
+        Ok(found) => found,
+        Err(NoAnswer::Before(Instead::Kept(body))) => {
+            return Ok(labelled(Response::new(body.into()), encoding));
+        }
+        Err(NoAnswer::Before(Instead::Error(e))) => return Err(e),
+        Err(NoAnswer::Query(e)) => return Err(ApiError::query(&e, client_sql)),
+    };
+    let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
+    let body = if catalog.responses.enabled() {
+        Body::stream(
+            catalog
+                .responses
+                .tee(answer_key(&dataset, raw_options, used), stream),
+        )
+    } else {
+        Body::stream(stream)
+    };
+    Ok(labelled(Response::new(body), used))
+}
+
+/// What a request is answered with when no query runs for it.
+enum Instead {
+    /// A bad request, or a dataset that cannot be read.
+    Error(ApiError),
+    /// The answer kept in the response cache.
+    Kept(bytes::Bytes),
+}
+
+/// The plan for `options` on `dataset` (handing the dataset back with the answer), or the
+/// answer kept for them in the response cache.
+fn prepare(
+    catalog: &Catalog,
+    dataset: Arc<Dataset>,
+    options: &Options,
+    raw_options: &str,
+    encoding: Encoding,
+) -> Result<Found<Arc<Dataset>>, Instead> {
     let selection = options.selection();
-    let bad = |e: &dyn std::error::Error| ApiError::bad_request("bad request", e.to_string());
+    let bad = |e: &dyn std::error::Error| {
+        Instead::Error(ApiError::bad_request("bad request", e.to_string()))
+    };
     let plan = match &options.sql {
         Some(sql) => {
             Plan::statement(sql, dataset.layers.first(), &selection).map_err(|e| bad(&e))?
@@ -130,29 +174,30 @@ pub async fn answer(
             plan
         }
     };
-    // The dataset's own path, not the source as asked: two sites' folders may hold files of
-    // the same name, size and time. Answers are kept as sent, compressed or not.
-    let key = |encoding: Encoding| {
-        format!(
-            "{}|{}|{}|{raw_options}",
-            dataset.version(),
-            dataset.path().display(),
-            encoding.token()
-        )
-    };
-    if let Some(body) = catalog.responses.get(&key(encoding)) {
-        return Ok(labelled(Response::new(body.into()), encoding));
+    if let Some(body) = catalog
+        .responses
+        .get(&answer_key(&dataset, raw_options, encoding))
+    {
+        return Err(Instead::Kept(body));
     }
-    let stream = execute(&catalog, dataset.clone(), plan, options.limit)
-        .await
-        .map_err(|e| ApiError::query(&e, client_sql))?;
-    let (stream, used) = crate::encoding::compressors().compress(stream, encoding);
-    let body = if catalog.responses.enabled() {
-        Body::stream(catalog.responses.tee(key(used), stream))
-    } else {
-        Body::stream(stream)
-    };
-    Ok(labelled(Response::new(body), used))
+    Ok(Found {
+        dataset: dataset.clone(),
+        plan,
+        limit: options.limit,
+        with: dataset,
+    })
+}
+
+/// The response cache's key for an answer: the dataset's own path, not the source as asked
+/// (two sites' folders may hold files of the same name, size and time). Answers are kept as
+/// sent, compressed or not.
+fn answer_key(dataset: &Dataset, raw_options: &str, encoding: Encoding) -> String {
+    format!(
+        "{}|{}|{}|{raw_options}",
+        dataset.version(),
+        dataset.path().display(),
+        encoding.token()
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::gis::query::geojson::{
     FeatureWriter, Geometry, gpkg_envelope, is_empty_gpkg, is_gpkg_geometry, key,
 };
 use crate::gis::query::limits::Chunk;
-use crate::gis::query::limits::{AnswerMemory, QueryError, Sink, Watch, answer_channel};
+use crate::gis::query::limits::{Answer, AnswerMemory, QueryError, Sink, Watch, answer_channel};
 use crate::gis::query::plan::{BoxMatch, Count, Plan, Tested};
 use crate::gis::store::{Catalog, Dataset};
 
@@ -558,7 +558,55 @@ pub async fn execute(
     plan: Plan,
     limit: Option<u64>,
 ) -> Result<impl futures::Stream<Item = Chunk> + Send + Sync + Unpin + 'static, QueryError> {
+    let found = Found {
+        dataset,
+        plan,
+        limit,
+        with: (),
+    };
+    match find_and_execute(catalog, move || Ok::<_, std::convert::Infallible>(found)).await {
+        Ok((answer, ())) => Ok(answer),
+        Err(NoAnswer::Query(error)) => Err(error),
+        Err(NoAnswer::Before(never)) => match never {},
+    }
+}
+
+/// A query found on a query thread: what to run, and what its finder hands back with the
+/// answer.
+pub struct Found<T> {
+    /// The dataset the plan reads.
+    pub dataset: Arc<Dataset>,
+    /// The plan.
+    pub plan: Plan,
+    /// `-limit`.
+    pub limit: Option<u64>,
+    /// Handed back with the answer.
+    pub with: T,
+}
+
+/// Why [`find_and_execute`] gave no answer.
+#[derive(Debug)]
+pub enum NoAnswer<E> {
+    /// The finder answered instead of finding a query (an error, or an answer it had).
+    Before(E),
+    /// The query could not start, or failed before its first chunk.
+    Query(QueryError),
+}
+
+/// Runs `find` on a query thread and, when it finds a query, runs that query on the same thread
+/// at once: looking a dataset up, planning and running cost one trip to a query thread, not
+/// two. Returns the GeoJSON stream once its first chunk is ready, as [`execute`] does, with
+/// what `find` handed back.
+///
+/// # Errors
+/// What `find` answered instead of a query, or why the query could not start or failed before
+/// its first chunk.
+pub async fn find_and_execute<T: Send + 'static, E: Send + 'static>(
+    catalog: &Arc<Catalog>,
+    find: impl FnOnce() -> Result<Found<T>, E> + Send + 'static,
+) -> Result<(Answer, T), NoAnswer<E>> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (found_tx, mut found_rx) = tokio::sync::oneshot::channel();
     let memory = AnswerMemory::new(catalog.queries.limits, catalog.queries.answers.clone());
     let (mut sink, answer) = answer_channel(
         ready_tx,
@@ -566,15 +614,37 @@ pub async fn execute(
         memory,
         catalog.queries.stop.clone(),
     );
+    // What `find` found is sent before the query starts, and what it answered instead before
+    // the sink is dropped: either is there when the first chunk (or the sink's end) arrives.
     // Dropped while waiting for a thread, the request simply leaves the queue; dropped later,
     // the query's watch sees the answer's receiver gone and interrupts it.
     let ticket = catalog
         .queries
-        .start(move || run(&dataset, plan, limit, &mut sink))?;
-    match catalog.queries.wait(ticket, ready_rx).await? {
-        Ok(Ok(())) => Ok(answer),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(QueryError::Internal),
+        .start(move || match find() {
+            Ok(Found {
+                dataset,
+                plan,
+                limit,
+                with,
+            }) => {
+                let _ = found_tx.send(Ok(with));
+                run(&dataset, plan, limit, &mut sink);
+            }
+            Err(instead) => {
+                let _ = found_tx.send(Err(instead));
+            }
+        })
+        .map_err(|busy| NoAnswer::Query(busy.into()))?;
+    let ready = catalog
+        .queries
+        .wait(ticket, ready_rx)
+        .await
+        .map_err(|busy| NoAnswer::Query(busy.into()))?;
+    match (ready, found_rx.try_recv()) {
+        (Ok(Ok(())), Ok(Ok(with))) => Ok((answer, with)),
+        (Ok(Err(error)), _) => Err(NoAnswer::Query(error)),
+        (Err(_), Ok(Err(instead))) => Err(NoAnswer::Before(instead)),
+        _ => Err(NoAnswer::Query(QueryError::Internal)),
     }
 }
 
