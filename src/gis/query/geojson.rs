@@ -247,11 +247,7 @@ fn gpkg_point(blob: &[u8]) -> Option<(f64, f64)> {
 /// value) is copied as it is; anything else goes through `serde_json`, with invalid UTF-8
 /// replaced.
 fn write_text(out: &mut Vec<u8>, text: &[u8]) {
-    // Folded without an early exit, so that the compiler checks many bytes at a time.
-    let plain = text.iter().fold(true, |plain, &b| {
-        plain & ((0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
-    });
-    if plain {
+    if is_plain(text) {
         out.reserve(text.len() + 2);
         out.push(b'"');
         out.extend_from_slice(text);
@@ -263,6 +259,30 @@ fn write_text(out: &mut Vec<u8>, text: &[u8]) {
         Ok(text) => serde_json::to_writer(&mut *out, text),
         Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(text)),
     };
+}
+
+/// Whether text is ASCII without quotes, backslashes or control characters: checked eight
+/// bytes at a time (a byte below 0x20, or equal to `"` or `\`, after subtracting makes a high
+/// bit that the byte itself does not have).
+fn is_plain(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let word = |w: u64| {
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+        let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+        below_space | quote | backslash | (w & HIGH) == 0
+    };
+    let mut words = text.chunks_exact(8);
+    let plain_words = words
+        .by_ref()
+        .all(|w| word(u64::from_le_bytes(w.try_into().unwrap_or([0x80; 8]))));
+    plain_words
+        && words
+            .remainder()
+            .iter()
+            .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// A number as JSON: shortest round-trip digits, `null` when not finite.
@@ -309,27 +329,24 @@ fn write_coordinate(out: &mut Vec<u8>, value: f64) {
         if rounded < 0.0 {
             out.push(b'-');
         }
-        let (whole, mut part) = (units / 10_000_000, units % 10_000_000);
-        out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
-        out.push(b'.');
-        if part == 0 {
-            out.push(b'0');
-            return;
-        }
-        let mut digits = 7;
-        while part % 10 == 0 {
-            part /= 10;
-            digits -= 1;
-        }
-        let mut text = [b'0'; 7];
-        for slot in text[..digits].iter_mut().rev() {
-            #[allow(clippy::cast_possible_truncation)] // a digit
-            {
-                *slot = b'0' + (part % 10) as u8;
+        let mut buffer = itoa::Buffer::new();
+        let digits = buffer.format(units).as_bytes();
+        // Seven decimals, with leading zeros below 1.
+        let mut padded = [b'0'; 8];
+        let (whole, decimals): (&[u8], &[u8]) = match digits.len().checked_sub(7) {
+            Some(split) if split > 0 => digits.split_at(split),
+            _ => {
+                padded[8 - digits.len()..].copy_from_slice(digits);
+                (&padded[..1], &padded[1..])
             }
-            part /= 10;
-        }
-        out.extend_from_slice(&text[..digits]);
+        };
+        let kept = decimals
+            .iter()
+            .rposition(|&d| d != b'0')
+            .map_or(1, |last| last + 1);
+        out.extend_from_slice(whole);
+        out.push(b'.');
+        out.extend_from_slice(&decimals[..kept]);
         return;
     }
     write_number(out, rounded / SCALE);
@@ -743,6 +760,23 @@ mod tests {
             let expected = serde_json::to_string(&String::from_utf8_lossy(text))
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
+        // Every escaped or non-ASCII byte at every place of a longer text, so that each lane
+        // of the eight-byte check and the bytes after the last whole word are tried.
+        for special in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
+            for at in 0..21 {
+                let mut text = b"abcdefghijklmnopqrstu".to_vec();
+                text[at] = special;
+                let mut out = Vec::new();
+                write_text(&mut out, &text);
+                let expected = serde_json::to_string(&String::from_utf8_lossy(&text))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    expected,
+                    "{special:#x} at {at}"
+                );
+            }
         }
         assert_eq!(key("na\"me"), br#""na\"me":"#);
     }

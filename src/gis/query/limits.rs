@@ -126,14 +126,19 @@ pub struct Watch {
     client: Option<Closed>,
     stop: CancellationToken,
     stopped: AtomicU8,
-    /// Calls of [`Watch::must_stop`], so the server's stop (a lock to read) is looked at only
-    /// every [`STOP_EVERY`] of them.
+    /// Calls of [`Watch::must_stop`], so the server's stop (a lock to read) and the clock are
+    /// looked at only every [`STOP_EVERY`] and [`CLOCK_EVERY`] of them.
     calls: AtomicU32,
 }
 
-/// Calls of [`Watch::must_stop`] (rows, geometries) between two looks at the server's stop; the
-/// deadline and the client are looked at every time.
+/// Calls of [`Watch::must_stop`] (rows, geometries) between two looks at the server's stop.
 const STOP_EVERY: u32 = 64;
+
+/// Calls of [`Watch::must_stop`] between two looks at the clock for the deadline (reading it
+/// was a fortieth of a fresh box's time when done on every row); the client is looked at every
+/// time. A query overruns its deadline by at most this many rows' work, each bounded by the
+/// query's memory.
+const CLOCK_EVERY: u32 = 8;
 
 impl Watch {
     /// A watch with `limits.timeout` of SQLite time, noticing `client` going away and `stop`.
@@ -152,16 +157,17 @@ impl Watch {
 
     /// Whether the query must stop now (and why is remembered).
     fn check(&self) -> bool {
-        self.look(true)
+        self.look(true, true)
     }
 
-    /// [`Watch::check`], looking at the server's stop only when `server` is set.
-    fn look(&self, server: bool) -> bool {
+    /// [`Watch::check`], looking at the server's stop only when `server` is set and at the
+    /// clock only when `clock` is.
+    fn look(&self, server: bool, clock: bool) -> bool {
         let stop = if server && self.stop.is_cancelled() {
             Stop::Stopping
         } else if self.client.as_ref().is_some_and(Closed::is_closed) {
             Stop::Gone
-        } else if nanos(self.started.elapsed()) > self.deadline.load(Ordering::Relaxed) {
+        } else if clock && nanos(self.started.elapsed()) > self.deadline.load(Ordering::Relaxed) {
             Stop::TimedOut
         } else {
             return false;
@@ -174,10 +180,10 @@ impl Watch {
     /// stopping), for work done between SQLite's steps; [`Watch::stopped_error`] says why.
     #[must_use]
     pub fn must_stop(&self) -> bool {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         self.look(
-            self.calls
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(STOP_EVERY),
+            call.is_multiple_of(STOP_EVERY),
+            call.is_multiple_of(CLOCK_EVERY),
         )
     }
 
