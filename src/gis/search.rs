@@ -240,7 +240,11 @@ fn index_source(
                 .ok()
                 .and_then(|v| v.as_blob().ok())
                 .filter(|b| crate::gis::wkb::check_gpkg(b).is_ok())
-                .and_then(|b| geozero::wkb::GpkgWkb(b).to_geo().ok())
+                .and_then(|b| {
+                    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(b))
+                        .to_geo()
+                        .ok()
+                })
                 .and_then(|g| match &reproject {
                     Some(r) => r.to_wgs84(&g).ok(),
                     None => Some(g),

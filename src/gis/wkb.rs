@@ -42,6 +42,37 @@ pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// A GeoPackage geometry blob as geozero can decode it. geozero reads the WKB in the byte
+/// order of the GeoPackage header, where the WKB's own first byte says its order (GDAL reads
+/// it so); a blob whose two orders differ (allowed, though GDAL and this server never write
+/// one) is given back with its header in the WKB's order, so that it decodes as GDAL reads it.
+#[must_use]
+pub fn decodable(blob: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if blob.len() < 8 || !blob.starts_with(b"GP") {
+        return Cow::Borrowed(blob);
+    }
+    let flags = blob[3];
+    let doubles = match (flags >> 1) & 0b111 {
+        0 => 0,
+        1 => 4,
+        2 | 3 => 6,
+        4 => 8,
+        _ => return Cow::Borrowed(blob),
+    };
+    let wkb_order = blob.get(8 + doubles * 8).copied();
+    if wkb_order.is_none_or(|order| order > 1 || order == flags & 1) {
+        return Cow::Borrowed(blob);
+    }
+    let mut turned = blob.to_vec();
+    turned[3] ^= 1;
+    turned[4..8].reverse();
+    for double in turned[8..8 + doubles * 8].chunks_exact_mut(8) {
+        double.reverse();
+    }
+    Cow::Owned(turned)
+}
+
 /// Checks that WKT text nests no deeper than [`MAX_DEPTH`] collections (its parser recurses).
 ///
 /// # Errors
@@ -175,6 +206,51 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blob whose header and WKB byte orders differ decodes as GDAL reads it (the WKB by its
+    /// own order); others are not copied.
+    #[test]
+    fn blobs_with_two_byte_orders_decode_by_the_wkb_order() {
+        use geozero::ToGeo;
+        // A little-endian header with an XY envelope and SRS 4326, then a big-endian line.
+        let mut blob = b"GP\x00\x03".to_vec();
+        blob.extend_from_slice(&4326i32.to_le_bytes());
+        for v in [1.5f64, 3.5, 2.5, 4.5] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.push(0);
+        blob.extend_from_slice(&2u32.to_be_bytes());
+        blob.extend_from_slice(&2u32.to_be_bytes());
+        for v in [1.5f64, 2.5, 3.5, 4.5] {
+            blob.extend_from_slice(&v.to_be_bytes());
+        }
+        assert!(check_gpkg(&blob).is_ok());
+        let line = geozero::wkb::GpkgWkb(&decodable(&blob))
+            .to_geo()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let expected: geo::Geometry<f64> =
+            geo::LineString::from(vec![(1.5, 2.5), (3.5, 4.5)]).into();
+        assert_eq!(line, expected);
+        // The header was turned: its SRS and envelope read the same in the new order.
+        let turned = decodable(&blob);
+        assert_eq!(turned[3], 2);
+        assert_eq!(turned[4..8], 4326i32.to_be_bytes());
+        assert_eq!(turned[8..16], 1.5f64.to_be_bytes());
+        // A blob in one order, and anything malformed, is given back as it is.
+        assert!(matches!(
+            decodable(&point_blob()),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(decodable(b"GP"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            decodable(&blob[..40]),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    fn point_blob() -> Vec<u8> {
+        gpkg(&point())
+    }
 
     fn gpkg(wkb: &[u8]) -> Vec<u8> {
         let mut blob = b"GP\x00\x01\x00\x00\x00\x00".to_vec();

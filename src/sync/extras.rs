@@ -67,7 +67,7 @@ fn write_collection(gpkg: &Path, layer: &str, out: &Path) -> Result<(), String> 
                 if let ValueRef::Blob(blob) = value
                     && crate::gis::wkb::check_gpkg(blob).is_ok()
                 {
-                    geometry = geozero::wkb::GpkgWkb(blob)
+                    geometry = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob))
                         .to_json()
                         .map_err(|e| e.to_string())?;
                 }

@@ -161,7 +161,7 @@ pub fn query_to_gpkg(
 fn decode(blob: &[u8], row: u64) -> Result<geo::Geometry<f64>, SyncError> {
     crate::gis::wkb::check_gpkg(blob)
         .map_err(|e| SyncError::Transform(format!("row {row}: bad geometry: {e}")))?;
-    geozero::wkb::GpkgWkb(blob)
+    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob))
         .to_geo()
         .map_err(|e| SyncError::Transform(format!("row {row}: bad geometry: {e}")))
 }

@@ -64,7 +64,7 @@ fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64
         Some(true) if plan.simplify.is_none() && plan.reproject.is_none() => return Ok(None),
         _ => {}
     }
-    let Ok(mut geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+    let Ok(mut geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
         tracing::warn!("skipping a feature whose geometry cannot be decoded");
         return Err(());
     };
@@ -214,7 +214,7 @@ fn blob_meets_shape(
     {
         return Ok(Some(false));
     }
-    let Ok(geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+    let Ok(geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
         return Ok(None);
     };
     meets(&geometry, shape, watch).map(Some)
@@ -270,10 +270,12 @@ fn copies(
             };
             let inside = match by_bounds(envelope, rect) {
                 Some(inside) => inside,
-                None => geozero::wkb::GpkgWkb(copy.geometry.as_deref()?)
-                    .to_geo()
-                    .ok()?
-                    .intersects(&rect),
+                None => {
+                    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(copy.geometry.as_deref()?))
+                        .to_geo()
+                        .ok()?
+                        .intersects(&rect)
+                }
             };
             if inside {
                 writer.raw(copy.json.as_deref()?);
@@ -775,7 +777,7 @@ impl BoxMatch {
         if let Some(decided) = gpkg_envelope(blob).and_then(|e| self.by_bounds(e)) {
             return Ok(Some(decided));
         }
-        let Ok(geometry) = geozero::wkb::GpkgWkb(blob).to_geo() else {
+        let Ok(geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
             return Ok(None);
         };
         if !(self.rects.is_empty() || self.rects.iter().any(|r| geometry.intersects(r))) {

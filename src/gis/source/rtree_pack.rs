@@ -204,7 +204,10 @@ pub fn blob_bounds(blob: &[u8]) -> Option<[f64; 4]> {
         }
     }
     crate::gis::wkb::check_gpkg(blob).ok()?;
-    let rect = geozero::wkb::GpkgWkb(blob).to_geo().ok()?.bounding_rect()?;
+    let rect = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob))
+        .to_geo()
+        .ok()?
+        .bounding_rect()?;
     Some([rect.min().x, rect.max().x, rect.min().y, rect.max().y])
 }
 
