@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use geozero::ToGeo;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rusqlite::{Connection, OpenFlags, params};
 use schedules::Schedule;
@@ -240,11 +239,7 @@ fn index_source(
                 .ok()
                 .and_then(|v| v.as_blob().ok())
                 .filter(|b| crate::gis::wkb::check_gpkg(b).is_ok())
-                .and_then(|b| {
-                    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(b))
-                        .to_geo()
-                        .ok()
-                })
+                .and_then(|b| crate::gis::wkb::to_geo(b).ok())
                 .and_then(|g| match &reproject {
                     Some(r) => r.to_wgs84(&g).ok(),
                     None => Some(g),

@@ -19,13 +19,7 @@ pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
     if blob.len() < 8 || !blob.starts_with(b"GP") {
         return Err("not a GeoPackage geometry");
     }
-    let envelope = match (blob[3] >> 1) & 0b111 {
-        0 => 0,
-        1 => 32,
-        2 | 3 => 48,
-        4 => 64,
-        _ => return Err("unknown envelope kind"),
-    };
+    let envelope = envelope_bytes(blob[3]).ok_or("unknown envelope kind")?;
     let wkb = blob
         .get(8 + envelope..)
         .ok_or("the header is longer than the blob")?;
@@ -42,6 +36,66 @@ pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// The bytes of a GeoPackage geometry header's envelope, by the kind its flags give; `None`
+/// for an unknown kind.
+fn envelope_bytes(flags: u8) -> Option<usize> {
+    match (flags >> 1) & 0b111 {
+        0 => Some(0),
+        1 => Some(32),
+        2 | 3 => Some(48),
+        4 => Some(64),
+        _ => None,
+    }
+}
+
+/// The flags of a GeoPackage geometry blob and its WKB (what follows the header and the
+/// envelope); `None` when it is not such a blob.
+#[must_use]
+pub fn gpkg_wkb(blob: &[u8]) -> Option<(u8, &[u8])> {
+    if !blob.starts_with(b"GP") {
+        return None;
+    }
+    let flags = *blob.get(3)?;
+    Some((flags, blob.get(8 + envelope_bytes(flags)?..)?))
+}
+
+/// A WKB point's type code and its first two coordinates, read in the WKB's own byte order; a
+/// point of any dimensions (the type code ends in 1), `None` for anything else.
+#[must_use]
+pub fn wkb_point(wkb: &[u8]) -> Option<(u32, f64, f64)> {
+    let little = match wkb.first()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let kind: [u8; 4] = wkb.get(1..5)?.try_into().ok()?;
+    let kind = if little {
+        u32::from_le_bytes(kind)
+    } else {
+        u32::from_be_bytes(kind)
+    };
+    let number = |at: usize| -> Option<f64> {
+        let bytes: [u8; 8] = wkb.get(at..at + 8)?.try_into().ok()?;
+        Some(if little {
+            f64::from_le_bytes(bytes)
+        } else {
+            f64::from_be_bytes(bytes)
+        })
+    };
+    (kind % 1000 == 1).then_some(())?;
+    Some((kind, number(5)?, number(13)?))
+}
+
+/// Decodes a GeoPackage geometry blob (checked with [`check_gpkg`] first where it may be
+/// hostile) through [`decodable`].
+///
+/// # Errors
+/// When geozero cannot read it.
+pub fn to_geo(blob: &[u8]) -> geozero::error::Result<geo::Geometry<f64>> {
+    use geozero::ToGeo;
+    geozero::wkb::GpkgWkb(&decodable(blob)).to_geo()
+}
+
 /// A GeoPackage geometry blob as geozero can decode it. geozero reads the WKB in the byte
 /// order of the GeoPackage header, where the WKB's own first byte says its order (GDAL reads
 /// it so); a blob whose two orders differ (allowed, though GDAL and this server never write
@@ -49,25 +103,20 @@ pub fn check_gpkg(blob: &[u8]) -> Result<(), Malformed> {
 #[must_use]
 pub fn decodable(blob: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     use std::borrow::Cow;
-    if blob.len() < 8 || !blob.starts_with(b"GP") {
+    let Some((flags, wkb)) = gpkg_wkb(blob) else {
         return Cow::Borrowed(blob);
-    }
-    let flags = blob[3];
-    let doubles = match (flags >> 1) & 0b111 {
-        0 => 0,
-        1 => 4,
-        2 | 3 => 6,
-        4 => 8,
-        _ => return Cow::Borrowed(blob),
     };
-    let wkb_order = blob.get(8 + doubles * 8).copied();
-    if wkb_order.is_none_or(|order| order > 1 || order == flags & 1) {
+    if wkb
+        .first()
+        .is_none_or(|&order| order > 1 || order == flags & 1)
+    {
         return Cow::Borrowed(blob);
     }
+    let envelope_end = blob.len() - wkb.len();
     let mut turned = blob.to_vec();
     turned[3] ^= 1;
     turned[4..8].reverse();
-    for double in turned[8..8 + doubles * 8].chunks_exact_mut(8) {
+    for double in turned[8..envelope_end].chunks_exact_mut(8) {
         double.reverse();
     }
     Cow::Owned(turned)

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use geozero::ToGeo;
 use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 
@@ -161,8 +160,7 @@ pub fn query_to_gpkg(
 fn decode(blob: &[u8], row: u64) -> Result<geo::Geometry<f64>, SyncError> {
     crate::gis::wkb::check_gpkg(blob)
         .map_err(|e| SyncError::Transform(format!("row {row}: bad geometry: {e}")))?;
-    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob))
-        .to_geo()
+    crate::gis::wkb::to_geo(blob)
         .map_err(|e| SyncError::Transform(format!("row {row}: bad geometry: {e}")))
 }
 

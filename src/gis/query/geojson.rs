@@ -208,38 +208,12 @@ pub fn key(name: &str) -> Vec<u8> {
 /// The coordinates of a GeoPackage geometry that is a plain two-dimensional point (the common
 /// case, written without the general geometry reader), when both are finite.
 fn gpkg_point(blob: &[u8]) -> Option<(f64, f64)> {
-    let flags = *blob.get(3)?;
-    // Not standard binary, or empty: the general reader decides.
-    if !blob.starts_with(b"GP") || flags & 0b11_0000 != 0 {
+    let (flags, wkb) = crate::gis::wkb::gpkg_wkb(blob)?;
+    // Not standard binary, or empty, or not exactly a point: the general path decides.
+    if flags & 0b11_0000 != 0 || wkb.len() != 21 {
         return None;
     }
-    let envelope = match (flags >> 1) & 0b111 {
-        0 => 0,
-        1 => 32,
-        2 | 3 => 48,
-        4 => 64,
-        _ => return None,
-    };
-    let wkb = blob.get(8 + envelope..)?;
-    // A WKB in another byte order than its header's is left to the general path, which reads
-    // it through `wkb::decodable`.
-    if wkb.len() != 21 || wkb[0] != flags & 1 {
-        return None;
-    }
-    let number = |bytes: &[u8]| -> Option<[u8; 8]> { bytes.try_into().ok() };
-    let (kind, x, y) = match wkb[0] {
-        1 => (
-            u32::from_le_bytes(wkb[1..5].try_into().ok()?),
-            f64::from_le_bytes(number(&wkb[5..13])?),
-            f64::from_le_bytes(number(&wkb[13..21])?),
-        ),
-        0 => (
-            u32::from_be_bytes(wkb[1..5].try_into().ok()?),
-            f64::from_be_bytes(number(&wkb[5..13])?),
-            f64::from_be_bytes(number(&wkb[13..21])?),
-        ),
-        _ => return None,
-    };
+    let (kind, x, y) = crate::gis::wkb::wkb_point(wkb)?;
     (kind == 1 && x.is_finite() && y.is_finite()).then_some((x, y))
 }
 
@@ -631,26 +605,7 @@ pub fn gpkg_envelope(blob: &[u8]) -> Option<[f64; 4]> {
     match (flags >> 1) & 0b111 {
         0 => {
             // No envelope: only a point's bounds can be read directly from its WKB.
-            let wkb = blob.get(8..)?;
-            let wkb_little = *wkb.first()? == 1;
-            let kind: [u8; 4] = wkb.get(1..5)?.try_into().ok()?;
-            let kind = if wkb_little {
-                u32::from_le_bytes(kind)
-            } else {
-                u32::from_be_bytes(kind)
-            };
-            if kind % 1000 != 1 {
-                return None;
-            }
-            let coordinate = |at: usize| -> Option<f64> {
-                let bytes: [u8; 8] = wkb.get(at..at + 8)?.try_into().ok()?;
-                Some(if wkb_little {
-                    f64::from_le_bytes(bytes)
-                } else {
-                    f64::from_be_bytes(bytes)
-                })
-            };
-            let (x, y) = (coordinate(5)?, coordinate(13)?);
+            let (_, x, y) = crate::gis::wkb::wkb_point(blob.get(8..)?)?;
             Some([x, y, x, y])
         }
         _ => Some([read(8)?, read(24)?, read(16)?, read(32)?]),
@@ -809,7 +764,8 @@ mod tests {
         let general = |blob: &[u8]| {
             let mut out = Vec::new();
             let mut ring = Vec::new();
-            let written = GpkgWkb(blob).process_geom(&mut GeometryWriter::new(&mut out, &mut ring));
+            let written = GpkgWkb(&crate::gis::wkb::decodable(blob))
+                .process_geom(&mut GeometryWriter::new(&mut out, &mut ring));
             written.map(|()| String::from_utf8_lossy(&out).into_owned())
         };
         let fast = |blob: &[u8]| {
@@ -831,16 +787,20 @@ mod tests {
                 );
             }
         }
-        // Not plain points: a WKB in another byte order than its header (the general path
-        // reads it by the WKB's order, as GDAL does), a 3D type, trailing bytes, a non-finite
-        // coordinate, an empty flag.
+        // A WKB in another byte order than its header is read by the WKB's order (as GDAL
+        // reads it), on this path and the general one.
         let mixed = blob(1, 0, false, 1, [1.5, 2.5]);
-        assert!(gpkg_point(&mixed).is_none());
+        assert_eq!(gpkg_point(&mixed), Some((1.5, 2.5)));
+        assert_eq!(
+            general(&mixed).unwrap_or_else(|e| panic!("{e}")),
+            r#"{"type":"Point","coordinates":[1.5,2.5]}"#
+        );
         assert!(
             fast(&mixed)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .ends_with(r#""coordinates":[1.5,2.5]}}"#)
         );
+        // Not plain points: a 3D type, trailing bytes, a non-finite coordinate, an empty flag.
         assert!(gpkg_point(&blob(1, 0, true, 1001, [1.0, 2.0])).is_none());
         let mut trailing = blob(1, 0, true, 1, [1.0, 2.0]);
         trailing.push(0);

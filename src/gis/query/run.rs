@@ -42,7 +42,6 @@ fn simplify(geometry: geo::Geometry<f64>, tolerance: f64) -> geo::Geometry<f64> 
 /// `Err(())` skips the feature: outside the box, or not representable in WGS 84.
 fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64>>, ()> {
     use geo::Intersects;
-    use geozero::ToGeo;
     if plan.exact.is_none() && plan.simplify.is_none() && plan.reproject.is_none() {
         return Ok(None);
     }
@@ -64,7 +63,7 @@ fn computed(plan: &Plan, blob: Option<&[u8]>) -> Result<Option<geo::Geometry<f64
         Some(true) if plan.simplify.is_none() && plan.reproject.is_none() => return Ok(None),
         _ => {}
     }
-    let Ok(mut geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
+    let Ok(mut geometry) = crate::gis::wkb::to_geo(blob) else {
         tracing::warn!("skipping a feature whose geometry cannot be decoded");
         return Err(());
     };
@@ -205,7 +204,6 @@ fn blob_meets_shape(
     bounds: Option<geo::Rect<f64>>,
     watch: &Watch,
 ) -> Result<Option<bool>, Stopped> {
-    use geozero::ToGeo;
     if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
         return Ok(None);
     }
@@ -214,7 +212,7 @@ fn blob_meets_shape(
     {
         return Ok(Some(false));
     }
-    let Ok(geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
+    let Ok(geometry) = crate::gis::wkb::to_geo(blob) else {
         return Ok(None);
     };
     meets(&geometry, shape, watch).map(Some)
@@ -245,7 +243,6 @@ fn copies(
     limit: Option<u64>,
 ) -> Option<FeatureWriter> {
     use geo::Intersects;
-    use geozero::ToGeo;
     let (reuse, rect) = (plan.reuse.as_ref()?, plan.exact?);
     let mut statement = connection.prepare_cached(&reuse.candidates).ok()?;
     let fids = statement
@@ -270,12 +267,9 @@ fn copies(
             };
             let inside = match by_bounds(envelope, rect) {
                 Some(inside) => inside,
-                None => {
-                    geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(copy.geometry.as_deref()?))
-                        .to_geo()
-                        .ok()?
-                        .intersects(&rect)
-                }
+                None => crate::gis::wkb::to_geo(copy.geometry.as_deref()?)
+                    .ok()?
+                    .intersects(&rect),
             };
             if inside {
                 writer.raw(copy.json.as_deref()?);
@@ -770,14 +764,13 @@ impl BoxMatch {
     /// structural check. `Err` when the query must stop.
     fn blob_meets(&self, blob: &[u8], watch: &Watch) -> Result<Option<bool>, Stopped> {
         use geo::Intersects;
-        use geozero::ToGeo;
         if is_empty_gpkg(blob) || crate::gis::wkb::check_gpkg(blob).is_err() {
             return Ok(None);
         }
         if let Some(decided) = gpkg_envelope(blob).and_then(|e| self.by_bounds(e)) {
             return Ok(Some(decided));
         }
-        let Ok(geometry) = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob)).to_geo() else {
+        let Ok(geometry) = crate::gis::wkb::to_geo(blob) else {
             return Ok(None);
         };
         if !(self.rects.is_empty() || self.rects.iter().any(|r| geometry.intersects(r))) {

@@ -160,7 +160,6 @@ pub fn pack(
 #[must_use]
 pub fn blob_bounds(blob: &[u8]) -> Option<[f64; 4]> {
     use geo::BoundingRect;
-    use geozero::ToGeo;
     if blob.len() < 8 || !blob.starts_with(b"GP") {
         return None;
     }
@@ -183,31 +182,13 @@ pub fn blob_bounds(blob: &[u8]) -> Option<[f64; 4]> {
     }
     // A 2D point: WKB byte order, type 1, x, y.
     let wkb = blob.get(8..)?;
-    if wkb.len() == 21 {
-        let little = wkb[0] == 1;
-        let kind = if little {
-            u32::from_le_bytes(wkb[1..5].try_into().ok()?)
-        } else {
-            u32::from_be_bytes(wkb[1..5].try_into().ok()?)
-        };
-        if kind == 1 {
-            let read = |at: usize| -> Option<f64> {
-                let bytes: [u8; 8] = wkb.get(at..at + 8)?.try_into().ok()?;
-                Some(if little {
-                    f64::from_le_bytes(bytes)
-                } else {
-                    f64::from_be_bytes(bytes)
-                })
-            };
-            let (x, y) = (read(5)?, read(13)?);
-            return (x.is_finite() && y.is_finite()).then_some([x, x, y, y]);
-        }
+    if wkb.len() == 21
+        && let Some((1, x, y)) = crate::gis::wkb::wkb_point(wkb)
+    {
+        return (x.is_finite() && y.is_finite()).then_some([x, x, y, y]);
     }
     crate::gis::wkb::check_gpkg(blob).ok()?;
-    let rect = geozero::wkb::GpkgWkb(&crate::gis::wkb::decodable(blob))
-        .to_geo()
-        .ok()?
-        .bounding_rect()?;
+    let rect = crate::gis::wkb::to_geo(blob).ok()?.bounding_rect()?;
     Some([rect.min().x, rect.max().x, rect.min().y, rect.max().y])
 }
 
