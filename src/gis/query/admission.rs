@@ -24,6 +24,19 @@ pub struct Busy {
     pub retry_after: Duration,
 }
 
+impl Busy {
+    /// `what` full, with `slots` holders and `queue` waiters, each waiting at most `wait`.
+    #[must_use]
+    pub fn new(what: &'static str, slots: usize, queue: usize, wait: Duration) -> Self {
+        Self {
+            what,
+            slots,
+            queue,
+            retry_after: Duration::from_secs(1).max(wait / 2),
+        }
+    }
+}
+
 /// The gate.
 #[derive(Debug)]
 pub struct Admission {
@@ -81,12 +94,7 @@ impl Admission {
     }
 
     fn busy(&self) -> Busy {
-        Busy {
-            what: self.what,
-            slots: self.slots,
-            queue: self.queue,
-            retry_after: Duration::from_secs(1).max(self.wait / 2),
-        }
+        Busy::new(self.what, self.slots, self.queue, self.wait)
     }
 
     /// A slot, at once when one is free, else after waiting in the queue.

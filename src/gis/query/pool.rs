@@ -92,12 +92,6 @@ impl Pool {
         }
     }
 
-    /// Threads allowed at once.
-    #[must_use]
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
     /// Work running right now.
     #[must_use]
     pub fn running(&self) -> usize {
@@ -111,14 +105,8 @@ impl Pool {
     }
 
     /// The error for a full queue or a wait that ran out.
-    #[must_use]
-    pub fn busy(&self) -> Busy {
-        Busy {
-            what: self.what,
-            slots: self.slots,
-            queue: self.queue,
-            retry_after: Duration::from_secs(1).max(self.wait / 2),
-        }
+    fn busy(&self) -> Busy {
+        Busy::new(self.what, self.slots, self.queue, self.wait)
     }
 
     /// Queues `work`, starting a thread for it when fewer than `slots` exist and none is idle.
@@ -229,6 +217,22 @@ mod tests {
         Pool::new("tests", slots, queue, wait)
     }
 
+    /// Occupies one of the pool's threads until the returned sender is dropped, and waits
+    /// until it has.
+    async fn hold(pool: &Pool) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let before = pool.running();
+        let _ticket = pool
+            .submit(move || {
+                let _ = held.recv();
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        while pool.running() == before {
+            tokio::task::yield_now().await;
+        }
+        release
+    }
+
     /// Runs `work` on the pool and waits for its answer.
     async fn run<T: Send + 'static>(
         pool: &Pool,
@@ -244,15 +248,7 @@ mod tests {
     #[tokio::test]
     async fn running_and_waiting_work_is_bounded() {
         let pool = Arc::new(pool(1, 1, Duration::from_secs(5)));
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let first = pool
-            .submit(move || {
-                let _ = held.recv();
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        while pool.running() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let release = hold(&pool).await;
         // One may wait; the next is turned away at once.
         let waiter = tokio::spawn({
             let pool = pool.clone();
@@ -267,17 +263,13 @@ mod tests {
         ));
         drop(release);
         assert_eq!(waiter.await.ok().flatten(), Some(7));
-        drop(first);
         assert_eq!(pool.waiting(), 0);
     }
 
     #[tokio::test]
     async fn work_that_waits_too_long_is_busy_and_never_runs() {
         let pool = pool(1, 4, Duration::from_millis(20));
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let _first = pool.submit(move || {
-            let _ = held.recv();
-        });
+        let release = hold(&pool).await;
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let late = {
             let ran = ran.clone();
@@ -315,13 +307,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_waiters_leave_the_queue() {
         let pool = pool(1, 1, Duration::from_secs(5));
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let _first = pool.submit(move || {
-            let _ = held.recv();
-        });
-        while pool.running() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let release = hold(&pool).await;
         let ticket = pool.submit(|| ()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pool.waiting(), 1);
         drop(ticket);

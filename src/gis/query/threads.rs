@@ -78,10 +78,7 @@ impl Queries {
         let ticket = self.start(move || {
             let _ = tx.send(work());
         })?;
-        self.threads
-            .wait(ticket, rx)
-            .await?
-            .map_err(|_| RunError::Panicked)
+        self.wait(ticket, rx).await?.map_err(|_| RunError::Panicked)
     }
 
     /// Queues blocking work for a query thread without waiting for it; wait for what it
